@@ -1,0 +1,24 @@
+"""Execution engines behind one interface (`base.Engine`): ``kernel``, ``interp``.
+
+`make_engine` imports an engine only when asked for, so a tool that never runs
+the kernel engine never needs bpf(2).
+"""
+
+from __future__ import annotations
+
+from .base import Engine
+
+ENGINES = ("interp", "kernel")
+
+
+def make_engine(name: str) -> Engine:
+    """A fresh engine by name; ValueError names the choices for an unknown one."""
+    if name == "kernel":
+        from .kernel import KernelEngine
+
+        return KernelEngine()
+    if name == "interp":
+        from .interp import InterpEngine
+
+        return InterpEngine()
+    raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

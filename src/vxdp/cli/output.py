@@ -1,0 +1,90 @@
+"""Output shared by every subcommand: JSON like bpftool's ``-j``, value formatting, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+class CliError(Exception):
+    """An error the user can act on: one line, plus an optional detail block (a verifier log)."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+def emit_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=None, separators=(",", ":"))
+    sys.stdout.write("\n")
+
+
+def as_int(data: bytes) -> int | None:
+    """Little-endian unsigned integer of a 1-, 2-, 4- or 8-byte field; None for other sizes."""
+    return int.from_bytes(data, "little") if len(data) in (1, 2, 4, 8) else None
+
+
+def show_bytes(data: bytes) -> str:
+    """A field for humans: its integer value when it has a natural width, hex bytes otherwise."""
+    value = as_int(data)
+    return str(value) if value is not None else data.hex(" ")
+
+
+def map_doc(name: str, m: Any) -> dict[str, Any]:
+    """A map and its entries as JSON, the same for every engine.
+
+    Entries are sorted by key so that hash maps, whose iteration order is the
+    engine's own, compare equal across engines. Per-CPU values are split into
+    one value per possible CPU, as bpftool shows them.
+    """
+    from ..bpf.mapspec import percpu_value_stride, possible_cpus
+
+    spec = m.spec
+    entries = []
+    for key, value in sorted(m.items()):
+        entry: dict[str, Any] = {"key": key.hex()}
+        if spec.is_percpu:
+            stride = percpu_value_stride(spec.value_size)
+            entry["values"] = [
+                {"cpu": cpu, "value": value[cpu * stride : cpu * stride + spec.value_size].hex()}
+                for cpu in range(possible_cpus())
+            ]
+        else:
+            entry["value"] = value.hex()
+        entries.append(entry)
+    return {
+        "name": name,
+        "type": spec.type.name.lower(),
+        "key_size": spec.key_size,
+        "value_size": spec.value_size,
+        "max_entries": spec.max_entries,
+        "flags": spec.flags,
+        "entries": entries,
+    }
+
+
+def print_map(doc: dict[str, Any], *, show_zero: bool = False) -> None:
+    """A map for humans: a header line, then one line per entry whose value is not all zero."""
+    print(
+        f"  {doc['name']}  {doc['type']}  key {doc['key_size']}B  value {doc['value_size']}B"
+        f"  max_entries {doc['max_entries']}"
+    )
+    hidden = 0
+    for entry in doc["entries"]:
+        key = show_bytes(bytes.fromhex(entry["key"]))
+        if "values" in entry:
+            raw = [bytes.fromhex(v["value"]) for v in entry["values"]]
+            if not show_zero and not any(any(r) for r in raw):
+                hidden += 1
+                continue
+            shown = " ".join(f"cpu{v['cpu']}:{show_bytes(r)}" for v, r in zip(entry["values"], raw))
+        else:
+            raw_value = bytes.fromhex(entry["value"])
+            if not show_zero and not any(raw_value):
+                hidden += 1
+                continue
+            shown = show_bytes(raw_value)
+        print(f"    [{key}] = {shown}")
+    if hidden:
+        print(f"    ({hidden} entries all zero, not shown)")

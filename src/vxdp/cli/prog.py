@@ -1,0 +1,181 @@
+"""``vxdp prog …``: disassemble an object, run one of its programs on an engine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from typing import Any
+
+from ..bpf.isa import XdpAction
+from .output import CliError, emit_json, map_doc, print_map
+
+
+def add_parser(objects: argparse._SubParsersAction) -> None:
+    prog = objects.add_parser("prog", help="BPF programs: disassemble, run")
+    cmds = prog.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    disasm = cmds.add_parser("disasm", help="disassemble the programs of an object, linked as they load")
+    disasm.add_argument("file", metavar="FILE.o")
+    disasm.add_argument("--prog", metavar="NAME", help="only this program (default: every program)")
+    disasm.add_argument("-j", "--json", action="store_true", help="JSON output")
+    disasm.set_defaults(func=cmd_disasm)
+
+    run = cmds.add_parser(
+        "run",
+        help="load an object on an engine and run one program on packets",
+        description="Load FILE.o on an engine (all its maps and programs, prog_arrays filled from "
+        "their .values), run one program on each packet, and print the actions, the packets as "
+        "they came out and the maps afterwards.",
+    )
+    run.add_argument("file", metavar="FILE.o")
+    run.add_argument("--prog", metavar="NAME", help="the program to run (default: the first in the object)")
+    run.add_argument("--engine", choices=("interp", "kernel"), default="interp", help="default: interp")
+    src = run.add_argument_group("packets (one source; they may be combined)")
+    src.add_argument("--packet", metavar="HEX", action="append", default=[], help="a frame in hex; repeatable")
+    src.add_argument("--pcap", metavar="FILE", help="every frame of a pcap file")
+    src.add_argument("--mix", metavar="N", type=int, help="N frames of the built-in TCP/UDP/ICMP/ARP mix")
+    run.add_argument("--repeat", metavar="N", type=int, default=1, help="run each packet N times (default 1)")
+    run.add_argument("-v", "--verbose", action="store_true", help="a line per packet however many")
+    run.add_argument("-j", "--json", action="store_true", help="JSON output")
+    run.set_defaults(func=cmd_run)
+
+
+def _load_object(path: str):
+    from ..bpf.elf import ObjectError, load_object
+
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file")
+    try:
+        return load_object(path)
+    except ObjectError as e:
+        raise CliError(str(e)) from None
+
+
+def _packets(args: argparse.Namespace) -> list[bytes]:
+    from .. import packets
+
+    frames: list[bytes] = []
+    for text in args.packet:
+        try:
+            frames.append(bytes.fromhex(text.replace(":", "").replace(" ", "")))
+        except ValueError:
+            raise CliError(f"--packet {text[:40]!r}: not hex") from None
+    if args.pcap:
+        try:
+            frames.extend(packets.read_pcap(args.pcap))
+        except ValueError as e:
+            raise CliError(str(e)) from None
+    if args.mix:
+        frames.extend(packets.mix(args.mix))
+    if not frames:
+        raise CliError("no packets: give --packet HEX, --pcap FILE or --mix N")
+    return frames
+
+
+def action_name(retval: int) -> str:
+    try:
+        return f"XDP_{XdpAction(retval).name}"
+    except ValueError:
+        return f"unknown({retval})"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..engine import make_engine
+    from ..engine.loader import LoadError, load_object
+
+    if args.repeat < 1:
+        raise CliError("--repeat must be at least 1")
+    obj = _load_object(args.file)
+    frames = _packets(args)
+    try:
+        prog_name = obj.program(args.prog).name
+    except KeyError as e:
+        raise CliError(e.args[0]) from None
+    engine = make_engine(args.engine)
+    try:
+        with load_object(engine, obj) as loaded:
+            runs = []
+            for i, frame in enumerate(frames):
+                result = loaded.run(frame, prog=prog_name, repeat=args.repeat)
+                runs.append(
+                    {
+                        "index": i,
+                        "action": action_name(result.action),
+                        "retval": result.action,
+                        "packet": result.packet.hex(),
+                        "duration_ns": round(result.duration_ns, 1),
+                    }
+                )
+            maps = [map_doc(name, m) for name, m in loaded.maps.items()]
+    except LoadError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        # the kernel engine's refusals carry the verifier log
+        raise CliError(f"{args.file}: {e}", getattr(e, "log", "")) from None
+    doc = {
+        "object": os.path.basename(args.file),
+        "program": prog_name,
+        "engine": args.engine,
+        "repeat": args.repeat,
+        "runs": runs,
+        "maps": maps,
+    }
+    if args.json:
+        emit_json(doc)
+    else:
+        _print_run(doc, frames, verbose=args.verbose)
+    return 0
+
+
+def _print_run(doc: dict[str, Any], frames: list[bytes], *, verbose: bool) -> None:
+    runs = doc["runs"]
+    mean = sum(r["duration_ns"] for r in runs) / len(runs)
+    print(
+        f"{doc['object']}: program {doc['program']} on engine {doc['engine']}: "
+        f"{len(runs)} packets, repeat {doc['repeat']}, {mean:.0f} ns/run"
+    )
+    tally = Counter(r["action"] for r in runs)
+    print("  actions: " + ", ".join(f"{name} {n}" for name, n in sorted(tally.items())))
+    if verbose or len(runs) <= 8:
+        for r, frame in zip(runs, frames):
+            out = bytes.fromhex(r["packet"])
+            change = "unchanged" if out == frame else f"changed, {len(out)} bytes out"
+            print(f"  packet {r['index']}: {r['action']} ({len(frame)} bytes in, {change})")
+    print("maps:")
+    for m in doc["maps"]:
+        print_map(m)
+
+
+def cmd_disasm(args: argparse.Namespace) -> int:
+    from ..bpf.disasm import disassemble
+    from ..bpf.link import link
+
+    obj = _load_object(args.file)
+    names = [obj.program(args.prog).name] if args.prog else list(obj.programs)
+    docs = []
+    for name in names:
+        linked = link(obj, name)
+        notes = {r.insn: f"map {r.target}" + (f" +{r.offset}" if r.offset else "") for r in linked.map_refs}
+        lines = {li.insn: li for li in linked.line_info}
+        insns = []
+        for i, text in enumerate(disassemble(linked.insns, line_numbers=False)):
+            entry: dict[str, Any] = {"pc": i, "text": text}
+            if i in notes:
+                entry["note"] = notes[i]
+            if i in lines and lines[i].text:
+                entry["src"] = f"{lines[i].text.strip()} [{os.path.basename(lines[i].file)}:{lines[i].line}]"
+            insns.append(entry)
+        docs.append({"name": name, "section": linked.section, "insns": insns})
+    if args.json:
+        emit_json(docs)
+        return 0
+    for d in docs:
+        print(f"{d['name']}:  section {d['section']}")
+        for entry in d["insns"]:
+            if "src" in entry:
+                print(f"; {entry['src']}")
+            note = f"  ; {entry['note']}" if "note" in entry else ""
+            print(f"{entry['pc']:4d}: {entry['text']}{note}")
+        print()
+    return 0
