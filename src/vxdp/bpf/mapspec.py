@@ -107,6 +107,7 @@ class MapSpec:
     prog_init: dict[int, str] = field(default_factory=dict)
     btf_key_type_id: int = 0
     btf_value_type_id: int = 0
+    pinning: int = 0  # BTF ``pinning`` attribute: 0 none, 1 LIBBPF_PIN_BY_NAME
 
     @property
     def is_percpu(self) -> bool:
