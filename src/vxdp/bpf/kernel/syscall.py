@@ -84,7 +84,7 @@ class BpfError(OSError):
             name = f"BPF_{cmd.name}"
         except ValueError:
             name = f"bpf cmd {cmd}"
-        text = f"{name}{' (' + what + ')' if what else ''}: {os.strerror(err)}"
+        text = f"{name}{' (' + what + ')' if what else ''}: {strerror(err)}"
         super().__init__(err, text)
         self.cmd = cmd
         self.log = log
@@ -94,6 +94,16 @@ class BpfError(OSError):
         if self.log:
             return f"{base}\nkernel log:\n{self.log.rstrip()}"
         return base
+
+
+ENOTSUPP = 524  # kernel-internal "not supported", leaks to user space from map batch ops
+
+
+def strerror(err: int) -> str:
+    """``os.strerror``, plus the kernel-internal codes bpf(2) is known to return."""
+    if err == ENOTSUPP:
+        return "Operation not supported (ENOTSUPP 524)"
+    return os.strerror(err)
 
 
 def bpf_syscall_number(machine: str | None = None) -> int:
