@@ -15,7 +15,8 @@ Follows libbpf's ``bpf_object__open`` (``bpf_object__elf_collect``,
   - a ``call`` (src 1) -> CALL to the function at section slot
     ``st_value / 8 + imm + 1`` (a global callee: its own symbol, imm -1; a
     static one: the section symbol, imm the offset from the call);
-  - an ``lddw`` src 4 against a function -> FUNC_ADDR, byte offset ``st_value + imm``.
+  - an ``lddw`` against a function (a callback) -> FUNC_ADDR, byte offset
+    ``st_value + imm``; clang leaves src 0, we mark it ``BPF_PSEUDO_FUNC`` as libbpf does.
   A ``call`` src 1 with *no* relocation targets its own section at
   ``slot + imm + 1``; we record it as a CALL too, so linking needs only relocs.
 * ``.BTF`` is parsed after `fixup_datasec`, so ``.maps`` offsets are real, and
@@ -209,9 +210,11 @@ class _Loader:
                 raise ObjectError(f"{where}: lddw in the last slot of {fn.name!r}")
             if sym_sec.is_exec:
                 byte_off = sym.value + insn.imm
-                if byte_off % INSN_SIZE or insn.src != PseudoSrc.FUNC:
-                    raise ObjectError(f"{where}: function address of {label!r} at {byte_off}: bad offset or src")
+                if byte_off % INSN_SIZE:
+                    raise ObjectError(f"{where}: function address of {label!r} at unaligned offset {byte_off}")
                 callee = self._callee(where, sym_sec, byte_off // INSN_SIZE)
+                # clang writes src 0; libbpf marks the slot BPF_PSEUDO_FUNC, so do we.
+                fn.insns[local] = insn.replace(src=PseudoSrc.FUNC)
                 fn.relocs.append(Reloc(local, RelocKind.FUNC_ADDR, callee.name))
             elif sym.shndx in self.index.map_sections:
                 map_name = self.index.by_offset.get((sym.shndx, sym.value))
