@@ -12,7 +12,7 @@ from vxdp.bpf.kernel import BpfError, KernelMap, KernelProgram, MapError, map_id
 from vxdp.bpf.kernel.syscall import ENOTSUPP, Cmd
 from vxdp.bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
 
-from conftest import ret_insns
+from kernel_asm import ret_insns
 
 pytestmark = pytest.mark.privileged
 

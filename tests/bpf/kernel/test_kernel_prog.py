@@ -25,7 +25,7 @@ from vxdp.bpf.kernel.syscall import Cmd
 from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.bpf.obj import FuncInfo
 
-from conftest import count_and_return_insns, marked_frame, ret_insns
+from kernel_asm import count_and_return_insns, marked_frame, ret_insns
 
 pytestmark = pytest.mark.privileged
 

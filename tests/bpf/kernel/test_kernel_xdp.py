@@ -1,0 +1,71 @@
+"""XDP attach, query and detach on a veth pair in a fresh netns, native and generic."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from vxdp.bpf.kernel import KernelProgram, XdpError, XdpMode, attach_xdp, detach_xdp, query_xdp, query_xdp_attrs
+
+from kernel_asm import ret_insns
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.mark.parametrize("mode", [XdpMode.NATIVE, XdpMode.GENERIC], ids=lambda m: m.name)
+def test_attach_query_detach(veth_pair, mode):
+    ns, dev = veth_pair.ns_a, veth_pair.a
+    with KernelProgram.load(ret_insns(2), name="xdp_pass") as p:
+        prog_id = p.info().id
+        assert query_xdp(dev, netns=ns) is None
+        attach_xdp(dev, p.fd, mode, netns=ns)
+        try:
+            assert query_xdp(dev, netns=ns) == prog_id
+            assert query_xdp(veth_pair.a_index, mode, netns=ns) == prog_id  # by index, in its mode
+            other = XdpMode.GENERIC if mode is XdpMode.NATIVE else XdpMode.NATIVE
+            assert query_xdp(dev, other, netns=ns) is None
+            expected = {"NATIVE": "xdp", "GENERIC": "xdpgeneric"}[mode.name]
+            assert query_xdp_attrs(dev, netns=ns)["IFLA_XDP_ATTACHED"] == expected
+            assert query_xdp(veth_pair.b, netns=ns) is None  # the peer has nothing
+        finally:
+            detach_xdp(dev, mode, netns=ns)
+        assert query_xdp(dev, netns=ns) is None
+
+
+def test_program_stays_attached_after_our_fd_closes(veth_pair):
+    ns, dev = veth_pair.ns_a, veth_pair.a
+    p = KernelProgram.load(ret_insns(1), name="xdp_drop")
+    prog_id = p.info().id
+    attach_xdp(dev, p.fd, XdpMode.NATIVE, netns=ns)
+    p.close()
+    try:
+        assert query_xdp(dev, netns=ns) == prog_id  # the device holds its own reference
+    finally:
+        detach_xdp(dev, XdpMode.NATIVE, netns=ns)
+    assert query_xdp(dev, netns=ns) is None
+
+
+def test_replace_and_noexist(veth_pair):
+    ns, dev = veth_pair.ns_a, veth_pair.a
+    with KernelProgram.load(ret_insns(2), name="first") as p1, KernelProgram.load(ret_insns(1), name="second") as p2:
+        attach_xdp(dev, p1.fd, XdpMode.NATIVE, netns=ns)
+        try:
+            with pytest.raises(XdpError) as e:
+                attach_xdp(dev, p2.fd, XdpMode.NATIVE, netns=ns, replace=False)
+            assert e.value.errno == errno.EBUSY and dev in str(e.value)
+            assert query_xdp(dev, netns=ns) == p1.info().id
+            attach_xdp(dev, p2.fd, XdpMode.NATIVE, netns=ns)  # replace
+            assert query_xdp(dev, netns=ns) == p2.info().id
+        finally:
+            detach_xdp(dev, XdpMode.NATIVE, netns=ns)
+
+
+def test_errors_name_the_interface_and_netns(veth_pair):
+    with KernelProgram.load(ret_insns(2), name="xdp_pass") as p:
+        with pytest.raises(XdpError) as e:
+            attach_xdp("nosuchdev0", p.fd, XdpMode.NATIVE, netns=veth_pair.ns_a)
+        assert e.value.errno == errno.ENODEV and "nosuchdev0" in str(e.value) and veth_pair.ns_a in str(e.value)
+        with pytest.raises(XdpError) as e:
+            query_xdp("vxa", netns="vxk-no-such-netns")
+        assert "vxk-no-such-netns" in str(e.value)
