@@ -202,7 +202,7 @@ def _call_named(m: re.Match[str], ctx: _Ctx) -> list[Insn]:
     raise _Bad(f"unknown helper or label {name!r}")
 
 
-@_form(r"if~" + _REG + r"~(s?[<>]=?|==|!=|&)~(?:" + _REG + r"|(" + _NUM + r"))~goto~(\S+)")
+@_form(r"if~" + _REG + r"~(s?[<>=!&|^%*/+-]+)~(?:" + _REG + r"|(" + _NUM + r"))~goto~(\S+)")
 def _cond(m: re.Match[str], ctx: _Ctx) -> list[Insn]:
     w, dst, op = m.group(1), _regno(m.group(2)), m.group(3)
     if op not in _JMP_OPS:
@@ -353,7 +353,7 @@ def _movsx(m: re.Match[str], ctx: _Ctx) -> list[Insn]:
     return [Insn(cls | AluOp.MOV | Src.X, _regno(m.group(2)), _regno(m.group(5)), int(m.group(3)))]
 
 
-@_form(_REG + r"~(s?[/%]=|s>>=|<<=|>>=|[-+*/|&%^]?=)~(?:" + _REG + r"|(" + _NUM + r"))")
+@_form(_REG + r"~(s?[<>=!&|^%*/+-]*=)~(?:" + _REG + r"|(" + _NUM + r"))")
 def _alu(m: re.Match[str], ctx: _Ctx) -> list[Insn]:
     w, dst, text = m.group(1), _regno(m.group(2)), m.group(3)
     cls = Cls.ALU if w == "w" else Cls.ALU64
