@@ -21,6 +21,7 @@ from vxdp.bpf.kernel import (
 from vxdp.bpf.mapspec import MapSpec, MapType
 
 from kernel_asm import count_and_return_insns, marked_frame, ret_insns
+from kernel_netns import veth_pair_two_ns  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.privileged
 

@@ -36,12 +36,8 @@ def test_creating_and_closing_leaves_the_id_sets_as_they_were():
     assert p.info().id in prog_ids() - progs_before
     m.close()
     p.close()
-    # ids are released on the last close (programs after an RCU grace period: allow a bounded wait)
+    # ids are released at the last close, before the memory's deferred free (measured on 6.18)
     assert map_ids() - maps_before == set()
-    for _ in range(1000):
-        if not prog_ids() - progs_before:
-            break
-        os.sched_yield()
     assert prog_ids() - progs_before == set()
 
 

@@ -9,6 +9,7 @@ import pytest
 from vxdp.bpf.kernel import KernelProgram, XdpError, XdpMode, attach_xdp, detach_xdp, query_xdp, query_xdp_attrs
 
 from kernel_asm import ret_insns
+from kernel_netns import veth_pair  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.privileged
 

@@ -1,5 +1,9 @@
 """Fixtures for the kernel tests: veth pairs in fresh namespaces (programs are in kernel_asm.py).
 
+Test modules import the fixtures by name. This is not a ``conftest.py`` on purpose: a second
+conftest module on sys.path would shadow ``tests/conftest.py`` for the ``from conftest import``
+other tests do.
+
 Every namespace and veth is made here and removed in ``finally``, whatever the
 test did; names carry our pid so parallel runs never collide.
 """
@@ -12,7 +16,6 @@ from dataclasses import dataclass
 
 import pytest
 from pyroute2 import IPRoute, netns
-
 
 _seq = itertools.count()
 
