@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from vxdp.bpf.kernel import BpfError, KernelMap, KernelProgram, MapError, map_ids, sanitize_name
+from vxdp.bpf.kernel import BpfError, KernelMap, KernelProgram, MapError, map_get_fd_by_id, map_ids, sanitize_name
 from vxdp.bpf.kernel.syscall import ENOTSUPP, Cmd
 from vxdp.bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
 
@@ -190,6 +190,11 @@ def test_rodata_is_filled_and_frozen():
         with pytest.raises(BpfError) as e:
             m.update(key(0), bytes(16))
         assert e.value.errno == errno.EPERM
+        assert m.frozen
+        m.freeze()  # a second freeze through us is a no-op; the kernel itself refuses it:
+        with KernelMap.from_fd(map_get_fd_by_id(m.info().id)) as other, pytest.raises(BpfError) as e:
+            other.freeze()
+        assert e.value.errno == errno.EPERM  # a frozen map is read-only to every fd (6.18)
 
 
 def test_data_map_is_filled_not_frozen():
@@ -223,3 +228,11 @@ def test_from_fd_adopts_a_map_by_id():
         with KernelMap.from_fd(map_get_fd_by_id(m.info().id)) as other:
             assert other.spec.max_entries == 2 and other.spec.type == MapType.ARRAY
             assert other.lookup(key(1)) == val(m, 7)
+
+
+def test_dropping_the_last_reference_closes_the_fd():
+    m = make(MapType.ARRAY, max_entries=1)
+    fd = m.fd
+    assert fd_open(fd)
+    del m  # __del__ is the safety net
+    assert not fd_open(fd)

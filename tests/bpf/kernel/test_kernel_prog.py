@@ -185,3 +185,16 @@ def test_corrupt_btf_raises_with_the_kernels_log():
     with pytest.raises(KernelBtfError) as e:
         KernelBtf.load(b"\x00" * 24)  # bad magic
     assert e.value.errno == errno.EINVAL
+
+
+def test_syscall_number_per_machine():
+    assert syscall.bpf_syscall_number("x86_64") == 321
+    assert syscall.bpf_syscall_number("aarch64") == 280
+    with pytest.raises(OSError) as e:
+        syscall.bpf_syscall_number("pdp11")
+    assert e.value.errno == errno.ENOSYS and "pdp11" in str(e.value)
+
+
+def test_none_func_info_means_none():
+    with KernelProgram.load(ret_insns(2), name="no_fi", func_info=None, line_info=None) as p:
+        assert p.info().nr_func_info == 0

@@ -152,6 +152,7 @@ class KernelMap(FdOwner):
         self.spec = spec
         self._ncpus = possible_cpus() if spec.is_percpu else 1
         self._batch_token = max(spec.key_size, 8)
+        self.frozen = False  # set once we froze it (the kernel answers EPERM to a second freeze)
 
     # -- creation -------------------------------------------------------------------------
     @classmethod
@@ -291,8 +292,12 @@ class KernelMap(FdOwner):
 
     def freeze(self) -> None:
         """Make the map read-only for user space from now on (BPF_MAP_FREEZE); programs still write
-        unless it was created with BPF_F_RDONLY_PROG."""
+        unless it was created with BPF_F_RDONLY_PROG. Idempotent for maps this object froze
+        (`create` already freezes ``.rodata``)."""
+        if self.frozen:
+            return
         call(Cmd.MAP_FREEZE, _ElemAttr(map_fd=self.fd), self._what())
+        self.frozen = True
 
     def info(self) -> MapInfo:
         i = BpfMapInfo()

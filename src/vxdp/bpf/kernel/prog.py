@@ -280,8 +280,8 @@ class KernelProgram(FdOwner):
         license: str = "GPL",
         log_level: int = 0,
         btf_fd: int = 0,
-        func_info: Sequence[FuncInfo] = (),
-        line_info: Sequence[LineInfo] = (),
+        func_info: Sequence[FuncInfo] | None = (),
+        line_info: Sequence[LineInfo] | None = (),
         expected_attach_type: int = 0,
         prog_flags: int = 0,
         kern_version: int = 0,
@@ -298,7 +298,7 @@ class KernelProgram(FdOwner):
         args = _LoadArgs(
             insns=bytes(raw), insn_cnt=len(raw) // 8, prog_type=int(prog_type), name=sanitize_name(name).encode(),
             license=license.encode(), btf_fd=btf_fd, expected_attach_type=expected_attach_type,
-            prog_flags=prog_flags, kern_version=kern_version, func_info=list(func_info), line_info=list(line_info),
+            prog_flags=prog_flags, kern_version=kern_version, func_info=list(func_info or ()), line_info=list(line_info or ()),
         )
         if log_level <= 0:
             try:
