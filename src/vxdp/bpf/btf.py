@@ -348,6 +348,8 @@ def fixup_datasec(btf: Btf, section_sizes: Mapping[str, int], symbol_offsets: Ma
             if t.name not in section_sizes or section_sizes[t.name] == 0:
                 raise BtfError(f"DATASEC {t.name!r} (type {t.id}): no ELF section of that name to size it")
             size = section_sizes[t.name]
+            if size > 0xFFFFFFFF:
+                raise BtfError(f"DATASEC {t.name!r}: section size {size} does not fit BTF's u32")
             struct.pack_into("<I", out, t.pos + 8, size)
         entries = []
         for m in t.members:
@@ -361,6 +363,9 @@ def fixup_datasec(btf: Btf, section_sizes: Mapping[str, int], symbol_offsets: Ma
                     off = symbol_offsets[key]
                 elif var.linkage != VarLinkage.STATIC:
                     raise BtfError(f"DATASEC {t.name!r}: no symbol for variable {var.name!r}")
+            if not 0 <= off <= 0xFFFFFFFF - m.size or off + m.size > size:
+                raise BtfError(f"DATASEC {t.name!r}: variable {var.name!r} at {off}+{m.size} outside the "
+                               f"section's {size} bytes")
             entries.append((off, m.type, m.size))
         entries.sort()
         base = t.pos + _TYPE.size

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .btf import Btf, BtfError, fixup_datasec, parse_btf
 from .btf_ext import BtfExt, parse_btf_ext
@@ -80,17 +82,19 @@ class _Loader:
             if sec.is_exec and sec.size:
                 self._functions(sec)
         for sec in elf.sections:
-            if sec.name == "maps" and sec.type == SHT_PROGBITS:
-                collect_legacy_maps(elf, sec, self.index)
-            elif sec.name == ".maps" and sec.type == SHT_PROGBITS:
-                collect_btf_maps(elf, sec, self.btf, self.index)
-            elif (origin := data_origin(sec)) is not None:
-                collect_data_map(elf, sec, origin, self.btf, self.index)
+            with self._btf_context(sec):
+                if sec.name == "maps" and sec.type == SHT_PROGBITS:
+                    collect_legacy_maps(elf, sec, self.index)
+                elif sec.name == ".maps" and sec.type == SHT_PROGBITS:
+                    collect_btf_maps(elf, sec, self.btf, self.index)
+                elif (origin := data_origin(sec)) is not None:
+                    collect_data_map(elf, sec, origin, self.btf, self.index)
         for relsec, target in elf.relocation_sections():
             if target.is_exec:
                 self._relocations(relsec, target)
             elif target.name == ".maps":
-                collect_prog_array_inits(elf, relsec, target, self.btf, self.index, set(self.programs))
+                with self._btf_context(relsec):
+                    collect_prog_array_inits(elf, relsec, target, self.btf, self.index, set(self.programs))
         for sec in elf.sections:
             if sec.is_exec and sec.size:
                 self._implicit_calls(sec)
@@ -99,6 +103,14 @@ class _Loader:
             fn.relocs.sort(key=lambda r: r.insn)
         return BpfObject(self.path, license, version, self.programs, self.functions, self.index.maps,
                          btf=self.btf, btf_raw=self.btf_raw)
+
+    @contextmanager
+    def _btf_context(self, sec: Section) -> Iterator[None]:
+        """BTF that parsed but does not make sense (a bad type id, a size loop) as an ObjectError."""
+        try:
+            yield
+        except BtfError as e:
+            raise self.elf.error(sec, f"bad BTF: {e}") from None
 
     # -- small sections ------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from .elf_reader import STT_FUNC, STT_SECTION, ElfFile, ObjectError, Section
 from .mapspec import MapFlag, MapOrigin, MapSpec, MapType
 
 LEGACY_DEF_SIZE = 20
+MAX_DATA_SECTION = 1 << 26  # well above the kernel's KMALLOC_MAX_SIZE value limit; bounds our allocation
 _PIN_BY_NAME = 1
 MAP_IN_MAP = frozenset({MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS})
 
@@ -194,6 +195,9 @@ def collect_data_map(elf: ElfFile, sec: Section, origin: MapOrigin, btf: Btf | N
     """A one-element ARRAY holding the section: libbpf's internal map."""
     if sec.size == 0:  # libbpf skips empty sections; relocations against them then fail
         return
+    if sec.size > MAX_DATA_SECTION:
+        raise elf.error(sec, f"global data section of {sec.size} bytes is larger than any map value "
+                             f"({MAX_DATA_SECTION})")
     data = bytes(sec.size) if origin == MapOrigin.BSS else sec.data
     flags = MapFlag.RDONLY_PROG if origin == MapOrigin.RODATA else 0
     datasec = btf.find(sec.name, Kind.DATASEC) if btf is not None else None
