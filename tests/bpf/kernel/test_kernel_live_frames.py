@@ -42,7 +42,8 @@ def test_generated_frames_arrive_exactly(veth_pair_two_ns, n):
             # the kernel runs all n frames before returning, and the peer's NAPI runs as the
             # generator re-enables bottom halves, so the count is complete now
             assert _count(counter) == n
-            send_live_frames_in(pair.ns_a, gen, marked_frame(128), ifindex=pair.a_index, count=n, batch_size=16)
+            send_live_frames_in(pair.ns_a, gen, marked_frame(128), ifindex=pair.a_index, count=n,
+                                batch_size=16)
             assert _count(counter) == 2 * n
         finally:
             detach_xdp(pair.b, XdpMode.NATIVE, netns=pair.ns_b)

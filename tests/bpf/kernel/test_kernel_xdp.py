@@ -49,7 +49,8 @@ def test_program_stays_attached_after_our_fd_closes(veth_pair):
 
 def test_replace_and_noexist(veth_pair):
     ns, dev = veth_pair.ns_a, veth_pair.a
-    with KernelProgram.load(ret_insns(2), name="first") as p1, KernelProgram.load(ret_insns(1), name="second") as p2:
+    with KernelProgram.load(ret_insns(2), name="first") as p1, \
+            KernelProgram.load(ret_insns(1), name="second") as p2:
         attach_xdp(dev, p1.fd, XdpMode.NATIVE, netns=ns)
         try:
             with pytest.raises(XdpError) as e:

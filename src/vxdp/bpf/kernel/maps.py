@@ -242,6 +242,10 @@ class KernelMap(FdOwner):
             raise MapError(f"{self._what()}: value of {len(value)} bytes, expected {self.value_bytes}")
         return ctypes.create_string_buffer(bytes(value), len(value))
 
+    def _keys_buf(self, keys: list[bytes]) -> ctypes.Array:
+        raw = b"".join(self._key(k).raw for k in keys)
+        return ctypes.create_string_buffer(raw, len(raw))
+
     # -- element ops ----------------------------------------------------------------------
     def lookup(self, key: bytes) -> bytes | None:
         k, v = self._key(key), ctypes.create_string_buffer(self.value_bytes)
@@ -364,8 +368,9 @@ class KernelMap(FdOwner):
             raise MapError(f"{self._what()}: {len(keys)} keys but {len(values)} values")
         if not keys:
             return 0
-        kb = ctypes.create_string_buffer(b"".join(self._key(k).raw for k in keys), max(self.spec.key_size, 1) * len(keys))
-        vb = ctypes.create_string_buffer(b"".join(self._value(v).raw for v in values), self.value_bytes * len(values))
+        kb = self._keys_buf(keys)
+        vb = ctypes.create_string_buffer(b"".join(self._value(v).raw for v in values),
+                                         self.value_bytes * len(values))
         attr = _BatchAttr(keys=buf_addr(kb), values=buf_addr(vb), count=len(keys), map_fd=self.fd,
                           elem_flags=int(flags))
         call(Cmd.MAP_UPDATE_BATCH, attr, self._what())
@@ -375,11 +380,12 @@ class KernelMap(FdOwner):
         """Delete many keys in one syscall; returns how many the kernel deleted (it stops at the first error)."""
         if not keys:
             return 0
-        kb = ctypes.create_string_buffer(b"".join(self._key(k).raw for k in keys), max(self.spec.key_size, 1) * len(keys))
+        kb = self._keys_buf(keys)
         attr = _BatchAttr(keys=buf_addr(kb), count=len(keys), map_fd=self.fd)
         call(Cmd.MAP_DELETE_BATCH, attr, self._what())
         return attr.count
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
-        return f"KernelMap({self.spec.name!r}, {self.spec.type.name if isinstance(self.spec.type, MapType) else self.spec.type}, {state})"
+        kind = self.spec.type.name if isinstance(self.spec.type, MapType) else self.spec.type
+        return f"KernelMap({self.spec.name!r}, {kind}, {state})"

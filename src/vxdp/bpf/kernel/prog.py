@@ -236,7 +236,8 @@ def _load_once(a: _LoadArgs, log_level: int, log: ctypes.Array | None) -> int:
     insns = ctypes.create_string_buffer(a.insns, len(a.insns))
     lic = ctypes.create_string_buffer(a.license)
     fi = _records(_FuncInfoRec, [_FuncInfoRec(f.insn, f.type_id) for f in a.func_info])
-    li = _records(_LineInfoRec, [_LineInfoRec(x.insn, x.file_name_off, x.line_off, x.line_col) for x in a.line_info])
+    li = _records(_LineInfoRec, [_LineInfoRec(x.insn, x.file_name_off, x.line_off, x.line_col)
+                                 for x in a.line_info])
     attr = _ProgLoadAttr(
         prog_type=a.prog_type, insn_cnt=a.insn_cnt, insns=buf_addr(insns), license=buf_addr(lic),
         log_level=log_level if log is not None else 0,
@@ -294,9 +295,11 @@ class KernelProgram(FdOwner):
         """
         raw = insns if isinstance(insns, (bytes, bytearray)) else encode(list(insns))
         if not raw or len(raw) % 8:
-            raise ValueError(f"prog {name!r}: {len(raw)} bytes of instructions is not a non-empty multiple of 8")
+            raise ValueError(f"prog {name!r}: {len(raw)} bytes of instructions "
+                             "is not a non-empty multiple of 8")
         args = _LoadArgs(
-            insns=bytes(raw), insn_cnt=len(raw) // 8, prog_type=int(prog_type), name=sanitize_name(name).encode(),
+            insns=bytes(raw), insn_cnt=len(raw) // 8, prog_type=int(prog_type),
+            name=sanitize_name(name).encode(),
             license=license.encode(), btf_fd=btf_fd, expected_attach_type=expected_attach_type,
             prog_flags=prog_flags, kern_version=kern_version, func_info=list(func_info or ()), line_info=list(line_info or ()),
         )

@@ -127,7 +127,8 @@ def sys_bpf(cmd: Cmd | int, attr: ctypes.Structure, what: str = "") -> int:
     if _NR < 0:
         bpf_syscall_number()  # raises ENOSYS naming the machine
     while True:
-        ret = _syscall(_NR, ctypes.c_int(int(cmd)), ctypes.byref(attr), ctypes.c_uint(ctypes.sizeof(attr)))
+        ret = _syscall(_NR, ctypes.c_int(int(cmd)), ctypes.byref(attr),
+                       ctypes.c_uint(ctypes.sizeof(attr)))
         if ret >= 0:
             return int(ret)
         err = ctypes.get_errno()
@@ -140,7 +141,8 @@ def call(cmd: Cmd | int, attr: ctypes.Structure, what: str = "") -> int:
     return globals()["sys_bpf"](cmd, attr, what)
 
 
-def call_or_none(cmd: Cmd | int, attr: ctypes.Structure, what: str = "", missing: int = _errno.ENOENT) -> int | None:
+def call_or_none(cmd: Cmd | int, attr: ctypes.Structure, what: str = "",
+                 missing: int = _errno.ENOENT) -> int | None:
     """`call`, with ``missing`` (ENOENT: no such key, no next id) answered as ``None``."""
     try:
         return call(cmd, attr, what)
