@@ -326,9 +326,13 @@ def test_list_input_and_bpftool_spellings() -> None:
 
 
 def test_number_spellings() -> None:
-    assert assemble("r1 = 0xffffffff\nw2 = -0x10\nif w1 == 4294967295 goto pc+1\nr0 = -1 ll") == [
+    assert assemble("r1 = 4294967295\nw2 = -0x10\nif w1 == 4294967295 goto pc+1\nr0 = -1 ll\nr1 += 0x10") == [
         Insn(0xB7, 1, 0, 0, -1), Insn(0xB4, 2, 0, 0, -16), Insn(0x16, 1, 0, 1, -1),
-        Insn(LDDW, 0, 0, 0, -1), Insn(0, 0, 0, 0, -1),
+        Insn(LDDW, 0, 0, 0, -1), Insn(0, 0, 0, 0, -1), Insn(0x07, 1, 0, 0, 16),
+    ]
+    # bpftool's rule: a mov immediate prints in decimal, a lddw value in hex (no "ll").
+    assert assemble("r1 = 0x10\nr2 = 0x9e3779b97f4a7c15") == [
+        Insn(LDDW, 1, 0, 0, 16), Insn(0), Insn(LDDW, 2, 0, 0, 0x7F4A7C15), Insn(0, imm=-0x61C88647),
     ]
 
 
@@ -338,7 +342,7 @@ def test_number_spellings() -> None:
         ("r0 = 1\nr0 = frobnicate\nexit", 2, "not an instruction"),
         ("\n\nr16 = 1", 3, "register number 16"),
         ("r1 += w2", 1, "mixes 32-bit"),
-        ("r0 = 0x100000000", 1, "does not fit 32 bits"),
+        ("r0 = 4294967296", 1, "does not fit 32 bits"),
         ("r0 = 0x10000000000000000 ll", 1, "does not fit 64 bits"),
         ("goto pc+40000", 1, "does not fit a signed 16-bit"),
         ("*(u64 *)(r10 -40000) = r1", 1, "does not fit a signed 16-bit"),

@@ -5,8 +5,14 @@ we print says everything the bytes say. The grammar is exactly the disassembler'
 (bpftool's ``prog dump xlated`` style), so ``assemble(disassemble(p)) == p`` for every
 program, including slots printed as ``raw(...)``. We also take a few spellings
 bpftool prints for loaded programs (``map[id:N]``, ``subprog[+N]``,
-``call kernel-function#N``, a lddw without ``ll`` when its value is a map or BTF
-reference, helper calls by name alone such as ``call bpf_ktime_get_ns``).
+``call kernel-function#N``, a lddw without ``ll``, helper calls by name alone such as
+``call bpf_ktime_get_ns``). So the text bpftool prints for a loaded program assembles
+back to the kernel's xlated bytes, except subprogram calls (there the kernel keeps the pc
+offset in ``off`` and bpftool prints no ``imm``).
+
+Immediates: ``rN = 0x..`` without ``ll`` is a lddw, as in bpftool, which prints lddw
+values in hex and ``mov`` immediates in decimal (``r1 = 16``); ``w1 = 0x10`` and every
+other operator take hex as a plain 32-bit immediate.
 
 Input: one instruction per line (a string is split on newlines). Blank lines and
 everything after ``;`` are ignored. A line may start with ``N:`` (ignored) and
@@ -303,10 +309,14 @@ def _addr_space_cast(m: re.Match[str], ctx: _Ctx) -> list[Insn]:
 
 @_form(_R + r" = (.*?)(~ll)?")
 def _lddw(m: re.Match[str], ctx: _Ctx) -> list[Insn]:
-    """The 64-bit load forms; a plain number needs ``ll`` (without it, it is a ``mov``)."""
+    """The 64-bit load forms.
+
+    A number with ``ll`` is a lddw. Without ``ll``, bpftool's rule decides: it prints a
+    ``mov`` immediate in decimal and a lddw value in hex, so ``r1 = 0x10`` is a lddw and
+    ``r1 = 16`` a ``mov``.
+    """
     dst, value, ll = _regno(m.group(1)), m.group(2).strip(), m.group(3)
-    v = None
-    if ll and re.fullmatch(_NUM, value):
+    if re.fullmatch(_NUM, value) and (ll or re.fullmatch(r"[+-]?\s*0[xX][0-9a-fA-F]+", value)):
         n = _int(value)
         if not -(1 << 63) <= n < (1 << 64):
             raise _Bad(f"value {n} does not fit 64 bits")
