@@ -148,24 +148,32 @@ def _print_run(doc: dict[str, Any], frames: list[bytes], *, verbose: bool) -> No
 
 
 def cmd_disasm(args: argparse.Namespace) -> int:
-    from ..bpf.disasm import disassemble
+    from ..bpf.disasm import format_insn, insn_width
     from ..bpf.link import link
 
     obj = _load_object(args.file)
-    names = [obj.program(args.prog).name] if args.prog else list(obj.programs)
+    try:
+        names = [obj.program(args.prog).name] if args.prog else list(obj.programs)
+    except KeyError as e:
+        raise CliError(e.args[0]) from None
     docs = []
     for name in names:
         linked = link(obj, name)
-        notes = {r.insn: f"map {r.target}" + (f" +{r.offset}" if r.offset else "") for r in linked.map_refs}
+        notes = {r.insn: f"map {r.target}" + (f"+{r.offset}" if r.offset else "") for r in linked.map_refs}
         lines = {li.insn: li for li in linked.line_info}
-        insns = []
-        for i, text in enumerate(disassemble(linked.insns, line_numbers=False)):
-            entry: dict[str, Any] = {"pc": i, "text": text}
+        insns, i, last_src = [], 0, None
+        while i < len(linked.insns):
+            entry: dict[str, Any] = {"pc": i, "opcode": f"{linked.insns[i].code:02x}"}
+            entry["text"] = format_insn(linked.insns, i)
             if i in notes:
                 entry["note"] = notes[i]
-            if i in lines and lines[i].text:
-                entry["src"] = f"{lines[i].text.strip()} [{os.path.basename(lines[i].file)}:{lines[i].line}]"
+            li = lines.get(i)
+            if li is not None and li.text:
+                src = f"{li.text.strip()} [{os.path.basename(li.file)}:{li.line}]"
+                if src != last_src:
+                    entry["src"] = last_src = src
             insns.append(entry)
+            i += insn_width(linked.insns, i)
         docs.append({"name": name, "section": linked.section, "insns": insns})
     if args.json:
         emit_json(docs)
@@ -176,6 +184,6 @@ def cmd_disasm(args: argparse.Namespace) -> int:
             if "src" in entry:
                 print(f"; {entry['src']}")
             note = f"  ; {entry['note']}" if "note" in entry else ""
-            print(f"{entry['pc']:4d}: {entry['text']}{note}")
+            print(f"{entry['pc']:4d}: ({entry['opcode']}) {entry['text']}{note}")
         print()
     return 0

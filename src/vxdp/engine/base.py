@@ -88,7 +88,9 @@ class Engine(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def create_map(self, spec: MapSpec) -> Map: ...
+    def create_map(self, spec: MapSpec) -> Map:
+        """A new map as ``spec`` declares it, whole: ``spec.data`` written at key 0 and a
+        ``.rodata`` map frozen (read-only to user space), as libbpf prepares global data."""
 
     @abc.abstractmethod
     def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:
@@ -101,9 +103,6 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> RunResult: ...
-
-    def freeze(self, m: Map) -> None:
-        """Make a map read-only from user space (``.rodata``); engines without the notion ignore it."""
 
     def close(self) -> None:
         """Release every map and program this engine made."""

@@ -1,7 +1,8 @@
 """Loading a whole object into an engine, the way libbpf's ``bpf_object__load`` does.
 
-The steps run in a straight line, once: create every map (global-data maps get
-their initial bytes, ``.rodata`` is then frozen), link and resolve each
+The steps run in a straight line, once: create every map (an engine's
+``create_map`` writes a global-data map's initial bytes and freezes
+``.rodata``, as the spec asks), link and resolve each
 program against the engine's map handles, load the programs, and last fill
 each prog_array from the slots its BTF ``.values`` named. Written once against
 the `Engine` primitives, so the kernel, the interpreter and the JIT load an
@@ -15,7 +16,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..bpf.link import link, resolve_maps
-from ..bpf.mapspec import MapOrigin
 from ..bpf.obj import BpfObject
 from .base import Engine, Map, RunResult, XdpMd
 
@@ -83,12 +83,7 @@ def load_object(engine: Engine, obj: BpfObject, programs: Iterable[str] | None =
 
 def _create_maps(loaded: LoadedObject) -> None:
     for name, spec in loaded.obj.maps.items():
-        m = loaded.engine.create_map(spec)
-        loaded.maps[name] = m
-        if spec.data is not None and spec.is_global_data:
-            m.update(_U32.pack(0), spec.data)
-        if spec.origin is MapOrigin.RODATA:
-            loaded.engine.freeze(m)
+        loaded.maps[name] = loaded.engine.create_map(spec)
 
 
 def _fill_prog_arrays(loaded: LoadedObject) -> None:

@@ -1,0 +1,120 @@
+"""The kernel engine: maps and programs live in the host kernel, verified and JIT-compiled there.
+
+This is the engine the offload service attaches to a host port; for ``prog
+run`` and the differential tests it runs programs through
+``BPF_PROG_TEST_RUN``, which gives the same XDP buffer geometry every run and
+makes the kernel the oracle the other engines are checked against.
+
+A program's BTF (when the object has one) goes in with its func_info and
+line_info, so ``bpftool prog dump`` shows source lines. A kernel that refuses
+the BTF still gets the program, without BTF, as libbpf does when BTF is
+optional; a program the verifier refuses raises `VerifierError` with the log.
+"""
+
+from __future__ import annotations
+
+from ..bpf.isa import Insn
+from ..bpf.kernel import BpfError, KernelBtf, KernelMap, KernelProgram
+from ..bpf.mapspec import MapSpec
+from .base import Engine, Map, RunResult, XdpMd
+
+PROG_TYPE_XDP = 6
+
+
+class _KernelMap(Map):
+    """`Map` over a kernel map; the handle a program carries is the map's fd."""
+
+    def __init__(self, kmap: KernelMap, spec: MapSpec) -> None:
+        self.kmap = kmap
+        self.spec = spec
+
+    @property
+    def handle(self) -> int:  # type: ignore[override]
+        return self.kmap.fd
+
+    def lookup(self, key: bytes) -> bytes | None:
+        return self.kmap.lookup(key)
+
+    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
+        self.kmap.update(key, value, flags)
+
+    def delete(self, key: bytes) -> None:
+        self.kmap.delete(key)
+
+    def next_key(self, key: bytes | None) -> bytes | None:
+        return self.kmap.next_key(key)
+
+    def close(self) -> None:
+        self.kmap.close()
+
+
+class KernelEngine(Engine):
+    """Maps and programs in the host kernel; runs through ``BPF_PROG_TEST_RUN``."""
+
+    name = "kernel"
+
+    def __init__(self, *, name_prefix: str = "") -> None:
+        self.name_prefix = name_prefix
+        self.maps: list[_KernelMap] = []
+        self.programs: dict[int, KernelProgram] = {}
+        self._btf: dict[bytes, KernelBtf | None] = {}
+
+    def create_map(self, spec: MapSpec) -> Map:
+        kmap = KernelMap.create(spec, name=self.name_prefix + spec.name)
+        m = _KernelMap(kmap, spec)
+        self.maps.append(m)
+        return m
+
+    def _btf_fd(self, raw: bytes | None) -> int:
+        if not raw:
+            return 0
+        if raw not in self._btf:
+            try:
+                self._btf[raw] = KernelBtf.load(raw)
+            except BpfError:
+                self._btf[raw] = None
+        btf = self._btf[raw]
+        return btf.fd if btf is not None else 0
+
+    def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:
+        btf_fd = self._btf_fd(extra.get("btf"))  # type: ignore[arg-type]
+        prog = KernelProgram.load(
+            insns,
+            prog_type=PROG_TYPE_XDP,
+            name=self.name_prefix + name,
+            license=license,
+            btf_fd=btf_fd,
+            func_info=extra.get("func_info") if btf_fd else None,  # type: ignore[arg-type]
+            line_info=extra.get("line_info") if btf_fd else None,  # type: ignore[arg-type]
+        )
+        self.programs[prog.fd] = prog
+        return prog.fd
+
+    def program(self, handle: int) -> KernelProgram:
+        return self.programs[handle]
+
+    def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> RunResult:
+        ctx_in = None
+        if ctx is not None:
+            ctx_in = (
+                (0).to_bytes(4, "little")
+                + len(packet).to_bytes(4, "little")
+                + (0).to_bytes(4, "little")
+                + ctx.ingress_ifindex.to_bytes(4, "little")
+                + ctx.rx_queue_index.to_bytes(4, "little")
+                + (0).to_bytes(4, "little")
+            )
+        result = self.programs[prog].test_run(packet, repeat=repeat, ctx_in=ctx_in)
+        return RunResult(result.retval, result.data_out, float(result.duration_ns))
+
+    def close(self) -> None:
+        for prog in self.programs.values():
+            prog.close()
+        self.programs.clear()
+        for m in self.maps:
+            m.close()
+        self.maps.clear()
+        for btf in self._btf.values():
+            if btf is not None:
+                btf.close()
+        self._btf.clear()
