@@ -131,6 +131,8 @@ class Memory:
         """A load from ``struct xdp_md``: the verifier's rewrite makes data/data_end/data_meta pointers."""
         if size != 4 or off % 4 or not 0 <= off < CTX_SIZE:
             raise Fault(f"ctx access of {size} bytes at offset {off}: only aligned u32 fields")
+        if off == 20:  # the kernel refuses it unless expected_attach_type is BPF_XDP_DEVMAP
+            raise Fault("ctx access to egress_ifindex: only devmap programs may read it")
         return self.ctx_fields[off // 4]
 
     def read(self, addr: int, size: int, what: str = "read") -> bytes:
