@@ -165,3 +165,15 @@ def test_kernel_accepts_fixed_btf_and_rejects_unfixed(features_obj, types_obj):
     elf, _, _ = _sections(features_obj)
     err, log = _btf_load(elf.by_name[".BTF"].data)
     assert err < 0 and "DATASEC" in log and "size == 0" in log, log
+
+
+@pytest.mark.privileged
+def test_every_sample_objects_fixed_btf_loads(samples_built):
+    from vxdp.bpf.elf import load_object
+
+    for path in samples_built:
+        obj = load_object(path)
+        assert obj.btf_raw is not None, path
+        fd, log = _btf_load(obj.btf_raw)
+        assert fd >= 0, (path, log)
+        os.close(fd)
