@@ -13,6 +13,8 @@ CPU 0 so that per-CPU maps are written in the same slot on both sides.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 
 import pytest
 from testpaths import sample_objects
@@ -49,6 +51,24 @@ def on_cpu0():
 
 _pairs: dict[str, tuple[LoadedObject, LoadedObject]] = {}
 
+U32 = struct.Struct("<I")
+
+
+def _fill_tail_chain(loaded: LoadedObject) -> None:
+    """tail_chain's legacy prog_array has no .values: user space fills it (samples/README.md)."""
+    for slot, name in {0: "l4_tcp", 1: "l4_udp", 2: "l4_icmp", 3: "finish_tx"}.items():
+        loaded.maps["progs"].update(U32.pack(slot), U32.pack(loaded.programs[name]))
+
+
+def _fill_blocklist(loaded: LoadedObject) -> None:
+    """hash_maps drops sources on its blocklist; list addresses the strategies draw often."""
+    for addr in ("0.0.0.0", "255.255.255.255", "198.18.0.1"):
+        loaded.maps["blocklist"].update(socket.inet_aton(addr), U32.pack(0))
+
+
+# What user space does to an object before traffic, as samples/README.md says.
+SETUP = {"tail_chain": _fill_tail_chain, "hash_maps": _fill_blocklist}
+
 
 @pytest.fixture(scope="module")
 def engines(on_cpu0):
@@ -62,6 +82,8 @@ def engines(on_cpu0):
             interp_engine = InterpEngine()
             interp_engine.cpu = 0
             interp = load_object(interp_engine, obj)
+            for loaded in (kernel, interp):
+                SETUP.get(path.stem, lambda _: None)(loaded)
             _pairs[key] = (kernel, interp)
         return _pairs[key]
 
