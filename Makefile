@@ -48,8 +48,8 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(VENV)/bin/vxdp prog run $(BUILD)/xdp1.o --engine interp --packet-mix 64
-	$(VENV)/bin/vxdp prog run $(BUILD)/xdp1.o --engine kernel --packet-mix 64
+	$(VENV)/bin/vxdp prog run $(BUILD)/xdp1.o --engine interp --mix 64
+	$(VENV)/bin/vxdp prog run $(BUILD)/xdp1.o --engine kernel --mix 64
 
 clean:
 	rm -rf $(BUILD) $(VENV)
