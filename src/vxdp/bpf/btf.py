@@ -342,6 +342,9 @@ def fixup_datasec(btf: Btf, section_sizes: Mapping[str, int], symbol_offsets: Ma
     """
     out = bytearray(btf.raw)
     for t in btf.by_kind(Kind.DATASEC):
+        if t.name in (".ksyms", ".kconfig"):
+            raise BtfError(f"DATASEC {t.name!r}: extern symbols (kfuncs and __ksym in .ksyms, __kconfig in "
+                           f".kconfig) are not supported")
         size = t.size_or_type
         fix_offsets = size == 0
         if fix_offsets:
