@@ -1,0 +1,1 @@
+"""Benchmarks behind ``vxdp bench``: each returns rows, and `report` writes them with their context."""

@@ -1,0 +1,35 @@
+"""``vxdp bench …``: benchmarks that print their figures with the environment and write them to files."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .output import emit_json
+
+
+def add_parser(objects: argparse._SubParsersAction) -> None:
+    bench = objects.add_parser("bench", help="benchmarks (results to JSON and Markdown)")
+    cmds = bench.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    engines = cmds.add_parser("engines", help="ns per program run of xdp1 and xdp2 on each engine")
+    engines.add_argument("--samples", default="samples/build", metavar="DIR", help="default: samples/build")
+    engines.add_argument("--quick", action="store_true", help="fewer frames and runs")
+    engines.add_argument("--out", default="bench-results", metavar="DIR", help="default: bench-results")
+    engines.add_argument("-j", "--json", action="store_true", help="JSON output")
+    engines.set_defaults(func=cmd_engines)
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    from ..bench import engines, report
+
+    doc = engines.run(engines.plan(args.samples, quick=args.quick))
+    command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    md = engines.to_markdown(doc, command)
+    json_path, md_path = report.write(args.out, "engines", doc, md)
+    if args.json:
+        emit_json(doc)
+    else:
+        print(md, end="")
+        print(f"\nwritten: {json_path} {md_path}")
+    return 0
