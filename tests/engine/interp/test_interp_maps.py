@@ -70,7 +70,7 @@ def _ops(spec: MapSpec):
 def test_random_user_ops_match_kernel(map_type):
     spec = _spec(map_type)
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=int(__import__("os").environ.get("VXDP_MAPOPS_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(_ops(spec))
     def run(ops):
         engine = InterpEngine()
