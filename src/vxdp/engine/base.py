@@ -6,21 +6,18 @@ handles, and run a loaded program on a packet. Everything above (loading a
 whole object, filling prog_arrays, the CLI, the offload service) is written once
 against these primitives, so engines differ only where they really differ.
 
-Maps speak the user-space side of the kernel's map API on every engine: keys
-and values are bytes, a lookup of a missing key is ``None``, per-CPU values are
-one slot per possible CPU, each ``round_up(value_size, 8)`` bytes, and errors
-are `OSError` with the errno the kernel would give (ENOENT, EEXIST, E2BIG,
-EINVAL), so callers and tests cannot tell the engines apart.
+Maps speak `vxdp.bpf.mapapi.Map` on every engine (re-exported here), so
+callers and tests cannot tell the engines apart.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..bpf.isa import Insn
-from ..bpf.mapspec import MapSpec, UpdateFlag
+from ..bpf.mapapi import Map
+from ..bpf.mapspec import MapSpec
 
 
 @dataclass(frozen=True)
@@ -42,44 +39,6 @@ class RunResult:
     action: int  # the program's return value: an XdpAction for XDP programs
     packet: bytes  # the packet after the run, from data to data_end
     duration_ns: float  # mean wall time of one run, as the engine measures it
-
-
-class Map(abc.ABC):
-    """A created map, the same API on every engine."""
-
-    spec: MapSpec
-    handle: int  # what lddw MAP_FD carries for this engine: a kernel fd, an interpreter slot
-
-    @abc.abstractmethod
-    def lookup(self, key: bytes) -> bytes | None: ...
-
-    @abc.abstractmethod
-    def update(self, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None: ...
-
-    @abc.abstractmethod
-    def delete(self, key: bytes) -> None:
-        """Raises ``OSError(ENOENT)`` for a missing key, ``OSError(EINVAL)`` on arrays."""
-
-    @abc.abstractmethod
-    def next_key(self, key: bytes | None) -> bytes | None:
-        """The key after ``key`` (the first with ``None``); ``None`` at the end."""
-
-    def keys(self) -> Iterator[bytes]:
-        key = self.next_key(None)
-        seen = 0
-        while key is not None and seen <= self.spec.max_entries:
-            yield key
-            seen += 1
-            key = self.next_key(key)
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for key in self.keys():
-            value = self.lookup(key)
-            if value is not None:
-                yield key, value
-
-    def close(self) -> None:
-        """Release what the map holds (a kernel fd); idempotent."""
 
 
 class Engine(abc.ABC):
@@ -106,3 +65,6 @@ class Engine(abc.ABC):
 
     def close(self) -> None:
         """Release every map and program this engine made."""
+
+
+__all__ = ["Engine", "Map", "RunResult", "XdpMd"]

@@ -21,33 +21,6 @@ from .base import Engine, Map, RunResult, XdpMd
 PROG_TYPE_XDP = 6
 
 
-class _KernelMap(Map):
-    """`Map` over a kernel map; the handle a program carries is the map's fd."""
-
-    def __init__(self, kmap: KernelMap, spec: MapSpec) -> None:
-        self.kmap = kmap
-        self.spec = spec
-
-    @property
-    def handle(self) -> int:  # type: ignore[override]
-        return self.kmap.fd
-
-    def lookup(self, key: bytes) -> bytes | None:
-        return self.kmap.lookup(key)
-
-    def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
-        self.kmap.update(key, value, flags)
-
-    def delete(self, key: bytes) -> None:
-        self.kmap.delete(key)
-
-    def next_key(self, key: bytes | None) -> bytes | None:
-        return self.kmap.next_key(key)
-
-    def close(self) -> None:
-        self.kmap.close()
-
-
 class KernelEngine(Engine):
     """Maps and programs in the host kernel; runs through ``BPF_PROG_TEST_RUN``."""
 
@@ -55,13 +28,12 @@ class KernelEngine(Engine):
 
     def __init__(self, *, name_prefix: str = "") -> None:
         self.name_prefix = name_prefix
-        self.maps: list[_KernelMap] = []
+        self.maps: list[KernelMap] = []
         self.programs: dict[int, KernelProgram] = {}
         self._btf: dict[bytes, KernelBtf | None] = {}
 
     def create_map(self, spec: MapSpec) -> Map:
-        kmap = KernelMap.create(spec, name=self.name_prefix + spec.name)
-        m = _KernelMap(kmap, spec)
+        m = KernelMap.create(spec, name=self.name_prefix + spec.name)
         self.maps.append(m)
         return m
 

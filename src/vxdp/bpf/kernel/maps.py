@@ -1,7 +1,6 @@
 """Kernel maps through bpf(2): create, element ops, batch ops, freeze, info.
 
-`KernelMap` has the method names and semantics of `vxdp.engine.base.Map`
-(this package may not import the engine layer; the kernel engine wraps it):
+`KernelMap` is a `vxdp.bpf.mapapi.Map`, the interface every engine's maps share:
 keys and values are bytes, a lookup or next_key that finds nothing is
 ``None``, and every other refusal is a `BpfError` (an `OSError`) carrying the
 kernel's errno, so callers see exactly what the kernel said. Per-CPU values are
@@ -18,9 +17,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..mapapi import Map
 from ..mapspec import MapOrigin, MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
 from .objects import obj_get_info
 from .syscall import BpfError, Cmd, FdOwner, buf_addr, call, call_or_none
@@ -144,7 +143,7 @@ def sanitize_name(name: str) -> str:
     return _NAME_BAD.sub("_", name)[: OBJ_NAME_LEN - 1]
 
 
-class KernelMap(FdOwner):
+class KernelMap(FdOwner, Map):
     """A kernel map this process owns through one fd (closed by `close`, idempotently)."""
 
     def __init__(self, fd: int, spec: MapSpec):
@@ -279,20 +278,6 @@ class KernelMap(FdOwner):
         if call_or_none(Cmd.MAP_GET_NEXT_KEY, attr, self._what()) is None:
             return None
         return nk.raw[: self.spec.key_size]
-
-    def keys(self) -> Iterator[bytes]:
-        key = self.next_key(None)
-        seen = 0
-        while key is not None and seen <= self.spec.max_entries:
-            yield key
-            seen += 1
-            key = self.next_key(key)
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for key in self.keys():
-            value = self.lookup(key)
-            if value is not None:
-                yield key, value
 
     def freeze(self) -> None:
         """Make the map read-only for user space from now on (BPF_MAP_FREEZE); programs still write
