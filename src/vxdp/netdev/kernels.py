@@ -1,0 +1,210 @@
+"""The compiled per-batch loops of the netdev layer: one call per batch, never a Python step per frame.
+
+Three loops, each ``@njit(cache=True, nogil=True)`` and each returning a count
+plus an ``out`` array of side results (errno, errors, retries), since compiled
+code cannot raise with a useful message:
+
+- `rx_ring_walk` walks an AF_PACKET ``TPACKET_V3`` receive ring (blocks of
+  variable-length frames the kernel fills and hands over one block at a time).
+- `tx_sendmmsg` sends a batch with ``sendmmsg(2)``: one syscall for as many
+  frames as the kernel takes, bounded retries when the device is full.
+- `fd_read_batch` / `fd_write_batch` move frames through a tap fd with one
+  ``read(2)``/``write(2)`` per frame (a tap has no batched call) until the batch
+  is full/done or the fd answers EAGAIN.
+
+Memory ordering in `rx_ring_walk` (numba has no fences, volatile loads or
+atomics). The kernel fills a block's frames, then ``smp_wmb()``, then stores
+``TP_STATUS_USER`` into the block's status word (``prb_close_block``). We load
+that status word first, once per visit of a block, and read the block's
+frames only if it says USER; x86 (TSO) never reorders a load with an earlier
+load, so the frame bytes we load after seeing USER are the ones the kernel
+wrote before publishing it. A compiler cannot hoist those loads above the
+status check either: their addresses (``tp_mac``, ``tp_next_offset``) are
+themselves read from the block after the check. Handing the block back is one
+store of ``TP_STATUS_KERNEL`` after the last load from the block; x86 never
+reorders a store with earlier loads, and the compiler cannot sink the frame
+copies (``memcpy`` calls into the caller's batch) past it since they may alias
+the ring. The kernel, for its part, reads the status with ``smp_rmb()`` before
+reusing a block. No loop here spins on the status word: a call returns as soon
+as the next block is not ours, so a stale read only delays a frame to the next
+call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ._libc import EAGAIN, EINTR, ENOBUFS, c_memcpy, c_read, c_sched_yield, c_sendmmsg, c_write, last_errno
+
+# TPACKET_V3 layout (include/uapi/linux/if_packet.h)
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1
+BLK_STATUS_OFF = 8  # tpacket_block_desc.hdr.bh1.block_status
+BLK_NUM_PKTS_OFF = 12  # .num_pkts
+BLK_FIRST_PKT_OFF = 16  # .offset_to_first_pkt
+PKT_NEXT_OFF = 0  # tpacket3_hdr.tp_next_offset
+PKT_SNAPLEN_OFF = 12  # .tp_snaplen
+PKT_LEN_OFF = 16  # .tp_len
+PKT_MAC_OFF = 24  # .tp_mac (u16)
+
+# rx_ring_walk's state array
+ST_BLOCK, ST_INDEX, ST_OFFSET, ST_OVERSIZE = 0, 1, 2, 3
+RX_STATE_LEN = 4
+
+MMSGHDR_SIZE = 64  # struct mmsghdr on x86_64: msghdr (56) + msg_len (4) + padding
+MMSG_WORDS = MMSGHDR_SIZE // 8
+IOVEC_WORDS = 2
+
+
+@njit(cache=True, nogil=True)
+def rx_ring_walk(ring32: np.ndarray, ring_addr: int, block_size: int, nblocks: int, state: np.ndarray,
+                 data: np.ndarray, lens: np.ndarray) -> int:
+    """Copy up to ``data.shape[0]`` frames out of the ring into the batch; return how many.
+
+    ``ring32`` is the mapped ring as uint32 words, ``ring_addr`` its address.
+    ``state`` (int64[4]) carries the position across calls: the current block,
+    the index and byte offset of the next frame in it (a batch may fill up in
+    the middle of a block, which we then keep until a later call empties it),
+    and a running count of frames longer than a slot (skipped, not truncated).
+    Every block emptied is handed back to the kernel at once.
+    """
+    cap = data.shape[0]
+    slot = data.shape[1]
+    dst = data.ctypes.data
+    n = 0
+    blk = state[ST_BLOCK]
+    idx = state[ST_INDEX]
+    off = state[ST_OFFSET]
+    while n < cap:
+        base = blk * block_size
+        status = ring32[(base + BLK_STATUS_OFF) >> 2]  # the one read of the status per block visit
+        if (status & TP_STATUS_USER) == 0:
+            break
+        num = ring32[(base + BLK_NUM_PKTS_OFF) >> 2]
+        if idx == 0:
+            off = ring32[(base + BLK_FIRST_PKT_OFF) >> 2]
+        while idx < num and n < cap:
+            p = base + off
+            snaplen = ring32[(p + PKT_SNAPLEN_OFF) >> 2]
+            mac = ring32[(p + PKT_MAC_OFF) >> 2] & 0xFFFF
+            if snaplen <= slot:
+                c_memcpy(dst + n * slot, ring_addr + p + mac, snaplen)
+                lens[n] = snaplen
+                n += 1
+            else:
+                state[ST_OVERSIZE] += 1
+            off += ring32[(p + PKT_NEXT_OFF) >> 2]
+            idx += 1
+        if idx < num:
+            break  # the batch is full; the rest of this block waits for the next call
+        ring32[(base + BLK_STATUS_OFF) >> 2] = TP_STATUS_KERNEL  # hand the block back
+        blk += 1
+        if blk == nblocks:
+            blk = 0
+        idx = 0
+        off = 0
+    state[ST_BLOCK] = blk
+    state[ST_INDEX] = idx
+    state[ST_OFFSET] = off
+    return n
+
+
+@njit(cache=True, nogil=True)
+def tx_sendmmsg(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: np.ndarray, iovs: np.ndarray,
+                max_retries: int, out: np.ndarray) -> int:
+    """Send frames ``0..count-1`` of the batch with sendmmsg; return how many left the front of the batch.
+
+    ``msgs`` (uint64[cap*8]) holds prepared ``struct mmsghdr``s whose iovec
+    pointers point into ``iovs`` (uint64[cap*2]); we fill the iovecs. ENOBUFS/EAGAIN
+    (the device or the socket buffer is full) is retried ``max_retries`` times in
+    all, yielding the CPU in between; then we stop and the caller keeps the rest.
+    Any other error belongs to the frame at the front (e.g. EMSGSIZE): it is
+    skipped and counted, so one bad frame never stalls the queue.
+    out: [0] retries used, [1] frames rejected, [2] the last errno seen (0 if none).
+    """
+    base = data.ctypes.data
+    slot = data.shape[1]
+    for i in range(count):
+        iovs[2 * i] = base + i * slot
+        iovs[2 * i + 1] = lens[i]
+    mp = msgs.ctypes.data
+    done = 0
+    retries = 0
+    rejected = 0
+    last = 0
+    while done < count:
+        r = c_sendmmsg(fd, mp + done * MMSGHDR_SIZE, count - done, 0)
+        if r > 0:
+            done += r
+            continue
+        e = last_errno()
+        if e == EINTR:
+            continue
+        last = e
+        if e == ENOBUFS or e == EAGAIN:
+            if retries >= max_retries:
+                break
+            retries += 1
+            c_sched_yield()
+            continue
+        rejected += 1
+        done += 1
+    out[0] = retries
+    out[1] = rejected
+    out[2] = last
+    return done
+
+
+@njit(cache=True, nogil=True)
+def fd_read_batch(fd: int, data: np.ndarray, lens: np.ndarray, out: np.ndarray) -> int:
+    """read(2) one frame per slot until the batch is full or the fd has none; return the frames read.
+
+    out: [0] the errno that ended the loop (EAGAIN normally; 0 if the batch filled).
+    """
+    cap = data.shape[0]
+    slot = data.shape[1]
+    base = data.ctypes.data
+    n = 0
+    out[0] = 0
+    while n < cap:
+        r = c_read(fd, base + n * slot, slot)
+        if r < 0:
+            e = last_errno()
+            if e == EINTR:
+                continue
+            out[0] = e
+            break
+        if r == 0:
+            break
+        lens[n] = r
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def fd_write_batch(fd: int, data: np.ndarray, lens: np.ndarray, count: int, out: np.ndarray) -> int:
+    """write(2) frames ``0..count-1``; stop at EAGAIN; return how many left the front of the batch.
+
+    A frame the kernel refuses (EINVAL for a malformed one) is skipped and counted.
+    out: [0] frames rejected, [1] the last errno seen (0 if none).
+    """
+    slot = data.shape[1]
+    base = data.ctypes.data
+    i = 0
+    rejected = 0
+    last = 0
+    while i < count:
+        r = c_write(fd, base + i * slot, lens[i])
+        if r < 0:
+            e = last_errno()
+            if e == EINTR:
+                continue
+            last = e
+            if e == EAGAIN:
+                break
+            rejected += 1
+        i += 1
+    out[0] = rejected
+    out[1] = last
+    return i
