@@ -6,5 +6,6 @@ loop is compiled (`vxdp.netdev.kernels`), called once per `FrameBatch`.
 
 from .errors import NetdevError
 from .port import Port, PortStats
+from .tap import Tap, TapStats
 
-__all__ = ["NetdevError", "Port", "PortStats"]
+__all__ = ["NetdevError", "Port", "PortStats", "Tap", "TapStats"]
