@@ -1,0 +1,201 @@
+"""The daemons' control sockets: one JSON object per line, request then reply, over AF_UNIX.
+
+``vxdp host serve`` and ``vxdp guest run`` each listen on a control socket
+(``/run/vxdp/host-DEV.sock``, ``/run/vxdp/guest-NAME.sock``) for the CLI and
+the Python API. Control traffic is rare and small, so the protocol is the
+plainest that a person can also speak with ``socat``:
+
+    -> {"method": "prog.show", "params": {...}}
+    <- {"result": ...}             or   {"error": {"code": "ENOENT", "errno": 2, "message": "..."}}
+
+The server side is a `Server` the daemon's event loop polls (its fileno and
+its connections' filenos); a handler is a plain function of the params that
+returns a JSON-able result or raises `RpcError` (or an `OSError`, whose errno
+travels as is). The client is `call()`, blocking, with a timeout.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RUN_DIR_ENV = "VXDP_RUN_DIR"
+DEFAULT_RUN_DIR = "/run/vxdp"
+MAX_LINE = 64 << 20  # a map dump or a program can be large; a line past this is refused
+
+Handler = Callable[..., Any]
+
+
+def run_dir() -> Path:
+    """Where daemons keep their control sockets (``$VXDP_RUN_DIR``, else ``/run/vxdp``)."""
+    return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
+
+
+def host_socket(dev: str) -> Path:
+    return run_dir() / f"host-{dev}.sock"
+
+
+def guest_socket(name: str) -> Path:
+    return run_dir() / f"guest-{name}.sock"
+
+
+class RpcError(Exception):
+    """A request the daemon refused: ``code`` is an errno name, ``message`` says why."""
+
+    def __init__(self, code: str, message: str, *, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    @property
+    def errno(self) -> int:
+        return getattr(errno_mod, self.code, errno_mod.EIO)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {"code": self.code, "errno": self.errno, "message": self.message}
+        if self.data is not None:
+            doc["data"] = self.data
+        return doc
+
+    @classmethod
+    def from_exception(cls, e: BaseException) -> RpcError:
+        if isinstance(e, RpcError):
+            return e
+        if isinstance(e, OSError) and e.errno:
+            data = getattr(e, "log", None) or None
+            return cls(errno_mod.errorcode.get(e.errno, "EIO"), e.strerror or str(e), data=data)
+        return cls("EINVAL", str(e))
+
+
+class _Conn:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+
+class Server:
+    """A control socket: `fileno`s to poll, `process(fd)` when one is readable."""
+
+    def __init__(self, path: str | os.PathLike, handlers: dict[str, Handler]) -> None:
+        self.path = Path(path)
+        self.handlers = handlers
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_socket():
+            self.path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(self.path))
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+        self.conns: dict[int, _Conn] = {}
+
+    def filenos(self) -> list[int]:
+        return [self.sock.fileno(), *self.conns]
+
+    def process(self, fd: int) -> None:
+        """Accept on the listening socket, or read and answer complete requests on a connection."""
+        if fd == self.sock.fileno():
+            try:
+                sock, _ = self.sock.accept()
+            except BlockingIOError:
+                return
+            self.conns[sock.fileno()] = _Conn(sock)
+            return
+        conn = self.conns.get(fd)
+        if conn is None:
+            return
+        try:
+            data = conn.sock.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(fd)
+            return
+        conn.buf += data
+        if len(conn.buf) > MAX_LINE:
+            self._reply(conn, {"error": RpcError("E2BIG", "request line too long").to_json()})
+            self._drop(fd)
+            return
+        while b"\n" in conn.buf:
+            line, _, rest = bytes(conn.buf).partition(b"\n")
+            conn.buf = bytearray(rest)
+            if not self._reply(conn, self.dispatch(line)):
+                self._drop(fd)
+                return
+
+    def dispatch(self, line: bytes) -> dict[str, Any]:
+        """One request line to one reply object; never raises."""
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+                raise RpcError("EINVAL", 'a request is {"method": NAME, "params": {...}}')
+            handler = self.handlers.get(req["method"])
+            if handler is None:
+                raise RpcError("EOPNOTSUPP", f"unknown method {req['method']!r}")
+            params = req.get("params") or {}
+            if not isinstance(params, dict):
+                raise RpcError("EINVAL", "params must be an object")
+            return {"result": handler(**params)}
+        except json.JSONDecodeError as e:
+            return {"error": RpcError("EINVAL", f"not JSON: {e}").to_json()}
+        except TypeError as e:  # wrong parameters for the handler
+            return {"error": RpcError("EINVAL", str(e)).to_json()}
+        except Exception as e:  # noqa: BLE001 - the daemon answers every request and keeps serving
+            return {"error": RpcError.from_exception(e).to_json()}
+
+    def _reply(self, conn: _Conn, doc: dict[str, Any]) -> bool:
+        try:
+            conn.sock.setblocking(True)
+            conn.sock.sendall(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+            conn.sock.setblocking(False)
+            return True
+        except OSError:
+            return False
+
+    def _drop(self, fd: int) -> None:
+        conn = self.conns.pop(fd, None)
+        if conn is not None:
+            conn.sock.close()
+
+    def close(self) -> None:
+        for fd in list(self.conns):
+            self._drop(fd)
+        self.sock.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def call(path: str | os.PathLike, method: str, *, timeout: float = 30.0, **params: Any) -> Any:
+    """Send one request to a daemon's control socket and return its result (or raise `RpcError`)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise RpcError("ENOENT", f"no daemon listening on {path}") from None
+        sock.sendall(json.dumps({"method": method, "params": params}).encode() + b"\n")
+        buf = bytearray()
+        while b"\n" not in buf:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise RpcError("ECONNRESET", f"{path}: the daemon closed the connection")
+            buf += chunk
+            if len(buf) > MAX_LINE:
+                raise RpcError("E2BIG", f"{path}: reply too long")
+    except TimeoutError:
+        raise RpcError("ETIMEDOUT", f"{path}: no reply within {timeout:g} s") from None
+    finally:
+        sock.close()
+    doc = json.loads(bytes(buf).partition(b"\n")[0])
+    if "error" in doc:
+        err = doc["error"]
+        raise RpcError(err.get("code", "EIO"), err.get("message", ""), data=err.get("data"))
+    return doc.get("result")
