@@ -80,6 +80,9 @@ def testpmd_argv(vdevs: Sequence[str], *, forward_mode: str, lcores: str, file_p
     return argv + list(extra)
 
 
+testpmd_argv.__test__ = False  # type: ignore[attr-defined]  # pytest: a helper, not a test
+
+
 class Testpmd:
     """A running interactive testpmd; a context manager that always stops it.
 
