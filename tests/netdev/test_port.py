@@ -6,14 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from bpf.kernel.kernel_asm import MARK_ETHERTYPE, marked_frame, ret_insns
+from bpf.kernel.kernel_netns import veth_pair_two_ns  # noqa: F401  (fixture)
 
 from vxdp.bpf.isa import XdpAction
 from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, send_live_frames_in
 from vxdp.frames import FrameBatch
 from vxdp.netdev import NetdevError, Port
-
-from bpf.kernel.kernel_asm import MARK_ETHERTYPE, marked_frame, ret_insns
-from bpf.kernel.kernel_netns import veth_pair_two_ns  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.privileged
 

@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from bpf.kernel.kernel_netns import veth_pair  # noqa: F401  (fixture: gives us a fresh netns)
 from pyroute2 import IPRoute
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -14,8 +15,6 @@ from scapy.layers.l2 import Ether
 from vxdp.bpf.kernel import run_in_netns
 from vxdp.frames import FrameBatch
 from vxdp.netdev import NetdevError, Tap
-
-from bpf.kernel.kernel_netns import veth_pair  # noqa: F401  (fixture: gives us a fresh netns)
 
 pytestmark = pytest.mark.privileged
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import os
 import socket
 import struct
 from dataclasses import dataclass
