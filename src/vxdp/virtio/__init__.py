@@ -1,0 +1,1 @@
+"""virtio data structures over guest memory: memory regions, split virtqueues, virtio-net (no sockets)."""

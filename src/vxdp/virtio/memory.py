@@ -1,0 +1,249 @@
+"""Guest memory: memfd-backed regions, guest-physical -> local translation, bounds-checked.
+
+Both halves of a virtio device see the same bytes: the driver (our guest, or a
+QEMU VM) allocates its RAM as a memfd and hands the fd to the device over
+vhost-user (SET_MEM_TABLE), and each side mmaps it. Everything the device reads
+is therefore written by a party it must not trust, so every access goes through
+:meth:`GuestMemory.translate`, which refuses any range that is not wholly inside
+one region. A range crossing from one region into the next is refused too,
+even where the regions happen to be adjacent: keeping each access inside one
+mapping is what lets the compiled kernels (``vxdp.virtio.fastring``) copy with
+plain slices of one numpy array.
+
+Guest-physical addresses at or above ``GPA_LIMIT`` (2**62) are refused when
+regions are built. The compiled kernels rely on that: any 64-bit descriptor
+address at or above the limit is out of memory, and every other one fits an
+int64 with room for a 32-bit length on top, so the bounds arithmetic can never
+wrap.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+GPA_LIMIT = 1 << 62
+U64_MAX = (1 << 64) - 1
+
+
+class GuestMemoryError(Exception):
+    """An access (or a region table) that does not fit guest memory."""
+
+
+@dataclass
+class MemoryRegion:
+    """One region of guest memory and its local mapping.
+
+    ``mapping`` maps ``size + mmap_offset`` bytes of ``fd`` (vhost-user's
+    mmap_offset says where in the fd the region starts); ``array`` is the
+    uint8 view of the region's own bytes ``[mmap_offset, mmap_offset + size)``.
+    """
+
+    guest_phys_addr: int
+    size: int
+    userspace_addr: int
+    mmap_offset: int
+    fd: int | None
+    mapping: mmap.mmap | None = field(default=None, repr=False)
+    array: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def end(self) -> int:
+        return self.guest_phys_addr + self.size
+
+    def map(self) -> None:
+        """mmap the region's fd shared and read-write (the device writes rx buffers and used rings)."""
+        if self.fd is None:
+            raise GuestMemoryError(f"region at gpa {self.guest_phys_addr:#x} has no fd to map")
+        try:
+            self.mapping = mmap.mmap(self.fd, self.size + self.mmap_offset, mmap.MAP_SHARED,
+                                     mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError) as e:
+            raise GuestMemoryError(
+                f"cannot map region gpa {self.guest_phys_addr:#x} size {self.size:#x} "
+                f"offset {self.mmap_offset:#x} of fd {self.fd}: {e}") from None
+        self.array = np.frombuffer(self.mapping, np.uint8, count=self.size, offset=self.mmap_offset)
+
+
+def _check_regions(regions: list[MemoryRegion]) -> None:
+    if not regions:
+        raise GuestMemoryError("guest memory needs at least one region")
+    spans = []
+    for i, r in enumerate(regions):
+        if r.size <= 0 or r.guest_phys_addr < 0 or r.mmap_offset < 0 or r.userspace_addr < 0:
+            raise GuestMemoryError(f"region {i}: negative or empty ({r})")
+        if r.end > GPA_LIMIT:
+            raise GuestMemoryError(f"region {i}: gpa end {r.end:#x} beyond the supported limit {GPA_LIMIT:#x}")
+        if r.userspace_addr + r.size > U64_MAX + 1:
+            raise GuestMemoryError(f"region {i}: userspace address range overflows 64 bits")
+        spans.append((r.guest_phys_addr, r.end, i))
+    spans.sort()
+    for (_, end_a, ia), (start_b, _, ib) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            raise GuestMemoryError(f"regions {ia} and {ib} overlap in guest-physical space")
+
+
+class GuestMemory:
+    """The regions of one guest's memory; every access is bounds-checked against them."""
+
+    def __init__(self, regions: list[MemoryRegion]):
+        _check_regions(regions)
+        for r in regions:
+            if r.array is None:
+                r.map()
+        self.regions = regions
+        self._owned_fds: list[int] = []
+        self._closed = False
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def allocate(cls, size: int, gpa: int = 0, name: str = "vxdp-guest") -> GuestMemory:
+        """Driver side: one fresh memfd of ``size`` bytes at guest-physical ``gpa``.
+
+        The fd (``fd`` property) is what the frontend sends in SET_MEM_TABLE;
+        ``userspace_addr`` is our own mapping's address, as QEMU reports its own.
+        """
+        if size <= 0:
+            raise GuestMemoryError(f"cannot allocate {size} bytes of guest memory")
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            region = MemoryRegion(gpa, size, 0, 0, fd)
+            region.map()
+            region.userspace_addr = region.array.__array_interface__["data"][0]
+            mem = cls([region])
+        except BaseException:
+            os.close(fd)
+            raise
+        mem._owned_fds.append(fd)
+        return mem
+
+    @classmethod
+    def from_regions(cls, specs: list[tuple[int, int, int, int, int]]) -> GuestMemory:
+        """Device side, from SET_MEM_TABLE: ``specs`` are ``(fd, gpa, size, uva, mmap_offset)``.
+
+        The memory takes ownership of the fds and closes them in :meth:`close`
+        (the mappings would survive closing them, but keeping them lets a
+        reconnecting peer be compared and makes ownership plain).
+        """
+        regions = [MemoryRegion(gpa, size, uva, off, fd) for fd, gpa, size, uva, off in specs]
+        try:
+            mem = cls(regions)
+        except BaseException:
+            for r in regions:
+                if r.mapping is not None:
+                    r.array = None
+                    r.mapping.close()
+            raise
+        mem._owned_fds.extend(fd for fd, *_ in specs)
+        return mem
+
+    @property
+    def fd(self) -> int:
+        """The fd of the first region (the driver's single memfd)."""
+        return self.regions[0].fd
+
+    # -- translation --------------------------------------------------------------------------
+    def translate(self, gpa: int, n: int) -> tuple[int, int]:
+        """``(region index, offset into region.array)`` of ``[gpa, gpa+n)``, or GuestMemoryError.
+
+        An empty range (n == 0) is accepted at any address from a region's start
+        to its end inclusive (the same rule the compiled kernels apply).
+        """
+        if n < 0 or gpa < 0 or gpa + n > U64_MAX + 1 or gpa > U64_MAX:
+            raise GuestMemoryError(f"bad range gpa {gpa:#x} len {n}")
+        for i, r in enumerate(self.regions):
+            if r.guest_phys_addr <= gpa and gpa + n <= r.end:
+                if n == 0 or gpa < r.end:
+                    return i, gpa - r.guest_phys_addr
+        raise GuestMemoryError(f"range gpa {gpa:#x} len {n} is not inside one region of guest memory")
+
+    def uva_to_gpa(self, uva: int, n: int) -> int:
+        """Translate the frontend's virtual address (SET_VRING_ADDR) to a guest-physical one."""
+        if n < 0 or uva < 0:
+            raise GuestMemoryError(f"bad range uva {uva:#x} len {n}")
+        for r in self.regions:
+            if r.userspace_addr <= uva and uva + n <= r.userspace_addr + r.size:
+                return r.guest_phys_addr + (uva - r.userspace_addr)
+        raise GuestMemoryError(f"range uva {uva:#x} len {n} is not inside one region's userspace mapping")
+
+    def gpa_to_uva(self, gpa: int, n: int) -> int:
+        i, off = self.translate(gpa, n)
+        return self.regions[i].userspace_addr + off
+
+    # -- access -------------------------------------------------------------------------------
+    def view(self, gpa: int, n: int) -> memoryview:
+        """A zero-copy writable view of ``[gpa, gpa+n)``."""
+        i, off = self.translate(gpa, n)
+        return memoryview(self.regions[i].array[off:off + n])
+
+    def array(self, gpa: int, n: int) -> np.ndarray:
+        """A zero-copy uint8 numpy view of ``[gpa, gpa+n)``."""
+        i, off = self.translate(gpa, n)
+        return self.regions[i].array[off:off + n]
+
+    def read(self, gpa: int, n: int) -> bytes:
+        i, off = self.translate(gpa, n)
+        return self.regions[i].array[off:off + n].tobytes()
+
+    def write(self, gpa: int, data: bytes) -> None:
+        i, off = self.translate(gpa, len(data))
+        self.regions[i].array[off:off + len(data)] = np.frombuffer(bytes(data), np.uint8)
+
+    def read_u16(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 2), "little")
+
+    def read_u32(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 4), "little")
+
+    def read_u64(self, gpa: int) -> int:
+        return int.from_bytes(self.read(gpa, 8), "little")
+
+    def write_u16(self, gpa: int, v: int) -> None:
+        self.write(gpa, (v & 0xFFFF).to_bytes(2, "little"))
+
+    def write_u32(self, gpa: int, v: int) -> None:
+        self.write(gpa, (v & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def write_u64(self, gpa: int, v: int) -> None:
+        self.write(gpa, (v & U64_MAX).to_bytes(8, "little"))
+
+    # -- for compiled kernels -----------------------------------------------------------------
+    def regions_table(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """``(arrays, starts)``: a tuple of each region's uint8 array and an int64 array of their gpas.
+
+        numba takes a homogeneous tuple of arrays as it is; a kernel finds the
+        region whose ``[starts[i], starts[i] + arrays[i].size)`` holds a range.
+        """
+        arrays = tuple(r.array for r in self.regions)
+        starts = np.array([r.guest_phys_addr for r in self.regions], dtype=np.int64)
+        return arrays, starts
+
+    def close(self) -> None:
+        """Unmap every region and close the fds we own. Views still alive keep their mapping."""
+        if self._closed:
+            return
+        self._closed = True
+        for r in self.regions:
+            r.array = None
+            if r.mapping is not None:
+                try:
+                    r.mapping.close()
+                except BufferError:
+                    pass  # a view is still exported; the mapping goes when it does
+                r.mapping = None
+        for fd in self._owned_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._owned_fds = []
+
+    def __enter__(self) -> GuestMemory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
