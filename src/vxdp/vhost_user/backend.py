@@ -262,18 +262,19 @@ class BackendSession:
         out: list[bytes] = []
         while True:
             try:
-                ev = conn.next_event()
-                if ev is NEED_DATA:
-                    return out, False
-                if ev is CLOSED:
-                    return out, True
-                replies = self.handle(ev)  # type: ignore[arg-type]
-            except RemoteProtocolError as exc:
                 try:
-                    replies = self.on_error(exc)
-                except RemoteProtocolError:
-                    conn.close()
-                    return out, True
+                    ev = conn.next_event()
+                except RemoteProtocolError as exc:
+                    replies = self.on_error(exc)  # an ack, or raises (logged there)
+                else:
+                    if ev is NEED_DATA:
+                        return out, False
+                    if ev is CLOSED:
+                        return out, True
+                    replies = self.handle(ev)  # type: ignore[arg-type]
+            except RemoteProtocolError:
+                conn.close()
+                return out, True
             out.extend(conn.send(r)[0] for r in replies)
 
     def disconnect(self) -> None:
