@@ -7,14 +7,21 @@ import time
 
 import pytest
 from bpf.kernel.kernel_asm import MARK_ETHERTYPE, marked_frame, ret_insns
-from bpf.kernel.kernel_netns import veth_pair_two_ns  # noqa: F401  (fixture)
 
 from vxdp.bpf.isa import XdpAction
 from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, send_live_frames_in
 from vxdp.frames import FrameBatch
 from vxdp.netdev import NetdevError, Port
+from vxdp.testing.netns import NetLab, VethPair
 
 pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def pair() -> VethPair:
+    """A veth pair between two fresh namespaces, removed whatever the test did."""
+    with NetLab(prefix="vxnd") as lab:
+        yield lab.veth(lab.netns(), lab.netns(), "vxa", "vxb", addr_a="198.18.0.1/30", addr_b="198.18.0.2/30")
 
 MARK = MARK_ETHERTYPE.to_bytes(2, "big")
 DEADLINE_S = 30.0  # generous: only a broken port ever waits this long
@@ -42,8 +49,7 @@ def drain(port: Port, want: int, batch: FrameBatch) -> list[bytes]:
 
 
 @pytest.mark.parametrize("total", [1000, 10000])
-def test_send_batch_arrives_exactly_at_the_peer_port(veth_pair_two_ns, total):
-    pair = veth_pair_two_ns
+def test_send_batch_arrives_exactly_at_the_peer_port(pair, total):
     sizes = [60 + (i * 37) % (1514 - 60 + 1) for i in range(total)]
     sizes[:2] = [60, 1514]
     frames = [numbered_frame(i, s) for i, s in enumerate(sizes)]
@@ -73,8 +79,7 @@ def _recv_some(port: Port, batch: FrameBatch) -> list[bytes]:
 
 
 @pytest.mark.parametrize("total", [1000, 10000])
-def test_live_frames_are_received_and_counted_exactly(veth_pair_two_ns, total):
-    pair = veth_pair_two_ns
+def test_live_frames_are_received_and_counted_exactly(pair, total):
     frame = marked_frame(64)
     with KernelProgram.load(ret_insns(XdpAction.PASS), name="napi_pass") as npass, \
             KernelProgram.load(ret_insns(XdpAction.TX), name="gen_tx") as gen, \
@@ -87,8 +92,7 @@ def test_live_frames_are_received_and_counted_exactly(veth_pair_two_ns, total):
         assert rx.stats().drops == 0
 
 
-def test_a_full_ring_counts_drops(veth_pair_two_ns):
-    pair = veth_pair_two_ns
+def test_a_full_ring_counts_drops(pair):
     total = 5000
     with KernelProgram.load(ret_insns(XdpAction.PASS), name="napi_pass") as npass, \
             KernelProgram.load(ret_insns(XdpAction.TX), name="gen_tx") as gen, \
@@ -102,8 +106,7 @@ def test_a_full_ring_counts_drops(veth_pair_two_ns):
         assert len(got) + st.drops >= total
 
 
-def test_oversize_frames_are_skipped_and_rejected_frames_counted(veth_pair_two_ns):
-    pair = veth_pair_two_ns
+def test_oversize_frames_are_skipped_and_rejected_frames_counted(pair):
     good = [numbered_frame(1, 100), numbered_frame(2, 300), numbered_frame(3, 100)]
     too_long = numbered_frame(9, 3000)  # longer than the veth's MTU: the kernel refuses it
     with Port(pair.a, netns=pair.ns_a) as tx, Port(pair.b, netns=pair.ns_b) as rx:

@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-from bpf.kernel.kernel_netns import veth_pair  # noqa: F401  (fixture: gives us a fresh netns)
 from pyroute2 import IPRoute
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -15,12 +14,21 @@ from scapy.layers.l2 import Ether
 from vxdp.bpf.kernel import run_in_netns
 from vxdp.frames import FrameBatch
 from vxdp.netdev import NetdevError, Tap
+from vxdp.testing.netns import NetLab
 
 pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def ns() -> str:
+    """A fresh namespace (lo up), removed with everything in it whatever the test did."""
+    with NetLab(prefix="vxnd") as lab:
+        yield lab.netns()
 
 TAP_IP, PEER_IP = "198.18.5.1", "198.18.5.2"
 PEER_MAC = "02:00:00:00:05:02"
 DEADLINE_S = 30.0
+VNET_HDR_LEN = 10  # struct virtio_net_hdr, the tap's default vnet header size
 
 
 def udp_socket_in(ns: str, ip: str, port: int) -> socket.socket:
@@ -43,14 +51,15 @@ def recv_all(s: socket.socket) -> list[bytes]:
             return out
 
 
-def test_frames_written_reach_the_netns_stack(veth_pair):
-    ns = veth_pair.ns_a
+@pytest.mark.parametrize("vnet_hdr", [False, True])
+def test_frames_written_reach_the_netns_stack(ns, vnet_hdr):
     total, port = 1000, 4789
-    with Tap("vxtap0", netns=ns, addr=f"{TAP_IP}/24") as tap:
+    hdr = bytes(VNET_HDR_LEN) if vnet_hdr else b""  # flags 0, GSO_NONE: a plain frame
+    with Tap("vxtap0", netns=ns, addr=f"{TAP_IP}/24", vnet_hdr=vnet_hdr) as tap:
         sock = udp_socket_in(ns, TAP_IP, port)
         try:
             payloads = [i.to_bytes(4, "big") + bytes(i % 1400) for i in range(total)]
-            frames = [bytes(Ether(dst=tap.mac, src=PEER_MAC) / IP(src=PEER_IP, dst=TAP_IP)
+            frames = [hdr + bytes(Ether(dst=tap.mac, src=PEER_MAC) / IP(src=PEER_IP, dst=TAP_IP)
                             / UDP(sport=1000 + i % 7, dport=port) / p) for i, p in enumerate(payloads)]
             batch = FrameBatch.allocate(64)
             got: list[bytes] = []
@@ -67,8 +76,7 @@ def test_frames_written_reach_the_netns_stack(veth_pair):
             sock.close()
 
 
-def test_frames_the_stack_sends_are_read_byte_exact(veth_pair):
-    ns = veth_pair.ns_a
+def test_frames_the_stack_sends_are_read_byte_exact(ns):
     total, port = 500, 4790
     with Tap("vxtap1", netns=ns, addr=f"{TAP_IP}/24") as tap:
         with IPRoute(netns=ns, flags=0) as ip:
@@ -96,8 +104,7 @@ def test_frames_the_stack_sends_are_read_byte_exact(veth_pair):
             sock.close()
 
 
-def test_the_tap_vanishes_on_close(veth_pair):
-    ns = veth_pair.ns_a
+def test_the_tap_vanishes_on_close(ns):
     tap = Tap("vxtap2", netns=ns, mtu=1400)
     with IPRoute(netns=ns, flags=0) as ip:
         link = ip.get_links(tap.ifindex)[0]

@@ -20,15 +20,13 @@ with XDP headroom, in softirq on our CPU) sets the rate.
 from __future__ import annotations
 
 import contextlib
-import itertools
-import os
 import select
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 
 from vxdp.bpf.isa import EXIT, Insn, XdpAction
 from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, enable_stats, send_live_frames_in
@@ -36,7 +34,6 @@ from vxdp.frames import FrameBatch
 
 from .port import Port
 
-_seq = itertools.count()
 FRAME_64 = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + bytes(64 - 14)
 
 
@@ -57,25 +54,17 @@ def _ret(action: int) -> list[Insn]:
 
 @contextlib.contextmanager
 def _veth_pair() -> Iterator[tuple[str, str]]:
-    """Two fresh namespaces joined by a veth pair ``vba`` (in the first) -- ``vbb`` (in the second)."""
-    tag = f"{os.getpid()}-{next(_seq)}"
-    names = (f"vxbench-a-{tag}", f"vxbench-b-{tag}")
-    made = []
-    try:
-        for ns in names:
-            netns.create(ns)
-            made.append(ns)
-        with IPRoute(netns=names[0], flags=0) as ip:
-            ip.link("add", ifname="vba", kind="veth", peer={"ifname": "vbb"})
-            ip.link("set", index=ip.link_lookup(ifname="vbb")[0], net_ns_fd=names[1])
-            ip.link("set", index=ip.link_lookup(ifname="vba")[0], state="up")
-        with IPRoute(netns=names[1], flags=0) as ip:
-            ip.link("set", index=ip.link_lookup(ifname="vbb")[0], state="up")
-        yield names
-    finally:
-        for ns in made:
-            with contextlib.suppress(OSError):
-                netns.remove(ns)
+    """Two fresh namespaces joined by a veth pair ``vba`` (in the first) -- ``vbb`` (in the second).
+
+    The harness helper (`vxdp.testing.netns`) is imported here, not at the top:
+    only this benchmark needs it, never the datapath.
+    """
+    from vxdp.testing.netns import NetLab
+
+    with NetLab(prefix="vxbn") as lab:
+        ns_a, ns_b = lab.netns(), lab.netns()
+        lab.veth(ns_a, ns_b, "vba", "vbb")
+        yield ns_a, ns_b
 
 
 def port_rx_mpps(frames: int = 2_000_000, batch: int = 256, **port_args) -> Rate:
