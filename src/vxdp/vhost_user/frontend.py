@@ -10,7 +10,9 @@ Order (FIELD-NOTES, QEMU 7.2): ``negotiate`` = GET_FEATURES, GET_PROTOCOL_FEATUR
 SET_PROTOCOL_FEATURES, [GET_QUEUE_NUM with MQ], SET_OWNER; ``start`` = SET_FEATURES,
 SET_MEM_TABLE (need_reply), then per vring SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR,
 SET_VRING_KICK, SET_VRING_CALL [, SET_VRING_ERR], then SET_VRING_ENABLE 1 for each; ``stop``
-= GET_VRING_BASE per vring. The frontend keeps ownership of the fds it sends (the kernel
+= GET_VRING_BASE per vring. With ``ack_all`` every request asks
+for a REPLY_ACK (when negotiated), so each step ends only once the backend has applied it;
+QEMU asks only for SET_MEM_TABLE (and SET_FEATURES). The frontend keeps ownership of the fds it sends (the kernel
 duplicates them into the peer).
 """
 
@@ -63,8 +65,9 @@ class FrontendSession:
     """State of our side: what was offered, what we acked, which replies are expected."""
 
     def __init__(self, want_features: int, want_protocol: int = DEFAULT_PROTOCOL_WANTED,
-                 queue_pairs: int = 1) -> None:
+                 queue_pairs: int = 1, ack_all: bool = False) -> None:
         self.want_features = want_features
+        self.ack_all = ack_all  # need_reply on every request (once REPLY_ACK is negotiated)
         self.want_protocol = want_protocol
         self.queue_pairs = queue_pairs
         self.backend_features: int | None = None
@@ -78,7 +81,7 @@ class FrontendSession:
     def _req(self, req: R, payload: m.Payload = m.Empty(), fds: tuple[int, ...] = (),
              ack: bool = False) -> m.Message:
         flags = m.VERSION
-        if ack and self.protocol & PF.REPLY_ACK:
+        if (ack or self.ack_all) and self.protocol & PF.REPLY_ACK and req not in m.ALWAYS_REPLIED:
             flags |= m.FLAG_NEED_REPLY
         return m.Message(req, payload, flags, fds)
 
