@@ -65,6 +65,18 @@ class KernelEngine(Engine):
     def program(self, handle: int) -> KernelProgram:
         return self.programs[handle]
 
+    def free_map(self, m: Map) -> None:
+        """Close one map this engine made, before `close` (the offload service frees objects one by one)."""
+        if m in self.maps:
+            self.maps.remove(m)  # type: ignore[arg-type]
+        m.close()
+
+    def free_program(self, handle: int) -> None:
+        """Close one program this engine loaded; unknown handles are ignored (idempotent)."""
+        prog = self.programs.pop(handle, None)
+        if prog is not None:
+            prog.close()
+
     def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> RunResult:
         ctx_in = None
         if ctx is not None:

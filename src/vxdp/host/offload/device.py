@@ -1,0 +1,104 @@
+"""What the offload service holds for each device: its handle table, objects, usage and counters.
+
+Plain records, no syscalls: `vxdp.host.offload.service` does the work; this
+module only says what a device *has*, and renders it for ``vxdp host show``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ...bpf.mapapi import Map
+from ...bpf.mapspec import MapSpec, MapType
+from .handles import HandleTable
+from .policy import TokenBucket
+from .rewrite import ACTION_SLOTS
+
+_U64 = struct.Struct("<Q")
+
+
+@dataclass
+class MapObj:
+    """One guest map: its spec, the engine's map, the memory it is charged for, its kernel id."""
+
+    handle: int
+    name: str
+    spec: MapSpec
+    map: Map
+    memory: int
+    kernel_id: int = 0
+
+    @property
+    def is_prog_array(self) -> bool:
+        return self.spec.type == MapType.PROG_ARRAY
+
+    def describe(self) -> dict:
+        t = self.spec.type
+        return {
+            "handle": self.handle, "name": self.name, "kernel_name": getattr(self.map.spec, "name", self.name),
+            "type": t.name.lower() if isinstance(t, MapType) else int(t), "key_size": self.spec.key_size,
+            "value_size": self.spec.value_size, "max_entries": self.spec.max_entries, "flags": self.spec.flags,
+            "memory": self.memory, "kernel_id": self.kernel_id,
+        }
+
+
+@dataclass
+class ProgObj:
+    """One guest program: the host's loaded copy, its action counters, the guest maps it uses."""
+
+    handle: int
+    name: str
+    kernel_name: str
+    engine_handle: int  # what the engine (a kernel fd) names the program by; prog_array values carry it
+    tag: str
+    kernel_id: int
+    guest_insns: int
+    host_insns: int
+    map_handles: tuple[int, ...]
+    counters: Map  # host-owned PERCPU_ARRAY, one u64 per CPU per `ACTION_SLOTS` entry
+
+    def action_counts(self) -> dict[str, int]:
+        """Verdicts so far, summed over CPUs: aborted, drop, pass, tx, redirect, other."""
+        out = {}
+        stride = 8  # u64 values; a per-CPU lookup returns one 8-byte slot per possible CPU
+        for slot, label in enumerate(ACTION_SLOTS):
+            raw = self.counters.lookup(slot.to_bytes(4, "little")) or b""
+            out[label] = sum(_U64.unpack_from(raw, i)[0] for i in range(0, len(raw) - stride + 1, stride))
+        return out
+
+
+@dataclass
+class Device:
+    """One virtio-net device the service offloads for, and its host port."""
+
+    name: str
+    ifname: str
+    ifindex: int
+    netns: str | None
+    engine: object  # vxdp.engine.kernel.KernelEngine
+    handles: HandleTable
+    bucket: TokenBucket
+    negotiated: bool = False
+    attached: int | None = None  # guest handle of the program on the port
+    map_memory: int = 0
+    counters: dict[str, int] = field(default_factory=lambda: {"commands": 0, "refused": 0, "rate_limited": 0})
+
+    def describe(self, maps: list[MapObj], progs: list[ProgObj]) -> dict:
+        return {
+            "name": self.name, "port": self.ifname, "ifindex": self.ifindex, "netns": self.netns,
+            "offload_negotiated": self.negotiated, "engine": getattr(self.engine, "name", "?"),
+            "attached": self.attached, "map_memory": self.map_memory, "counters": dict(self.counters),
+            "programs": [self._describe_prog(p) for p in progs],
+            "maps": [m.describe() for m in maps],
+        }
+
+    def _describe_prog(self, p: ProgObj) -> dict:
+        return {
+            "handle": p.handle, "name": p.name, "kernel_name": p.kernel_name, "tag": p.tag,
+            "kernel_id": p.kernel_id, "insns": p.guest_insns, "host_insns": p.host_insns,
+            "maps": list(p.map_handles),
+            "attached": ({"ifname": self.ifname, "ifindex": self.ifindex, "netns": self.netns, "mode": "native"}
+                         if self.attached == p.handle else None),
+            "actions": p.action_counts(),
+        }

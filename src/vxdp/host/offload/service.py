@@ -1,0 +1,483 @@
+"""The host's `OffloadService`: every offload command, for every device, through one policy.
+
+The guest's ctrl-vq handler (after the codec has decoded a request) and the
+operator path (``vxdp prog load --device``) both call the plain methods here;
+each returns a Python value or raises `OffloadError`, which the codec turns
+into a status + errno + message reply. Nothing here knows the wire format.
+
+What it does per command, in order: take a token from the device's command
+bucket (rule ``rate``), translate guest handles through the device's
+`HandleTable` (EBADF for anything the device does not own), apply the policy
+(type allowlists, sizes, quotas), then ask the device's engine. The kernel
+engine creates the maps in the host kernel and loads the program through the
+host verifier after `rewrite` has checked it, put host map fds in place of
+guest handles and added the action-counting epilogue; ``prog_attach`` puts it
+on the device's host port natively, so DROP and TX never leave the kernel.
+Kernel object names are ``<device>_<name>`` cut to the kernel's 15
+characters, so ``bpftool prog show`` says which device owns a program;
+`show` keeps the full names.
+
+prog_array values cross the boundary as guest *program handles*: an update
+translates them to the host program's fd (the kernel's prog_array takes fds),
+and a lookup translates the kernel's answer (the program id) back.
+
+Lifetimes: `free` closes one object; `reset` (the guest reset the device or
+went away) and `remove_device` detach and close everything the device made,
+so no kernel map or program outlives it. A map a live program uses, and an
+attached program, cannot be freed (EBUSY): detach or free the user first.
+
+The feature bit: a guest that did not negotiate offload must get every BPF
+command refused; the codec handler checks `require_negotiated` before
+dispatching. The operator path offloads on behalf of stock guests, which never
+negotiate, so it skips that check and nothing else.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from pyroute2 import IPRoute
+
+from ...bpf.helpers import Helper
+from ...bpf.isa import Insn
+from ...bpf.kernel import BpfError, MapError, VerifierError, XdpError, XdpMode, attach_xdp, detach_xdp
+from ...bpf.kernel.maps import sanitize_name
+from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
+from ...bpf.obj import FuncInfo, LineInfo
+from ...engine.kernel import KernelEngine
+from .device import Device, MapObj, ProgObj
+from .errors import OffloadError
+from .handles import HandleTable, Kind
+from .policy import PROG_TYPES, Policy, TokenBucket
+from .rewrite import ACTION_SLOTS, add_action_counters, check_program, rewrite_map_handles
+
+_U32 = struct.Struct("<I")
+ALLOWED_MAP_FLAGS = MapFlag.NO_PREALLOC | MapFlag.NO_COMMON_LRU | MapFlag.RDONLY_PROG | MapFlag.WRONLY_PROG
+DEVICE_PREFIX_LEN = 7  # of the 15 characters of a kernel name, this many name the device
+
+
+def kernel_prefix(device: str) -> str:
+    """The ``<device>_`` prefix of every kernel object a device's engine makes."""
+    return sanitize_name(device)[:DEVICE_PREFIX_LEN] + "_"
+
+
+def default_engine_factory(prefix: str) -> KernelEngine:
+    return KernelEngine(name_prefix=prefix)
+
+
+class OffloadService:
+    """Devices, their handles and objects, under one `Policy`. Thread-safe (one lock)."""
+
+    def __init__(self, engine_factory: Callable[[str], KernelEngine] = default_engine_factory,
+                 policy: Policy | None = None, *, clock: Callable[[], float] = time.monotonic):
+        self.engine_factory = engine_factory
+        self.policy = policy or Policy()
+        self.clock = clock
+        self.devices: dict[str, Device] = {}
+        self._maps: dict[str, dict[int, MapObj]] = {}
+        self._progs: dict[str, dict[int, ProgObj]] = {}
+        self._lock = threading.RLock()
+
+    # -- devices -------------------------------------------------------------------------------
+    def add_device(self, name: str, ifname: str, *, netns: str | None = None, negotiated: bool = False) -> Device:
+        """Register device ``name`` whose host port is ``ifname`` (in ``netns``, else ours)."""
+        with self._lock:
+            if name in self.devices:
+                raise OffloadError(errno.EEXIST, f"device {name} already exists")
+            ifindex = _ifindex(ifname, netns)
+            q = self.policy.quota
+            dev = Device(name=name, ifname=ifname, ifindex=ifindex, netns=netns,
+                         engine=self.engine_factory(kernel_prefix(name)), handles=HandleTable(name),
+                         bucket=TokenBucket(q.commands_per_second, q.command_burst, self.clock),
+                         negotiated=negotiated)
+            self.devices[name] = dev
+            self._maps[name], self._progs[name] = {}, {}
+            return dev
+
+    def remove_device(self, name: str) -> None:
+        """Detach and free everything ``name`` offloaded, then forget the device."""
+        with self._lock:
+            dev = self._device(name)
+            try:
+                self._teardown(dev)
+            finally:
+                dev.engine.close()
+                del self.devices[name], self._maps[name], self._progs[name]
+
+    def set_negotiated(self, device: str, negotiated: bool) -> None:
+        """The guest's feature negotiation result for the offload bit (the backend calls this)."""
+        with self._lock:
+            self._device(device).negotiated = negotiated
+
+    def require_negotiated(self, device: str) -> None:
+        """Refuse (EOPNOTSUPP, rule ``feature``) unless the guest negotiated the offload feature bit."""
+        dev = self._device(device)
+        if not dev.negotiated:
+            raise OffloadError(errno.EOPNOTSUPP, f"device {device}: the guest did not negotiate the offload "
+                               "feature; BPF commands are refused", "feature")
+
+    def close(self) -> None:
+        """Remove every device (daemon shutdown)."""
+        with self._lock:
+            for name in list(self.devices):
+                self.remove_device(name)
+
+    # -- capabilities --------------------------------------------------------------------------
+    def caps(self, device: str) -> dict:
+        """What this device may do: engine, program types, helpers, map types, limits, usage."""
+        with self._lock:
+            dev = self._begin(device)
+            p = self.policy
+            helpers = sorted(h for h in Helper if p.helper_allowed(h) is None)
+            return {
+                "engine": getattr(dev.engine, "name", "?"),
+                "prog_types": sorted(PROG_TYPES[t] for t in p.prog_types),
+                "helpers": [int(h) for h in helpers],
+                "helper_names": [h.name for h in helpers],
+                "map_types": sorted(int(t) for t in p.map_types),
+                "map_flags": int(ALLOWED_MAP_FLAGS),
+                "possible_cpus": possible_cpus(),
+                "limits": dict(p.quota.__dict__),
+                "usage": {"maps": dev.handles.count(Kind.MAP), "map_memory": dev.map_memory,
+                          "progs": dev.handles.count(Kind.PROG),
+                          "insns": sum(o.guest_insns for o in self._progs[device].values())},
+            }
+
+    # -- maps ----------------------------------------------------------------------------------
+    def map_create(self, device: str, *, type: int, key_size: int, value_size: int, max_entries: int,
+                   flags: int = 0, name: str = "") -> int:
+        """Create a map; return its guest handle."""
+        with self._lock:
+            dev = self._begin(device)
+            try:
+                memory = self.policy.check_map(type=type, key_size=key_size, value_size=value_size,
+                                               max_entries=max_entries, name=name)
+                if flags & ~ALLOWED_MAP_FLAGS:
+                    raise OffloadError(errno.EPERM, f"policy: map {name!r}: flags {flags:#x} not allowed "
+                                       f"(allowed {int(ALLOWED_MAP_FLAGS):#x})", "map_flags")
+                q = self.policy.quota
+                if dev.handles.count(Kind.MAP) >= q.max_maps:
+                    raise OffloadError(errno.ENOSPC, f"policy: device {device} already has {q.max_maps} maps",
+                                       "quota.max_maps")
+                if dev.map_memory + memory > q.max_map_memory:
+                    raise OffloadError(errno.ENOSPC, f"policy: map {name!r} needs {memory} bytes; device {device} "
+                                       f"uses {dev.map_memory} of {q.max_map_memory}", "quota.max_map_memory")
+                spec = MapSpec(name=name or "map", type=MapType(type), key_size=key_size, value_size=value_size,
+                               max_entries=max_entries, flags=flags)
+                m = self._kernel(f"map {name!r}", dev.engine.create_map, spec)
+            except OffloadError:
+                dev.counters["refused"] += 1
+                raise
+            handle = dev.handles.add(Kind.MAP, None)
+            obj = MapObj(handle, name, spec, m, memory, _map_id(m))
+            dev.handles.bind(handle, obj)
+            self._maps[device][handle] = obj
+            dev.map_memory += memory
+            return handle
+
+    def map_lookup(self, device: str, handle: int, key: bytes) -> bytes | None:
+        """The value at ``key``, or ``None`` if there is none (the codec answers ENOENT)."""
+        with self._lock:
+            dev = self._begin(device)
+            obj = self._map(dev, handle)
+            value = self._kernel(f"map {handle}", obj.map.lookup, key)
+            if value is not None and obj.is_prog_array:
+                value = _U32.pack(self._prog_handle_of_id(device, _U32.unpack(value[:4])[0]))
+            return value
+
+    def map_update(self, device: str, handle: int, key: bytes, value: bytes, flags: int = UpdateFlag.ANY) -> None:
+        with self._lock:
+            dev = self._begin(device)
+            obj = self._map(dev, handle)
+            if obj.is_prog_array:
+                value = self._prog_value(dev, value)
+            self._kernel(f"map {handle}", obj.map.update, key, value, flags)
+
+    def map_delete(self, device: str, handle: int, key: bytes) -> None:
+        with self._lock:
+            dev = self._begin(device)
+            obj = self._map(dev, handle)
+            self._kernel(f"map {handle}", obj.map.delete, key)
+
+    def map_get_next_key(self, device: str, handle: int, key: bytes | None) -> bytes | None:
+        """The key after ``key`` (the first with ``None``); ``None`` at the end."""
+        with self._lock:
+            dev = self._begin(device)
+            obj = self._map(dev, handle)
+            return self._kernel(f"map {handle}", obj.map.next_key, key)
+
+    def map_lookup_batch(self, device: str, handle: int, in_batch: bytes | None = None,
+                         count: int = 64) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Up to ``count`` elements from ``in_batch`` on; returns (items, token to continue or ``None`` at the end)."""
+        with self._lock:
+            dev = self._begin(device)
+            obj = self._map(dev, handle)
+            if count <= 0 or count > obj.spec.max_entries:
+                count = obj.spec.max_entries
+            if hasattr(obj.map, "lookup_batch"):
+                r = self._kernel(f"map {handle}", obj.map.lookup_batch, in_batch, count)
+                items, token = r.items(), r.next_batch
+            else:  # engines without batch ops: walk keys
+                items, token = self._walk(obj, in_batch, count)
+            if obj.is_prog_array:
+                items = [(k, _U32.pack(self._prog_handle_of_id(device, _U32.unpack(v[:4])[0]))) for k, v in items]
+            return items, token
+
+    def map_update_batch(self, device: str, handle: int, items: Sequence[tuple[bytes, bytes]],
+                         flags: int = UpdateFlag.ANY) -> int:
+        """Write every (key, value); return how many were written."""
+        with self._lock:
+            dev = self._begin(device)
+            obj = self._map(dev, handle)
+            keys = [k for k, _ in items]
+            values = [self._prog_value(dev, v) if obj.is_prog_array else v for _, v in items]
+            if hasattr(obj.map, "update_batch") and not obj.is_prog_array:
+                return self._kernel(f"map {handle}", obj.map.update_batch, keys, values, flags)
+            for k, v in zip(keys, values):  # prog_array: the kernel has no batch update for fd maps
+                self._kernel(f"map {handle}", obj.map.update, k, v, flags)
+            return len(keys)
+
+    # -- programs ------------------------------------------------------------------------------
+    def prog_load(self, device: str, insns: Sequence[Insn], *, name: str, license: str = "GPL",
+                  prog_type: int | str = "xdp", btf: bytes | None = None,
+                  func_info: Sequence[FuncInfo] | None = None,
+                  line_info: Sequence[LineInfo] | None = None) -> tuple[int, str]:
+        """Check, rewrite and load a program; return (guest handle, kernel tag as hex).
+
+        A program the kernel verifier refuses raises `OffloadError` with rule
+        ``verifier`` and the log in ``.log``. Its instruction numbers count the
+        host's copy: the guest's slots, with the 16-slot counting epilogue
+        inserted after the main function (subprogram slots are 16 further on).
+        """
+        with self._lock:
+            dev = self._begin(device)
+            try:
+                return self._prog_load(dev, list(insns), name, license, prog_type, btf,
+                                       list(func_info or ()), list(line_info or ()))
+            except OffloadError:
+                dev.counters["refused"] += 1
+                raise
+
+    def _prog_load(self, dev: Device, insns: list[Insn], name: str, license: str, prog_type: int | str,
+                   btf: bytes | None, func_info: list[FuncInfo], line_info: list[LineInfo]) -> tuple[int, str]:
+        p, q = self.policy, self.policy.quota
+        p.check_prog_type(prog_type)
+        progs = self._progs[dev.name]
+        if len(progs) >= q.max_progs:
+            raise OffloadError(errno.ENOSPC, f"policy: device {dev.name} already has {q.max_progs} programs",
+                               "quota.max_progs")
+        refs = check_program(insns, p, name=name)
+        used = sum(o.guest_insns for o in progs.values())
+        if used + len(insns) > q.max_total_insns:
+            raise OffloadError(errno.ENOSPC, f"policy: program {name!r} has {len(insns)} instructions; device "
+                               f"{dev.name} has {used} of {q.max_total_insns} loaded", "quota.max_total_insns")
+        for h in sorted(refs.map_handles):
+            self._map(dev, h)
+        host_insns = rewrite_map_handles(insns, lambda h: self._map(dev, h).map.handle)
+        counters = self._kernel("action counters", dev.engine.create_map,
+                                MapSpec("act", MapType.PERCPU_ARRAY, 4, 8, len(ACTION_SLOTS)))
+        try:
+            counted = add_action_counters(host_insns, counters.handle, func_info=func_info, line_info=line_info)
+            try:
+                fd = dev.engine.load_program(name, counted.insns, license=license, btf=btf,
+                                             func_info=counted.func_info, line_info=counted.line_info)
+            except VerifierError as e:
+                last = next((ln for ln in reversed(e.log.splitlines()) if ln.strip()), e.strerror or "")
+                raise OffloadError(e.errno or errno.EINVAL, f"kernel verifier refused program {name!r}: {last}",
+                                   "verifier", e.log) from None
+            except BpfError as e:
+                raise OffloadError(e.errno or errno.EINVAL, f"program {name!r}: {e}") from None
+        except BaseException:
+            dev.engine.free_map(counters)
+            raise
+        info = dev.engine.program(fd).info()
+        handle = dev.handles.add(Kind.PROG, None)
+        obj = ProgObj(handle=handle, name=name, kernel_name=info.name, engine_handle=fd, tag=info.tag,
+                      kernel_id=info.id, guest_insns=len(insns), host_insns=len(counted.insns),
+                      map_handles=tuple(sorted(refs.map_handles)), counters=counters)
+        dev.handles.bind(handle, obj)
+        progs[handle] = obj
+        return handle, info.tag
+
+    def prog_attach(self, device: str, handle: int) -> None:
+        """Attach the program natively (XDP driver mode) to the device's host port, replacing ours."""
+        with self._lock:
+            dev = self._begin(device)
+            obj = self._prog(dev, handle)
+            try:
+                attach_xdp(dev.ifindex, obj.engine_handle, XdpMode.NATIVE, netns=dev.netns)
+            except XdpError as e:
+                raise OffloadError(e.errno or errno.EINVAL, f"device {device}: attach to {dev.ifname}: "
+                                   f"{e.strerror or e}") from None
+            dev.attached = handle
+
+    def prog_detach(self, device: str) -> None:
+        """Detach the device's program from its port (no error if none is attached)."""
+        with self._lock:
+            dev = self._begin(device)
+            self._detach(dev)
+
+    def prog_query(self, device: str) -> dict:
+        """The attached program (``None`` if none) with its per-action counters, and every loaded program's."""
+        with self._lock:
+            dev = self._begin(device)
+            progs = self._progs[device]
+            listing = [{"handle": o.handle, "name": o.name, "tag": o.tag, "insns": o.guest_insns,
+                        "actions": o.action_counts()} for o in progs.values()]
+            return {"attached": dev.attached, "programs": listing}
+
+    def prog_counters(self, device: str, handle: int) -> dict[str, int]:
+        """One program's verdict counts (aborted, drop, pass, tx, redirect, other), summed over CPUs."""
+        with self._lock:
+            dev = self._begin(device)
+            return self._prog(dev, handle).action_counts()
+
+    # -- lifetimes -----------------------------------------------------------------------------
+    def free(self, device: str, handle: int) -> None:
+        """Close one map or program. EBUSY for an attached program or a map a loaded program uses."""
+        with self._lock:
+            dev = self._begin(device)
+            kind = dev.handles.kind(handle)
+            if kind is Kind.PROG:
+                if dev.attached == handle:
+                    raise OffloadError(errno.EBUSY, f"program handle {handle} is attached to {dev.ifname}; "
+                                       "detach it first", "handles")
+                obj = self._progs[device].pop(handle)
+                dev.handles.remove(handle)
+                self._close_prog(dev, obj)
+            elif kind is Kind.MAP:
+                users = [p.handle for p in self._progs[device].values() if handle in p.map_handles]
+                if users:
+                    raise OffloadError(errno.EBUSY, f"map handle {handle} is used by program handle(s) "
+                                       f"{', '.join(map(str, users))}; free them first", "handles")
+                mobj = self._maps[device].pop(handle)
+                dev.handles.remove(handle)
+                dev.map_memory -= mobj.memory
+                dev.engine.free_map(mobj.map)
+            else:
+                raise OffloadError(errno.EBADF, f"handle {handle} is not an object of device {device}")
+
+    def reset(self, device: str) -> None:
+        """The guest reset the device or went away: detach and free everything it offloaded."""
+        with self._lock:
+            dev = self._device(device)
+            self._teardown(dev)
+
+    def kernel_ids(self, device: str) -> tuple[set[int], set[int]]:
+        """(program ids, map ids) of every kernel object the device holds now, counters included."""
+        with self._lock:
+            progs = {o.kernel_id for o in self._progs[device].values()}
+            maps = {o.kernel_id for o in self._maps[device].values()}
+            maps |= {_map_id(o.counters) for o in self._progs[device].values()}
+            return progs, maps
+
+    # -- visibility ----------------------------------------------------------------------------
+    def show(self) -> list[dict]:
+        """Every device with its programs (name, tag, insns, maps, attach point, action counters) and maps."""
+        with self._lock:
+            return [dev.describe(list(self._maps[name].values()), list(self._progs[name].values()))
+                    for name, dev in self.devices.items()]
+
+    # -- internals -----------------------------------------------------------------------------
+    def _device(self, name: str) -> Device:
+        dev = self.devices.get(name)
+        if dev is None:
+            raise OffloadError(errno.ENODEV, f"no device named {name!r}")
+        return dev
+
+    def _begin(self, name: str) -> Device:
+        dev = self._device(name)
+        dev.counters["commands"] += 1
+        if not dev.bucket.take():
+            dev.counters["rate_limited"] += 1
+            q = self.policy.quota
+            raise OffloadError(errno.EAGAIN, f"policy: device {name} sent more than {q.commands_per_second:g} "
+                               f"commands a second (burst {q.command_burst})", "rate")
+        return dev
+
+    def _map(self, dev: Device, handle: int) -> MapObj:
+        return dev.handles.get(handle, Kind.MAP)  # type: ignore[return-value]
+
+    def _prog(self, dev: Device, handle: int) -> ProgObj:
+        return dev.handles.get(handle, Kind.PROG)  # type: ignore[return-value]
+
+    def _prog_value(self, dev: Device, value: bytes) -> bytes:
+        """A prog_array value from the guest (a u32 program handle) as the kernel takes it (the fd)."""
+        if len(value) != 4:
+            raise OffloadError(errno.EINVAL, f"prog_array value of {len(value)} bytes; expected a 4-byte "
+                               "program handle")
+        return _U32.pack(self._prog(dev, _U32.unpack(value)[0]).engine_handle)
+
+    def _prog_handle_of_id(self, device: str, prog_id: int) -> int:
+        for o in self._progs[device].values():
+            if o.kernel_id == prog_id:
+                return o.handle
+        return 0
+
+    def _walk(self, obj: MapObj, token: bytes | None, count: int):
+        items, key = [], obj.map.next_key(token)
+        while key is not None and len(items) < count:
+            value = obj.map.lookup(key)
+            if value is not None:
+                items.append((key, value))
+            token, key = key, obj.map.next_key(key)
+        return items, (token if key is not None else None)
+
+    def _kernel(self, what: str, fn, *args):
+        """Call the engine; its errors (kernel errno, bad sizes) become `OffloadError`."""
+        try:
+            return fn(*args)
+        except MapError as e:
+            raise OffloadError(errno.EINVAL, str(e)) from None
+        except OSError as e:
+            raise OffloadError(e.errno or errno.EIO, f"{what}: {e.strerror or e}") from None
+
+    def _detach(self, dev: Device) -> None:
+        if dev.attached is None:
+            return
+        try:
+            detach_xdp(dev.ifindex, XdpMode.NATIVE, netns=dev.netns)
+        except XdpError as e:
+            if e.errno not in (errno.ENODEV, errno.ENOENT):  # the port is gone: nothing is attached
+                raise OffloadError(e.errno or errno.EIO, f"device {dev.name}: detach: {e.strerror or e}") from None
+        dev.attached = None
+
+    def _close_prog(self, dev: Device, obj: ProgObj) -> None:
+        dev.engine.free_program(obj.engine_handle)
+        dev.engine.free_map(obj.counters)
+
+    def _teardown(self, dev: Device) -> None:
+        try:
+            self._detach(dev)
+        finally:
+            for obj in list(self._progs[dev.name].values()):
+                self._close_prog(dev, obj)
+            for mobj in list(self._maps[dev.name].values()):
+                dev.engine.free_map(mobj.map)
+            self._progs[dev.name].clear()
+            self._maps[dev.name].clear()
+            dev.handles.clear()
+            dev.map_memory = 0
+            dev.engine.close()  # BTF objects the engine cached
+            dev.engine = self.engine_factory(kernel_prefix(dev.name))
+
+
+def _map_id(m) -> int:
+    info = getattr(m, "info", None)
+    return info().id if info is not None else 0
+
+
+def _ifindex(ifname: str, netns: str | None) -> int:
+    try:
+        with (IPRoute(netns=netns, flags=0) if netns else IPRoute()) as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+    except OSError as e:
+        raise OffloadError(e.errno or errno.ENODEV, f"port {ifname!r}: netns {netns!r}: {e.strerror or e}") from None
+    if not found:
+        where = f" in netns {netns!r}" if netns else ""
+        raise OffloadError(errno.ENODEV, f"port {ifname!r}{where}: no such interface")
+    return found[0]
