@@ -3,6 +3,7 @@ from the kernel's live-frames generator; no echo of our own frames; drops counte
 
 from __future__ import annotations
 
+import select
 import time
 
 import pytest
@@ -96,7 +97,7 @@ def test_a_full_ring_counts_drops(pair):
     total = 5000
     with KernelProgram.load(ret_insns(XdpAction.PASS), name="napi_pass") as npass, \
             KernelProgram.load(ret_insns(XdpAction.TX), name="gen_tx") as gen, \
-            Port(pair.b, netns=pair.ns_b, ring_frames=8, block_size=4096) as rx:  # 8 blocks of 4 KiB
+            Port(pair.b, netns=pair.ns_b, ring_frames=8, block_size=4096) as rx:  # 4 blocks of 4 KiB
         attach_xdp(pair.b, npass.fd, XdpMode.NATIVE, netns=pair.ns_b)
         send_live_frames_in(pair.ns_a, gen, marked_frame(64), ifindex=pair.a_index, count=total)
         st = rx.stats()
@@ -133,3 +134,21 @@ def test_a_closed_port_refuses_use():
     p.close()  # idempotent
     with pytest.raises(NetdevError, match="closed"):
         p.recv_batch(FrameBatch.allocate(4))
+
+
+def test_fileno_polls_readable_when_a_frame_waits(pair):
+    with Port(pair.a, netns=pair.ns_a) as tx, Port(pair.b, netns=pair.ns_b, retire_ms=1) as rx:
+        poller = select.poll()
+        poller.register(rx.fileno(), select.POLLIN)
+        inb = FrameBatch.allocate(64)
+        _recv_some(rx, inb)  # whatever the kernel sent on the fresh link
+        out = FrameBatch.allocate(1)
+        out.fill([numbered_frame(7, 60)])
+        assert tx.send_batch(out) == 1
+        got: list[bytes] = []
+        end = time.monotonic() + DEADLINE_S
+        while not got and time.monotonic() < end:
+            events = poller.poll(int(DEADLINE_S * 1000))  # the retire timer hands over the lone frame's block
+            assert events and events[0][1] & select.POLLIN  # a frame is waiting, so poll must say so
+            got += _recv_some(rx, inb)
+        assert got == [numbered_frame(7, 60)]
