@@ -188,6 +188,29 @@ class Vm:
             raise VmError(f"guest command {cmd!r} exited {rc}:\n{out}")
         return out
 
+    # A checksummed transfer with busybox tools. httpd/wget rather than nc: busybox's small nc
+    # in listen mode quits when its own stdin reaches EOF, truncating what it receives.
+
+    def serve_random_file(self, name: str, size_kib: int, *, port: int = 8080) -> str:
+        """Write ``size_kib`` KiB of random bytes to /tmp/www/NAME, serve /tmp/www over HTTP on
+        ``port`` (busybox httpd, started once per port) and return the file's sha256 hex digest."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or not 0 < size_kib <= 256 * 1024:
+            raise VmError(f"bad file {name!r} or size {size_kib} KiB")
+        out = self.check(f"mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/{name} bs=1024 "
+                         f"count={size_kib} 2>/dev/null && sha256sum /tmp/www/{name}", timeout=60)
+        self.check(f"[ -e /tmp/httpd.{port} ] || {{ httpd -p {port} -h /tmp/www && touch /tmp/httpd.{port}; }}")
+        return out.split()[0]
+
+    def fetch_sha256(self, url: str, *, timeout: float = 60.0) -> tuple[str, int]:
+        """wget ``url`` into the guest's /tmp and return (sha256 hex digest, size in bytes)."""
+        if not re.fullmatch(r"http://[A-Za-z0-9.:\[\]/_-]+", url):
+            raise VmError(f"bad URL {url!r}")
+        t = max(1, int(timeout))
+        out = self.check(f"rm -f /tmp/fetched && timeout {t} wget -q -O /tmp/fetched {url} && "
+                         "sha256sum /tmp/fetched && wc -c < /tmp/fetched", timeout=timeout + 10)
+        digest, _, size = out.split()
+        return digest, int(size)
+
     def close(self) -> None:
         """Kill QEMU (the guest has nothing to save) and reap it; safe to call twice."""
         stop_process(self._proc, grace=5.0)
