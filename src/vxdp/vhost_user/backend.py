@@ -34,10 +34,13 @@ both cases one line is logged and the process keeps serving other sessions.
 Fds: every fd handed to the device model belongs to it from then on (even if it raises);
 fds of a refused message are closed here.
 
-Protocol features offered by default: MQ (the spec says backends should), REPLY_ACK,
-CONFIG (answered from the device model), STATUS. Not offered: LOG_SHMFD (no migration
-logging, so SET_LOG_BASE/SET_LOG_FD are refused), BACKEND_REQ, INFLIGHT_SHMFD,
-CONFIGURE_MEM_SLOTS, INBAND_NOTIFICATIONS.
+Protocol features offered by default: MQ (the spec says backends should), REPLY_ACK, CONFIG
+(answered from the device model; DPDK's virtio_user reads the MAC with it, a size-0 answer
+makes it fall back). STATUS is implemented but opt-in: QEMU 7.2.0 then brackets every start
+and stop with GET_STATUS/SET_STATUS (status 0 on stop; upstream later reverted that), which
+FIELD-NOTES never measured. Not offered: LOG_SHMFD (no migration logging, so
+SET_LOG_BASE/SET_LOG_FD are refused), BACKEND_REQ, INFLIGHT_SHMFD, CONFIGURE_MEM_SLOTS,
+INBAND_NOTIFICATIONS.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from .messages import ProtocolFeature as PF
 
 log = logging.getLogger("vxdp.vhost_user")
 
-DEFAULT_PROTOCOL_FEATURES = PF.MQ | PF.REPLY_ACK | PF.CONFIG | PF.STATUS
+DEFAULT_PROTOCOL_FEATURES = PF.MQ | PF.REPLY_ACK | PF.CONFIG
 MAX_QUEUE_SIZE = 32768  # virtio 1.x: Queue Size is at most 32768
 
 
