@@ -1,0 +1,266 @@
+"""The BPF control class of virtio-net (docs/offload-protocol.md): requests and replies as bytes.
+
+Sans-IO and shared by both ends. The driver (guest) calls `encode_request` and, with
+what the device wrote, `decode_reply`; the device (host) calls `decode_request` on the
+readable bytes of a chain and `encode_reply` with the writable area's size. Nothing
+here touches a socket, guest memory or bpf(2): programs travel as raw instructions
+with guest map handles still in them, and the device's `OffloadService` decides what
+they mean.
+
+Malformed peer bytes raise `OffloadProtocolError` (never another exception) whose
+``code`` and message the device puts in its reply; messages our caller cannot encode
+raise `OffloadEncodeError`. The wire primitives are in `offload_wire`, the message
+dataclasses in `offload_msgs`; this module re-exports both.
+
+The feature bit `FEATURE_BPF_OFFLOAD` (58) is defined here and not in
+`vxdp.virtio.features`, which lists only bits the virtio spec assigns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ctrl import Ack, CtrlError, CtrlReply, CtrlRequest
+from .offload_msgs import (
+    REPLIES,
+    REQUESTS,
+    CapsReply,
+    CapsRequest,
+    MapCreateReply,
+    MapCreateRequest,
+    MapDeleteRequest,
+    MapFreeRequest,
+    MapGetNextKeyReply,
+    MapGetNextKeyRequest,
+    MapLookupBatchReply,
+    MapLookupBatchRequest,
+    MapLookupReply,
+    MapLookupRequest,
+    MapUpdateBatchReply,
+    MapUpdateBatchRequest,
+    MapUpdateRequest,
+    Message,
+    ProgAttachRequest,
+    ProgDetachRequest,
+    ProgFreeRequest,
+    ProgLoadReply,
+    ProgLoadRequest,
+    ProgQueryReply,
+    ProgQueryRequest,
+    StateExportReply,
+    StateExportRequest,
+    StateImportRequest,
+)
+from .offload_wire import (
+    CTRL_CLASS_BPF,
+    FEATURE_BPF_OFFLOAD,
+    MAX_REPLY,
+    MAX_REQUEST,
+    MAX_TEXT,
+    MIN_REPLY,
+    REPLY_FLAGS_KNOWN,
+    REPLY_HEADER_SIZE,
+    AttachFlag,
+    AttachPoint,
+    CapsFlag,
+    Command,
+    Errno,
+    OffloadEncodeError,
+    OffloadProtocolError,
+    Reader,
+    ReplyFlag,
+    StateImportFlag,
+    Writer,
+)
+
+__all__ = [
+    "CTRL_CLASS_BPF", "FEATURE_BPF_OFFLOAD", "MIN_REPLY", "REQUESTS", "REPLIES",
+    "AttachFlag", "AttachPoint", "CapsFlag", "Command", "Errno", "ReplyFlag", "StateImportFlag",
+    "OffloadEncodeError", "OffloadProtocolError", "Message", "Request", "ReplyPayload", "Reply",
+    "encode_request", "decode_request", "decode_request_body", "encode_reply", "decode_reply",
+    "CapsRequest", "CapsReply", "MapCreateRequest", "MapCreateReply", "MapFreeRequest",
+    "MapLookupRequest", "MapLookupReply", "MapUpdateRequest", "MapDeleteRequest",
+    "MapGetNextKeyRequest", "MapGetNextKeyReply", "MapLookupBatchRequest", "MapLookupBatchReply",
+    "MapUpdateBatchRequest", "MapUpdateBatchReply", "ProgLoadRequest", "ProgLoadReply",
+    "ProgFreeRequest", "ProgAttachRequest", "ProgDetachRequest", "ProgQueryRequest", "ProgQueryReply",
+    "StateExportRequest", "StateExportReply", "StateImportRequest",
+]
+
+Request = Message  # any of the *Request classes
+ReplyPayload = Message  # any of the *Reply classes
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the device writes after a BPF command: code, typed payload, text.
+
+    ``payload`` is the command's reply dataclass on success (None for commands that
+    answer nothing), and on failure None, except MAP_UPDATE_BATCH whose failure still
+    says how many entries were applied. ``needed`` is set with ``payload_omitted``:
+    the payload size the device needed (the driver retries with a larger area).
+    """
+
+    code: int = Errno.OK
+    payload: Message | None = None
+    text: str = ""
+    text_truncated: bool = False
+    payload_omitted: bool = False
+    needed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.code == Errno.OK
+
+    @classmethod
+    def error(cls, code: int, text: str = "", payload: Message | None = None) -> Reply:
+        if code == Errno.OK:
+            raise OffloadEncodeError("an error reply needs a non-zero code")
+        return cls(code=code, payload=payload, text=text)
+
+
+def _command(command: int, what: str) -> Command:
+    try:
+        return Command(command)
+    except ValueError:
+        raise OffloadProtocolError(command, what, f"unknown command {command:#04x}") from None
+
+
+def encode_request(req: Message) -> bytes:
+    """The device-readable bytes of one BPF command: class, command, request data."""
+    if type(req) not in REQUESTS.values():
+        raise OffloadEncodeError(f"{type(req).__name__} is not a BPF class request")
+    w = Writer(req.COMMAND)
+    req.write(w)
+    body = w.bytes()
+    if len(body) + 2 > MAX_REQUEST:
+        raise OffloadEncodeError(f"{req.COMMAND.name} request of {len(body)} bytes is above {MAX_REQUEST}")
+    return CtrlRequest(CTRL_CLASS_BPF, req.COMMAND, body).encode()
+
+
+def decode_request(data: bytes) -> Message:
+    """Parse the readable bytes of a chain (class and command included) into a request.
+
+    Raises `OffloadProtocolError` for anything malformed: wrong class, unknown command,
+    a truncated field, a length over its cap, trailing bytes.
+    """
+    if len(data) > MAX_REQUEST:
+        raise OffloadProtocolError(None, "request", f"{len(data)} bytes is above {MAX_REQUEST}", Errno.E2BIG)
+    try:
+        ctrl = CtrlRequest.decode(data)
+    except CtrlError as e:
+        raise OffloadProtocolError(None, "header", str(e)) from None
+    if ctrl.cls != CTRL_CLASS_BPF:
+        raise OffloadProtocolError(None, "class", f"{ctrl.cls:#x} is not the BPF class {CTRL_CLASS_BPF:#x}")
+    return decode_request_body(ctrl.command, ctrl.data)
+
+
+def decode_request_body(command: int, body: bytes) -> Message:
+    """Parse the command-specific data of a BPF request whose header was already split off."""
+    cmd = _command(command, "command")
+    r = Reader(body, cmd)
+    req = REQUESTS[cmd].read(r)
+    r.end()
+    return req
+
+
+def _errno(code: int) -> int:
+    try:
+        return Errno(code)
+    except ValueError:
+        return code
+
+
+def _fit_text(raw: bytes, room: int) -> tuple[bytes, bool]:
+    if len(raw) <= room:
+        return raw, False
+    cut = raw[: max(room, 0)]
+    return cut.decode("utf-8", "ignore").encode("utf-8"), True  # never end mid-character
+
+
+def encode_reply(command: int, reply: Reply, capacity: int | None = None) -> bytes:
+    """The device-writable bytes for ``reply``: ack, header, payload, text, within ``capacity``.
+
+    A payload that does not fit becomes ``ENOBUFS`` with PAYLOAD_OMITTED and the needed
+    size; text is cut (at a character boundary) and flagged. Under 17 bytes of capacity
+    only the ack fits, and it says VIRTIO_NET_ERR.
+    """
+    cmd = Command(command)
+    payload = b""
+    if reply.payload is not None:
+        if reply.payload.COMMAND != cmd:
+            raise OffloadEncodeError(f"{type(reply.payload).__name__} is not a {cmd.name} reply")
+        w = Writer(cmd, "reply")
+        reply.payload.write(w)
+        payload = w.bytes()
+        if not reply.ok and cmd != Command.MAP_UPDATE_BATCH:
+            raise OffloadEncodeError(f"a failed {cmd.name} reply carries no payload")
+    elif reply.ok and cmd in REPLIES:
+        raise OffloadEncodeError(f"a successful {cmd.name} reply needs a {REPLIES[cmd].__name__}")
+    code, flags = int(reply.code), 0
+    if reply.payload_omitted:
+        payload, flags, code = b"", ReplyFlag.PAYLOAD_OMITTED, Errno.ENOBUFS
+    payload_len = reply.needed if reply.payload_omitted else len(payload)
+    cap = MAX_REPLY if capacity is None else capacity
+    if cap < 1 + REPLY_HEADER_SIZE:
+        return CtrlReply(Ack.ERR).encode(cap)
+    if 1 + REPLY_HEADER_SIZE + len(payload) > cap:
+        payload_len, payload, flags, code = len(payload), b"", ReplyFlag.PAYLOAD_OMITTED, Errno.ENOBUFS
+    room = min(cap - 1 - REPLY_HEADER_SIZE - len(payload), MAX_TEXT)
+    text, cut = _fit_text(reply.text.encode("utf-8"), room)
+    if cut or reply.text_truncated:
+        flags |= ReplyFlag.TEXT_TRUNCATED
+    hdr = Writer(cmd, "reply header")
+    hdr.i32(code, "code")
+    hdr.u32(flags, "flags")
+    hdr.u32(payload_len, "payload_len")
+    hdr.u32(len(text), "text_len")
+    ack = Ack.OK if code == Errno.OK else Ack.ERR
+    return CtrlReply(ack, hdr.bytes() + payload + text).encode(cap)
+
+
+def decode_reply(command: int, data: bytes) -> Reply:
+    """Parse what the device wrote (the used length's worth) for a BPF ``command``.
+
+    Raises `OffloadProtocolError` if the bytes are not a valid reply. A device that wrote
+    only ``ack = VIRTIO_NET_ERR`` (offload not negotiated, or too small an area) gives
+    ``Reply(code=EIO)``.
+    """
+    cmd = _command(command, "reply")
+    if len(data) > MAX_REPLY:
+        raise OffloadProtocolError(cmd, "reply", f"{len(data)} bytes is above {MAX_REPLY}", Errno.E2BIG)
+    try:
+        ctrl = CtrlReply.decode(data)
+    except CtrlError as e:
+        raise OffloadProtocolError(cmd, "reply ack", str(e)) from None
+    if not ctrl.result:
+        if ctrl.ok:
+            raise OffloadProtocolError(cmd, "reply header", "ack is VIRTIO_NET_OK but no header follows")
+        return Reply(code=Errno.EIO, text="device wrote VIRTIO_NET_ERR and no reply header")
+    r = Reader(ctrl.result, cmd, "reply")
+    code = r.i32("code")
+    flags = r.u32("flags")
+    payload_len = r.u32("payload_len")
+    text_len = r.count("text_len", MAX_TEXT)
+    if code < 0:
+        raise r.error("code", f"{code} is negative; codes are positive errnos")
+    if (code == Errno.OK) != ctrl.ok:
+        raise r.error("code", f"code {code} contradicts ack {ctrl.ack.name}")
+    if flags & ~REPLY_FLAGS_KNOWN:
+        raise r.error("flags", f"unknown bits {flags & ~REPLY_FLAGS_KNOWN:#x}")
+    omitted = bool(flags & ReplyFlag.PAYLOAD_OMITTED)
+    payload = None
+    if omitted:
+        if code != Errno.ENOBUFS:
+            raise r.error("flags", f"PAYLOAD_OMITTED with code {code}, not ENOBUFS")
+    elif payload_len or (code == Errno.OK and cmd in REPLIES):
+        raw = r.take(payload_len, "payload")
+        cls = REPLIES.get(cmd)
+        if cls is None or (code != Errno.OK and cmd != Command.MAP_UPDATE_BATCH):
+            raise r.error("payload", f"{payload_len} bytes where {cmd.name} answers none")
+        pr = Reader(raw, cmd, "reply payload")
+        payload = cls.read(pr)
+        pr.end()
+    text = r.take(text_len, "text").decode("utf-8", "replace")
+    r.end()
+    return Reply(_errno(code), payload, text, bool(flags & ReplyFlag.TEXT_TRUNCATED), omitted,
+                 payload_len if omitted else 0)
