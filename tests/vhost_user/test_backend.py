@@ -8,7 +8,7 @@ import os
 import struct
 
 import pytest
-from vhost_user_helpers import OFFERED, GuestSide, Pair, RecordingDevice, fd_is_open, open_fds
+from vhost_user_helpers import OFFERED, GuestSide, Pair, RecordingDevice, open_fds
 
 from vxdp.vhost_user import messages as m
 from vxdp.vhost_user.backend import DeviceError
@@ -35,7 +35,7 @@ def pair():
     assert open_fds() == before, "fd leak"
 
 
-def ex(p: Pair, req, payload=m.Empty(), fds=(), flags=m.VERSION):
+def ex(p: Pair, req, payload=m.EMPTY, fds=(), flags=m.VERSION):
     return p.channel.exchange(m.Message(req, payload, flags, tuple(fds)))
 
 
@@ -150,7 +150,7 @@ def _testpmd_like(p, guest):
 
 # ------------------------------------------------------------------ hostile input: error acks
 
-def refused(p: Pair, req, payload=m.Empty(), fds=(), code=errno.EINVAL):
+def refused(p: Pair, req, payload=m.EMPTY, fds=(), code=errno.EINVAL):
     """Send with need_reply, expect an error ack with ``code``, then prove the session lives."""
     raw(p, int(req), payload.pack(), NEED, fds)
     rep = p.channel.recv()

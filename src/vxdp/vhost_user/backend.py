@@ -48,6 +48,7 @@ from __future__ import annotations
 import abc
 import enum
 import errno
+import itertools
 import logging
 from dataclasses import dataclass, field
 
@@ -377,7 +378,7 @@ class BackendSession:
         regions = list(msg.payload.regions)  # type: ignore[union-attr]
         for key in ("guest_phys_addr", "userspace_addr"):
             spans = sorted((getattr(r, key), getattr(r, key) + r.memory_size) for r in regions)
-            for (a0, a1), (b0, _b1) in zip(spans, spans[1:]):
+            for (a0, a1), (b0, _b1) in itertools.pairwise(spans):
                 if b0 < a1:
                     raise self._refuse(msg, f"regions overlap in {key}: 0x{a0:x}..0x{a1:x} and 0x{b0:x}")
         self._hand()

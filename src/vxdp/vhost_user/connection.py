@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
-from typing import Iterable, Union
+from collections.abc import Iterable
 
 from . import messages as m
 from .errors import LocalProtocolError, RemoteProtocolError
@@ -41,7 +41,7 @@ class _Sentinel(enum.Enum):
 
 NEED_DATA = _Sentinel.NEED_DATA
 CLOSED = _Sentinel.CLOSED
-Event = Union[m.Message, _Sentinel]
+Event = m.Message | _Sentinel
 
 
 def close_fds(fds: Iterable[int]) -> None:

@@ -18,15 +18,15 @@ duplicates them into the peer).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Callable, Generator, Optional
 
 from . import messages as m
 from .errors import LocalProtocolError, RemoteProtocolError, RequestFailed
 from .messages import FrontendReq as R
 from .messages import ProtocolFeature as PF
 
-Step = Generator[m.Message, Optional[m.Message], object]
+Step = Generator[m.Message, m.Message | None, object]
 
 DEFAULT_PROTOCOL_WANTED = PF.MQ | PF.REPLY_ACK
 
@@ -78,7 +78,7 @@ class FrontendSession:
         self.owned = False
 
     # ------------------------------------------------------------------ helpers
-    def _req(self, req: R, payload: m.Payload = m.Empty(), fds: tuple[int, ...] = (),
+    def _req(self, req: R, payload: m.Payload = m.EMPTY, fds: tuple[int, ...] = (),
              ack: bool = False) -> m.Message:
         flags = m.VERSION
         if (ack or self.ack_all) and self.protocol & PF.REPLY_ACK and req not in m.ALWAYS_REPLIED:
@@ -107,7 +107,7 @@ class FrontendSession:
                                 request=request.request)
         return reply.payload
 
-    def _ask(self, msg: m.Message) -> Generator[m.Message, Optional[m.Message], m.Payload | None]:
+    def _ask(self, msg: m.Message) -> Generator[m.Message, m.Message | None, m.Payload | None]:
         reply = yield msg
         return self.check_reply(msg, reply)
 
@@ -194,7 +194,7 @@ class FrontendSession:
         return c.payload  # type: ignore[union-attr]
 
 
-def run(step: Step, exchange: Callable[[m.Message], Optional[m.Message]]) -> object:
+def run(step: Step, exchange: Callable[[m.Message], m.Message | None]) -> object:
     """Drive a step: ``exchange(msg)`` sends a request and returns its reply (or None when
     ``messages.expects_reply(msg)`` is false). Returns the step's result."""
     try:

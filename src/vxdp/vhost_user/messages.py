@@ -21,8 +21,9 @@ from __future__ import annotations
 import enum
 import errno
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Union
+from typing import ClassVar
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
@@ -138,7 +139,7 @@ class Empty:
         return b""
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "Empty":
+    def unpack(cls, buf: bytes) -> Empty:
         return cls()
 
     def problem(self) -> str | None:
@@ -160,7 +161,7 @@ class U64:
         return self._S.pack(self.value)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "U64":
+    def unpack(cls, buf: bytes) -> U64:
         return cls(*cls._S.unpack(buf))
 
     def problem(self) -> str | None:
@@ -184,7 +185,7 @@ class VringFd:
         return self._S.pack((self.index & VRING_INDEX_MASK) | (VRING_NOFD_MASK if self.no_fd else 0))
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "VringFd":
+    def unpack(cls, buf: bytes) -> VringFd:
         (v,) = cls._S.unpack(buf)
         return cls(v & VRING_INDEX_MASK, bool(v & VRING_NOFD_MASK), raw=v)
 
@@ -212,7 +213,7 @@ class VringState:
         return self._S.pack(self.index, self.num)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "VringState":
+    def unpack(cls, buf: bytes) -> VringState:
         return cls(*cls._S.unpack(buf))
 
     def problem(self) -> str | None:
@@ -242,7 +243,7 @@ class VringAddr:
         return self._S.pack(self.index, self.flags, self.descriptor, self.used, self.available, self.log)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "VringAddr":
+    def unpack(cls, buf: bytes) -> VringAddr:
         return cls(*cls._S.unpack(buf))
 
     def problem(self) -> str | None:
@@ -270,7 +271,7 @@ class MemRegion:
         return self._S.pack(self.guest_phys_addr, self.memory_size, self.userspace_addr, self.mmap_offset)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "MemRegion":
+    def unpack(cls, buf: bytes) -> MemRegion:
         return cls(*cls._S.unpack(buf))
 
     def problem(self) -> str | None:
@@ -304,7 +305,7 @@ class MemoryTable:
         return self._H.pack(len(self.regions), 0) + b"".join(r.pack() for r in self.regions)
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "MemoryTable":
+    def unpack(cls, buf: bytes) -> MemoryTable:
         n, _pad = cls._H.unpack_from(buf)
         rs = tuple(MemRegion.unpack(buf[8 + i * 32 : 40 + i * 32]) for i in range(n))
         return cls(rs)
@@ -333,7 +334,7 @@ class SingleMemRegion:
         return bytes(8) + self.region.pack()
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "SingleMemRegion":
+    def unpack(cls, buf: bytes) -> SingleMemRegion:
         return cls(MemRegion.unpack(buf[8:40]))
 
     def problem(self) -> str | None:
@@ -367,7 +368,7 @@ class Config:
         return self._H.pack(self.offset, self.size, self.flags) + self.payload
 
     @classmethod
-    def unpack(cls, buf: bytes) -> "Config":
+    def unpack(cls, buf: bytes) -> Config:
         if len(buf) == 0:
             return cls(0, 0, 0, b"", error=True)
         off, size, flags = cls._H.unpack_from(buf)
@@ -388,7 +389,8 @@ class Config:
         return self.problem() is None
 
 
-Payload = Union[Empty, U64, VringFd, VringState, VringAddr, MemoryTable, SingleMemRegion, Config]
+Payload = Empty | U64 | VringFd | VringState | VringAddr | MemoryTable | SingleMemRegion | Config
+EMPTY = Empty()
 
 
 @dataclass(frozen=True)
@@ -399,7 +401,7 @@ class Message:
     """
 
     request: FrontendReq
-    payload: Payload = Empty()
+    payload: Payload = EMPTY
     flags: int = VERSION
     fds: tuple[int, ...] = ()
 
