@@ -28,6 +28,7 @@ class MapObj:
     map: Map
     memory: int
     kernel_id: int = 0
+    kernel_name: str = ""
 
     @property
     def is_prog_array(self) -> bool:
@@ -36,7 +37,7 @@ class MapObj:
     def describe(self) -> dict:
         t = self.spec.type
         return {
-            "handle": self.handle, "name": self.name, "kernel_name": getattr(self.map.spec, "name", self.name),
+            "handle": self.handle, "name": self.name, "kernel_name": self.kernel_name,
             "type": t.name.lower() if isinstance(t, MapType) else int(t), "key_size": self.spec.key_size,
             "value_size": self.spec.value_size, "max_entries": self.spec.max_entries, "flags": self.spec.flags,
             "memory": self.memory, "kernel_id": self.kernel_id,

@@ -173,7 +173,8 @@ class OffloadService:
                 dev.counters["refused"] += 1
                 raise
             handle = dev.handles.add(Kind.MAP, None)
-            obj = MapObj(handle, name, spec, m, memory, _map_id(m))
+            info = m.info() if hasattr(m, "info") else None
+            obj = MapObj(handle, name, spec, m, memory, info.id if info else 0, info.name if info else name)
             dev.handles.bind(handle, obj)
             self._maps[device][handle] = obj
             dev.map_memory += memory
