@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from vhost_user_helpers import OFFERED, GuestSide, Pair, RecordingDevice, open_fds
 
 from vxdp.vhost_user import messages as m
-from vxdp.vhost_user.backend import DeviceError
+from vxdp.vhost_user.backend import BackendSession, DeviceError
+from vxdp.vhost_user.connection import Connection, Role
 from vxdp.vhost_user.messages import FrontendReq as R
 from vxdp.vhost_user.messages import ProtocolFeature as PF
 from vxdp.vhost_user.transport import send_message
@@ -298,3 +302,65 @@ def test_error_without_reply_wanted_closes(pair):
         assert ex(p2, R.SET_VRING_NUM, m.VringState(0, 256), flags=NEED).payload == m.U64(0)
     finally:
         p2.close()
+
+
+# ------------------------------------------------------------------ other requests, fuzz
+
+def test_reset_owner_stops_rings_and_backend_req_fd_is_dropped(pair, guest):
+    handshake(pair)
+    ex(pair, R.SET_MEM_TABLE, m.MemoryTable(tuple(r.wire() for r in guest.regions)),
+       [r.fd for r in guest.regions], flags=NEED)
+    v = guest.vrings[0]
+    ex(pair, R.SET_VRING_NUM, m.VringState(0, v.num))
+    ex(pair, R.SET_VRING_ADDR, m.VringAddr(0, 0, v.desc_uva, v.used_uva, v.avail_uva))
+    ex(pair, R.SET_VRING_KICK, m.VringFd(0, no_fd=True), flags=NEED)  # polling mode
+    assert pair.device.started == {0} and ("set_vring_kick", 0, False) in pair.device.calls
+    sock = socket.socketpair()
+    before = open_fds()
+    assert ex(pair, R.SET_BACKEND_REQ_FD, fds=[sock[0].fileno()], flags=NEED).payload == m.U64(0)
+    assert open_fds() == before  # accepted and closed
+    sock[0].close()
+    sock[1].close()
+    assert ex(pair, R.RESET_OWNER, flags=NEED).payload == m.U64(0)
+    assert pair.device.started == set()
+    refused(pair, R.ADD_MEM_REG, m.SingleMemRegion(guest.regions[0].wire()),
+            [guest.memfd], code=errno.EOPNOTSUPP)
+
+
+_SIZES = {R.SET_MEM_TABLE: [8, 40, 72], R.GET_CONFIG: [12, 14, 18], R.SET_CONFIG: [12, 14]}
+
+
+@st.composite
+def wire_messages(draw):
+    req = draw(st.sampled_from(sorted(m.REQUEST_DECODERS) + [R.SET_LOG_BASE, 55]))
+    sizes = _SIZES.get(req, [0, 8, 40])
+    body = draw(st.binary(min_size=0, max_size=80)) if draw(st.booleans()) else None
+    if body is None:
+        n = draw(st.sampled_from(sizes))
+        small = st.integers(0, 3).map(lambda x: x.to_bytes(4, "little"))
+        words = draw(st.lists(st.one_of(small, st.binary(min_size=4, max_size=4)), min_size=n // 4, max_size=n // 4))
+        body = b"".join(words)
+    flags = draw(st.sampled_from([m.VERSION, NEED]))
+    return int(req), flags, body, draw(st.integers(0, 2))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msgs=st.lists(wire_messages(), max_size=25))
+def test_fuzz_backend_session(msgs):
+    """Random well-framed requests: the session answers, acks or closes; never anything else,
+    and every fd it was given is closed once the session is torn down."""
+    before = open_fds()
+    dev = RecordingDevice()
+    session = BackendSession(dev, features=OFFERED, num_vrings=2)
+    conn = Connection(Role.BACKEND)
+    for req, flags, body, nfds in msgs:
+        conn.receive_data(struct.pack("=III", req, flags, len(body)) + body, [os.eventfd(0) for _ in range(nfds)])
+        out, closed = session.process(conn)
+        for b in out:
+            assert struct.unpack_from("=I", b, 4)[0] == 0x5
+        if closed:
+            session.disconnect()
+            conn = Connection(Role.BACKEND)
+    conn.close()
+    session.disconnect()
+    assert open_fds() == before

@@ -150,3 +150,11 @@ def test_check_outgoing_refuses_misuse():
         m.check_outgoing(m.Message(R.SET_MEM_TABLE, m.MemoryTable((m.MemRegion(0, 0, 0, 0),)), fds=(3,)),
                          as_reply=False)
     m.check_outgoing(m.ack(R.SET_MEM_TABLE), as_reply=True)
+
+
+@pytest.mark.parametrize("n,size", [(1, 8), (0, 40), (2, 40), (9, 8 + 32 * 8)])
+def test_mem_table_count_must_match_size(n, size):
+    body = struct.pack("=II", n, 0) + bytes(size - 8)
+    with pytest.raises(RemoteProtocolError, match="SET_MEM_TABLE: nregions") as ei:
+        m.decode_request(int(R.SET_MEM_TABLE), m.VERSION, body, n)
+    assert not ei.value.fatal

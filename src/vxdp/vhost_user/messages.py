@@ -307,6 +307,8 @@ class MemoryTable:
     @classmethod
     def unpack(cls, buf: bytes) -> MemoryTable:
         n, _pad = cls._H.unpack_from(buf)
+        if n > MAX_REGIONS or len(buf) != 8 + MemRegion.SIZE * n:
+            raise ValueError(f"nregions {n} does not match a {len(buf)}-byte payload")
         rs = tuple(MemRegion.unpack(buf[8 + i * 32 : 40 + i * 32]) for i in range(n))
         return cls(rs)
 
@@ -512,7 +514,10 @@ def decode_request(request: int, flags: int, body: bytes, nfds: int) -> Message:
     size_ok, decode, size_desc = entry
     if not size_ok(len(body)):
         raise err(f"payload of {len(body)} bytes, expected {size_desc}")
-    payload = decode(body)
+    try:
+        payload = decode(body)
+    except (ValueError, struct.error) as exc:
+        raise err(str(exc)) from None
     problem = payload.problem()
     if problem:
         raise err(problem)
@@ -539,7 +544,10 @@ def decode_reply(request: int, flags: int, body: bytes, nfds: int) -> Message:
     size_ok, decode, size_desc = REPLY_DECODERS.get(req, _DEFAULT_REPLY)
     if not size_ok(len(body)):
         raise err(f"payload of {len(body)} bytes, expected {size_desc}")
-    payload = decode(body)
+    try:
+        payload = decode(body)
+    except (ValueError, struct.error) as exc:
+        raise err(str(exc)) from None
     problem = payload.problem()
     if problem:
         raise err(problem)
