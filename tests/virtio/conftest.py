@@ -13,7 +13,7 @@ from vxdp.virtio.virtqueue import (
     DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DriverQueue, QueueState, RingError,
 )
 
-MEM_SIZE = 1 << 20
+MEM_SIZE = 4 << 20
 DATA = 0x10000  # buffers live from here on; rings sit below
 TABLE = 0x20000  # indirect tables written by the hostile cases
 
