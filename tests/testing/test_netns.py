@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-from pyroute2 import IPRoute, netns as pr_netns
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
 
 from vxdp.testing.netns import NetLab, NetnsError, check_test_cidr
 
@@ -39,14 +40,13 @@ def test_veth_between_namespaces_carries_traffic_and_is_removed():
 @pytest.mark.privileged
 def test_teardown_after_a_failure_and_a_veth_end_in_our_namespace():
     names: list[str] = []
-    with pytest.raises(RuntimeError):
-        with NetLab() as lab:
-            ns = lab.netns()
-            names.append(ns)
-            lab.veth(None, ns, "vxlab0", "vxlab1", addr_a="198.18.3.5/30", addr_b="198.18.3.6/30")
-            with IPRoute() as ip:
-                assert ip.link_lookup(ifname="vxlab0")
-            raise RuntimeError("the test failed")
+    with pytest.raises(RuntimeError), NetLab() as lab:
+        ns = lab.netns()
+        names.append(ns)
+        lab.veth(None, ns, "vxlab0", "vxlab1", addr_a="198.18.3.5/30", addr_b="198.18.3.6/30")
+        with IPRoute() as ip:
+            assert ip.link_lookup(ifname="vxlab0")
+        raise RuntimeError("the test failed")
     assert names[0] not in pr_netns.listnetns()
     with IPRoute() as ip:
         assert not ip.link_lookup(ifname="vxlab0")
@@ -67,8 +67,7 @@ def test_only_the_benchmarking_range_is_accepted():
                      ("nonsense", "bad address")]:
         with pytest.raises(NetnsError, match=msg):
             check_test_cidr(bad)
-    with NetLab() as lab:
-        with pytest.raises(NetnsError, match="IFNAMSIZ|characters"):
-            lab.veth(None, None, "x" * 16, "y")
+    with NetLab() as lab, pytest.raises(NetnsError, match="IFNAMSIZ|characters"):
+        lab.veth(None, None, "x" * 16, "y")
     with pytest.raises(NetnsError, match="prefix"):
         NetLab(prefix="has space")

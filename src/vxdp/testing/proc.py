@@ -125,7 +125,7 @@ class OutputLog:
     def wait_for(self, pattern: str | re.Pattern, *, start: int = 0, timeout: float,
                  proc: subprocess.Popen | None = None) -> re.Match:
         """First match of ``pattern`` at or after ``start``; raises on timeout or when the output ends."""
-        rx = re.compile(pattern, re.M) if isinstance(pattern, str) else pattern
+        rx = re.compile(pattern, re.MULTILINE) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:

@@ -4,7 +4,7 @@ and by benchmarks as the DPDK anchor.
 
 Facts this module relies on (DPDK 22.11 from Debian 12, measured here):
 - It runs without hugepages: ``--no-huge -m 512 --no-pci``; each instance needs its own
-  ``--file-prefix`` or the second one attaches to the first as a secondary process.
+  ``--file-prefix`` (DPDK names its runtime files by it).
 - testpmd exits at once when stdin is at EOF (/dev/null), in interactive mode and not, so
   stdin stays an open pipe for its whole life; ``quit`` on it shuts it down cleanly.
 - On a pipe its stdout is block-buffered, so a command's output would arrive at exit only:
@@ -18,9 +18,9 @@ Facts this module relies on (DPDK 22.11 from Debian 12, measured here):
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 
 from .proc import HarnessError, OutputLog, close_pipes, spawn, stop_process, wait_for_path
 

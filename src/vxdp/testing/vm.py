@@ -58,7 +58,7 @@ def build_image(out_dir: str | Path | None = None, *, timeout: float = 900.0) ->
         raise VmError(f"{script} not found: build_image needs a source checkout")
     argv = [str(script)] + ([str(out_dir)] if out_dir is not None else [])
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise VmError(f"{script} took longer than {timeout:g} s") from e
     if res.returncode != 0:
@@ -148,7 +148,7 @@ class Vm:
             self.console.wait_for(re.escape(READY_MARKER), timeout=timeout, proc=self._proc)
         except HarnessError as e:
             raise VmError(f"guest not ready: {e}\nqemu stderr:\n{self.stderr.tail()}") from e
-        errors = re.findall(r"^VXDP-VM-ERROR .*$", self.console.text, re.M)
+        errors = re.findall(r"^VXDP-VM-ERROR .*$", self.console.text, re.MULTILINE)
         if errors:
             raise VmError(f"guest init reported: {'; '.join(errors)}")
         self._ready = True
