@@ -219,11 +219,11 @@ class OffloadService:
             obj = self._map(dev, handle)
             if count <= 0 or count > obj.spec.max_entries:
                 count = obj.spec.max_entries
-            if hasattr(obj.map, "lookup_batch"):
+            if hasattr(obj.map, "lookup_batch") and not obj.is_prog_array:
                 r = self._kernel(f"map {handle}", obj.map.lookup_batch, in_batch, count)
                 items, token = r.items(), r.next_batch
-            else:  # engines without batch ops: walk keys
-                items, token = self._walk(obj, in_batch, count)
+            else:  # the kernel has no batch ops for prog_array (ENOTSUPP), some engines none at all
+                items, token = self._kernel(f"map {handle}", self._walk, obj, in_batch, count)
             if obj.is_prog_array:
                 items = [(k, _U32.pack(self._prog_handle_of_id(device, _U32.unpack(v[:4])[0]))) for k, v in items]
             return items, token
