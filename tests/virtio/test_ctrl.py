@@ -7,7 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vxdp.virtio.ctrl import (
-    Ack, CtrlClass, CtrlError, CtrlReply, CtrlRequest, MqCmd, NotfCoalCmd, StatsCmd, class_name,
+    Ack,
+    CtrlClass,
+    CtrlError,
+    CtrlReply,
+    CtrlRequest,
+    MqCmd,
+    NotfCoalCmd,
+    StatsCmd,
+    class_name,
 )
 
 

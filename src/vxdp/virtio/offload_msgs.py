@@ -9,8 +9,10 @@ message compares equal to the one that was encoded.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from ..bpf import isa
 from ..bpf.obj import FuncInfo, LineInfo
@@ -127,7 +129,7 @@ def _write_insns(w: Writer, v: tuple[isa.Insn, ...], f: F) -> None:
     w.count(len(v), "insn_cnt", MAX_INSNS)
     try:
         w.raw(isa.encode(list(v)))
-    except Exception as e:  # struct.error, or a field out of range in Insn.encode
+    except (struct.error, TypeError) as e:  # a field out of range in Insn.encode
         raise w.error(f.attr, f"an instruction does not encode: {e}") from None
 
 

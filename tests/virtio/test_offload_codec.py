@@ -1,0 +1,426 @@
+"""The BPF control class codec: every message round-trips, every malformed byte string is an
+`OffloadProtocolError` naming command and field (never another exception), caps hold."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vxdp.bpf import isa
+from vxdp.bpf.mapspec import MapType, UpdateFlag
+from vxdp.bpf.obj import FuncInfo, LineInfo
+from vxdp.virtio.offload import (
+    CTRL_CLASS_BPF,
+    FEATURE_BPF_OFFLOAD,
+    MIN_REPLY,
+    REPLIES,
+    REQUESTS,
+    AttachFlag,
+    CapsReply,
+    CapsRequest,
+    Command,
+    Errno,
+    MapCreateReply,
+    MapCreateRequest,
+    MapDeleteRequest,
+    MapFreeRequest,
+    MapGetNextKeyReply,
+    MapGetNextKeyRequest,
+    MapLookupBatchReply,
+    MapLookupBatchRequest,
+    MapLookupReply,
+    MapLookupRequest,
+    MapUpdateBatchReply,
+    MapUpdateBatchRequest,
+    MapUpdateRequest,
+    OffloadEncodeError,
+    OffloadProtocolError,
+    ProgAttachRequest,
+    ProgDetachRequest,
+    ProgFreeRequest,
+    ProgLoadReply,
+    ProgLoadRequest,
+    ProgQueryReply,
+    ProgQueryRequest,
+    Reply,
+    StateExportReply,
+    StateExportRequest,
+    StateImportRequest,
+    decode_reply,
+    decode_request,
+    decode_request_body,
+    encode_reply,
+    encode_request,
+)
+
+MAP = 7  # a guest map handle
+
+
+def _xdp1_like() -> list[isa.Insn]:
+    """A program referencing map handle 7 both as a map (MAP_FD) and a value address (MAP_VALUE)."""
+    m0, m1 = isa.lddw(1, MAP, isa.PseudoSrc.MAP_FD)
+    v0, v1 = isa.lddw(2, 0, isa.PseudoSrc.MAP_VALUE)
+    v0, v1 = v0.replace(imm=MAP), v1.replace(imm=16)  # handle in slot 0, value offset in slot 1
+    return [m0, m1, v0, v1, isa.Insn(isa.CALL, imm=1), isa.Insn(0xB7, dst=0, imm=2),
+            isa.Insn(isa.EXIT), isa.Insn(0x05, off=-3)]
+
+
+REQUEST_SAMPLES = [
+    CapsRequest(),
+    MapCreateRequest(MapType.PERCPU_ARRAY, 4, 8, 256, 0, "rxcnt"),
+    MapCreateRequest(MapType.HASH, 64, 4096, 1, 1, "n" * 15),
+    MapFreeRequest(MAP),
+    MapLookupRequest(MAP, b"\x11\x00\x00\x00"),
+    MapUpdateRequest(MAP, b"\x01\x00\x00\x00", b"\xff" * 16, UpdateFlag.NOEXIST),
+    MapDeleteRequest(MAP, b"k" * 64),
+    MapGetNextKeyRequest(MAP),
+    MapGetNextKeyRequest(MAP, b"\x00\x00\x00\x01"),
+    MapLookupBatchRequest(MAP, 128),
+    MapLookupBatchRequest(MAP, 128, b"token"),
+    MapUpdateBatchRequest(MAP, 4, 8, [b"a" * 4, b"b" * 4], [b"1" * 8, b"2" * 8], UpdateFlag.ANY),
+    MapUpdateBatchRequest(MAP, 4, 8, [], []),
+    ProgLoadRequest(insns=_xdp1_like(), license="GPL", name="xdp_prog1", log_level=1, log_size=4096,
+                    btf=b"\x9f\xeb\x01\x00" + bytes(20),
+                    func_info=[FuncInfo(0, 3), FuncInfo(6, 9)],
+                    line_info=[LineInfo(0, 1, 20, 33, 5), LineInfo(4, 1, 40, 34, 1023)]),
+    ProgLoadRequest(insns=[isa.Insn(0xB7, imm=1), isa.Insn(isa.EXIT)], license="Dual BSD/GPL"),
+    ProgFreeRequest(3),
+    ProgAttachRequest(3),
+    ProgAttachRequest(4, 0, AttachFlag.REPLACE),
+    ProgDetachRequest(),
+    ProgQueryRequest(),
+    StateExportRequest(),
+    StateExportRequest(b"\x01\x02"),
+    StateImportRequest(b"chunk" * 100, 1),
+]
+
+REPLY_SAMPLES = [
+    (Command.CAPS, CapsReply("kernel", 1 << MapType.ARRAY | 1 << MapType.HASH, (1, 2, 3, 12, 44),
+                             max_maps=16, max_progs=8, max_map_memory=1 << 26, max_insns=4096,
+                             max_key_size=512, max_value_size=65536, max_entries=1 << 20, max_batch=1024,
+                             max_request=1 << 20, cmd_rate=1000, ncpus=2, flags=1)),
+    (Command.MAP_CREATE, MapCreateReply(MAP)),
+    (Command.MAP_LOOKUP, MapLookupReply(bytes(range(16)))),
+    (Command.MAP_GET_NEXT_KEY, MapGetNextKeyReply(b"\x02\x00\x00\x00")),
+    (Command.MAP_LOOKUP_BATCH, MapLookupBatchReply(4, 8, [b"a" * 4, b"b" * 4], [b"1" * 8, b"2" * 8], b"t")),
+    (Command.MAP_LOOKUP_BATCH, MapLookupBatchReply(4, 8, [], [])),
+    (Command.MAP_UPDATE_BATCH, MapUpdateBatchReply(2)),
+    (Command.PROG_LOAD, ProgLoadReply(3, bytes.fromhex("0123456789abcdef"))),
+    (Command.PROG_QUERY, ProgQueryReply(3, b"\xaa" * 8, (0, 1000, 20, 3, 0))),
+    (Command.STATE_EXPORT, StateExportReply(b"", b"state" * 10)),
+]
+
+EMPTY_REPLY_COMMANDS = [c for c in Command if c not in REPLIES]
+
+ALL_REPLIES = (
+    [(cmd, Reply(payload=p)) for cmd, p in REPLY_SAMPLES]
+    + [(cmd, Reply()) for cmd in EMPTY_REPLY_COMMANDS]
+    + [(Command.PROG_LOAD, Reply(payload=ProgLoadReply(1, bytes(8)), text="processed 8 insns"))]
+    + [(Command.PROG_LOAD, Reply.error(Errno.EACCES, "R1 type=ctx expected=fp\nprocessed 3 insns"))]
+    + [(Command.PROG_LOAD, Reply.error(Errno.EPERM, "policy: helper bpf_fib_lookup (69) is not allowed "
+                                                    "(rule helpers.allow)"))]
+    + [(Command.MAP_LOOKUP, Reply.error(Errno.ENOENT))]
+    + [(Command.MAP_UPDATE_BATCH, Reply.error(Errno.E2BIG, "map full", MapUpdateBatchReply(1)))]
+    + [(Command.MAP_LOOKUP_BATCH, Reply(Errno.ENOBUFS, payload_omitted=True, needed=9000))]
+    + [(Command.PROG_ATTACH, Reply(Errno.EBUSY, text="\u00e9t\u00e9", text_truncated=True))]
+    + [(Command.CAPS, Reply.error(77))]  # a code the protocol does not name still travels
+)
+
+
+def _ids(items):
+    return [f"{i}-{type(x).__name__}" for i, x in enumerate(items)]
+
+
+def test_numbers_chosen_in_the_spec():
+    assert FEATURE_BPF_OFFLOAD == 58 and CTRL_CLASS_BPF == 0x40 and MIN_REPLY == 64
+
+
+def test_samples_cover_every_request_and_reply():
+    assert {type(r) for r in REQUEST_SAMPLES} == set(REQUESTS.values())
+    assert {type(p) for _, p in REPLY_SAMPLES} == set(REPLIES.values())
+
+
+@pytest.mark.parametrize("req", REQUEST_SAMPLES, ids=_ids(REQUEST_SAMPLES))
+def test_request_round_trip(req):
+    data = encode_request(req)
+    assert data[:2] == bytes((CTRL_CLASS_BPF, req.COMMAND))
+    assert decode_request(data) == req
+    assert decode_request_body(req.COMMAND, data[2:]) == req
+
+
+@pytest.mark.parametrize("req", REQUEST_SAMPLES, ids=_ids(REQUEST_SAMPLES))
+def test_request_truncated_at_every_length(req):
+    data = encode_request(req)
+    for n in range(len(data)):
+        with pytest.raises(OffloadProtocolError):
+            decode_request(data[:n])
+
+
+@pytest.mark.parametrize("req", REQUEST_SAMPLES, ids=_ids(REQUEST_SAMPLES))
+def test_request_with_trailing_bytes_is_refused(req):
+    with pytest.raises(OffloadProtocolError, match=rf"{req.COMMAND.name}: request end: 1 trailing"):
+        decode_request(encode_request(req) + b"\0")
+
+
+@pytest.mark.parametrize("cmd,reply", ALL_REPLIES, ids=[f"{c.name}-{i}" for i, (c, _) in enumerate(ALL_REPLIES)])
+def test_reply_round_trip_truncation_and_trailing(cmd, reply):
+    data = encode_reply(cmd, reply)
+    assert data[0] == (0 if reply.ok else 1)  # ack: VIRTIO_NET_OK iff code 0
+    assert decode_reply(cmd, data) == reply
+    for n in range(len(data)):
+        if n == 1 and data[0] == 1:
+            # documented tolerance: a bare VIRTIO_NET_ERR ack (what a stock device writes) is EIO
+            assert decode_reply(cmd, data[:1]).code == Errno.EIO
+            continue
+        with pytest.raises(OffloadProtocolError):
+            decode_reply(cmd, data[:n])
+    with pytest.raises(OffloadProtocolError, match="trailing"):
+        decode_reply(cmd, data + b"\0")
+
+
+# --- the wire layout, pinned byte for byte (docs/offload-protocol.md §3, §5) -----------------
+
+
+def test_map_create_layout():
+    data = encode_request(MapCreateRequest(MapType.HASH, 4, 8, 1024, 1, "flows"))
+    assert data == bytes((0x40, 0x01)) + struct.pack("<5I", 1, 4, 8, 1024, 1) + b"flows".ljust(16, b"\0")
+
+
+def test_map_update_layout():
+    data = encode_request(MapUpdateRequest(9, b"KEY!", b"VALUE", UpdateFlag.EXIST))
+    assert data == b"\x40\x04" + struct.pack("<IQI", 9, 2, 4) + b"KEY!" + struct.pack("<I", 5) + b"VALUE"
+
+
+def test_prog_load_carries_guest_handles_where_the_kernel_takes_fds():
+    data = encode_request(REQUEST_SAMPLES[13])
+    insns_at = data.index(struct.pack("<I", 8)) + 4  # insn_cnt 8, then the raw instructions
+    raw = isa.decode(data[insns_at : insns_at + 64])
+    assert (raw[0].src, raw[0].imm) == (isa.PseudoSrc.MAP_FD, MAP)
+    assert (raw[2].src, raw[2].imm, raw[3].imm) == (isa.PseudoSrc.MAP_VALUE, MAP, 16)
+
+
+def test_reply_layout():
+    data = encode_reply(Command.MAP_CREATE, Reply(payload=MapCreateReply(5), text="ok"))
+    assert data == b"\x00" + struct.pack("<iIII", 0, 0, 4, 2) + struct.pack("<I", 5) + b"ok"
+    err = encode_reply(Command.MAP_LOOKUP, Reply.error(Errno.ENOENT))
+    assert err == b"\x01" + struct.pack("<iIII", 2, 0, 0, 0)
+
+
+# --- malformed requests: named errors, caps checked before reading -----------------------------
+
+
+def _body(cmd: Command, body: bytes) -> bytes:
+    return bytes((CTRL_CLASS_BPF, cmd)) + body
+
+
+def test_insn_count_claiming_a_billion_is_refused_before_reading():
+    good = encode_request(ProgLoadRequest(insns=[isa.Insn(isa.EXIT)]))
+    at = good.index(struct.pack("<I", 1) + isa.Insn(isa.EXIT).encode())
+    bad = good[:at] + struct.pack("<I", 1_000_000_000) + good[at + 4 :]
+    with pytest.raises(OffloadProtocolError, match="PROG_LOAD: request insn_cnt: 1000000000 is above") as e:
+        decode_request(bad)
+    assert e.value.code == Errno.E2BIG and e.value.field == "request insn_cnt"
+
+
+@pytest.mark.parametrize("cmd,body,match", [
+    (Command.MAP_LOOKUP, struct.pack("<IQI", 1, 0, 0xFFFFFFFF), "key length: 4294967295 is above the limit of 4096"),
+    (Command.MAP_UPDATE, struct.pack("<IQI", 1, 0, 4) + b"kkkk" + struct.pack("<I", 1 << 21),
+     "value length: 2097152 is above"),
+    (Command.MAP_UPDATE_BATCH, struct.pack("<IQIII", 1, 0, 10**6, 4, 4), "count: 1000000 is above the limit of 65536"),
+    (Command.MAP_UPDATE_BATCH, struct.pack("<IQIII", 1, 0, 65536, 4096, 1 << 20), "keys: 65536 x 4096 bytes run"),
+    (Command.STATE_IMPORT, struct.pack("<II", 0, 1 << 30), "chunk length"),
+])
+def test_lengths_above_caps(cmd, body, match):
+    with pytest.raises(OffloadProtocolError, match=match):
+        decode_request(_body(cmd, body))
+
+
+def test_whole_request_above_cap():
+    with pytest.raises(OffloadProtocolError, match="above") as e:
+        decode_request(_body(Command.STATE_IMPORT, bytes(17 << 20)))
+    assert e.value.code == Errno.E2BIG
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "header"),
+    (b"\x40", "header"),
+    (b"\x06\x00", "class: 0x6 is not the BPF class"),
+    (b"\x40\x7f", "unknown command 0x7f"),
+    (_body(Command.MAP_CREATE, bytes(20) + b"x" * 16), "MAP_CREATE: request name: is not NUL-terminated"),
+    (_body(Command.MAP_CREATE, bytes(20) + b"ab\0c" + bytes(12)), "name: must be ASCII followed by NUL"),
+    (_body(Command.PROG_LOAD, bytes(40) + struct.pack("<I", 3) + b"G\0L"), "license: is not NUL-free ASCII"),
+])
+def test_malformed_requests_name_the_field(data, match):
+    with pytest.raises(OffloadProtocolError, match=match):
+        decode_request(data)
+
+
+def _with_records(func_rec_size: int, func_records: bytes) -> bytes:
+    base = encode_request(ProgLoadRequest(insns=[isa.Insn(isa.EXIT)]))
+    tail = struct.pack("<II", 8, 0) + struct.pack("<II", 16, 0)  # empty func_info, line_info
+    assert base.endswith(tail)
+    return base[: -len(tail)] + struct.pack("<II", func_rec_size, 1) + func_records + struct.pack("<II", 16, 0)
+
+
+def test_larger_records_with_zero_tail_are_accepted():
+    req = decode_request(_with_records(12, struct.pack("<III", 0, 5, 0)))
+    assert req.func_info == (FuncInfo(0, 5),)
+
+
+@pytest.mark.parametrize("size,records,match", [
+    (12, struct.pack("<III", 0, 5, 1), r"func_info\[0\]: bytes past the first 8 are not zero"),
+    (4, struct.pack("<I", 0), "func_info_rec_size: 4 is outside 8..256"),
+    (1000, b"", "func_info_rec_size: 1000 is outside"),
+])
+def test_bad_records_are_refused(size, records, match):
+    with pytest.raises(OffloadProtocolError, match=match):
+        decode_request(_with_records(size, records))
+
+
+# --- replies: sizing, truncation, contradictions ------------------------------------------------
+
+
+def test_payload_that_does_not_fit_becomes_enobufs_with_the_needed_size():
+    big = Reply(payload=MapLookupReply(bytes(1000)))
+    data = encode_reply(Command.MAP_LOOKUP, big, capacity=MIN_REPLY)
+    assert len(data) <= MIN_REPLY
+    rep = decode_reply(Command.MAP_LOOKUP, data)
+    assert (rep.code, rep.payload_omitted, rep.needed, rep.payload) == (Errno.ENOBUFS, True, 1004, None)
+    assert decode_reply(Command.MAP_LOOKUP, encode_reply(Command.MAP_LOOKUP, big, 1 + 16 + 1004)) == big
+
+
+def test_text_is_cut_to_the_area_at_a_character_boundary():
+    log = "\u00e9" * 100  # 2 bytes per character
+    data = encode_reply(Command.PROG_LOAD, Reply.error(Errno.EACCES, log), capacity=MIN_REPLY)
+    rep = decode_reply(Command.PROG_LOAD, data)
+    assert len(data) <= MIN_REPLY and rep.text_truncated and rep.code == Errno.EACCES
+    assert rep.text == "\u00e9" * 23  # 64 - 17 = 47 bytes of room: 23 whole characters
+
+
+def test_area_too_small_for_a_header_gets_only_the_error_ack():
+    data = encode_reply(Command.CAPS, Reply(payload=REPLY_SAMPLES[0][1]), capacity=16)
+    assert data == b"\x01"
+    assert decode_reply(Command.CAPS, data).code == Errno.EIO
+    assert encode_reply(Command.CAPS, Reply.error(Errno.EINVAL), capacity=0) == b""
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"\x00", "ack is VIRTIO_NET_OK but no header"),
+    (b"\x00" + struct.pack("<iIII", 22, 0, 0, 0), "code 22 contradicts ack OK"),
+    (b"\x01" + struct.pack("<iIII", 0, 0, 0, 0), "code 0 contradicts ack ERR"),
+    (b"\x01" + struct.pack("<iIII", -1, 0, 0, 0), "negative"),
+    (b"\x01" + struct.pack("<iIII", 2, 4, 0, 0), "unknown bits 0x4"),
+    (b"\x01" + struct.pack("<iIII", 2, 2, 0, 0), "PAYLOAD_OMITTED with code 2"),
+    (b"\x01" + struct.pack("<iIII", 2, 0, 4, 0) + b"abcd", "4 bytes where MAP_LOOKUP answers none"),
+    (b"\x01" + struct.pack("<iIII", 2, 0, 0, 0xFFFFFFFF), "text_len: 4294967295 is above"),
+])
+def test_malformed_replies(data, match):
+    with pytest.raises(OffloadProtocolError, match=match):
+        decode_reply(Command.MAP_LOOKUP, data)
+
+
+def test_reply_payload_with_trailing_bytes_is_refused():
+    data = b"\x00" + struct.pack("<iIII", 0, 0, 5, 0) + struct.pack("<I", 3) + b"\0"
+    with pytest.raises(OffloadProtocolError, match="MAP_CREATE: reply payload end: 1 trailing"):
+        decode_reply(Command.MAP_CREATE, data)
+
+
+# --- what our own caller cannot encode ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: encode_request(MapCreateRequest(1, 4, 4, 1, name="x" * 16)), "name"),
+    (lambda: encode_request(MapCreateRequest(1, -1, 4, 1)), "key_size"),
+    (lambda: encode_request(MapLookupRequest(1, bytes(5000))), "key length: 5000 is above"),
+    (lambda: encode_request(MapUpdateBatchRequest(1, 4, 4, [b"abcd"], [])), "1 keys but 0 values"),
+    (lambda: encode_request(MapUpdateBatchRequest(1, 4, 4, [b"abc"], [b"abcd"])), r"keys\[0\]"),
+    (lambda: encode_request(ProgLoadRequest(insns=[], license="caf\u00e9")), "license"),
+    (lambda: encode_request(MapCreateReply(1)), "not a BPF class request"),
+    (lambda: encode_reply(Command.MAP_CREATE, Reply()), "needs a MapCreateReply"),
+    (lambda: encode_reply(Command.MAP_CREATE, Reply(payload=MapLookupReply(b""))), "not a MAP_CREATE reply"),
+    (lambda: encode_reply(Command.MAP_CREATE, Reply.error(1, payload=MapCreateReply(1))), "carries no payload"),
+    (lambda: encode_reply(Command.PROG_LOAD, Reply(payload=ProgLoadReply(1, b"short"))), "tag"),
+    (lambda: Reply.error(0), "non-zero code"),
+])
+def test_unencodable_messages_raise_encode_error(build, match):
+    with pytest.raises(OffloadEncodeError, match=match):
+        build()
+
+
+# --- fuzzing: untrusted bytes only ever raise OffloadProtocolError ------------------------------
+
+_commands = st.sampled_from(sorted(int(c) for c in Command) + [0x7F, 0xFF])
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_fuzz_decode_request_random_bytes(data):
+    try:
+        req = decode_request(data)
+    except OffloadProtocolError:
+        return
+    assert decode_request(encode_request(req)) == req  # anything accepted re-encodes to itself
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(_commands, st.binary(max_size=300))
+def test_fuzz_decode_request_bodies(cmd, body):
+    try:
+        req = decode_request(bytes((CTRL_CLASS_BPF, cmd)) + body)
+    except OffloadProtocolError:
+        return
+    assert decode_request(encode_request(req)) == req
+
+
+@settings(max_examples=400)
+@given(st.sampled_from(REQUEST_SAMPLES), st.data())
+def test_fuzz_mutated_requests(req, data):
+    raw = bytearray(encode_request(req))
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        decode_request(bytes(raw))
+    except OffloadProtocolError:
+        pass
+
+
+@settings(max_examples=400)
+@given(st.sampled_from(ALL_REPLIES), st.data())
+def test_fuzz_mutated_replies(item, data):
+    cmd, reply = item
+    raw = bytearray(encode_reply(cmd, reply))
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        decode_reply(cmd, bytes(raw))
+    except OffloadProtocolError:
+        pass
+
+
+@settings(max_examples=400)
+@given(st.sampled_from(list(Command)), st.binary(max_size=120))
+def test_fuzz_decode_reply(cmd, data):
+    try:
+        decode_reply(cmd, data)
+    except OffloadProtocolError:
+        pass
+
+
+@given(st.integers(0, 2**32 - 1), st.binary(max_size=64), st.binary(max_size=256), st.sampled_from(list(UpdateFlag)))
+def test_random_map_updates_round_trip(handle, key, value, flags):
+    req = MapUpdateRequest(handle, key, value, flags)
+    assert decode_request(encode_request(req)) == req
+
+
+_insn = st.builds(isa.Insn, st.integers(0, 255), st.integers(0, 15), st.integers(0, 15),
+                  st.integers(-(2**15), 2**15 - 1), st.integers(-(2**31), 2**31 - 1))
+
+
+@given(st.lists(_insn, max_size=40), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=15),
+       st.lists(st.builds(FuncInfo, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=4))
+def test_random_programs_round_trip(insns, name, func_info):
+    req = ProgLoadRequest(insns=insns, name=name, func_info=func_info)
+    assert decode_request(encode_request(req)) == req
