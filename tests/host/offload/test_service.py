@@ -193,3 +193,161 @@ def test_tail_calls_through_a_prog_array_of_guest_handles(port, service):
     assert counts["handle_ipv4"]["tx"] == 40 and counts["handle_ipv4"]["pass"] == 30
     assert counts["handle_other"]["drop"] == 20
     assert counts["xdp_entry"] == {"aborted": 0, "drop": 0, "pass": 10, "tx": 0, "redirect": 0, "other": 0}
+
+
+# -- refusals, each naming its rule -------------------------------------------------------------
+
+def _refused(fn, *args, rule: str | None, err: int | None = None, match: str = "", **kwargs) -> OffloadError:
+    with pytest.raises(OffloadError) as e:
+        fn(*args, **kwargs)
+    assert e.value.rule == rule, str(e.value)
+    if err is not None:
+        assert e.value.errno == err
+    assert match in str(e.value)
+    return e.value
+
+
+def _calls(helper: int) -> list[Insn]:
+    return [Insn(0xB7, 1, 0, 0, 0), Insn(0x85, 0, PseudoCall.HELPER, 0, int(helper)), Insn(0xB7, 0, 0, 0, 2),
+            Insn(EXIT)]
+
+
+def _lo_service(**quota) -> tuple[OffloadService, str]:
+    now = [0.0]
+    s = OffloadService(policy=Policy(quota=Quota(**quota)), clock=lambda: now[0])
+    s.now = now  # type: ignore[attr-defined]
+    dev = _dev()
+    s.add_device(dev, "lo")
+    return s, dev
+
+
+def test_program_refusals():
+    s, dev = _lo_service()
+    try:
+        _refused(s.prog_load, dev, _calls(Helper.redirect), name="r", rule="helpers.never",
+                 match="bpf_redirect (23)")
+        _refused(s.prog_load, dev, _calls(Helper.redirect_map), name="r", rule="helpers.never")
+        _refused(s.prog_load, dev, _calls(Helper.fib_lookup), name="f", rule="helpers.never",
+                 match="policy: helper bpf_fib_lookup (69) is never allowed")
+        _refused(s.prog_load, dev, [Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="tc", prog_type=3, rule="prog_type")
+        _refused(s.prog_load, dev, [*lddw(1, 99, PseudoSrc.MAP_FD), Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)],
+                 name="m", rule=None, err=errno.EBADF, match=f"handle 99 is not a map of device {dev}")
+        # the kernel verifier's refusal carries its log back
+        e = _refused(s.prog_load, dev, [Insn(EXIT)], name="bad", rule="verifier",
+                     match="kernel verifier refused program 'bad'")
+        assert "R0 !read_ok" in e.log and "R0 !read_ok" in str(e)
+        assert s.show()[0]["counters"]["refused"] == 6
+        assert s.kernel_ids(dev) == (set(), set())  # nothing left behind by refused loads
+    finally:
+        s.close()
+
+
+def test_bare_redirect_loads_and_is_counted():
+    s, dev = _lo_service()
+    try:
+        h, _ = s.prog_load(dev, [Insn(0xB7, 0, 0, 0, XdpAction.REDIRECT), Insn(EXIT)], name="bare")
+        obj = s._progs[dev][h]
+        assert s.devices[dev].engine.run(obj.engine_handle, bytes(64), repeat=3).action == XdpAction.REDIRECT
+        assert s.prog_counters(dev, h)["redirect"] == 3
+    finally:
+        s.close()
+
+
+def test_map_refusals_and_quotas():
+    s, dev = _lo_service(max_maps=2, max_map_memory=4096, max_progs=1, max_total_insns=6, max_insns=4)
+    try:
+        _refused(s.map_create, dev, type=MapType.DEVMAP, key_size=4, value_size=4, max_entries=1, name="d",
+                 rule="map_types.allow", match="devmap")
+        _refused(s.map_create, dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, flags=1 << 10,
+                 name="mm", rule="map_flags")
+        a = s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=128, name="a")  # 2048 B
+        _refused(s.map_create, dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=129, name="b",
+                 rule="quota.max_map_memory", err=errno.ENOSPC, match="uses 2048 of 4096")
+        b = s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=128, name="b")
+        _refused(s.map_create, dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="c",
+                 rule="quota.max_maps")
+        s.free(dev, b)  # frees its memory and its slot
+        s.map_create(dev, type=MapType.HASH, key_size=4, value_size=8, max_entries=8, name="c")
+        _refused(s.prog_load, dev, [Insn(0xB7)] * 4 + [Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="big",
+                 rule="quota.max_insns")
+        prog = [*lddw(1, a, PseudoSrc.MAP_FD), Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)]
+        h, _ = s.prog_load(dev, prog, name="p1")
+        _refused(s.prog_load, dev, prog, name="p2", rule="quota.max_progs")
+        _refused(s.free, dev, a, rule="handles", err=errno.EBUSY, match=f"used by program handle(s) {h}")
+        s.free(dev, h)
+        s.free(dev, a)
+        _refused(s.free, dev, a, rule=None, err=errno.EBADF)
+        s2, dev2 = _lo_service(max_total_insns=6)
+        try:
+            four = [Insn(0xB7, 0, 0, 0, 2)] * 3 + [Insn(EXIT)]
+            s2.prog_load(dev2, four, name="p1")
+            _refused(s2.prog_load, dev2, four, name="p2",
+                     rule="quota.max_total_insns", match="has 4 of 6 loaded")
+        finally:
+            s2.close()
+    finally:
+        s.close()
+
+
+def test_rate_limit_with_an_injected_clock():
+    s, dev = _lo_service(commands_per_second=10.0, command_burst=3)
+    try:
+        for _ in range(3):
+            s.caps(dev)
+        e = _refused(s.caps, dev, rule="rate", err=errno.EAGAIN, match="more than 10 commands a second")
+        assert "burst 3" in str(e)
+        s.now[0] += 0.1  # one token back
+        s.caps(dev)
+        _refused(s.caps, dev, rule="rate")
+        assert s.show()[0]["counters"]["rate_limited"] == 2
+    finally:
+        s.close()
+
+
+def test_handles_of_another_device_and_the_feature_bit():
+    s, dev0 = _lo_service()
+    dev1 = _dev()
+    s.add_device(dev1, "lo", negotiated=True)
+    try:
+        m0 = s.map_create(dev0, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="m")
+        s.map_create(dev1, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="m")
+        m1 = s.map_create(dev1, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="n")
+        assert m1 != m0
+        _refused(s.map_lookup, dev0, m1, bytes(4), rule=None, err=errno.EBADF,
+                 match=f"handle {m1} is not a map of device {dev0}")
+        _refused(s.prog_attach, dev1, m1, rule=None, err=errno.EBADF, match="is not a program")
+        _refused(s.require_negotiated, dev0, rule="feature", err=errno.EOPNOTSUPP)
+        s.require_negotiated(dev1)
+        _refused(s.caps, "nodev", rule=None, err=errno.ENODEV)
+        with pytest.raises(OffloadError, match="no such interface"):
+            s.add_device("x", "no-such-if0")
+    finally:
+        s.close()
+
+
+def test_map_operations_through_handles():
+    s, dev = _lo_service()
+    try:
+        h = s.map_create(dev, type=MapType.HASH, key_size=4, value_size=8, max_entries=16, name="h")
+        assert s.map_lookup(dev, h, U32.pack(1)) is None
+        s.map_update(dev, h, U32.pack(1), U64.pack(10))
+        assert s.map_update_batch(dev, h, [(U32.pack(i), U64.pack(i * 10)) for i in range(2, 6)]) == 4
+        _refused(s.map_update, dev, h, U32.pack(1), U64.pack(1), 1, rule=None, err=errno.EEXIST)  # NOEXIST
+        assert _u64(s.map_lookup(dev, h, U32.pack(3))) == 30
+        s.map_delete(dev, h, U32.pack(3))
+        _refused(s.map_delete, dev, h, U32.pack(3), rule=None, err=errno.ENOENT)
+        _refused(s.map_lookup, dev, h, b"\0", rule=None, err=errno.EINVAL, match="key of 1 bytes")
+        keys, k = set(), s.map_get_next_key(dev, h, None)
+        while k is not None:
+            keys.add(U32.unpack(k)[0])
+            k = s.map_get_next_key(dev, h, k)
+        assert keys == {1, 2, 4, 5}
+        items, token = s.map_lookup_batch(dev, h, None, 16)
+        assert {U32.unpack(k)[0]: U64.unpack(v)[0] for k, v in items} == {1: 10, 2: 20, 4: 40, 5: 50}
+        pc = s.map_create(dev, type=MapType.PERCPU_ARRAY, key_size=4, value_size=4, max_entries=2, name="pc")
+        ncpu = possible_cpus()
+        assert len(s.map_lookup(dev, pc, U32.pack(0))) == 8 * ncpu
+        assert s.caps(dev)["possible_cpus"] == ncpu
+        assert s.caps(dev)["usage"]["map_memory"] == 16 * (8 + 8) + 2 * (8 + 8 * ncpu)
+    finally:
+        s.close()

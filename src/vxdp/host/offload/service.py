@@ -287,7 +287,9 @@ class OffloadService:
                 fd = dev.engine.load_program(name, counted.insns, license=license, btf=btf,
                                              func_info=counted.func_info, line_info=counted.line_info)
             except VerifierError as e:
-                last = next((ln for ln in reversed(e.log.splitlines()) if ln.strip()), e.strerror or "")
+                last = next((ln for ln in reversed(e.log.splitlines())
+                             if ln.strip() and not ln.startswith(("processed ", "verification time", "stack depth"))),
+                            e.strerror or "")
                 raise OffloadError(e.errno or errno.EINVAL, f"kernel verifier refused program {name!r}: {last}",
                                    "verifier", e.log) from None
             except BpfError as e:
