@@ -2,15 +2,19 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ring_helpers import DATA, HOSTILE, MEM_SIZE, hostile_ring, put_desc
 
 from vxdp.virtio.fastring import DeviceRing, DriverRing, bench_loopback
 from vxdp.virtio.net import NetHeader
 from vxdp.virtio.virtqueue import (
-    AVAIL_F_NO_INTERRUPT, DriverQueue, QueueState, RingError, VirtqueueError,
+    AVAIL_F_NO_INTERRUPT,
+    DriverQueue,
+    QueueState,
+    RingError,
+    VirtqueueError,
 )
-
-from conftest import DATA, HOSTILE, MEM_SIZE, hostile_ring, put_desc
 
 SLOT = 2048
 

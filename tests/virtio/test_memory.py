@@ -2,10 +2,9 @@ import os
 
 import numpy as np
 import pytest
+from ring_helpers import MEM_SIZE
 
 from vxdp.virtio.memory import GPA_LIMIT, GuestMemory, GuestMemoryError, MemoryRegion
-
-from conftest import MEM_SIZE
 
 
 def test_allocate_read_write_roundtrip(mem):

@@ -2,8 +2,20 @@ import pytest
 
 from vxdp.virtio.features import Feature, FeatureError, check_dependencies, has, names, negotiate
 from vxdp.virtio.net import (
-    HDR_LEN, HDR_LEN_LEGACY, GsoType, HdrFlags, LinkStatus, NetConfig, NetError, NetHeader,
-    ctrl_queue, header_len, parse_mac, mac_str, rx_queue, tx_queue,
+    HDR_LEN,
+    HDR_LEN_LEGACY,
+    GsoType,
+    HdrFlags,
+    LinkStatus,
+    NetConfig,
+    NetError,
+    NetHeader,
+    ctrl_queue,
+    header_len,
+    mac_str,
+    parse_mac,
+    rx_queue,
+    tx_queue,
 )
 
 

@@ -1,11 +1,16 @@
 import pytest
+from ring_helpers import DATA, HOSTILE, MEM_SIZE, hostile_ring
 
 from vxdp.virtio.virtqueue import (
-    AVAIL_F_NO_INTERRUPT, USED_F_NO_NOTIFY, DriverQueue, QueueState, RingError, VirtqueueError,
-    need_event, walk_chain,
+    AVAIL_F_NO_INTERRUPT,
+    USED_F_NO_NOTIFY,
+    DriverQueue,
+    QueueState,
+    RingError,
+    VirtqueueError,
+    need_event,
+    walk_chain,
 )
-
-from conftest import DATA, HOSTILE, hostile_ring
 
 
 @pytest.mark.parametrize("num", [0, 3, 6, 100, 65536])
@@ -20,7 +25,7 @@ def test_misaligned_or_outside_rings_refused(mem):
     with pytest.raises(VirtqueueError, match="aligned"):
         QueueState(8, 8, 0x100, 0x1000).validate(mem)
     with pytest.raises(VirtqueueError, match="used ring"):
-        QueueState(8, 0, 0x100, (1 << 20) - 16).validate(mem)
+        QueueState(8, 0, 0x100, MEM_SIZE - 16).validate(mem)
 
 
 def test_tx_chain_driver_to_device(mem):
@@ -104,8 +109,9 @@ def test_hostile_ring_refused_by_python_walker(mem, name):
 
 
 def test_length_overflow_refused():
+    from ring_helpers import make_avail, put_desc
+
     from vxdp.virtio.memory import GuestMemory
-    from conftest import put_desc, make_avail
     from vxdp.virtio.virtqueue import DESC_F_NEXT
     big = GuestMemory.allocate(1 << 30)  # sparse memfd: 5 x 1 GiB readable segments overflow u32
     try:
