@@ -340,7 +340,7 @@ def wire_messages(draw):
         small = st.integers(0, 3).map(lambda x: x.to_bytes(4, "little"))
         words = draw(st.lists(st.one_of(small, st.binary(min_size=4, max_size=4)), min_size=n // 4, max_size=n // 4))
         body = b"".join(words)
-    flags = draw(st.sampled_from([m.VERSION, NEED]))
+    flags = draw(st.sampled_from([m.VERSION, NEED, NEED, NEED]))
     return int(req), flags, body, draw(st.integers(0, 2))
 
 
@@ -353,7 +353,10 @@ def test_fuzz_backend_session(msgs):
     dev = RecordingDevice()
     session = BackendSession(dev, features=OFFERED, num_vrings=2)
     conn = Connection(Role.BACKEND)
-    for req, flags, body, nfds in msgs:
+    # Start owned with REPLY_ACK so most refusals are acked and the fuzz reaches deep states.
+    prefix = [(int(R.SET_PROTOCOL_FEATURES), m.VERSION, m.U64(int(PF.MQ | PF.REPLY_ACK | PF.CONFIG)).pack(), 0),
+              (int(R.SET_OWNER), m.VERSION, b"", 0)]
+    for req, flags, body, nfds in prefix + msgs:
         conn.receive_data(struct.pack("=III", req, flags, len(body)) + body, [os.eventfd(0) for _ in range(nfds)])
         out, closed = session.process(conn)
         for b in out:
