@@ -54,6 +54,7 @@ from vxdp.virtio.offload import (
     decode_request_body,
     encode_reply,
     encode_request,
+    error_reply,
 )
 
 MAP = 7  # a guest map handle
@@ -401,7 +402,7 @@ def test_fuzz_mutated_replies(item, data):
 
 
 @settings(max_examples=400)
-@given(st.sampled_from(list(Command)), st.binary(max_size=120))
+@given(st.sampled_from([*Command, 0x7F]), st.binary(max_size=120))
 def test_fuzz_decode_reply(cmd, data):
     try:
         decode_reply(cmd, data)
@@ -424,3 +425,25 @@ _insn = st.builds(isa.Insn, st.integers(0, 255), st.integers(0, 15), st.integers
 def test_random_programs_round_trip(insns, name, func_info):
     req = ProgLoadRequest(insns=insns, name=name, func_info=func_info)
     assert decode_request(encode_request(req)) == req
+
+
+# --- the device's answer to what it could not decode ----------------------------------------
+
+
+@pytest.mark.parametrize("data,code,text", [
+    (encode_request(MapFreeRequest(1))[:-1], Errno.EINVAL, "MAP_FREE: request map: needs 4 bytes"),
+    (b"\x40\x7f", Errno.EINVAL, "unknown command 0x7f"),
+    (_body(Command.MAP_LOOKUP, struct.pack("<IQI", 1, 0, 1 << 20)), Errno.E2BIG, "key length"),
+])
+def test_error_reply_carries_code_and_field(data, code, text):
+    with pytest.raises(OffloadProtocolError) as e:
+        decode_request(data)
+    wire = error_reply(e.value, MIN_REPLY * 4)
+    assert wire[0] == 1  # VIRTIO_NET_ERR
+    rep = decode_reply(data[1], wire)
+    assert rep.code == code and text in rep.text and rep.payload is None
+
+
+def test_unknown_command_cannot_get_a_success_reply():
+    with pytest.raises(OffloadEncodeError, match="can only get a payload-less error"):
+        encode_reply(0x7F, Reply())

@@ -71,6 +71,7 @@ from .offload_wire import (
     ReplyFlag,
     StateImportFlag,
     Writer,
+    command_name,
 )
 
 __all__ = [
@@ -122,6 +123,7 @@ __all__ = [
     "decode_request_body",
     "encode_reply",
     "encode_request",
+    "error_reply",
 ]
 
 Request = Message  # any of the *Request classes
@@ -222,7 +224,12 @@ def encode_reply(command: int, reply: Reply, capacity: int | None = None) -> byt
     size; text is cut (at a character boundary) and flagged. Under 17 bytes of capacity
     only the ack fits, and it says VIRTIO_NET_ERR.
     """
-    cmd = Command(command)
+    try:
+        cmd: Command | int = Command(command)
+    except ValueError:  # an unknown command can only be refused
+        cmd = command
+        if reply.ok or reply.payload is not None:
+            raise OffloadEncodeError(f"unknown command {command:#04x} can only get a payload-less error") from None
     payload = b""
     if reply.payload is not None:
         if reply.payload.COMMAND != cmd:
@@ -247,13 +254,18 @@ def encode_reply(command: int, reply: Reply, capacity: int | None = None) -> byt
     text, cut = _fit_text(reply.text.encode("utf-8"), room)
     if cut or reply.text_truncated:
         flags |= ReplyFlag.TEXT_TRUNCATED
-    hdr = Writer(cmd, "reply header")
+    hdr = Writer(None, "reply header")
     hdr.i32(code, "code")
     hdr.u32(flags, "flags")
     hdr.u32(payload_len, "payload_len")
     hdr.u32(len(text), "text_len")
     ack = Ack.OK if code == Errno.OK else Ack.ERR
     return CtrlReply(ack, hdr.bytes() + payload + text).encode(cap)
+
+
+def error_reply(err: OffloadProtocolError, capacity: int | None = None) -> bytes:
+    """The device's answer to a request `decode_request` refused: its code, its message as text."""
+    return encode_reply(err.command or 0, Reply.error(err.code, str(err)), capacity)
 
 
 def decode_reply(command: int, data: bytes) -> Reply:
@@ -263,7 +275,7 @@ def decode_reply(command: int, data: bytes) -> Reply:
     only ``ack = VIRTIO_NET_ERR`` (offload not negotiated, or too small an area) gives
     ``Reply(code=EIO)``.
     """
-    cmd = _command(command, "reply")
+    cmd = command  # an unknown command's refusal still decodes (it can carry no payload)
     if len(data) > MAX_REPLY:
         raise OffloadProtocolError(cmd, "reply", f"{len(data)} bytes is above {MAX_REPLY}", Errno.E2BIG)
     try:
@@ -281,6 +293,8 @@ def decode_reply(command: int, data: bytes) -> Reply:
     text_len = r.count("text_len", MAX_TEXT)
     if code < 0:
         raise r.error("code", f"{code} is negative; codes are positive errnos")
+    if code == Errno.OK and cmd not in set(Command):
+        raise r.error("code", f"success for unknown command {cmd:#04x}")
     if (code == Errno.OK) != ctrl.ok:
         raise r.error("code", f"code {code} contradicts ack {ctrl.ack.name}")
     if flags & ~REPLY_FLAGS_KNOWN:
@@ -294,7 +308,7 @@ def decode_reply(command: int, data: bytes) -> Reply:
         raw = r.take(payload_len, "payload")
         cls = REPLIES.get(cmd)
         if cls is None or (code != Errno.OK and cmd != Command.MAP_UPDATE_BATCH):
-            raise r.error("payload", f"{payload_len} bytes where {cmd.name} answers none")
+            raise r.error("payload", f"{payload_len} bytes where {command_name(cmd)} answers none")
         pr = Reader(raw, cmd, "reply payload")
         payload = cls.read(pr)
         pr.end()

@@ -225,7 +225,8 @@ class Writer:
         self.what = what
 
     def error(self, field: str, detail: str) -> OffloadEncodeError:
-        return OffloadEncodeError(f"{command_name(self.command or 0)} {self.what} {field}: {detail}")
+        where = "BPF ctrl" if self.command is None else command_name(self.command)
+        return OffloadEncodeError(f"{where} {self.what} {field}: {detail}")
 
     def _pack(self, fmt: struct.Struct, value: int, field: str) -> None:
         try:
