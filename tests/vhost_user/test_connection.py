@@ -9,8 +9,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_messages import REQUESTS
-from vhost_user_helpers import fd_is_open, open_fds
+from vhost_user_helpers import REQUESTS, fd_is_open, open_fds
 
 from vxdp.vhost_user import messages as m
 from vxdp.vhost_user.connection import CLOSED, NEED_DATA, Connection, Role

@@ -6,40 +6,11 @@ import errno
 import struct
 
 import pytest
+from vhost_user_helpers import REGION, REQUESTS
 
 from vxdp.vhost_user import messages as m
 from vxdp.vhost_user.errors import LocalProtocolError, RemoteProtocolError
 from vxdp.vhost_user.messages import FrontendReq as R
-
-REGION = m.MemRegion(0xC0000, 0x40000, 0x7F0000000000, 0xC0000)
-
-# (request, payload, nfds) for every request the backend decodes.
-REQUESTS = [
-    (R.GET_FEATURES, m.Empty(), 0),
-    (R.SET_FEATURES, m.U64((1 << 32) | (1 << 30)), 0),
-    (R.SET_OWNER, m.Empty(), 0),
-    (R.RESET_OWNER, m.Empty(), 0),
-    (R.SET_MEM_TABLE, m.MemoryTable((m.MemRegion(0, 0xA0000, 0x7F0000000000, 0), REGION)), 2),
-    (R.SET_VRING_NUM, m.VringState(1, 256), 0),
-    (R.SET_VRING_ADDR, m.VringAddr(1, 0, 0x7F00000C0000, 0x7F00000C8000, 0x7F00000C1000, 0), 0),
-    (R.SET_VRING_BASE, m.VringState(0, 5), 0),
-    (R.GET_VRING_BASE, m.VringState(0, 0), 0),
-    (R.SET_VRING_KICK, m.VringFd(1), 1),
-    (R.SET_VRING_CALL, m.VringFd(0, no_fd=True), 0),
-    (R.SET_VRING_ERR, m.VringFd(2), 1),
-    (R.GET_PROTOCOL_FEATURES, m.Empty(), 0),
-    (R.SET_PROTOCOL_FEATURES, m.U64(int(m.ProtocolFeature.MQ | m.ProtocolFeature.REPLY_ACK)), 0),
-    (R.GET_QUEUE_NUM, m.Empty(), 0),
-    (R.SET_VRING_ENABLE, m.VringState(1, 1), 0),
-    (R.SET_BACKEND_REQ_FD, m.Empty(), 1),
-    (R.GET_CONFIG, m.Config(0, 6, 0, bytes(6)), 0),
-    (R.SET_CONFIG, m.Config(0, 6, 0, b"\x52\x54\x00\x12\x34\x56"), 0),
-    (R.GET_MAX_MEM_SLOTS, m.Empty(), 0),
-    (R.ADD_MEM_REG, m.SingleMemRegion(REGION), 1),
-    (R.REM_MEM_REG, m.SingleMemRegion(REGION), 0),
-    (R.SET_STATUS, m.U64(0xF), 0),
-    (R.GET_STATUS, m.Empty(), 0),
-]
 
 
 def split(wire: bytes) -> tuple[int, int, bytes]:
