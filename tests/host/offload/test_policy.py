@@ -9,7 +9,15 @@ import pytest
 
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.mapspec import MapType
-from vxdp.host.offload import NEVER_HELPERS, OffloadError, Policy, PolicyError, load_policy, map_memory, policy_from_toml
+from vxdp.host.offload import (
+    NEVER_HELPERS,
+    OffloadError,
+    Policy,
+    PolicyError,
+    load_policy,
+    map_memory,
+    policy_from_toml,
+)
 from vxdp.host.offload.policy import DEFAULT_HELPERS, TokenBucket
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -102,12 +110,12 @@ def test_map_checks_name_the_rule():
     p = policy_from_toml("[quota]\nmax_key_size = 8\nmax_value_size = 16\nmax_entries = 100\n")
     assert p.check_map(type=MapType.HASH, key_size=8, value_size=16, max_entries=100) == 100 * (8 + 16)
     cases = [
-        (dict(type=MapType.DEVMAP, key_size=4, value_size=4, max_entries=1), "map_types.allow", "devmap"),
-        (dict(type=MapType.RINGBUF, key_size=0, value_size=0, max_entries=4096), "map_types.allow", "ringbuf"),
-        (dict(type=MapType.HASH, key_size=9, value_size=4, max_entries=1), "quota.max_key_size", "key_size 9"),
-        (dict(type=MapType.HASH, key_size=4, value_size=17, max_entries=1), "quota.max_value_size", "value_size 17"),
-        (dict(type=MapType.HASH, key_size=4, value_size=4, max_entries=101), "quota.max_entries", "entries 101"),
-        (dict(type=999, key_size=4, value_size=4, max_entries=1), "map_types.allow", "unknown map type 999"),
+        ({"type": MapType.DEVMAP, "key_size": 4, "value_size": 4, "max_entries": 1}, "map_types.allow", "devmap"),
+        ({"type": MapType.RINGBUF, "key_size": 0, "value_size": 0, "max_entries": 4096}, "map_types.allow", "ringbuf"),
+        ({"type": MapType.HASH, "key_size": 9, "value_size": 4, "max_entries": 1}, "quota.max_key_size", "key_size 9"),
+        ({"type": MapType.HASH, "key_size": 4, "value_size": 17, "max_entries": 1}, "quota.max_value_size", "value_size 17"),
+        ({"type": MapType.HASH, "key_size": 4, "value_size": 4, "max_entries": 101}, "quota.max_entries", "entries 101"),
+        ({"type": 999, "key_size": 4, "value_size": 4, "max_entries": 1}, "map_types.allow", "unknown map type 999"),
     ]
     for kwargs, rule, text in cases:
         with pytest.raises(OffloadError) as e:

@@ -10,18 +10,25 @@ import errno
 import struct
 
 import pytest
+from testpaths import SAMPLES_BUILD
 
 from vxdp.bpf import elf, link
 from vxdp.bpf.helpers import Helper
-from vxdp.bpf.isa import EXIT, Insn, PseudoCall, PseudoSrc, XdpAction, lddw
+from vxdp.bpf.isa import EXIT, Insn, PseudoCall, PseudoSrc, lddw
 from vxdp.bpf.kernel import KernelBtf, KernelMap, KernelProgram
 from vxdp.bpf.mapspec import MapSpec, MapType, possible_cpus
 from vxdp.bpf.obj import FuncInfo, LineInfo
-from vxdp.host.offload import ACTION_SLOTS, OffloadError, Policy, add_action_counters, check_program, rewrite_map_handles
+from vxdp.host.offload import (
+    ACTION_SLOTS,
+    OffloadError,
+    Policy,
+    add_action_counters,
+    check_program,
+    rewrite_map_handles,
+)
 from vxdp.host.offload.policy import Quota
 from vxdp.host.offload.rewrite import counter_epilogue, function_starts
 from vxdp.packets import frame
-from testpaths import SAMPLES_BUILD
 
 MOV_K = 0xB7
 

@@ -16,17 +16,24 @@ import time
 from collections import Counter
 
 import pytest
+from testpaths import SAMPLES_BUILD
 
 from vxdp.bpf import elf, link
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import EXIT, Insn, PseudoCall, PseudoSrc, XdpAction, lddw
-from vxdp.bpf.kernel import (KernelProgram, map_ids, prog_get_fd_by_id, prog_ids, query_xdp, send_live_frames_in,
-                             XdpMode)
+from vxdp.bpf.kernel import (
+    KernelProgram,
+    XdpMode,
+    map_ids,
+    prog_get_fd_by_id,
+    prog_ids,
+    query_xdp,
+    send_live_frames_in,
+)
 from vxdp.bpf.mapspec import MapType, possible_cpus
 from vxdp.host.offload import OffloadError, OffloadService, Policy, Quota
 from vxdp.packets import frame
 from vxdp.testing.netns import NetLab
-from testpaths import SAMPLES_BUILD
 
 pytestmark = pytest.mark.privileged
 
@@ -342,7 +349,7 @@ def test_map_operations_through_handles():
             keys.add(U32.unpack(k)[0])
             k = s.map_get_next_key(dev, h, k)
         assert keys == {1, 2, 4, 5}
-        items, token = s.map_lookup_batch(dev, h, None, 16)
+        items, _token = s.map_lookup_batch(dev, h, None, 16)
         assert {U32.unpack(k)[0]: U64.unpack(v)[0] for k, v in items} == {1: 10, 2: 20, 4: 40, 5: 50}
         pc = s.map_create(dev, type=MapType.PERCPU_ARRAY, key_size=4, value_size=4, max_entries=2, name="pc")
         ncpu = possible_cpus()

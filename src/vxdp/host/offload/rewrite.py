@@ -193,7 +193,7 @@ def add_action_counters(insns: Sequence[Insn], counter_map_fd: int, func_boundar
         out.append(insn)
         pc += 1
     out[main_end:main_end] = epilogue
-    moved = lambda at: at + shift if at >= main_end else at  # noqa: E731
+    moved = lambda at: at + shift if at >= main_end else at
     fi = [FuncInfo(moved(f.insn), f.type_id) for f in func_info]
     li = [LineInfo(moved(x.insn), x.file_name_off, x.line_off, x.line, x.col, x.file, x.text) for x in line_info]
     return CountedProgram(out, fi, li, main_end, exits)
