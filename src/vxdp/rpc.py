@@ -172,8 +172,10 @@ class Server:
             pass
 
 
-def call(path: str | os.PathLike, method: str, *, timeout: float = 30.0, **params: Any) -> Any:
-    """Send one request to a daemon's control socket and return its result (or raise `RpcError`)."""
+def call(path: str | os.PathLike, method: str, /, *, timeout: float = 30.0, **params: Any) -> Any:
+    """Send one request to a daemon's control socket and return its result (or raise `RpcError`).
+
+    ``path`` and ``method`` are positional-only, so a request may carry params of those names."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, prog
+from . import bench, map, prog
 from .output import CliError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     objects = parser.add_subparsers(dest="object", metavar="OBJECT", required=True)
     prog.add_parser(objects)
+    map.add_parser(objects)
     bench.add_parser(objects)
     return parser
 

@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from ..bpf.isa import XdpAction
+from .daemons import add_target, call
 from .output import CliError, emit_json, map_doc, print_map
 
 
@@ -39,6 +40,34 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     run.add_argument("-v", "--verbose", action="store_true", help="a line per packet however many")
     run.add_argument("-j", "--json", action="store_true", help="JSON output")
     run.set_defaults(func=cmd_run)
+
+    load = cmds.add_parser(
+        "load",
+        help="load an object into a guest (offloaded to the host, or native in the guest driver)",
+        description="Load FILE.o through a guest driver: --offload sends its maps and programs over "
+        "the control virtqueue to the host, which verifies them under its policy and attaches the "
+        "program to the device's host port; --native runs it in the guest driver on its rx path. "
+        "--device loads on the host directly, for a stock guest that cannot (operator path).",
+    )
+    load.add_argument("file", metavar="FILE.o")
+    mode = load.add_mutually_exclusive_group()
+    mode.add_argument("--offload", dest="mode", action="store_const", const="offload", help="run on the host")
+    mode.add_argument("--native", dest="mode", action="store_const", const="native", help="run in the guest")
+    load.add_argument("--prog", metavar="NAME", help="the program to attach (default: the first)")
+    add_target(load)
+    load.add_argument("-j", "--json", action="store_true", help="JSON output")
+    load.set_defaults(func=cmd_load)
+
+    show = cmds.add_parser("show", help="programs loaded through a guest or on a device, with counters")
+    add_target(show)
+    show.add_argument("-j", "--json", action="store_true", help="JSON output")
+    show.set_defaults(func=cmd_show)
+
+    detach = cmds.add_parser("detach", help="detach and free programs (and their maps)")
+    detach.add_argument("--mode", choices=("offload", "native"), help="only this one (default: both)")
+    add_target(detach)
+    detach.add_argument("-j", "--json", action="store_true", help="JSON output")
+    detach.set_defaults(func=cmd_detach)
 
 
 def _load_object(path: str):
@@ -186,4 +215,49 @@ def cmd_disasm(args: argparse.Namespace) -> int:
             note = f"  ; {entry['note']}" if "note" in entry else ""
             print(f"{entry['pc']:4d}: ({entry['opcode']}) {entry['text']}{note}")
         print()
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.file)
+    _load_object(path)  # a bad object is refused here, before any daemon sees it
+    mode = args.mode or ("offload" if args.device else None)
+    if mode is None:
+        raise CliError("say where the program runs: --offload (on the host) or --native (in the guest)")
+    if args.device and mode != "offload":
+        raise CliError("--device loads on the host: --native needs --guest")
+    result = call(args, "prog.load", path=path, mode=mode, prog=args.prog)
+    if args.json:
+        emit_json(result)
+        return 0
+    for p in result["programs"]:
+        attached = "  attached" if p.get("attached") else ""
+        print(f"{p['handle']}: {p['name']}  {mode}  tag {p.get('tag', '-')}  {p.get('insns', '?')} insns{attached}")
+    for m in result["maps"]:
+        print(f"   map {m['handle']}: {m['name']}  {m['type']}  max_entries {m['max_entries']}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    result = call(args, "prog.show")
+    if args.json:
+        emit_json(result)
+        return 0
+    if not result["programs"]:
+        print("no programs loaded")
+    for p in result["programs"]:
+        where = p.get("attach") or ("attached" if p.get("attached") else "loaded")
+        print(f"{p['handle']}: {p['name']}  {p['mode']}  tag {p.get('tag', '-')}  {where}")
+        counters = p.get("counters") or {}
+        if counters:
+            print("    " + "  ".join(f"{k} {v}" for k, v in counters.items()))
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    result = call(args, "prog.detach", mode=args.mode)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"detached {result.get('detached', 0)} program(s)")
     return 0

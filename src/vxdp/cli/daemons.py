@@ -1,0 +1,46 @@
+"""Reaching a running daemon from the command line: by ``--guest NAME`` or ``--device DEV``.
+
+A guest driver (``vxdp guest run --name NAME``) answers on
+``/run/vxdp/guest-NAME.sock``, a host device (``vxdp host serve --name DEV``)
+on ``/run/vxdp/host-DEV.sock``; ``$VXDP_RUN_DIR`` moves both. A refusal comes
+back as one line, with the verifier log or the policy rule as its detail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .. import rpc
+from .output import CliError
+
+
+def add_target(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """``--guest NAME`` (the guest's own tools) or, for the operator, ``--device DEV``."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--guest", metavar="NAME", help="the guest driver started with --name NAME")
+    if device:
+        group.add_argument(
+            "--device", metavar="DEV", help="operator path: the host device, on behalf of a stock guest"
+        )
+
+
+def call(args: argparse.Namespace, method: str, **params: Any) -> Any:
+    if getattr(args, "guest", None):
+        path, who = rpc.guest_socket(args.guest), f"guest {args.guest}"
+    else:
+        path, who = rpc.host_socket(args.device), f"device {args.device}"
+    try:
+        return rpc.call(path, method, **params)
+    except rpc.RpcError as e:
+        if e.code == "ENOENT" and "no daemon listening" in e.message:
+            raise CliError(f"{who}: not running ({e.message})") from None
+        detail = ""
+        if isinstance(e.data, dict):
+            detail = e.data.get("log") or e.data.get("rule") or ""
+        elif isinstance(e.data, str):
+            detail = e.data
+        elif e.data is not None:
+            detail = json.dumps(e.data)
+        raise CliError(f"{who}: {e.message} ({e.code})", detail) from None
