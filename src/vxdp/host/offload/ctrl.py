@@ -1,0 +1,309 @@
+"""The device end of the BPF control class: request bytes in, reply bytes out, through `OffloadService`.
+
+The host's ctrl-vq loop (``vxdp.host.ctrlq``) gathers the readable bytes of a chain,
+splits off the class byte, and for class ``VIRTIO_NET_CTRL_BPF`` calls
+`BpfCommandHandler.handle` with the command, the command-specific data and the size of
+the device-writable area; what comes back is written there verbatim (the ack byte
+first) and its length is the used length. Nothing here knows about descriptors,
+guest memory or vhost-user, so the same handler serves the virtqueue, an in-process
+test pair and any other transport.
+
+The order of checks is the spec's (docs/offload-protocol.md §2, §3, §6):
+
+1. offload feature not negotiated → ``EOPNOTSUPP``; the command is not looked at;
+2. writable area under ``MIN_REPLY`` → ``ENOBUFS``; the command is not executed;
+3. decode; a malformed request → ``EINVAL`` (``E2BIG`` for a field above a cap) with
+   the codec's message (command and field) as text;
+4. dispatch through `_HANDLERS` (one method per `Command`) to the service.
+
+Every refusal the service raises is an `OffloadError`; its reply text is one line,
+``message`` followed by `` (rule R)`` when a policy rule refused, then, for a program
+the verifier refused, a newline and the verifier log, cut to the request's
+``log_size`` when that is non-zero (``TEXT_TRUNCATED`` set). The client
+(`vxdp.guest.offload`) splits the text back the same way. Anything else that goes
+wrong is a bug on our side: it is logged once and answered ``EIO``; nothing is ever
+raised out of `handle`, whatever the bytes (spec §6: the device never fails as a
+whole because of a request).
+
+Where the service and the spec differ, the handler bridges: the spec's ATTACH
+without REPLACE on an occupied port is ``EBUSY`` and DETACH/QUERY with nothing
+attached ``ENOENT`` (the service replaces and detaches silently); MAP_FREE and
+PROG_FREE check the handle's kind (the service's ``free`` takes either);
+lookups that find nothing become ``ENOENT``. STATE_EXPORT/IMPORT are answered
+``EOPNOTSUPP`` and CAPS does not set the STATE flag: the service cannot recreate
+objects under chosen handles, which an import must do (spec §5 "State").
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+
+from ...bpf.mapspec import MapType, percpu_value_stride, possible_cpus
+from ...virtio.offload import (
+    MIN_REPLY,
+    AttachFlag,
+    AttachPoint,
+    CapsReply,
+    Command,
+    Errno,
+    MapCreateReply,
+    MapGetNextKeyReply,
+    MapLookupBatchReply,
+    MapLookupReply,
+    MapUpdateBatchReply,
+    Message,
+    OffloadProtocolError,
+    ProgLoadReply,
+    ProgQueryReply,
+    Reply,
+    command_name,
+    decode_request_body,
+    encode_reply,
+    error_reply,
+)
+from ...virtio.offload_wire import MAX_BATCH, MAX_REQUEST
+from .device import Device, MapObj
+from .errors import OffloadError
+from .handles import Kind
+from .service import OffloadService
+
+log = logging.getLogger(__name__)
+
+XDP_ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # PROG_QUERY actions[i], i = XDP action
+BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP: the only expected_attach_type besides 0
+
+
+def refusal_text(err: OffloadError, log_size: int = 0) -> tuple[str, bool]:
+    """The reply text for a refusal, and whether the verifier log in it was cut to ``log_size``.
+
+    Line one is the message (with `` (rule R)``); the verifier log, if any, follows
+    after one newline. ``log_size`` 0 means the log is bounded only by the reply area.
+    """
+    text, cut = str(err), False
+    if err.log:
+        body = err.log.encode("utf-8")
+        if log_size and len(body) > log_size:
+            body, cut = body[:log_size], True
+        text += "\n" + body.decode("utf-8", "ignore")
+    return text, cut
+
+
+class BpfCommandHandler:
+    """Answers one device's BPF ctrl commands with the bytes the device writes back."""
+
+    def __init__(self, service: OffloadService, device: str):
+        self.service = service
+        self.device = device
+        self._log_size = 0  # of the PROG_LOAD being handled, for the refusal text
+
+    # -- the entry point -----------------------------------------------------------------------
+    def handle(self, command: int, body: bytes, reply_capacity: int, *, negotiated: bool) -> bytes:
+        """The device-writable bytes (ack first, at most ``reply_capacity``) answering one command."""
+        try:
+            return self._handle(command, bytes(body), reply_capacity, negotiated)
+        except Exception as e:  # a bug of ours: one line in the log, EIO to the guest
+            log.error("device %s: %s: internal error: %s: %s", self.device, command_name(command),
+                      type(e).__name__, e)
+            return self._encode_safely(command, Reply.error(Errno.EIO, f"{command_name(command)}: device "
+                                                            "internal error"), reply_capacity)
+
+    def _handle(self, command: int, body: bytes, capacity: int, negotiated: bool) -> bytes:
+        if not negotiated:
+            return self._encode_safely(command, Reply.error(
+                Errno.EOPNOTSUPP, f"device {self.device}: VIRTIO_NET_F_BPF_OFFLOAD was not negotiated; "
+                "BPF commands are refused"), capacity)
+        if capacity < MIN_REPLY:
+            return self._encode_safely(command, Reply.error(
+                Errno.ENOBUFS, f"writable area of {capacity} bytes is below {MIN_REPLY}"), capacity)
+        try:
+            req = decode_request_body(command, body)
+        except OffloadProtocolError as e:
+            return error_reply(e, capacity)
+        self._log_size = 0
+        try:
+            reply = _HANDLERS[req.COMMAND](self, req)
+        except OffloadError as e:
+            text, cut = refusal_text(e, self._log_size)
+            reply = Reply(code=e.errno or Errno.EIO, text=text, text_truncated=cut)
+        except _Refused as e:
+            reply = e.reply
+        return encode_reply(req.COMMAND, reply, capacity)
+
+    @staticmethod
+    def _encode_safely(command: int, reply: Reply, capacity: int) -> bytes:
+        try:
+            return encode_reply(command, reply, capacity)
+        except Exception:  # cannot happen for payload-less errors; never let it escape
+            return bytes((1,))[: max(capacity, 0)]
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _dev(self) -> Device:
+        dev = self.service.devices.get(self.device)
+        if dev is None:
+            raise OffloadError(errno.ENODEV, f"no device named {self.device!r}")
+        return dev
+
+    def _expect(self, handle: int, kind: Kind) -> object:
+        return self._dev().handles.get(handle, kind)
+
+    def _map(self, handle: int) -> MapObj:
+        return self._expect(handle, Kind.MAP)  # type: ignore[return-value]
+
+    # -- commands ------------------------------------------------------------------------------
+    def caps(self, req: Message) -> Reply:
+        c = self.service.caps(self.device)
+        q = c["limits"]
+        map_types = 0
+        for t in c["map_types"]:
+            map_types |= 1 << int(t)
+        return Reply(payload=CapsReply(
+            engine=str(c["engine"])[:32], map_types=map_types, helpers=tuple(c["helpers"]),
+            max_maps=q["max_maps"], max_progs=q["max_progs"], max_map_memory=q["max_map_memory"],
+            max_insns=q["max_insns"], max_key_size=q["max_key_size"], max_value_size=q["max_value_size"],
+            max_entries=q["max_entries"], max_batch=MAX_BATCH, max_request=MAX_REQUEST,
+            cmd_rate=int(q["commands_per_second"]), ncpus=c["possible_cpus"],
+            attach_points=1 << AttachPoint.RX, flags=0))
+
+    def map_create(self, req) -> Reply:
+        h = self.service.map_create(self.device, type=req.map_type, key_size=req.key_size,
+                                    value_size=req.value_size, max_entries=req.max_entries,
+                                    flags=req.map_flags, name=req.name)
+        return Reply(payload=MapCreateReply(h))
+
+    def map_free(self, req) -> Reply:
+        self._map(req.map)
+        self.service.free(self.device, req.map)
+        return Reply()
+
+    def map_lookup(self, req) -> Reply:
+        if req.flags:
+            raise _Refused(Errno.EINVAL, f"MAP_LOOKUP: flags {req.flags:#x} must be 0 in version 1")
+        value = self.service.map_lookup(self.device, req.map, req.key)
+        if value is None:
+            raise _Refused(Errno.ENOENT, f"map {req.map}: no such key")
+        return Reply(payload=MapLookupReply(value))
+
+    def map_update(self, req) -> Reply:
+        self.service.map_update(self.device, req.map, req.key, req.value, req.flags)
+        return Reply()
+
+    def map_delete(self, req) -> Reply:
+        self.service.map_delete(self.device, req.map, req.key)
+        return Reply()
+
+    def map_get_next_key(self, req) -> Reply:
+        key = self.service.map_get_next_key(self.device, req.map, req.key or None)
+        if key is None:
+            raise _Refused(Errno.ENOENT, f"map {req.map}: no key after the one given (end of the map)")
+        return Reply(payload=MapGetNextKeyReply(key))
+
+    def map_lookup_batch(self, req) -> Reply:
+        obj = self._map(req.map)
+        items, token = self.service.map_lookup_batch(self.device, req.map, req.token or None, req.max_count)
+        return Reply(payload=MapLookupBatchReply(
+            key_size=obj.spec.key_size, value_size=_wire_value_size(obj),
+            keys=tuple(k for k, _ in items), values=tuple(v for _, v in items), token=token or b""))
+
+    def map_update_batch(self, req) -> Reply:
+        obj = self._map(req.map)
+        for field, got, want in (("key_size", req.key_size, obj.spec.key_size),
+                                 ("value_size", req.value_size, _wire_value_size(obj))):
+            if got != want:
+                raise _Refused(Errno.EINVAL, f"MAP_UPDATE_BATCH: {field} {got} is not the map's {want}",
+                               MapUpdateBatchReply(0))
+        applied = self.service.map_update_batch(self.device, req.map, list(zip(req.keys, req.values)),
+                                                req.flags)
+        return Reply(payload=MapUpdateBatchReply(applied))
+
+    def prog_load(self, req) -> Reply:
+        self._log_size = req.log_size
+        if req.prog_flags:
+            raise _Refused(Errno.EINVAL, f"PROG_LOAD: prog_flags {req.prog_flags:#x} are not supported")
+        if req.expected_attach_type not in (0, BPF_XDP_ATTACH_TYPE):
+            raise _Refused(Errno.EINVAL, f"PROG_LOAD: expected_attach_type {req.expected_attach_type} is not "
+                           f"0 or BPF_XDP ({BPF_XDP_ATTACH_TYPE})")
+        h, tag = self.service.prog_load(self.device, req.insns, name=req.name or "prog", license=req.license,
+                                        prog_type=req.prog_type, btf=req.btf or None,
+                                        func_info=req.func_info, line_info=req.line_info)
+        return Reply(payload=ProgLoadReply(h, bytes.fromhex(tag)))
+
+    def prog_free(self, req) -> Reply:
+        self._expect(req.prog, Kind.PROG)
+        self.service.free(self.device, req.prog)
+        return Reply()
+
+    def prog_attach(self, req) -> Reply:
+        _check_attach_point(req.attach_point)
+        if req.flags & ~AttachFlag.REPLACE:
+            raise _Refused(Errno.EINVAL, f"PROG_ATTACH: unknown flags {req.flags & ~AttachFlag.REPLACE:#x}")
+        self._expect(req.prog, Kind.PROG)
+        attached = self._dev().attached
+        if attached is not None and not req.flags & AttachFlag.REPLACE:
+            raise _Refused(Errno.EBUSY, f"attach point RX already runs program {attached}; set REPLACE to swap")
+        self.service.prog_attach(self.device, req.prog)
+        return Reply()
+
+    def prog_detach(self, req) -> Reply:
+        _check_attach_point(req.attach_point)
+        if self._dev().attached is None:
+            raise _Refused(Errno.ENOENT, "attach point RX: no program attached")
+        self.service.prog_detach(self.device)
+        return Reply()
+
+    def prog_query(self, req) -> Reply:
+        _check_attach_point(req.attach_point)
+        q = self.service.prog_query(self.device)
+        prog = next((p for p in q["programs"] if p["handle"] == q["attached"]), None)
+        if prog is None:
+            raise _Refused(Errno.ENOENT, "attach point RX: no program attached")
+        return Reply(payload=ProgQueryReply(prog["handle"], bytes.fromhex(prog["tag"]),
+                                            tuple(prog["actions"][a] for a in XDP_ACTIONS)))
+
+    def state_unsupported(self, req) -> Reply:
+        raise _Refused(Errno.EOPNOTSUPP, f"{req.COMMAND.name}: this device cannot export or import state "
+                       "(CAPS flag STATE is clear)")
+
+
+class _Refused(Exception):
+    """A refusal the handler itself decides (spec rules the service does not know)."""
+
+    def __init__(self, code: int, text: str, payload: Message | None = None):
+        super().__init__(text)
+        self.reply = Reply.error(code, text, payload)
+
+
+def _check_attach_point(point: int) -> None:
+    if point != AttachPoint.RX:
+        raise _Refused(Errno.EINVAL, f"attach point {point} does not exist (only 0, RX)")
+
+
+def _wire_value_size(obj: MapObj) -> int:
+    """A value's size on the wire: all CPUs' slots for a per-CPU map, a u32 handle for prog_array."""
+    if obj.spec.is_percpu:
+        return possible_cpus() * percpu_value_stride(obj.spec.value_size)
+    if obj.spec.type == MapType.PROG_ARRAY:
+        return 4
+    return obj.spec.value_size
+
+
+_HANDLERS: dict[Command, Callable[[BpfCommandHandler, Message], Reply]] = {
+    Command.CAPS: BpfCommandHandler.caps,
+    Command.MAP_CREATE: BpfCommandHandler.map_create,
+    Command.MAP_FREE: BpfCommandHandler.map_free,
+    Command.MAP_LOOKUP: BpfCommandHandler.map_lookup,
+    Command.MAP_UPDATE: BpfCommandHandler.map_update,
+    Command.MAP_DELETE: BpfCommandHandler.map_delete,
+    Command.MAP_GET_NEXT_KEY: BpfCommandHandler.map_get_next_key,
+    Command.MAP_LOOKUP_BATCH: BpfCommandHandler.map_lookup_batch,
+    Command.MAP_UPDATE_BATCH: BpfCommandHandler.map_update_batch,
+    Command.PROG_LOAD: BpfCommandHandler.prog_load,
+    Command.PROG_FREE: BpfCommandHandler.prog_free,
+    Command.PROG_ATTACH: BpfCommandHandler.prog_attach,
+    Command.PROG_DETACH: BpfCommandHandler.prog_detach,
+    Command.PROG_QUERY: BpfCommandHandler.prog_query,
+    Command.STATE_EXPORT: BpfCommandHandler.state_unsupported,
+    Command.STATE_IMPORT: BpfCommandHandler.state_unsupported,
+}
+assert set(_HANDLERS) == set(Command), "every command of the class has a handler"
