@@ -1,0 +1,86 @@
+"""The guest driver's control-virtqueue client: one command at a time, synchronous, bounded.
+
+A command is rare (promiscuous mode, later the offload class's load/attach), so it is
+driven by the Python ``DriverQueue`` half, not a compiled kernel: the request
+(``class, command, data``; ``vxdp.virtio.ctrl.CtrlRequest``) goes into the first half
+of the ctrl area as one device-readable descriptor, and a device-writable descriptor of
+``1 + reply_capacity`` bytes follows it for the ack and the class's result. We kick the
+ctrl vring and wait for the used entry by polling its call eventfd with a short timeout,
+re-reading the used ring each time, so a notification the device chose not to send (or
+one lost in a race) costs at most one poll period, and the whole wait is bounded by the
+caller's timeout. A device that never answers leaves the chain in flight; the ring is then
+unusable (the spec has no way to take a buffer back) and `CtrlTimeout` says so; the
+driver's reconnect builds a fresh ring.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+
+from vxdp.virtio.ctrl import Ack, CtrlError, CtrlReply, CtrlRequest
+
+from .rings import CTRL, GuestRings
+
+
+class CtrlClientError(Exception):
+    """The ctrl queue is not there, the command does not fit, or the device broke the exchange."""
+
+
+class CtrlTimeout(CtrlClientError):
+    """The device did not return the command's chain in time."""
+
+
+class CtrlClient:
+    """Sends control commands on vring 2 of one session's rings."""
+
+    def __init__(self, rings: GuestRings) -> None:
+        if CTRL not in rings.queues:
+            raise CtrlClientError("the device has no control virtqueue (CTRL_VQ not negotiated)")
+        self.rings = rings
+        self.dq = rings.queues[CTRL]
+        self.broken: str | None = None
+
+    def command(self, cls: int, cmd: int, data: bytes = b"", reply_capacity: int = 0,
+                timeout: float = 5.0) -> tuple[Ack, bytes]:
+        """Send one command; return ``(ack, result bytes)`` as the device wrote them."""
+        if self.broken:
+            raise CtrlClientError(f"ctrl queue unusable: {self.broken}")
+        try:
+            req = CtrlRequest(cls, cmd, bytes(data)).encode()
+        except CtrlError as e:
+            raise CtrlClientError(str(e)) from None
+        half = self.rings.ctrl_size // 2
+        if len(req) > half or 1 + reply_capacity > half or reply_capacity < 0:
+            raise CtrlClientError(f"ctrl command of {len(req)} bytes with a {reply_capacity}-byte reply "
+                                  f"does not fit the {half}-byte ctrl buffers")
+        mem = self.rings.mem
+        req_gpa = self.rings.ctrl_area
+        reply_gpa = req_gpa + half
+        mem.write(req_gpa, req)
+        mem.write(reply_gpa, b"\xff")  # neither OK nor ERR until the device writes it
+        head = self.dq.add_buffers(mem, [(req_gpa, len(req), False), (reply_gpa, 1 + reply_capacity, True)])
+        self.dq.enable_interrupts(mem)
+        if self.dq.kick_needed(mem):
+            self.rings.kick(CTRL)
+        deadline = time.monotonic() + timeout
+        call = self.rings.fds[CTRL].call
+        while True:
+            used = self.dq.get_used(mem)
+            if used is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.broken = f"command class {cls} cmd {cmd} not answered within {timeout:g} s"
+                raise CtrlTimeout(self.broken)
+            select.select([call], [], [], min(left, 0.05))
+            self.rings.drain_call(CTRL)
+        got, length = used
+        if got != head:
+            self.broken = f"device returned chain {got}, expected {head}"
+            raise CtrlClientError(self.broken)
+        try:
+            reply = CtrlReply.decode(mem.read(reply_gpa, length))
+        except CtrlError as e:
+            raise CtrlClientError(f"class {cls} cmd {cmd}: {e}") from None
+        return reply.ack, reply.result

@@ -1,0 +1,409 @@
+"""The driver end of the BPF control class: an offload client, and an `Engine` that offloads through it.
+
+`OffloadClient` turns Python calls into BPF ctrl requests (`vxdp.virtio.offload`)
+and replies back into Python values or an `OffloadRefused`. It does not know how
+bytes reach the device: its transport is any ``(request, capacity) -> reply``
+callable, where ``request`` is the whole device-readable part (class, command,
+data, as `encode_request` gives it) and the reply is what the device wrote in a
+``capacity``-byte writable area (ack byte first). The ctrl virtqueue, a socket to
+a daemon, or a `BpfCommandHandler` in the same process all fit; `ctrl_transport`
+adapts a ``command(cls, cmd, data, reply_capacity) -> (ack, result)`` client.
+
+Reply sizing (spec §3): each call offers a writable area big enough for its usual
+reply; a side-effect-free command whose payload did not fit comes back ``ENOBUFS``
+with ``PAYLOAD_OMITTED`` and the needed size, and the client asks once more with
+room for exactly that. Commands with side effects are never repeated.
+
+`OffloadEngine` is the offload as an `vxdp.engine.base.Engine`, so the shared
+loader (`vxdp.engine.loader.load_object`) offloads a whole object unchanged: its
+maps are `RemoteMap`s whose ``handle`` is the guest map handle (the loader puts
+it in the lddw immediates, which is what the device expects), programs are
+guest program handles (which is what prog_array values carry on the wire).
+
+One thing the protocol (version 1) cannot do: freeze a map. ``.rodata`` is
+created with ``BPF_F_RDONLY_PROG`` and filled, so programs cannot write it, but
+the device's verifier does not see it frozen and so treats its contents as
+unknown values rather than constants; a program whose verification depends on
+``.rodata`` constants (dead-code elimination) may be refused offloaded where it
+loads natively.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..bpf.isa import Insn
+from ..bpf.mapapi import Map
+from ..bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType, UpdateFlag, percpu_value_stride
+from ..bpf.obj import FuncInfo, LineInfo
+from ..engine.base import Engine, RunResult, XdpMd
+from ..virtio.offload import (
+    MIN_REPLY,
+    AttachFlag,
+    AttachPoint,
+    CapsReply,
+    CapsRequest,
+    Command,
+    Errno,
+    MapCreateRequest,
+    MapDeleteRequest,
+    MapFreeRequest,
+    MapGetNextKeyRequest,
+    MapLookupBatchReply,
+    MapLookupBatchRequest,
+    MapLookupRequest,
+    MapUpdateBatchRequest,
+    MapUpdateRequest,
+    Message,
+    OffloadProtocolError,
+    ProgAttachRequest,
+    ProgDetachRequest,
+    ProgFreeRequest,
+    ProgLoadRequest,
+    ProgQueryReply,
+    ProgQueryRequest,
+    Reply,
+    StateExportReply,
+    StateExportRequest,
+    StateImportRequest,
+    command_name,
+    decode_reply,
+    encode_request,
+)
+from ..virtio.offload_wire import NAME_LEN, REPLY_HEADER_SIZE
+
+log = logging.getLogger(__name__)
+
+Transport = Callable[[bytes, int], bytes]
+"""``(request bytes incl. class and command, writable area size incl. the ack) -> bytes the device wrote``."""
+
+DEFAULT_CAPACITY = 4096  # enough for CAPS, a lookup of a 4 KiB value, a modest batch
+LOAD_TEXT_ROOM = 1024  # room for a refusal message on top of the verifier log wanted
+_RULE = re.compile(r" \(rule ([\w.\-]+)\)$")
+_U32 = struct.Struct("<I")
+
+
+class OffloadRefused(OSError):
+    """The device refused a command: ``errno``, the first line as ``message``, the policy ``rule`` (if one
+    refused), and the verifier ``log`` (for a refused program; ``log_truncated`` if it was cut)."""
+
+    def __init__(self, command: int, reply: Reply):
+        first, _, rest = reply.text.partition("\n")
+        m = _RULE.search(first)
+        super().__init__(int(reply.code), first or _errno_name(reply.code))
+        self.command = command
+        self.code = int(reply.code)
+        self.message = first
+        self.rule = m.group(1) if m else None
+        self.log = rest or None
+        self.log_truncated = reply.text_truncated
+        self.reply = reply
+
+    def __str__(self) -> str:
+        return f"{command_name(self.command)}: [{_errno_name(self.code)}] {self.message}"
+
+
+class OffloadTransportError(OSError):
+    """The device answered with bytes that are not a reply to the command sent (a broken device)."""
+
+
+def _errno_name(code: int) -> str:
+    try:
+        return Errno(code).name
+    except ValueError:
+        return errno.errorcode.get(code, f"errno {code}")
+
+
+def ctrl_transport(ctrl: Any, cls: int | None = None) -> Transport:
+    """A `Transport` over a ctrl-vq client whose ``command(cls, cmd, data, reply_capacity)`` returns
+    ``(ack, result)`` with the capacity counting the result only (the guest driver's ``CtrlClient``)."""
+    def send(request: bytes, capacity: int) -> bytes:
+        ack, result = ctrl.command(request[0] if cls is None else cls, request[1], request[2:], capacity - 1)
+        return bytes((int(ack),)) + bytes(result)
+    return send
+
+
+class OffloadClient:
+    """BPF ctrl commands as Python calls; every refusal raises `OffloadRefused`."""
+
+    def __init__(self, transport: Transport, *, capacity: int = DEFAULT_CAPACITY):
+        self.transport = transport
+        self.capacity = max(int(capacity), 1)
+        self._caps: CapsReply | None = None
+
+    # -- the one round trip --------------------------------------------------------------------
+    def call(self, req: Message, capacity: int | None = None, *, none_on_enoent: bool = False) -> Message | None:
+        """Send ``req``; return its reply payload (``None`` for commands that answer none).
+
+        A payload the area could not hold is asked for once more with room for it.
+        ``none_on_enoent`` turns ENOENT into ``None`` (lookups, iteration ends).
+        """
+        cmd = int(req.COMMAND)
+        data = encode_request(req)
+        cap = self.capacity if capacity is None else capacity
+        reply = self._round_trip(cmd, data, cap)
+        if reply.payload_omitted and reply.needed:
+            reply = self._round_trip(cmd, data, max(cap, 1 + REPLY_HEADER_SIZE + reply.needed + LOAD_TEXT_ROOM))
+        if reply.ok:
+            return reply.payload
+        if none_on_enoent and reply.code == Errno.ENOENT:
+            return None
+        raise OffloadRefused(cmd, reply)
+
+    def _round_trip(self, cmd: int, data: bytes, cap: int) -> Reply:
+        raw = self.transport(data, cap)
+        if len(raw) > cap:
+            raise OffloadTransportError(errno.EIO, f"{command_name(cmd)}: device wrote {len(raw)} bytes into a "
+                                        f"{cap}-byte area")
+        try:
+            return decode_reply(cmd, raw)
+        except OffloadProtocolError as e:
+            raise OffloadTransportError(errno.EIO, f"{command_name(cmd)}: bad reply: {e}") from None
+
+    # -- capabilities --------------------------------------------------------------------------
+    def caps(self, *, refresh: bool = False) -> CapsReply:
+        if self._caps is None or refresh:
+            self._caps = self.call(CapsRequest())  # type: ignore[assignment]
+        return self._caps  # type: ignore[return-value]
+
+    # -- maps ----------------------------------------------------------------------------------
+    def map_create(self, map_type: int, key_size: int, value_size: int, max_entries: int, *,
+                   flags: int = 0, name: str = "") -> int:
+        r = self.call(MapCreateRequest(int(map_type), key_size, value_size, max_entries, flags,
+                                       wire_name(name)))
+        return r.map  # type: ignore[union-attr]
+
+    def map_free(self, handle: int) -> None:
+        self.call(MapFreeRequest(handle))
+
+    def map_lookup(self, handle: int, key: bytes) -> bytes | None:
+        r = self.call(MapLookupRequest(handle, bytes(key)), none_on_enoent=True)
+        return None if r is None else r.value  # type: ignore[union-attr]
+
+    def map_update(self, handle: int, key: bytes, value: bytes, flags: int = UpdateFlag.ANY) -> None:
+        self.call(MapUpdateRequest(handle, bytes(key), bytes(value), int(flags)))
+
+    def map_delete(self, handle: int, key: bytes) -> None:
+        self.call(MapDeleteRequest(handle, bytes(key)))
+
+    def map_get_next_key(self, handle: int, key: bytes | None) -> bytes | None:
+        r = self.call(MapGetNextKeyRequest(handle, bytes(key or b"")), none_on_enoent=True)
+        return None if r is None else r.key  # type: ignore[union-attr]
+
+    def map_lookup_batch(self, handle: int, max_count: int, token: bytes = b"") -> MapLookupBatchReply:
+        """Up to ``max_count`` entries from ``token`` on; the reply's token is empty at the end."""
+        return self.call(MapLookupBatchRequest(handle, max_count, token))  # type: ignore[return-value]
+
+    def map_update_batch(self, handle: int, items: Sequence[tuple[bytes, bytes]], *, key_size: int,
+                         value_size: int, flags: int = UpdateFlag.ANY) -> int:
+        """Write entries in order; returns how many were applied (the device stops at the first failure)."""
+        r = self.call(MapUpdateBatchRequest(handle, key_size, value_size, tuple(k for k, _ in items),
+                                            tuple(v for _, v in items), int(flags)))
+        return r.applied  # type: ignore[union-attr]
+
+    def map_items(self, handle: int, batch: int = 64) -> list[tuple[bytes, bytes]]:
+        """Every entry, ``batch`` per command (a bounded walk: it ends when the device says so)."""
+        out: list[tuple[bytes, bytes]] = []
+        token = b""
+        for _ in range(1 << 20):
+            r = self.map_lookup_batch(handle, batch, token)
+            out.extend(zip(r.keys, r.values))
+            if not r.token:
+                break
+            token = r.token
+        return out
+
+    # -- programs ------------------------------------------------------------------------------
+    def prog_load(self, insns: Sequence[Insn], *, name: str = "", license: str = "GPL",
+                  btf: bytes | None = None, func_info: Iterable[FuncInfo] = (),
+                  line_info: Iterable[LineInfo] = (), prog_type: int = 6, log_level: int = 0,
+                  log_size: int = 64 << 10) -> tuple[int, bytes]:
+        """Load a program whose map references carry guest handles; return (program handle, tag)."""
+        req = ProgLoadRequest(tuple(insns), license, wire_name(name), prog_type, log_level=log_level,
+                              log_size=log_size, btf=bytes(btf or b""), func_info=tuple(func_info),
+                              line_info=tuple(line_info))
+        cap = max(self.capacity, 1 + REPLY_HEADER_SIZE + 12 + log_size + LOAD_TEXT_ROOM)
+        r = self.call(req, cap)
+        return r.prog, r.tag  # type: ignore[union-attr]
+
+    def prog_free(self, handle: int) -> None:
+        self.call(ProgFreeRequest(handle))
+
+    def prog_attach(self, handle: int, *, attach_point: int = AttachPoint.RX, replace: bool = False) -> None:
+        self.call(ProgAttachRequest(handle, attach_point, AttachFlag.REPLACE if replace else 0))
+
+    def prog_detach(self, attach_point: int = AttachPoint.RX) -> None:
+        self.call(ProgDetachRequest(attach_point))
+
+    def prog_query(self, attach_point: int = AttachPoint.RX) -> ProgQueryReply | None:
+        """The attached program, its tag and per-action frame counts; ``None`` if nothing is attached."""
+        return self.call(ProgQueryRequest(attach_point), none_on_enoent=True)  # type: ignore[return-value]
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_export(self, token: bytes = b"") -> StateExportReply:
+        return self.call(StateExportRequest(token))  # type: ignore[return-value]
+
+    def state_import(self, chunk: bytes, *, last: bool = False) -> None:
+        self.call(StateImportRequest(chunk, 1 if last else 0))
+
+
+def wire_name(name: str) -> str:
+    """A name the wire's ``name[16]`` can carry: ASCII, no NUL, at most 15 characters."""
+    clean = "".join(c if c.isascii() and c != "\0" else "_" for c in name)
+    return clean[: NAME_LEN - 1]
+
+
+class RemoteMap(Map):
+    """A map in the device, reached over the ctrl channel; ``handle`` is its guest map handle.
+
+    Values are as on the wire: per-CPU maps carry the device's ``ncpus`` slots of
+    ``round_up(value_size, 8)`` bytes, prog_array values are guest program handles.
+    Errors are `OffloadRefused` (an `OSError` with the device's errno), as `Map` promises.
+    """
+
+    def __init__(self, client: OffloadClient, handle: int, spec: MapSpec, ncpus: int = 1):
+        self.client = client
+        self.handle = handle
+        self.spec = spec
+        self.ncpus = ncpus
+        self.closed = False
+
+    @property
+    def value_bytes(self) -> int:
+        if self.spec.is_percpu:
+            return self.ncpus * percpu_value_stride(self.spec.value_size)
+        return 4 if self.spec.type == MapType.PROG_ARRAY else self.spec.value_size
+
+    def lookup(self, key: bytes) -> bytes | None:
+        return self.client.map_lookup(self.handle, key)
+
+    def update(self, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
+        self.client.map_update(self.handle, key, value, flags)
+
+    def delete(self, key: bytes) -> None:
+        self.client.map_delete(self.handle, key)
+
+    def next_key(self, key: bytes | None) -> bytes | None:
+        return self.client.map_get_next_key(self.handle, key)
+
+    def items_batched(self, count: int = 64) -> list[tuple[bytes, bytes]]:
+        return self.client.map_items(self.handle, count)
+
+    def update_batch(self, keys: list[bytes], values: list[bytes], flags: int = UpdateFlag.ANY) -> int:
+        return self.client.map_update_batch(self.handle, list(zip(keys, values)), key_size=self.spec.key_size,
+                                            value_size=self.value_bytes, flags=flags)
+
+    def close(self) -> None:
+        """Free the map in the device (idempotent; a handle the device already forgot is fine)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.client.map_free(self.handle)
+        except OffloadRefused as e:
+            if e.code != Errno.EBADF:
+                raise
+
+    def __repr__(self) -> str:
+        return f"RemoteMap({self.spec.name!r}, handle={self.handle})"
+
+
+class OffloadEngine(Engine):
+    """Maps and programs in the device (the host), loaded over the BPF ctrl class.
+
+    Programs run on the device's port as frames arrive, not on demand, so `run` is not
+    available; `attach`, `detach` and `query` put a program on the RX path and read its
+    verdict counts. `close` detaches what it attached and frees every object it made.
+    """
+
+    name = "offload"
+
+    def __init__(self, client: OffloadClient):
+        self.client = client
+        self.maps: list[RemoteMap] = []
+        self.programs: list[int] = []
+        self.attached: int | None = None
+
+    def create_map(self, spec: MapSpec) -> RemoteMap:
+        flags = spec.flags
+        if spec.origin is MapOrigin.RODATA:
+            flags |= MapFlag.RDONLY_PROG  # as libbpf; the protocol cannot freeze (module docstring)
+        handle = self.client.map_create(spec.type, spec.key_size, spec.value_size, spec.max_entries,
+                                        flags=flags, name=spec.name)
+        ncpus = self.client.caps().ncpus if spec.is_percpu else 1
+        m = RemoteMap(self.client, handle, spec, ncpus)
+        self.maps.append(m)
+        if spec.data is not None:
+            if len(spec.data) > spec.value_size:
+                raise ValueError(f"map {spec.name!r}: initial data of {len(spec.data)} bytes is above "
+                                 f"value_size {spec.value_size}")
+            m.update(bytes(spec.key_size), spec.data.ljust(spec.value_size, b"\0"))
+        return m
+
+    def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:
+        """Offload resolved instructions (guest map handles in the lddw immediates); the guest program handle.
+
+        ``extra``: ``btf``, ``func_info``, ``line_info`` go with the program; ``log_size``
+        bounds the verifier log a refusal brings back (`OffloadRefused.log`).
+        """
+        handle, _tag = self.client.prog_load(
+            insns, name=name, license=license, btf=extra.get("btf") or None,  # type: ignore[arg-type]
+            func_info=extra.get("func_info") or (), line_info=extra.get("line_info") or (),  # type: ignore[arg-type]
+            log_size=int(extra.get("log_size", 64 << 10)))  # type: ignore[call-overload]
+        self.programs.append(handle)
+        return handle
+
+    def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> RunResult:
+        raise NotImplementedError("an offloaded program runs in the device on the frames its port receives; "
+                                  "the protocol has no test-run command: attach it and send traffic, or run "
+                                  "the object on a local engine (kernel, interp)")
+
+    def attach(self, prog: int, *, replace: bool = False) -> None:
+        self.client.prog_attach(prog, replace=replace)
+        self.attached = prog
+
+    def detach(self) -> None:
+        self.client.prog_detach()
+        self.attached = None
+
+    def query(self) -> ProgQueryReply | None:
+        return self.client.prog_query()
+
+    def close(self) -> None:
+        """Detach (if this engine attached), free programs, then maps; never raises (a device that was
+        reset already forgot the handles). Failures are logged."""
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if self.attached is not None:
+            steps.append(("detach", self.client.prog_detach))
+        steps += [(f"free program {h}", lambda h=h: self.client.prog_free(h)) for h in reversed(self.programs)]
+        steps += [(f"free map {m.handle}", m.close) for m in reversed(self.maps)]
+        for what, step in steps:
+            try:
+                step()
+            except OffloadRefused as e:
+                if e.code not in (Errno.EBADF, Errno.ENOENT):
+                    log.warning("offload engine close: %s: %s", what, e)
+            except OSError as e:
+                log.warning("offload engine close: %s: %s", what, e)
+        self.attached = None
+        self.programs.clear()
+        self.maps.clear()
+
+
+__all__ = [
+    "MIN_REPLY",
+    "Command",
+    "OffloadClient",
+    "OffloadEngine",
+    "OffloadRefused",
+    "OffloadTransportError",
+    "RemoteMap",
+    "Transport",
+    "ctrl_transport",
+    "wire_name",
+]

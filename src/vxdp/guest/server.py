@@ -1,0 +1,133 @@
+"""``vxdp guest run``: the guest daemon — a tap in a netns, the driver, the event loop, a control socket.
+
+The "guest" is a network namespace: real programs (ping, iperf3) run in it with
+``ip netns exec`` and talk through a tap whose other side is our virtio-net driver.
+
+Namespace policy: if ``netns`` does not exist we create it and remove it on exit; one
+that existed before is left as it was (the tap goes away with us either way, since it
+is not persistent). The tap takes the device's MAC (from the config space when the
+backend reports one, else ``--mac`` or a stable one derived from the socket path), so
+frames the device delivers are addressed to it.
+
+Exit: SIGTERM or SIGINT ends the loop (``Loop.run``), and ``close`` removes what we
+made: the tap, the control socket, the vhost-user socket in server mode, the netns if
+ours.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+
+from vxdp import rpc
+from vxdp.eventloop import Loop
+from vxdp.netdev.tap import Tap
+from vxdp.virtio.ctrl import Ack
+
+from .driver import GuestDriver
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1
+
+
+class GuestDaemonError(Exception):
+    """The daemon could not start (netns, tap, control socket)."""
+
+
+class GuestDaemon:
+    def __init__(self, socket_path: str, *, netns: str, tap: str, addr: str | None = None,
+                 name: str | None = None, mtu: int = 1500, mac: bytes | None = None, server: bool = False,
+                 mem_mb: int = 64, queue_size: int = 256) -> None:
+        self.name = name or tap
+        self.netns = netns
+        self.created_netns = False
+        self.driver = GuestDriver(socket_path, mem_mb=mem_mb, queue_size=queue_size, mac=mac, server=server,
+                                  mtu=mtu)
+        self.loop = Loop()
+        self.tap: Tap | None = None
+        self.control: rpc.Server | None = None
+        try:
+            if netns not in pr_netns.listnetns():
+                pr_netns.create(netns)
+                self.created_netns = True
+                with IPRoute(netns=netns, flags=0) as ip:
+                    ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
+            self.tap = Tap(tap, netns=netns, mtu=mtu, addr=addr, up=False)
+            self._set_tap_mac(self.driver.mac, up=True)
+            self.control = rpc.Server(rpc.guest_socket(self.name), {
+                "guest.show": self.show,
+                "guest.ctrl": self.ctrl,
+                "guest.promisc": self.promisc,
+            })
+        except Exception as e:
+            self.close()
+            if isinstance(e, GuestDaemonError):
+                raise
+            raise GuestDaemonError(f"guest {self.name}: {e}") from e
+        for fd in self.control.filenos():
+            self.loop.add_reader(fd, self._control_handler(fd))
+        self.driver.on_connect = lambda d: self._set_tap_mac(d.mac)
+        self.driver.attach(self.loop, self.tap)
+
+    def _control_handler(self, fd: int):
+        def handler() -> None:
+            before = set(self.control.filenos())
+            self.control.process(fd)
+            after = set(self.control.filenos())
+            for new in after - before:
+                self.loop.add_reader(new, self._control_handler(new))
+            for gone in before - after:
+                self.loop.remove_reader(gone)
+        return handler
+
+    def _set_tap_mac(self, mac: bytes, up: bool = False) -> None:
+        text = ":".join(f"{b:02x}" for b in mac)
+        with IPRoute(netns=self.netns, flags=0) as ip:
+            if self.tap.mac != text:
+                ip.link("set", index=self.tap.ifindex, address=text)
+                self.tap.mac = text
+            if up:
+                ip.link("set", index=self.tap.ifindex, state="up")
+
+    # -- control methods ------------------------------------------------------------------
+    def show(self) -> dict:
+        doc = self.driver.show()
+        doc.update(name=self.name, netns=self.netns, tap=self.tap.name if self.tap else None,
+                   tap_stats=vars(self.tap.stats()) if self.tap else None)
+        return doc
+
+    def ctrl(self, cls: int, cmd: int, data: str = "", reply_capacity: int = 0, timeout: float = 5.0) -> dict:
+        ack, result = self.driver.ctrl_command(cls, cmd, bytes.fromhex(data), reply_capacity, timeout)
+        return {"ack": Ack(ack).name, "result": result.hex()}
+
+    def promisc(self, on: bool = True) -> dict:
+        return {"ack": Ack(self.driver.set_promisc(on)).name}
+
+    # -- life cycle -----------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; then clean up."""
+        if not self.driver.server:
+            self.driver.tick()  # first attempt at once; later ones from the tick, with backoff
+        try:
+            self.loop.run(tick=TICK, on_tick=self.driver.tick)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.driver.close()
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
+        if self.created_netns:
+            try:
+                pr_netns.remove(self.netns)
+            except OSError as e:
+                log.warning("cannot remove netns %s: %s", self.netns, e)
+            self.created_netns = False
+        self.loop.close()

@@ -1,0 +1,139 @@
+"""Helpers of the guest driver tests: ICMP ping from inside a netns (no ping binary here),
+the driver as a subprocess that is always stopped, bounded polling."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vxdp import rpc
+from vxdp.bpf.kernel.netns import run_in_netns
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def _ping(dst: str, count: int, timeout: float, size: int, interval: float) -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    ident = os.getpid() & 0xFFFF
+    got = 0
+    payload = bytes(range(256)) * (size // 256 + 1)
+    payload = payload[:size]
+    try:
+        for seq in range(count):
+            hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+            pkt = struct.pack("!BBHHH", 8, 0, _csum(hdr + payload), ident, seq) + payload
+            s.sendto(pkt, (dst, 0))
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                r, _, _ = select.select([s], [], [], left)
+                if not r:
+                    break
+                data, addr = s.recvfrom(65536)
+                ihl = (data[0] & 0xF) * 4
+                t, _c, _ck, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+                if t == 0 and rid == ident and rseq == seq and addr[0] == dst:
+                    if data[ihl + 8:] == payload:
+                        got += 1
+                    break
+            if interval:
+                time.sleep(interval)
+    finally:
+        s.close()
+    return got
+
+
+def ping(netns: str, dst: str, count: int = 5, *, timeout: float = 2.0, size: int = 56,
+         interval: float = 0.0) -> int:
+    """Echo requests from ``netns`` to ``dst``; returns how many intact replies came back (bounded)."""
+    return run_in_netns(netns, _ping, dst, count, timeout, size, interval)
+
+
+def poll(fn: Callable[[], object], until: Callable[[object], bool], *, timeout: float, what: str):
+    """Call ``fn`` until ``until(value)``; AssertionError with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {value!r} after {timeout} s")
+        time.sleep(0.1)
+
+
+class GuestProc:
+    """``vxdp guest run`` as a subprocess with its own run dir; a context manager that always stops it."""
+
+    def __init__(self, sock: str, netns: str, tap: str, run_dir: Path, *, addr: str | None = None,
+                 name: str = "g0", server: bool = False, extra: tuple[str, ...] = ()) -> None:
+        self.run_dir = run_dir
+        self.name = name
+        argv = [sys.executable, "-m", "vxdp.cli.main", "guest", "run", "--socket", sock, "--netns", netns,
+                "--tap", tap, "--name", name, "-v"]
+        if addr:
+            argv += ["--addr", addr]
+        if server:
+            argv.append("--server")
+        argv += list(extra)
+        self.env = dict(os.environ, VXDP_RUN_DIR=str(run_dir))
+        self.log = open(run_dir / f"guest-{name}.log", "ab")
+        self.proc = subprocess.Popen(argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    @property
+    def control(self) -> Path:
+        return self.run_dir / f"guest-{self.name}.sock"
+
+    def show(self) -> dict:
+        return rpc.call(self.control, "guest.show", timeout=10.0)
+
+    def call(self, method: str, **params):
+        return rpc.call(self.control, method, timeout=15.0, **params)
+
+    def wait_connected(self, timeout: float = 30.0, connects: int = 1) -> dict:
+        def get():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"guest driver exited with {self.proc.returncode}: {self.output()}")
+            try:
+                return self.show()
+            except rpc.RpcError:
+                return None
+        return poll(get, lambda d: d is not None and d["connected"] and d["counters"]["connects"] >= connects,
+                    timeout=timeout, what="guest driver connected")
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return (self.run_dir / f"guest-{self.name}.log").read_text(errors="replace")[-4000:]
+
+    def stop(self, sig: int = 15) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> GuestProc:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
