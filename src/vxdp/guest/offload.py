@@ -33,7 +33,6 @@ from __future__ import annotations
 import errno
 import logging
 import re
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -43,12 +42,10 @@ from ..bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType, UpdateFlag, perc
 from ..bpf.obj import FuncInfo, LineInfo
 from ..engine.base import Engine, RunResult, XdpMd
 from ..virtio.offload import (
-    MIN_REPLY,
     AttachFlag,
     AttachPoint,
     CapsReply,
     CapsRequest,
-    Command,
     Errno,
     MapCreateRequest,
     MapDeleteRequest,
@@ -85,7 +82,6 @@ Transport = Callable[[bytes, int], bytes]
 DEFAULT_CAPACITY = 4096  # enough for CAPS, a lookup of a 4 KiB value, a modest batch
 LOAD_TEXT_ROOM = 1024  # room for a refusal message on top of the verifier log wanted
 _RULE = re.compile(r" \(rule ([\w.\-]+)\)$")
-_U32 = struct.Struct("<I")
 
 
 class OffloadRefused(OSError):
@@ -396,8 +392,6 @@ class OffloadEngine(Engine):
 
 
 __all__ = [
-    "MIN_REPLY",
-    "Command",
     "OffloadClient",
     "OffloadEngine",
     "OffloadRefused",

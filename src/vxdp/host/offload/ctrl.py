@@ -103,7 +103,7 @@ class BpfCommandHandler:
         """The device-writable bytes (ack first, at most ``reply_capacity``) answering one command."""
         try:
             return self._handle(command, bytes(body), reply_capacity, negotiated)
-        except Exception as e:  # a bug of ours: one line in the log, EIO to the guest
+        except Exception as e:  # noqa: BLE001 -- a bug of ours: one line in the log, EIO to the guest
             log.error("device %s: %s: internal error: %s: %s", self.device, command_name(command),
                       type(e).__name__, e)
             return self._encode_safely(command, Reply.error(Errno.EIO, f"{command_name(command)}: device "
@@ -135,7 +135,7 @@ class BpfCommandHandler:
     def _encode_safely(command: int, reply: Reply, capacity: int) -> bytes:
         try:
             return encode_reply(command, reply, capacity)
-        except Exception:  # cannot happen for payload-less errors; never let it escape
+        except Exception:  # noqa: BLE001 -- cannot happen for payload-less errors; never let it escape
             return bytes((1,))[: max(capacity, 0)]
 
     # -- helpers -------------------------------------------------------------------------------
