@@ -1,0 +1,113 @@
+"""``vxdp host …``: the vhost-user backend daemon (``serve``) and what it is doing (``show``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from .output import CliError, emit_json
+
+
+def add_parser(objects: argparse._SubParsersAction) -> None:
+    host = objects.add_parser("host", help="the host side: the vhost-user virtio-net backend")
+    cmds = host.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = cmds.add_parser(
+        "serve", help="serve a virtio-net device over vhost-user, bridged to a host netdev",
+        description="Run the vhost-user backend (the device) of one virtio-net NIC whose frames go to "
+        "and come from the netdev IFNAME. Serves one frontend (QEMU, DPDK virtio_user, vxdp guest) at a "
+        "time and waits for the next when it goes away. Stops on SIGTERM/SIGINT.")
+    serve.add_argument("--socket", required=True, metavar="PATH", help="the vhost-user socket")
+    serve.add_argument("--port", required=True, metavar="IFNAME", help="the host netdev (e.g. one end of a veth)")
+    serve.add_argument("--name", default="vxdp0", metavar="DEV", help="device name (default: vxdp0)")
+    serve.add_argument("--client", action="store_true",
+                       help="connect to PATH (the frontend listens; reconnect when it goes away)")
+    serve.add_argument("--netns", metavar="NS", help="the namespace IFNAME lives in (default: the current one)")
+    serve.add_argument("--mac", default="52:54:00:12:34:56", help="MAC address in the config space")
+    serve.add_argument("--mtu", type=int, default=1500, help="MTU in the config space (default 1500)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.set_defaults(func=cmd_serve)
+
+    show = cmds.add_parser("show", help="devices served on this host, with their counters")
+    show.add_argument("--name", metavar="DEV", help="only this device (default: every host-*.sock)")
+    show.add_argument("-j", "--json", action="store_true", help="JSON output")
+    show.set_defaults(func=cmd_show)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..netdev.errors import NetdevError
+    from ..virtio.net import NetError, parse_mac
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="vxdp host: %(levelname)s %(message)s")
+    try:
+        mac = parse_mac(args.mac)
+    except NetError as e:
+        raise CliError(str(e)) from None
+    if not 68 <= args.mtu <= 65535:
+        raise CliError(f"--mtu {args.mtu} outside 68..65535")
+    from ..host.server import HostDaemon, ServeConfig
+
+    cfg = ServeConfig(socket_path=args.socket, port=args.port, name=args.name, netns=args.netns,
+                      client=args.client, mac=mac, mtu=args.mtu)
+    try:
+        daemon = HostDaemon(cfg)
+    except NetdevError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{args.socket}: {e.strerror or e}") from None
+    try:
+        daemon.run()
+    finally:
+        daemon.close()
+    return 0
+
+
+def _devices(name: str | None) -> list[tuple[str, Any]]:
+    from .. import rpc
+
+    if name:
+        paths = [rpc.host_socket(name)]
+    else:
+        d = rpc.run_dir()
+        paths = sorted(d.glob("host-*.sock")) if d.is_dir() else []
+    out = []
+    for p in paths:
+        dev = p.name[len("host-"):-len(".sock")]
+        try:
+            out.append((dev, rpc.call(p, "device.show", timeout=5.0)))
+        except rpc.RpcError as e:
+            if name:
+                raise CliError(f"device {name}: {e.message}") from None
+            out.append((dev, {"name": dev, "error": e.message}))
+    return out
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    devs = _devices(args.name)
+    if args.json:
+        emit_json([doc for _, doc in devs])
+        return 0
+    if not devs:
+        print("no devices")
+    for dev, d in devs:
+        if "error" in d:
+            print(f"{dev}: unreachable: {d['error']}")
+            continue
+        port = d["port"]
+        conn = "connected" if d["connected"] else "waiting for a frontend"
+        print(f"{dev}: {d['socket']} ({d['mode']}), port {port['ifname']}"
+              f"{' netns ' + port['netns'] if port['netns'] else ''}, {conn}, sessions {d['sessions']}")
+        print(f"  mac {d['mac']} mtu {d['mtu']} features {d['features']} "
+              f"({' '.join(d['features_negotiated']) or 'none'})")
+        for vr in d["vrings"]:
+            state = "broken: " + vr["error"] if vr["error"] else ("running" if vr["running"] else "stopped")
+            print(f"  vring {vr['index']} {vr['name']}: size {vr['size']} {state}")
+        c = d["counters"]
+        for direction, what in (("rx", "port->guest"), ("tx", "guest->port")):
+            s = c[direction]
+            print(f"  {direction} ({what}): {s['frames']} frames {s['bytes']} bytes "
+                  f"{s['drops']} drops {s['errors']} errors")
+        print(f"  port: {port['packets']} received, {port['drops']} dropped by the kernel")
+    return 0

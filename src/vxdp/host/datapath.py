@@ -1,0 +1,282 @@
+"""The pumps between the host port and the guest's rings: one compiled call per batch.
+
+port -> guest (the "rx" direction, the guest's receive queue 0):
+  the port's fd is readable -> ``Port.recv_batch`` fills a `FrameBatch` -> one
+  ``DeviceRing.deliver`` copies the frames into the guest's rx buffers (header first)
+  -> the call eventfd is written when the ring says so (EVENT_IDX aware; without
+  EVENT_IDX after every used update unless the driver set NO_INTERRUPT, which is what
+  QEMU under TCG needs: it polls the call eventfd).
+  Frames that find no rx buffer stay in a backlog of at most ONE batch; while it is
+  there the port's fd is not watched, so further frames wait in the kernel's AF_PACKET
+  ring and, once that is full, the kernel drops them and counts them (``port.drops``
+  in ``device.show``). The backlog is retried when the guest kicks rx (it added
+  buffers) and on every tick. Frames the guest cannot take at all (a buffer too
+  small without MRG_RXBUF) are dropped and counted (``rx.drops``). With no guest rx
+  ring running, frames read from the port are dropped and counted too: the port
+  must be drained or its fd would stay readable.
+
+guest -> port (the "tx" direction, the guest's transmit queue 1):
+  the tx kick eventfd is readable -> drain it -> ``DeviceRing.collect`` gathers up to
+  a batch of frames (header skipped) -> ``Port.send_batch``. What the port refused
+  (its device stayed full through the port's retries) is kept, at most one batch, and
+  resent before anything new is collected, so back-pressure reaches the guest's tx
+  ring instead of dropping; a batch refused for ``TX_HOLD_S`` is dropped and counted.
+  A pump does at most ``MAX_ROUNDS`` batches per wake-up and then wakes itself through
+  a private eventfd, so one busy direction cannot starve the other or the control
+  sockets.
+
+Kicks can be missed by design of the protocol's races (the device's avail_event
+store against the driver's idx load), so after a tx round that emptied the ring the
+avail idx is read once more, and `tick` polls every running ring.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from vxdp.eventloop import Loop
+from vxdp.frames import FrameBatch
+from vxdp.netdev.port import Port
+from vxdp.virtio.virtqueue import VirtqueueError
+
+from .ctrlq import CtrlTable, serve_ctrl
+from .device import CTRL, RX, TX, NetDevice
+
+log = logging.getLogger("vxdp.host")
+
+BATCH = 256
+MAX_ROUNDS = 8
+TX_HOLD_S = 1.0
+
+
+@dataclass
+class DirStats:
+    frames: int = 0
+    bytes: int = 0
+    drops: int = 0
+    errors: int = 0
+
+
+def _drain(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except (BlockingIOError, OSError):
+        pass
+
+
+class Datapath:
+    """Moves frames between ``port`` and ``device``'s rings on ``loop``; the device's `RingListener`."""
+
+    def __init__(self, device: NetDevice, port: Port, loop: Loop, ctrl: CtrlTable | None = None,
+                 batch: int = BATCH) -> None:
+        self.device, self.port, self.loop = device, port, loop
+        self.ctrl = ctrl or CtrlTable()
+        self.rx = DirStats()  # port -> guest
+        self.tx = DirStats()  # guest -> port
+        self._rxb = FrameBatch.allocate(batch)
+        self._txb = FrameBatch.allocate(batch)
+        self._rx_backlog: tuple[int, int] | None = None  # [start, end) of _rxb still to deliver
+        self._tx_left: tuple[int, int] | None = None  # [start, end) of _txb the port refused
+        self._tx_left_since = 0.0
+        self._port_watched = False
+        self._kicks: dict[int, int] = {}  # vring index -> kick fd we watch
+        self._more = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        loop.add_reader(self._more, self._on_more)
+        device.listener = self
+        self._watch_port(True)
+
+    # ------------------------------------------------------------------ RingListener
+    def ring_started(self, index: int) -> None:
+        fd = self.device.vrings[index].kick
+        if fd is not None:
+            self._kicks[index] = fd
+            self.loop.add_reader(fd, lambda i=index, f=fd: self._on_kick(i, f))
+        self._wake()
+
+    def ring_stopped(self, index: int) -> None:
+        fd = self._kicks.pop(index, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+        if index == RX and self._rx_backlog is not None:
+            s, e = self._rx_backlog
+            self.rx.drops += e - s
+            self._rx_backlog = None
+            self._watch_port(True)
+        if index == TX and self._tx_left is not None:
+            s, e = self._tx_left
+            self.tx.drops += e - s
+            self._tx_left = None
+
+    # ------------------------------------------------------------------ event handlers
+    def _watch_port(self, on: bool) -> None:
+        if on and not self._port_watched:
+            self.loop.add_reader(self.port.fileno(), self._on_port)
+        elif not on and self._port_watched:
+            self.loop.remove_reader(self.port.fileno())
+        self._port_watched = on
+
+    def _wake(self) -> None:
+        os.eventfd_write(self._more, 1)
+
+    def _on_more(self) -> None:
+        _drain(self._more)
+        self.pump_tx()
+        self.pump_ctrl()
+
+    def _on_kick(self, index: int, fd: int) -> None:
+        _drain(fd)
+        if index == RX:
+            self.retry_rx()
+        elif index == TX:
+            self.pump_tx()
+        elif index == CTRL:
+            self.pump_ctrl()
+
+    def _on_port(self) -> None:
+        self.pump_rx()
+
+    def tick(self) -> None:
+        """Periodic safety net: retry the rx backlog, poll rings for missed kicks."""
+        self.retry_rx()
+        self.pump_tx()
+        self.pump_ctrl()
+
+    # ------------------------------------------------------------------ port -> guest
+    def _rx_ready(self) -> bool:
+        vr = self.device.vrings[RX]
+        return vr.running and vr.enabled and vr.fast is not None
+
+    def pump_rx(self) -> None:
+        for _ in range(MAX_ROUNDS):
+            if self._rx_backlog is not None:
+                return
+            n = self.port.recv_batch(self._rxb)
+            if n == 0:
+                return
+            if not self._rx_ready():
+                self.rx.drops += n
+                continue
+            self._deliver(0, n)
+
+    def retry_rx(self) -> None:
+        if self._rx_backlog is None:
+            return
+        if not self._rx_ready():
+            return
+        s, e = self._rx_backlog
+        self._rx_backlog = None
+        self._deliver(s, e)
+        if self._rx_backlog is None:
+            self._watch_port(True)
+            self.pump_rx()
+
+    def _deliver(self, start: int, end: int) -> None:
+        vr = self.device.vrings[RX]
+        b = self._rxb
+        try:
+            res = vr.fast.deliver(b.data[start:end], b.lens[start:end], end - start)
+        except VirtqueueError as e:
+            self._rx_fail(str(e), end - start)
+            return
+        done = start + res.consumed
+        self.rx.frames += res.consumed - res.dropped
+        self.rx.drops += res.dropped
+        self.rx.bytes += int(np.sum(b.lens[start:done], dtype=np.int64))
+        if res.notify:
+            self.device.signal(RX)
+        if res.error is not None:
+            self._rx_fail(vr.state.error if vr.state else res.error.name, end - done)
+            return
+        if done < end:
+            self._rx_backlog = (done, end)
+            self._watch_port(False)
+
+    def _rx_fail(self, error: str, lost: int) -> None:
+        self.rx.errors += 1
+        self.rx.drops += lost
+        self._rx_backlog = None
+        self._watch_port(True)
+        self.device.ring_failed(RX, error)
+
+    # ------------------------------------------------------------------ guest -> port
+    def pump_tx(self) -> None:
+        vr = self.device.vrings[TX]
+        if not (vr.running and vr.fast is not None):
+            return
+        b = self._txb
+        for _ in range(MAX_ROUNDS):
+            if self._tx_left is not None and not self._send_left():
+                self._wake()  # the port is still full: come back soon, collect nothing new
+                return
+            try:
+                res = vr.fast.collect(b.data, b.lens)
+            except VirtqueueError as e:
+                self.device.ring_failed(TX, str(e))
+                self.tx.errors += 1
+                return
+            self.tx.drops += res.dropped
+            if res.notify:
+                self.device.signal(TX)
+            if res.count:
+                self._tx_left = (0, res.count)
+                self._tx_left_since = time.monotonic()
+                self._send_left()
+            if res.error is not None:
+                self.tx.errors += 1
+                self.device.ring_failed(TX, vr.state.error if vr.state else res.error.name)
+                return
+            if res.count < b.capacity and vr.state.avail_idx(self.device.mem) == vr.state.last_avail_idx:
+                if self._tx_left is not None:
+                    self._wake()
+                return
+        self._wake()  # more to do: yield to the other fds first
+
+    def _send_left(self) -> bool:
+        """Resend what the port refused; True when nothing is left."""
+        s, e = self._tx_left
+        b = self._txb
+        sent = self.port.send_batch(FrameBatch(b.data[s:e], b.lens[s:e], e - s))
+        self.tx.frames += sent
+        self.tx.bytes += int(np.sum(b.lens[s:s + sent], dtype=np.int64))
+        if s + sent >= e:
+            self._tx_left = None
+            return True
+        self._tx_left = (s + sent, e)
+        if time.monotonic() - self._tx_left_since > TX_HOLD_S:
+            self.tx.drops += e - s - sent
+            self._tx_left = None
+            return True
+        return False
+
+    # ------------------------------------------------------------------ ctrl
+    def pump_ctrl(self) -> None:
+        vr = self.device.vrings[CTRL]
+        if not vr.running or self.device.mem is None:
+            return
+        try:
+            _n, notify = serve_ctrl(vr.state, self.device.mem, self.ctrl)
+        except VirtqueueError as e:
+            self.device.ring_failed(CTRL, str(e))
+            return
+        if notify:
+            self.device.signal(CTRL)
+
+    # ------------------------------------------------------------------ control
+    def stats(self) -> dict:
+        return {"rx": asdict(self.rx), "tx": asdict(self.tx), "ctrl": asdict(self.ctrl.stats),
+                "rx_backlog": 0 if self._rx_backlog is None else self._rx_backlog[1] - self._rx_backlog[0],
+                "tx_held": 0 if self._tx_left is None else self._tx_left[1] - self._tx_left[0]}
+
+    def close(self) -> None:
+        for index in list(self._kicks):
+            self.ring_stopped(index)
+        self._watch_port(False)
+        self.loop.remove_reader(self._more)
+        os.close(self._more)
+        if self.device.listener is self:
+            self.device.listener = None

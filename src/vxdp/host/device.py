@@ -1,0 +1,279 @@
+"""The virtio-net device the backend daemon serves: features, config space, memory, vrings.
+
+`NetDevice` is the `vxdp.vhost_user.backend.DeviceModel` the session drives. It holds
+what one frontend's session set up (guest memory, per-vring addresses and eventfds) and
+turns it into running rings when the session says a ring may start; it does no I/O on
+the vhost-user socket and moves no frames itself (that is `vxdp.host.datapath`, told
+about rings starting and stopping through a `RingListener`).
+
+Why the pieces are where they are:
+
+- Vring indexes: rx = 0, tx = 1, ctrl = 2 (virtio-net with one queue pair). QEMU keeps
+  the ctrl vq to itself, so a QEMU guest only ever starts 0 and 1; our own guest driver
+  hands ctrl over too. rx/tx run on the compiled `DeviceRing`; ctrl is rare and small
+  and runs on the Python `QueueState` reference walker.
+- Starting a ring: the session calls `start_vring` once size, addresses, kick and memory
+  are known. SET_VRING_ADDR carries the frontend's virtual addresses: translated here to
+  guest-physical ones. The used index is read back from the used ring (as vhost-net does
+  in ``vhost_vq_init_access``), the avail index to resume from is the vring base.
+- A hostile ring (a descriptor outside memory, a loop, an avail index too far ahead, ...):
+  the kernel returns an error code, `ring_failed` stops that ring, signals its err
+  eventfd if the frontend gave one (the vhost-user way to say NEEDS_RESET), logs ONE line
+  naming device, queue and error, and keeps the process and the other rings running. A
+  new session starts clean (`reset`).
+- Every fd the session hands over is ours from then on: replaced or reset fds are closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vxdp.vhost_user import messages as m
+from vxdp.vhost_user.backend import DeviceError, DeviceModel
+from vxdp.vhost_user.connection import close_fds
+from vxdp.virtio.fastring import DeviceRing
+from vxdp.virtio.features import Feature, has
+from vxdp.virtio.features import names as feature_names
+from vxdp.virtio.memory import GuestMemory, GuestMemoryError
+from vxdp.virtio.net import LinkStatus, NetConfig, NetError, header_len
+from vxdp.virtio.virtqueue import QueueState, VirtqueueError
+
+log = logging.getLogger("vxdp.host")
+
+RX, TX, CTRL = 0, 1, 2
+NUM_VRINGS = 3
+QUEUE_PAIRS = 1
+RING_NAMES = {RX: "rx", TX: "tx", CTRL: "ctrl"}
+
+BASE_FEATURES = Feature.mask(
+    Feature.VERSION_1, Feature.NET_MAC, Feature.NET_MTU, Feature.NET_STATUS, Feature.NET_CTRL_VQ,
+    Feature.NET_CTRL_RX, Feature.NET_MRG_RXBUF, Feature.RING_EVENT_IDX, Feature.RING_INDIRECT_DESC,
+    Feature.PROTOCOL_FEATURES,
+)
+
+
+class RingListener(Protocol):
+    """Who moves the frames (the datapath): told when a ring starts, stops or breaks."""
+
+    def ring_started(self, index: int) -> None: ...
+
+    def ring_stopped(self, index: int) -> None: ...
+
+
+@dataclass
+class Vring:
+    """What the session told us about one vring, and the running ring once started."""
+
+    index: int
+    num: int | None = None
+    addr: m.VringAddr | None = None
+    base: int = 0
+    kick: int | None = None
+    call: int | None = None
+    err: int | None = None
+    enabled: bool = False
+    state: QueueState | None = None  # the running ring (None: stopped)
+    fast: DeviceRing | None = None  # rx/tx only
+    error: str = ""  # why it broke (NEEDS_RESET), "" if it did not
+
+    @property
+    def name(self) -> str:
+        return RING_NAMES.get(self.index, f"vring{self.index}")
+
+    @property
+    def running(self) -> bool:
+        return self.state is not None and not self.state.broken
+
+    def close_fds(self) -> None:
+        close_fds(fd for fd in (self.kick, self.call, self.err) if fd is not None)
+        self.kick = self.call = self.err = None
+
+
+@dataclass
+class NetDevice(DeviceModel):
+    """One virtio-net device (see the module docstring). ``extra_features``: bits another
+    service adds to the offer (offload: `vxdp.virtio.offload.FEATURE_BPF_OFFLOAD`)."""
+
+    name: str = "vxdp0"
+    mac: bytes = b"\x52\x54\x00\x12\x34\x56"
+    mtu: int = 1500
+    extra_features: int = 0
+    listener: RingListener | None = None
+    features: int = 0  # acked by the frontend (SET_FEATURES)
+    mem: GuestMemory | None = None
+    vrings: list[Vring] = field(default_factory=list)
+    sessions: int = 0  # resets seen (each frontend session ends with one)
+
+    def __post_init__(self) -> None:
+        self.config = NetConfig(mac=self.mac, status=LinkStatus.LINK_UP, max_virtqueue_pairs=QUEUE_PAIRS,
+                                mtu=self.mtu)
+        self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
+
+    # ------------------------------------------------------------------ what we offer
+    @property
+    def offered(self) -> int:
+        return BASE_FEATURES | self.extra_features
+
+    @property
+    def hdr_len(self) -> int:
+        return header_len(self.features)
+
+    def negotiated(self, feature: Feature) -> bool:
+        return has(self.features, feature)
+
+    # ------------------------------------------------------------------ DeviceModel
+    def set_features(self, features: int) -> None:
+        if features & ~self.offered:
+            raise DeviceError(f"features {feature_names(features & ~self.offered)} were not offered")
+        if any(vr.state is not None for vr in self.vrings):
+            raise DeviceError("features cannot change under running rings", errno.EBUSY)
+        self.features = features
+
+    def set_mem_table(self, regions: list[m.MemRegion], fds: list[int]) -> None:
+        if any(vr.state is not None for vr in self.vrings):
+            close_fds(fds)
+            raise DeviceError("memory table replaced under running rings", errno.EBUSY)
+        specs = [(fd, r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset)
+                 for r, fd in zip(regions, fds, strict=True)]
+        try:
+            mem = GuestMemory.from_regions(specs)
+        except GuestMemoryError as e:
+            close_fds(fds)
+            raise DeviceError(f"memory table: {e}", errno.EFAULT) from None
+        self._drop_memory()
+        self.mem = mem
+
+    def set_vring_num(self, index: int, num: int) -> None:
+        self.vrings[index].num = num
+
+    def set_vring_addr(self, index: int, addr: m.VringAddr) -> None:
+        self.vrings[index].addr = addr
+
+    def set_vring_base(self, index: int, base: int) -> None:
+        self.vrings[index].base = base
+
+    def _swap_fd(self, index: int, kind: str, fd: int | None) -> None:
+        vr = self.vrings[index]
+        old = getattr(vr, kind)
+        setattr(vr, kind, fd)
+        if old is not None and old != fd:
+            close_fds([old])
+
+    def set_vring_kick(self, index: int, fd: int | None) -> None:
+        running = self.vrings[index].state is not None
+        if running and self.listener is not None:
+            self.listener.ring_stopped(index)  # unregister the old fd before it is closed
+        self._swap_fd(index, "kick", fd)
+        if running and self.listener is not None:
+            self.listener.ring_started(index)
+
+    def set_vring_call(self, index: int, fd: int | None) -> None:
+        self._swap_fd(index, "call", fd)
+
+    def set_vring_err(self, index: int, fd: int | None) -> None:
+        self._swap_fd(index, "err", fd)
+
+    def set_vring_enable(self, index: int, enabled: bool) -> None:
+        self.vrings[index].enabled = enabled
+
+    def start_vring(self, index: int) -> None:
+        vr = self.vrings[index]
+        if self.mem is None or vr.num is None or vr.addr is None:
+            raise DeviceError(f"vring {index} started without memory, size or addresses")
+        a = vr.addr
+        try:
+            desc = self.mem.uva_to_gpa(a.descriptor, 16 * vr.num)
+            avail = self.mem.uva_to_gpa(a.available, 6 + 2 * vr.num)
+            used = self.mem.uva_to_gpa(a.used, 6 + 8 * vr.num)
+            state = QueueState(vr.num, desc, avail, used, last_avail_idx=vr.base,
+                               event_idx=self.negotiated(Feature.RING_EVENT_IDX),
+                               indirect=self.negotiated(Feature.RING_INDIRECT_DESC))
+            state.validate(self.mem)
+            state.used_idx = self.mem.read_u16(used + 2)
+            fast = None
+            if index in (RX, TX):
+                fast = DeviceRing(state, self.mem, hdr_len=self.hdr_len,
+                                  mrg=index == RX and self.negotiated(Feature.NET_MRG_RXBUF))
+        except (GuestMemoryError, VirtqueueError) as e:
+            raise DeviceError(f"vring {index} ({vr.name}): {e}", errno.EFAULT) from None
+        vr.state, vr.fast, vr.error = state, fast, ""
+        log.info("%s: %s ring started (size %d, base %d)", self.name, vr.name, vr.num, vr.base)
+        if self.listener is not None:
+            self.listener.ring_started(index)
+
+    def stop_vring(self, index: int) -> int:
+        vr = self.vrings[index]
+        if vr.state is None:
+            return vr.base
+        if self.listener is not None:
+            self.listener.ring_stopped(index)
+        vr.base = vr.state.last_avail_idx
+        vr.state = vr.fast = None
+        return vr.base
+
+    def reset(self) -> None:
+        for vr in self.vrings:
+            if vr.state is not None:
+                self.stop_vring(vr.index)
+            vr.close_fds()
+        self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
+        self._drop_memory()
+        self.features = 0
+        self.sessions += 1
+
+    def get_config(self, offset: int, size: int) -> bytes:
+        try:
+            return self.config.read(offset, size)
+        except NetError as e:
+            raise DeviceError(str(e), errno.EINVAL) from None
+
+    # ------------------------------------------------------------------ used by the datapath
+    def ring_failed(self, index: int, error: str) -> None:
+        """NEEDS_RESET for one ring: stop it, tell the frontend (err eventfd), log one line."""
+        vr = self.vrings[index]
+        if vr.error:
+            return
+        vr.error = error or "ring error"
+        log.error("%s: queue %d (%s) needs reset: %s", self.name, index, vr.name, vr.error)
+        if self.listener is not None:
+            self.listener.ring_stopped(index)
+        if vr.state is not None:
+            vr.state.broken = True
+        if vr.err is not None:
+            try:
+                os.eventfd_write(vr.err, 1)
+            except OSError:
+                pass
+
+    def signal(self, index: int) -> None:
+        """Interrupt the driver about ring ``index`` (its call eventfd)."""
+        fd = self.vrings[index].call
+        if fd is not None:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+
+    def _drop_memory(self) -> None:
+        if self.mem is not None:
+            self.mem.close()
+            self.mem = None
+
+    def describe(self) -> dict:
+        """For ``device.show``."""
+        return {
+            "mac": ":".join(f"{b:02x}" for b in self.mac),
+            "mtu": self.mtu,
+            "features_offered": f"{self.offered:#x}",
+            "features": f"{self.features:#x}",
+            "features_negotiated": feature_names(self.features),
+            "vrings": [{"index": vr.index, "name": vr.name, "size": vr.num, "enabled": vr.enabled,
+                        "running": vr.running, "error": vr.error or None,
+                        "last_avail": vr.state.last_avail_idx if vr.state else None,
+                        "used": vr.state.used_idx if vr.state else None} for vr in self.vrings],
+            "memory_regions": len(self.mem.regions) if self.mem else 0,
+        }

@@ -1,0 +1,241 @@
+"""The backend daemon: one device, its port, its vhost-user socket and its control socket.
+
+``vxdp host serve`` runs a `HostDaemon` until SIGTERM/SIGINT. Everything runs on one
+`vxdp.eventloop.Loop` thread: the vhost-user socket (a listening socket in server
+mode; in client mode a connection we open and re-open), the frontend's messages, the
+port, the vrings' kick eventfds and the control socket.
+
+Lifetimes, and why:
+
+- One frontend at a time: a device has one driver. A second connection while one is
+  active is accepted and closed at once, with a log line (the frontend sees EOF).
+- The frontend going away (EOF, a socket error, a message that forces the session
+  closed) ends its session: the session stops the rings, the device is reset (guest
+  memory unmapped, every fd closed) and the daemon waits for the next frontend. In
+  client mode it reconnects every ``reconnect_s`` (QEMU with ``server=on`` restarted,
+  or started after us). The daemon itself is never restarted for that.
+- A frontend that stalls in the middle of a message would block the loop: the socket
+  has a timeout (``io_timeout_s``); hitting it ends the session like an error.
+- SIGTERM: the loop stops, the session is closed, the sockets we created are unlinked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vxdp import rpc
+from vxdp.eventloop import Loop
+from vxdp.netdev.port import Port
+from vxdp.vhost_user import transport
+from vxdp.vhost_user.backend import BackendSession
+from vxdp.vhost_user.connection import Connection, Role
+from vxdp.vhost_user.errors import LocalProtocolError, RemoteProtocolError
+
+from .ctrlq import CtrlTable
+from .datapath import Datapath
+from .device import NUM_VRINGS, QUEUE_PAIRS, NetDevice
+
+log = logging.getLogger("vxdp.host")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    socket_path: str
+    port: str
+    name: str = "vxdp0"
+    netns: str | None = None  # where the port lives (None: ours)
+    client: bool = False  # connect to the frontend instead of listening
+    mac: bytes = b"\x52\x54\x00\x12\x34\x56"
+    mtu: int = 1500
+    tick_s: float = 0.1
+    reconnect_s: float = 0.5
+    io_timeout_s: float = 2.0
+    control_socket: str | None = None  # default: rpc.host_socket(name)
+
+
+class HostDaemon:
+    """A running backend (see the module docstring). Construct, then `run()`; `close()` always."""
+
+    def __init__(self, cfg: ServeConfig, ctrl: CtrlTable | None = None) -> None:
+        self.cfg = cfg
+        self.loop = Loop()
+        self.port: Port | None = None
+        self.listen_sock: socket.socket | None = None
+        self.rpc: rpc.Server | None = None
+        self.datapath: Datapath | None = None
+        self.sock: socket.socket | None = None
+        self.conn: Connection | None = None
+        self.session: BackendSession | None = None
+        self.connections = 0
+        self.refused = 0
+        self._next_tick = 0.0
+        self._next_connect = 0.0
+        self._waiting_logged = False
+        self._rpc_fds: set[int] = set()
+        try:
+            self.port = Port(cfg.port, netns=cfg.netns)
+            self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu)
+            self.datapath = Datapath(self.device, self.port, self.loop, ctrl)
+            if not cfg.client:
+                self.listen_sock = transport.listen(cfg.socket_path)
+                self.listen_sock.setblocking(False)
+                self.loop.add_reader(self.listen_sock.fileno(), self._on_accept)
+            self.control_path = Path(cfg.control_socket) if cfg.control_socket else rpc.host_socket(cfg.name)
+            self.rpc = rpc.Server(self.control_path, {"device.show": self.show})
+            self._sync_rpc()
+        except BaseException:
+            self.close()
+            raise
+        log.info("%s: serving %s on %s (%s mode), port %s%s", cfg.name, "virtio-net", cfg.socket_path,
+                 "client" if cfg.client else "server", cfg.port, f" in netns {cfg.netns}" if cfg.netns else "")
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> None:
+        self.loop.run(tick=self.cfg.tick_s, on_tick=self._on_tick)
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + self.cfg.tick_s
+        if self.cfg.client and self.session is None and now >= self._next_connect:
+            self._next_connect = now + self.cfg.reconnect_s
+            self._try_connect()
+        if self.datapath is not None:
+            self.datapath.tick()
+
+    # ------------------------------------------------------------------ frontends
+    def _on_accept(self) -> None:
+        try:
+            sock, _ = self.listen_sock.accept()
+        except BlockingIOError:
+            return
+        if self.session is not None:
+            self.refused += 1
+            log.warning("%s: refusing a second frontend (one is connected)", self.cfg.name)
+            sock.close()
+            return
+        self._attach(sock)
+
+    def _try_connect(self) -> None:
+        try:
+            sock = transport.connect(self.cfg.socket_path)
+        except ConnectionError as e:
+            if not self._waiting_logged:
+                log.info("%s: waiting for a frontend: %s", self.cfg.name, e)
+                self._waiting_logged = True
+            return
+        self._waiting_logged = False
+        self._attach(sock)
+
+    def _attach(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        sock.settimeout(self.cfg.io_timeout_s)
+        self.sock = sock
+        self.conn = Connection(Role.BACKEND)
+        self.session = BackendSession(self.device, features=self.device.offered, num_vrings=NUM_VRINGS,
+                                      queue_num=QUEUE_PAIRS, name=self.cfg.name)
+        self.connections += 1
+        self.loop.add_reader(sock.fileno(), self._on_frontend)
+        log.info("%s: frontend connected (session %d)", self.cfg.name, self.connections)
+
+    def _on_frontend(self) -> None:
+        try:
+            data, fds = transport.recv_message_bytes(self.sock)
+        except (RemoteProtocolError, OSError) as e:
+            self._detach(f"receive failed: {e}")
+            return
+        try:
+            self.conn.receive_data(data, fds)
+        except LocalProtocolError as e:
+            self._detach(str(e))
+            return
+        out, close = self.session.process(self.conn)
+        try:
+            for b in out:
+                transport.send_message(self.sock, b)
+        except OSError as e:
+            self._detach(f"send failed: {e}")
+            return
+        if close:
+            self._detach("frontend went away" if not data else "session closed on an error")
+
+    def _detach(self, why: str) -> None:
+        if self.session is None:
+            return
+        log.info("%s: frontend session %d ended: %s; device reset", self.cfg.name, self.connections, why)
+        self.loop.remove_reader(self.sock.fileno())
+        try:
+            self.session.disconnect()
+        finally:
+            self.conn.close()
+            self.sock.close()
+            self.session = self.conn = self.sock = None
+            self._next_connect = time.monotonic() + self.cfg.reconnect_s
+
+    # ------------------------------------------------------------------ control socket
+    def _sync_rpc(self) -> None:
+        now = set(self.rpc.filenos()) if self.rpc else set()
+        for fd in self._rpc_fds - now:
+            self.loop.remove_reader(fd)
+        for fd in now - self._rpc_fds:
+            self.loop.add_reader(fd, lambda f=fd: self._on_rpc(f))
+        self._rpc_fds = now
+
+    def _on_rpc(self, fd: int) -> None:
+        self.rpc.process(fd)
+        self._sync_rpc()
+
+    def show(self) -> dict:
+        """``device.show``: what ``vxdp host show`` prints."""
+        s = self.session
+        pst = self.port.stats()
+        return {
+            "name": self.cfg.name,
+            "pid": os.getpid(),
+            "socket": self.cfg.socket_path,
+            "mode": "client" if self.cfg.client else "server",
+            "connected": s is not None,
+            "sessions": self.connections,
+            "refused": self.refused,
+            "protocol_features": f"{s.acked_protocol:#x}" if s else None,
+            "port": {"ifname": self.cfg.port, "netns": self.cfg.netns, "packets": pst.packets, "drops": pst.drops,
+                     "oversize": pst.oversize, "tx_rejected": pst.tx_rejected},
+            **self.device.describe(),
+            "counters": self.datapath.stats(),
+        }
+
+    # ------------------------------------------------------------------ teardown
+    def close(self) -> None:
+        """Close the session, the sockets (unlinked), the port. Idempotent."""
+        if self.session is not None:
+            self._detach("daemon stopping")
+        if self.datapath is not None:
+            self.datapath.close()
+            self.datapath = None
+        if self.listen_sock is not None:
+            self.loop.remove_reader(self.listen_sock.fileno())
+            self.listen_sock.close()
+            self.listen_sock = None
+            try:
+                if Path(self.cfg.socket_path).is_socket():
+                    os.unlink(self.cfg.socket_path)
+            except OSError:
+                pass
+        if self.rpc is not None:
+            for fd in self._rpc_fds:
+                self.loop.remove_reader(fd)
+            self.rpc.close()
+            self.rpc = None
+        if self.port is not None:
+            self.port.close()
+            self.port = None
+        self.loop.close()
