@@ -236,3 +236,13 @@ def test_dropping_the_last_reference_closes_the_fd():
     assert fd_open(fd)
     del m  # __del__ is the safety net
     assert not fd_open(fd)
+
+
+@pytest.mark.privileged
+def test_items_batched_grows_count_past_a_full_bucket():
+    # 64 keys in a 64-entry hash put two or more in some bucket; count=1 must still see them all
+    with make(MapType.HASH, max_entries=64) as m:
+        keys = [key(i) for i in range(64)]
+        values = [val(m, i + 1) for i in range(64)]
+        assert m.update_batch(keys, values) == 64
+        assert dict(m.items_batched(count=1)) == dict(zip(keys, values))

@@ -335,11 +335,23 @@ class KernelMap(FdOwner, Map):
         return self._lookup_batch(Cmd.MAP_LOOKUP_AND_DELETE_BATCH, in_batch, count)
 
     def items_batched(self, count: int = 64) -> list[tuple[bytes, bytes]]:
-        """Every element, ``count`` per syscall."""
+        """Every element, ``count`` per syscall (more when one hash bucket holds more).
+
+        The kernel returns a hash map's buckets whole: a bucket holding more than
+        ``count`` elements fails with ENOSPC, and the same call with a larger
+        ``count`` succeeds, so we double it and ask again from the same token.
+        """
         out: list[tuple[bytes, bytes]] = []
         token: bytes | None = None
         for _ in range(self.spec.max_entries + 2):  # each round returns ≥1 element or ends
-            r = self.lookup_batch(token, count)
+            while True:
+                try:
+                    r = self.lookup_batch(token, count)
+                    break
+                except BpfError as e:
+                    if e.errno != errno.ENOSPC or count >= self.spec.max_entries:
+                        raise
+                    count = min(count * 2, self.spec.max_entries)
             out.extend(r.items())
             if r.next_batch is None:
                 break
