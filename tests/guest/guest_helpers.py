@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 from vxdp import rpc
 from vxdp.bpf.kernel.netns import run_in_netns
@@ -92,7 +93,7 @@ class GuestProc:
             argv.append("--server")
         argv += list(extra)
         self.env = dict(os.environ, VXDP_RUN_DIR=str(run_dir))
-        self.log = open(run_dir / f"guest-{name}.log", "ab")
+        self.log = open(run_dir / f"guest-{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
 
     @property
@@ -132,7 +133,7 @@ class GuestProc:
         self.log.close()
         return self.proc.returncode
 
-    def __enter__(self) -> GuestProc:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -346,7 +346,7 @@ class GuestDriver:
                     self.rx_program(b)
                 if self.port is not None and b.count:
                     c.rx_dropped += b.count - self.port.write_batch(b)
-            posted, kick = rings.rx.refill()
+            _posted, kick = rings.rx.refill()
             if kick:
                 rings.kick(RX)
                 c.rx_kicks += 1

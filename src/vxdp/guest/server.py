@@ -99,12 +99,14 @@ class GuestDaemon:
                    tap_stats=vars(self.tap.stats()) if self.tap else None)
         return doc
 
-    def ctrl(self, cls: int, cmd: int, data: str = "", reply_capacity: int = 0, timeout: float = 5.0) -> dict:
-        ack, result = self.driver.ctrl_command(cls, cmd, bytes.fromhex(data), reply_capacity, timeout)
+    def ctrl(self, cls: int, cmd: int, data: str = "", reply_capacity: int = 0, wait: float = 5.0) -> dict:
+        """One ctrl-vq command (``data`` and the result in hex). Blocks the loop for at most ``wait`` s:
+        commands are rare and a datapath stall of that bound is acceptable for them."""
+        ack, result = self.driver.ctrl_command(cls, cmd, bytes.fromhex(data), reply_capacity, wait)
         return {"ack": Ack(ack).name, "result": result.hex()}
 
-    def promisc(self, on: bool = True) -> dict:
-        return {"ack": Ack(self.driver.set_promisc(on)).name}
+    def promisc(self, on: bool = True, wait: float = 5.0) -> dict:
+        return {"ack": Ack(self.driver.set_promisc(on, wait)).name}
 
     # -- life cycle -----------------------------------------------------------------------
     def run(self) -> None:
