@@ -31,39 +31,6 @@ def show_bytes(data: bytes) -> str:
     return str(value) if value is not None else data.hex(" ")
 
 
-def map_doc(name: str, m: Any) -> dict[str, Any]:
-    """A map and its entries as JSON, the same for every engine.
-
-    Entries are sorted by key so that hash maps, whose iteration order is the
-    engine's own, compare equal across engines. Per-CPU values are split into
-    one value per possible CPU, as bpftool shows them.
-    """
-    from ..bpf.mapspec import percpu_value_stride, possible_cpus
-
-    spec = m.spec
-    entries = []
-    for key, value in sorted(m.items()):
-        entry: dict[str, Any] = {"key": key.hex()}
-        if spec.is_percpu:
-            stride = percpu_value_stride(spec.value_size)
-            entry["values"] = [
-                {"cpu": cpu, "value": value[cpu * stride : cpu * stride + spec.value_size].hex()}
-                for cpu in range(possible_cpus())
-            ]
-        else:
-            entry["value"] = value.hex()
-        entries.append(entry)
-    return {
-        "name": name,
-        "type": spec.type.name.lower(),
-        "key_size": spec.key_size,
-        "value_size": spec.value_size,
-        "max_entries": spec.max_entries,
-        "flags": spec.flags,
-        "entries": entries,
-    }
-
-
 def print_map(doc: dict[str, Any], *, show_zero: bool = False) -> None:
     """A map for humans: a header line, then one line per entry whose value is not all zero."""
     print(

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..bpf.isa import XdpAction
 from .daemons import add_target, call
-from .output import CliError, emit_json, map_doc, print_map
+from .output import CliError, emit_json, print_map
 
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
@@ -112,6 +112,7 @@ def action_name(retval: int) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..engine import make_engine
     from ..engine.loader import LoadError, load_object
+    from ..engine.registry import map_doc
 
     if args.repeat < 1:
         raise CliError("--repeat must be at least 1")
@@ -136,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "duration_ns": round(result.duration_ns, 1),
                     }
                 )
-            maps = [map_doc(name, m) for name, m in loaded.maps.items()]
+            maps = [map_doc(name, m, handle=False) for name, m in loaded.maps.items()]
     except LoadError as e:
         raise CliError(str(e)) from None
     except OSError as e:

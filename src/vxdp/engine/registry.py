@@ -1,0 +1,192 @@
+"""Objects a daemon has loaded on its engines, addressed the way users name them.
+
+The guest driver (offloaded and native programs) and the host (the operator
+path) both answer ``prog load/show/detach`` and ``map show/dump/lookup/update/
+delete`` for what they loaded; users name maps as the object names them and
+programs as ``--prog``. This table keeps, per *slot* (``offload``, ``native``),
+at most one loaded object with the program attached from it, and answers those
+requests over any engine, so both daemons share one implementation.
+
+Attaching is the engine's business (an offload engine attaches on the host, the
+guest driver puts a native program on its rx path), so the caller passes an
+``attach``/``detach`` pair when it loads.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..bpf.elf import load_object as parse_object
+from ..bpf.mapspec import percpu_value_stride, possible_cpus
+from .base import Engine, Map
+from .loader import LoadedObject, load_object
+
+
+def map_doc(name: str, m: Map, *, entries: bool = True, handle: bool = True) -> dict[str, Any]:
+    """A map as JSON, the same for every engine: entries sorted by key (hash maps iterate in
+    each engine's own order), per-CPU values split one per CPU as bpftool shows them.
+
+    ``value_bytes`` is what a lookup returns and an update takes (all CPUs' slots for a
+    per-CPU map). ``handle`` differs between engines (a kernel fd, a guest handle), so a
+    caller comparing engines leaves it out.
+    """
+    spec = m.spec
+    doc: dict[str, Any] = {"name": name}
+    if handle:
+        doc["handle"] = m.handle
+    doc.update(
+        type=spec.type.name.lower(),
+        key_size=spec.key_size,
+        value_size=spec.value_size,
+        value_bytes=percpu_value_stride(spec.value_size) * possible_cpus() if spec.is_percpu else spec.value_size,
+        max_entries=spec.max_entries,
+        flags=spec.flags,
+    )
+    if not entries:
+        return doc
+    rows = []
+    for key, value in sorted(m.items()):
+        row: dict[str, Any] = {"key": key.hex()}
+        if spec.is_percpu:
+            stride = percpu_value_stride(spec.value_size)
+            ncpus = len(value) // stride
+            row["values"] = [
+                {"cpu": cpu, "value": value[cpu * stride : cpu * stride + spec.value_size].hex()}
+                for cpu in range(ncpus)
+            ]
+        else:
+            row["value"] = value.hex()
+        rows.append(row)
+    doc["entries"] = rows
+    return doc
+
+
+@dataclass
+class Slot:
+    """One loaded object and the program attached from it."""
+
+    mode: str
+    path: str
+    loaded: LoadedObject
+    attached: str
+    detach: Callable[[], None]
+    counters: Callable[[], dict[str, int]] = field(default=lambda: {})
+
+
+class RegistryError(OSError):
+    """A request naming something not loaded; carries the errno a daemon replies with."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+
+
+class ProgramRegistry:
+    def __init__(self) -> None:
+        self.slots: dict[str, Slot] = {}
+
+    def load(
+        self,
+        mode: str,
+        engine: Engine,
+        path: str,
+        *,
+        prog: str | None = None,
+        attach: Callable[[LoadedObject, int], tuple[Callable[[], None], Callable[[], dict[str, int]]]],
+    ) -> dict[str, Any]:
+        """Load ``path`` on ``engine`` into slot ``mode`` (replacing what was there) and attach ``prog``.
+
+        ``attach(loaded, handle)`` attaches and returns (detach, counters) callables.
+        """
+        obj = parse_object(path)
+        name = obj.program(prog).name
+        loaded = load_object(engine, obj)
+        try:
+            detach, counters = attach(loaded, loaded.programs[name])
+        except BaseException:
+            loaded.close()
+            raise
+        self.unload(mode)
+        self.slots[mode] = Slot(mode, path, loaded, name, detach, counters)
+        return self.slot_doc(self.slots[mode])
+
+    def unload(self, mode: str | None = None) -> int:
+        """Detach and free the object in ``mode`` (every slot with None); how many were there."""
+        modes = [mode] if mode is not None else list(self.slots)
+        n = 0
+        for m in modes:
+            slot = self.slots.pop(m, None)
+            if slot is None:
+                continue
+            n += 1
+            try:
+                slot.detach()
+            finally:
+                slot.loaded.close()
+        return n
+
+    def forget(self, mode: str) -> None:
+        """Drop a slot whose engine state is already gone (the device was reset), freeing nothing."""
+        self.slots.pop(mode, None)
+
+    # -- views ---------------------------------------------------------------------------
+    def slot_doc(self, slot: Slot) -> dict[str, Any]:
+        programs = [
+            {
+                "name": name,
+                "handle": handle,
+                "mode": slot.mode,
+                "object": slot.path,
+                "attached": name == slot.attached,
+                "insns": len(slot.loaded.obj.programs[name].function.insns),
+            }
+            for name, handle in slot.loaded.programs.items()
+        ]
+        for p in programs:
+            if p["attached"]:
+                p["counters"] = slot.counters()
+        maps = [map_doc(name, m, entries=False) for name, m in slot.loaded.maps.items()]
+        for m in maps:
+            m["mode"] = slot.mode
+        return {"programs": programs, "maps": maps}
+
+    def show(self) -> dict[str, Any]:
+        docs = [self.slot_doc(s) for s in self.slots.values()]
+        return {
+            "programs": [p for d in docs for p in d["programs"]],
+            "maps": [m for d in docs for m in d["maps"]],
+        }
+
+    def find_map(self, name: str) -> Map:
+        """A map by its name in the object; the offloaded one first when both slots have it."""
+        for mode in ("offload", "native", *self.slots):
+            slot = self.slots.get(mode)
+            if slot is not None and name in slot.loaded.maps:
+                return slot.loaded.maps[name]
+        raise RegistryError(errno.ENOENT, f"no map named {name!r} is loaded")
+
+    # -- map requests (keys and values travel as hex) ------------------------------------
+    def map_dump(self, name: str) -> dict[str, Any]:
+        return map_doc(name, self.find_map(name))
+
+    def map_lookup(self, name: str, key: str) -> dict[str, Any]:
+        value = self.find_map(name).lookup(bytes.fromhex(key))
+        if value is None:
+            raise RegistryError(errno.ENOENT, f"map {name}: no entry for key {key}")
+        return {"key": key, "value": value.hex()}
+
+    def map_update(self, name: str, key: str, value: str, flags: str = "any") -> dict[str, Any]:
+        codes = {"any": 0, "noexist": 1, "exist": 2}
+        if flags not in codes:
+            raise RegistryError(errno.EINVAL, f"flags {flags!r}: one of {', '.join(codes)}")
+        self.find_map(name).update(bytes.fromhex(key), bytes.fromhex(value), codes[flags])
+        return {}
+
+    def map_delete(self, name: str, key: str) -> dict[str, Any]:
+        self.find_map(name).delete(bytes.fromhex(key))
+        return {}
+
+    def close(self) -> None:
+        self.unload()
