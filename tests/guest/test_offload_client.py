@@ -1,0 +1,399 @@
+"""The offload client and `OffloadEngine` against the device's real handler, in one process.
+
+The client's transport is wired straight to a `BpfCommandHandler` (class byte checked,
+command and body split as the spec frames them) over a real `OffloadService` on the
+kernel engine; the device's port is a veth end in its own netns (`NetLab`,
+198.18.0.0/15), so offloaded programs see live frames. Everything is torn down in
+``finally`` blocks and fixtures.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import struct
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+from testpaths import SAMPLES_BUILD
+
+from vxdp.bpf import elf
+from vxdp.bpf.asm import assemble
+from vxdp.bpf.helpers import Helper
+from vxdp.bpf.isa import EXIT, Insn, PseudoCall, XdpAction
+from vxdp.bpf.kernel import (
+    KernelMap,
+    KernelProgram,
+    XdpMode,
+    attach_xdp,
+    map_ids,
+    prog_ids,
+    query_xdp,
+    send_live_frames_in,
+)
+from vxdp.bpf.mapspec import MapSpec, MapType, possible_cpus
+from vxdp.engine.loader import load_object
+from vxdp.guest.offload import OffloadClient, OffloadEngine, OffloadRefused
+from vxdp.host.offload import OffloadService, Policy, Quota
+from vxdp.host.offload.ctrl import BpfCommandHandler
+from vxdp.packets import frame
+from vxdp.testing.netns import NetLab
+from vxdp.virtio.offload import CTRL_CLASS_BPF, Errno
+
+pytestmark = pytest.mark.privileged
+
+_seq = itertools.count()
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+
+
+def _dev() -> str:
+    return f"g{os.getpid() % 1000}{next(_seq)}"
+
+
+def wire(handler: BpfCommandHandler, *, negotiated: bool = True, log: list | None = None):
+    """A transport straight into ``handler``: split class / command / body as the device does."""
+    def transport(req: bytes, cap: int) -> bytes:
+        assert req[0] == CTRL_CLASS_BPF
+        if log is not None:
+            log.append((req[1], cap))
+        return handler.handle(req[1], req[2:], cap, negotiated=negotiated)
+    return transport
+
+
+@pytest.fixture
+def port():
+    with NetLab("vxg") as lab:
+        ns_a, ns_b = lab.netns(), lab.netns()
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+        yield lab.veth(ns_a, ns_b, "vga", "vgb", addr_a="198.18.0.5/30", addr_b="198.18.0.6/30")
+
+
+@pytest.fixture
+def service():
+    s = OffloadService()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _client(service: OffloadService, dev: str, **kw) -> OffloadClient:
+    return OffloadClient(wire(BpfCommandHandler(service, dev)), **kw)
+
+
+def _wait_gone(ids: set[int], live) -> set[int]:
+    """The kernel frees maps after an RCU grace period: poll, bounded (10 s)."""
+    for _ in range(1000):
+        if not ids & live():
+            return set()
+        time.sleep(0.01)
+    return ids & live()
+
+
+# The generator: TX each frame out of the traffic end with the MACs of `vxdp.packets.frame` written
+# afresh. Live-frames pages are recycled with whatever the last program wrote (veth passes pages
+# zero-copy, so xdp2's swap would come back into the generator's next frames otherwise).
+GEN_TX = assemble(f"""
+    r2 = *(u32 *)(r1 +0)
+    r3 = *(u32 *)(r1 +4)
+    r4 = r2
+    r4 += 12
+    if r4 > r3 goto out
+    *(u32 *)(r2 +0) = 2      ; dst 02:00:00:00:00:02
+    *(u16 *)(r2 +4) = 0x200
+    *(u32 *)(r2 +6) = 2      ; src 02:00:00:00:00:01
+    *(u16 *)(r2 +10) = 0x100
+out:
+    r0 = {int(XdpAction.TX)}
+    exit
+""")
+
+
+def _send(port, mix) -> Counter:
+    sent = Counter()
+    with KernelProgram.load(GEN_TX, name="t_gen_tx") as gen:
+        for kind, proto, n in mix:
+            send_live_frames_in(port.ns_a, gen, frame(kind), ifindex=port.a_index, count=n)
+            sent[proto] += n
+    return sent
+
+
+MIX = (("ipv4/udp", 17, 300), ("ipv4/tcp", 6, 200), ("ipv4/icmp", 1, 100), ("ipv6/udp", 17, 50))
+
+
+# -- whole objects offloaded through load_object(OffloadEngine(...)) -------------------------------
+
+def test_xdp1_offloaded_counts_read_back_through_remote_maps(port, service):
+    dev = _dev()
+    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    progs_before, maps_before = prog_ids(), map_ids()
+    engine = OffloadEngine(_client(service, dev))
+    try:
+        loaded = load_object(engine, elf.load_object(SAMPLES_BUILD / "xdp1.o"))
+        rxcnt = loaded.maps["rxcnt"]
+        assert rxcnt.handle == service.show()[0]["maps"][0]["handle"]  # guest handles in the guest's hands
+        prog = loaded.program_handle("xdp_prog1")
+        engine.attach(prog)
+        assert query_xdp(port.b, XdpMode.NATIVE, netns=port.ns_b) == service.show()[0]["programs"][0]["kernel_id"]
+        sent = _send(port, MIX)
+        for proto, n in sent.items():
+            assert U64.unpack(rxcnt.lookup(U32.pack(proto)))[0] == n
+        counted = {U32.unpack(k)[0]: U64.unpack(v)[0] for k, v in rxcnt.items_batched(100) if v != bytes(8)}
+        assert counted == dict(sent)
+        assert {U32.unpack(k)[0] for k in rxcnt.keys()} == set(range(256))  # noqa: SIM118 -- Map.keys() walks GET_NEXT_KEY
+        q = engine.query()
+        assert (q.prog, q.actions) == (prog, (0, sum(sent.values()), 0, 0, 0))
+        assert q.tag.hex() == service.show()[0]["programs"][0]["tag"]
+        with pytest.raises(NotImplementedError, match="no test-run command"):
+            engine.run(prog, frame("ipv4/udp"))
+        kernel_progs, kernel_maps = service.kernel_ids(dev)
+        assert kernel_progs and kernel_maps
+    finally:
+        engine.close()
+    # close: detached, every program and map freed in the kernel
+    assert query_xdp(port.b, netns=port.ns_b) is None
+    assert service.show()[0]["programs"] == [] and service.show()[0]["maps"] == []
+    assert kernel_progs & prog_ids() == set()
+    assert _wait_gone(kernel_maps, map_ids) == set()
+    assert prog_ids() - progs_before == set()
+    assert _wait_gone(map_ids() - maps_before, map_ids) == set()
+
+
+def test_xdp2_offloaded_sends_frames_back_with_macs_swapped(port, service):
+    dev = _dev()
+    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    engine = OffloadEngine(_client(service, dev))
+    # On the traffic side a counter: slot 0 frames whose MACs came back swapped, slot 1 others.
+    seen = KernelMap.create(MapSpec("t_seen", MapType.ARRAY, 4, 8, 2))
+    check = assemble(f"""
+        r6 = 1
+        r2 = *(u32 *)(r1 +0)
+        r3 = *(u32 *)(r1 +4)
+        r4 = r2
+        r4 += 12
+        if r4 > r3 goto count
+        r5 = *(u32 *)(r2 +0)
+        if r5 != 0x2 goto count    ; dst 02:00:00:00:00:01 (the generator's source)
+        r5 = *(u16 *)(r2 +4)
+        if r5 != 0x100 goto count
+        r5 = *(u16 *)(r2 +10)
+        if r5 != 0x200 goto count  ; src ends :02 (the generator's destination)
+        r6 = 0
+    count:
+        *(u32 *)(r10 -4) = r6
+        r2 = r10
+        r2 += -4
+        r1 = map[fd:{seen.fd}] ll
+        call bpf_map_lookup_elem
+        if r0 == 0x0 goto out
+        r1 = 1
+        lock *(u64 *)(r0 +0) += r1
+    out:
+        r0 = 1
+        exit
+    """)
+    try:
+        with KernelProgram.load(check, name="t_check_swap") as checker:
+            attach_xdp(port.a_index, checker.fd, XdpMode.NATIVE, netns=port.ns_a)
+            loaded = load_object(engine, elf.load_object(SAMPLES_BUILD / "xdp2.o"))
+            engine.attach(loaded.program_handle())
+            sent = _send(port, MIX)
+            total = sum(sent.values())
+            assert [U64.unpack(seen.lookup(U32.pack(i)))[0] for i in range(2)] == [total, 0]
+            assert engine.query().actions == (0, 0, 0, total, 0)
+            for proto, n in sent.items():
+                assert U64.unpack(loaded.maps["rxcnt"].lookup(U32.pack(proto)))[0] == n
+    finally:
+        engine.close()
+        seen.close()
+
+
+def test_tail_calls_with_a_prog_array_of_guest_handles(port, service):
+    dev = _dev()
+    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    engine = OffloadEngine(_client(service, dev))
+    try:
+        loaded = load_object(engine, elf.load_object(SAMPLES_BUILD / "corpus" / "tail_calls.o"))
+        jt, hops = loaded.maps["jmp_table"], loaded.maps["hops"]
+        # the loader filled the prog_array from .values with guest program handles; they read back as such
+        assert jt.lookup(U32.pack(0)) == U32.pack(loaded.programs["handle_ipv4"])
+        assert jt.lookup(U32.pack(2)) == U32.pack(loaded.programs["handle_other"])
+        assert jt.lookup(U32.pack(1)) is None
+        with pytest.raises(OffloadRefused) as e:  # a map handle is not a program
+            jt.update(U32.pack(1), U32.pack(hops.handle))
+        assert e.value.errno == errno.EBADF and f"handle {hops.handle} is not a program" in e.value.message
+        engine.attach(loaded.programs["xdp_entry"])
+        _send(port, (("ipv4/udp", 0, 40), ("ipv4/tcp", 1, 30), ("arp", 2, 20), ("ipv6/udp", 3, 10)))
+        assert [U64.unpack(hops.lookup(U32.pack(i)))[0] for i in range(4)] == [70, 0, 20, 10]
+    finally:
+        engine.close()
+
+
+def test_reset_frees_everything_and_close_after_reset_is_quiet(port, service):
+    dev = _dev()
+    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    engine = OffloadEngine(_client(service, dev))
+    loaded = load_object(engine, elf.load_object(SAMPLES_BUILD / "corpus" / "tail_calls.o"))
+    engine.attach(loaded.programs["xdp_entry"])
+    pids, mids = service.kernel_ids(dev)
+    assert len(pids) == 3 and mids <= map_ids()
+    service.reset(dev)  # the guest reset the device
+    assert query_xdp(port.b, netns=port.ns_b) is None
+    assert pids & prog_ids() == set()
+    assert _wait_gone(mids, map_ids) == set()
+    with pytest.raises(OffloadRefused) as e:
+        loaded.maps["hops"].lookup(U32.pack(0))
+    assert e.value.errno == errno.EBADF
+    engine.close()  # the handles are gone already: EBADF/ENOENT are not errors here
+    assert engine.maps == [] and engine.programs == []
+
+
+# -- refusals, each reaching the client with its message -------------------------------------------
+
+def _calls(helper: int) -> list[Insn]:
+    return [Insn(0xB7, 1, 0, 0, 0), Insn(0x85, 0, PseudoCall.HELPER, 0, int(helper)), Insn(0xB7, 0, 0, 0, 2),
+            Insn(EXIT)]
+
+
+def _refused(fn, *args, code: int, match: str = "", rule: str | None = None, **kw) -> OffloadRefused:
+    with pytest.raises(OffloadRefused) as e:
+        fn(*args, **kw)
+    assert e.value.errno == code, str(e.value)
+    assert match in e.value.message, e.value.message
+    assert e.value.rule == rule, e.value.message
+    return e.value
+
+
+@pytest.fixture
+def lo_service():
+    """A service with tight quotas and an injected clock, its devices' ports the loopback."""
+    now = [0.0]
+    s = OffloadService(policy=Policy(quota=Quota(max_maps=3, max_map_memory=8192, max_progs=2, max_insns=8,
+                                                 max_total_insns=12, commands_per_second=5.0,
+                                                 command_burst=200)),
+                       clock=lambda: now[0])
+    s.now = now  # type: ignore[attr-defined]
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_policy_refusals_with_rules(lo_service):
+    dev = _dev()
+    lo_service.add_device(dev, "lo", negotiated=True)
+    c = _client(lo_service, dev)
+    _refused(c.prog_load, _calls(Helper.redirect), name="r", code=errno.EPERM, rule="helpers.never",
+             match="policy: helper bpf_redirect (23)")
+    _refused(c.prog_load, _calls(Helper.fib_lookup), name="f", code=errno.EPERM, rule="helpers.never",
+             match="policy: helper bpf_fib_lookup (69) is never allowed")
+    _refused(c.map_create, MapType.DEVMAP, 4, 4, 1, name="d", code=errno.EPERM, rule="map_types.allow",
+             match="devmap")
+    _refused(c.prog_load, [Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], prog_type=3, code=errno.EPERM, rule="prog_type")
+
+
+def test_every_quota_through_the_client(lo_service):
+    dev = _dev()
+    lo_service.add_device(dev, "lo", negotiated=True)
+    c = _client(lo_service, dev)
+    a = c.map_create(MapType.ARRAY, 4, 8, 256, name="a")  # 4096 bytes of 8192
+    _refused(c.map_create, MapType.ARRAY, 4, 8, 257, name="b", code=errno.ENOSPC, rule="quota.max_map_memory",
+             match="uses 4096 of 8192")
+    c.map_create(MapType.ARRAY, 4, 8, 1, name="b")
+    c.map_create(MapType.ARRAY, 4, 8, 1, name="c")
+    _refused(c.map_create, MapType.ARRAY, 4, 8, 1, name="d", code=errno.ENOSPC, rule="quota.max_maps")
+    _refused(c.prog_load, [Insn(0xB7, 0, 0, 0, 2)] * 8 + [Insn(EXIT)], name="big", code=errno.E2BIG,
+             rule="quota.max_insns")
+    seven = [Insn(0xB7, 0, 0, 0, 2)] * 6 + [Insn(EXIT)]
+    p1, tag = c.prog_load(seven, name="p1")
+    assert len(tag) == 8
+    _refused(c.prog_load, seven, name="p2", code=errno.ENOSPC, rule="quota.max_total_insns", match="has 7 of 12")
+    c.prog_load([Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="p2")
+    _refused(c.prog_load, [Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="p3", code=errno.ENOSPC,
+             rule="quota.max_progs")
+    c.prog_free(p1)
+    c.map_free(a)
+    # the command rate: the bucket (5/s, burst 200) is nearly spent by now; time stands still
+    for _ in range(300):
+        try:
+            c.caps(refresh=True)
+        except OffloadRefused as e:
+            assert e.errno == errno.EAGAIN and e.rule == "rate" and "more than 5 commands a second" in e.message
+            break
+    else:
+        pytest.fail("the rate limit never refused")
+    lo_service.now[0] += 1.0  # five tokens back
+    assert c.caps(refresh=True).max_maps == 3
+
+
+def test_handles_of_another_device_are_refused(service):
+    d0, d1 = _dev(), _dev()
+    service.add_device(d0, "lo", negotiated=True)
+    service.add_device(d1, "lo", negotiated=True)
+    c0, c1 = _client(service, d0), _client(service, d1)
+    c0.map_create(MapType.ARRAY, 4, 8, 1, name="m0")
+    c1.map_create(MapType.ARRAY, 4, 8, 1, name="m1")
+    m1 = c1.map_create(MapType.ARRAY, 4, 8, 1, name="n1")
+    _refused(c0.map_lookup, m1, bytes(4), code=errno.EBADF, match=f"handle {m1} is not a map of device {d0}")
+    p1, _ = c1.prog_load([Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="p")
+    _refused(c0.prog_attach, p1, code=errno.EBADF, match=f"handle {p1} is not a program of device {d0}")
+    _refused(c0.prog_free, p1, code=errno.EBADF)
+
+
+def test_verifier_refusal_brings_the_log_back_cut_to_log_size(service):
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    c = _client(service, dev)
+    e = _refused(c.prog_load, [Insn(EXIT)], name="bad", code=errno.EACCES, rule="verifier",
+                 match="kernel verifier refused program 'bad'")
+    assert "R0 !read_ok" in e.log and not e.log_truncated
+    e = _refused(c.prog_load, [Insn(EXIT)], name="bad", log_size=10, code=errno.EACCES, rule="verifier")
+    assert e.log_truncated and len(e.log.encode()) == 10 and "R0 !read_ok" in e.message
+    assert service.kernel_ids(dev) == (set(), set())
+
+
+def test_offload_not_negotiated_is_eopnotsupp(service):
+    dev = _dev()
+    service.add_device(dev, "lo")
+    c = OffloadClient(wire(BpfCommandHandler(service, dev), negotiated=False))
+    for call in (c.caps, lambda: c.map_create(MapType.ARRAY, 4, 8, 1, name="m")):
+        _refused(call, code=errno.EOPNOTSUPP, match="VIRTIO_NET_F_BPF_OFFLOAD was not negotiated")
+    assert service.kernel_ids(dev) == (set(), set())
+
+
+def test_a_malformed_request_is_einval(service):
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    handler = BpfCommandHandler(service, dev)
+    # a channel that loses the request's last byte: the device refuses, naming the field
+    c = OffloadClient(lambda req, cap: handler.handle(req[1], req[2:-1], cap, negotiated=True))
+    _refused(c.map_create, MapType.ARRAY, 4, 8, 1, name="m", code=errno.EINVAL,
+             match="MAP_CREATE: request name: needs 16 bytes, 15 left")
+    assert service.kernel_ids(dev) == (set(), set())
+
+
+def test_a_reply_area_too_small_is_enobufs_then_the_retry_works(service):
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    calls: list[tuple[int, int]] = []
+    c = OffloadClient(wire(BpfCommandHandler(service, dev), log=calls), capacity=64)
+    m = c.map_create(MapType.ARRAY, 4, 256, 2, name="big")
+    c.map_update(m, U32.pack(1), bytes(range(256)))
+    calls.clear()
+    assert c.map_lookup(m, U32.pack(1)) == bytes(range(256))
+    assert calls == [(3, 64), (3, 1 + 16 + 4 + 256 + 1024)]  # ENOBUFS with the needed size, then the retry
+    items = c.map_items(m, batch=2)
+    assert items == [(U32.pack(0), bytes(256)), (U32.pack(1), bytes(range(256)))]
+    caps = c.caps()  # CAPS does not fit in 64 bytes either
+    assert caps.ncpus == possible_cpus() and caps.engine == "kernel"
+    # below MIN_REPLY the device does not execute anything
+    tiny = OffloadClient(wire(BpfCommandHandler(service, dev)), capacity=32)
+    _refused(tiny.map_create, MapType.ARRAY, 4, 8, 1, name="x", code=Errno.ENOBUFS,
+             match="writable area")
+    assert len(service.show()[0]["maps"]) == 1
