@@ -1,0 +1,109 @@
+"""The guest's program requests: load offloaded (over the ctrl vq) or native (on the rx path).
+
+These are the control-socket methods behind ``vxdp prog …`` and ``vxdp map …``
+with ``--guest``: the guest's "user programs" ask its "kernel" (the driver).
+
+- ``offload``: the object goes to the device through `OffloadEngine` (maps,
+  programs with guest handles, prog_arrays filled with program handles) and its
+  program is attached on the host's port. If the device was not offered the
+  offload feature, every request is refused there with EOPNOTSUPP.
+- ``native``: the object runs on the reference interpreter in the driver, hooked
+  on the rx path (`NativeXdp`), after whatever the host passed.
+
+A backend that goes away resets the device, which frees everything offloaded:
+the driver forgets its offload slot then (`on_disconnect`), so ``prog show``
+never lists programs the host no longer has.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any
+
+from ..engine.interp import InterpEngine
+from ..engine.loader import LoadedObject
+from ..engine.registry import ProgramRegistry, RegistryError
+from .native import NativeXdp
+from .offload import OffloadClient, OffloadEngine, ctrl_transport
+
+MODES = ("offload", "native")
+ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # the order PROG_QUERY counts them in
+
+
+class GuestPrograms:
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+        self.registry = ProgramRegistry()
+
+    # -- engines ---------------------------------------------------------------------------
+    def _transport(self, request: bytes, capacity: int) -> bytes:
+        ctrl = getattr(self.driver, "ctrl", None)
+        if ctrl is None or not self.driver.connected:
+            raise RegistryError(errno.ENOTCONN, "the driver has no device (not connected, or no ctrl vq)")
+        return ctrl_transport(ctrl)(request, capacity)
+
+    def _offload(self, path: str, prog: str | None) -> dict[str, Any]:
+        engine = OffloadEngine(OffloadClient(self._transport))
+
+        def attach(loaded: LoadedObject, handle: int) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
+            engine.attach(handle, replace=True)
+
+            def counters() -> dict[str, int]:
+                q = engine.query()
+                return {} if q is None else dict(zip(ACTIONS, q.actions))
+
+            return engine.detach, counters
+
+        return self.registry.load("offload", engine, path, prog=prog, attach=attach)
+
+    def _native(self, path: str, prog: str | None) -> dict[str, Any]:
+        engine = InterpEngine()
+
+        def attach(loaded: LoadedObject, handle: int) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
+            hook = NativeXdp(engine, handle, self._send_back)
+            self.driver.rx_program = hook
+
+            def detach() -> None:
+                if self.driver.rx_program is hook:
+                    self.driver.rx_program = None
+
+            return detach, hook.snapshot
+
+        return self.registry.load("native", engine, path, prog=prog, attach=attach)
+
+    def _send_back(self, batch) -> int:
+        return self.driver.send(batch) if self.driver.connected else 0
+
+    def on_disconnect(self) -> None:
+        self.registry.forget("offload")
+
+    # -- control-socket methods ------------------------------------------------------------
+    def load(self, path: str, mode: str, prog: str | None = None) -> dict[str, Any]:
+        if mode not in MODES:
+            raise RegistryError(errno.EINVAL, f"mode {mode!r}: one of {', '.join(MODES)}")
+        return self._offload(path, prog) if mode == "offload" else self._native(path, prog)
+
+    def show(self) -> dict[str, Any]:
+        return self.registry.show()
+
+    def detach(self, mode: str | None = None) -> dict[str, Any]:
+        if mode is not None and mode not in MODES:
+            raise RegistryError(errno.EINVAL, f"mode {mode!r}: one of {', '.join(MODES)}")
+        return {"detached": self.registry.unload(mode)}
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        r = self.registry
+        return {
+            "prog.load": self.load,
+            "prog.show": self.show,
+            "prog.detach": self.detach,
+            "map.show": lambda: r.show()["maps"],
+            "map.dump": lambda map: r.map_dump(map),
+            "map.lookup": lambda map, key: r.map_lookup(map, key),
+            "map.update": lambda map, key, value, flags="any": r.map_update(map, key, value, flags),
+            "map.delete": lambda map, key: r.map_delete(map, key),
+        }
+
+    def close(self) -> None:
+        self.registry.close()
