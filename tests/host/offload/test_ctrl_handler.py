@@ -1,0 +1,312 @@
+"""`BpfCommandHandler` at the byte level: the spec's order of checks, its reply framing, the rules the
+handler adds to the service (attach/detach/query, FREE kinds), and hostile bytes.
+
+A real `OffloadService` on the kernel engine; ports are the loopback (no attach) or a veth end in
+a netns (`NetLab`, 198.18.0.0/15) where programs are attached. Requests are built with the codec
+(`encode_request`) and split as the ctrl vq frames them: class byte, command byte, body.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vxdp.bpf.isa import EXIT, Insn
+from vxdp.bpf.mapspec import MapType, possible_cpus
+from vxdp.host.offload import OffloadService, Policy
+from vxdp.host.offload.ctrl import BpfCommandHandler
+from vxdp.testing.netns import NetLab
+from vxdp.virtio.offload import (
+    MIN_REPLY,
+    AttachFlag,
+    CapsFlag,
+    CapsRequest,
+    Command,
+    Errno,
+    MapCreateRequest,
+    MapFreeRequest,
+    MapGetNextKeyRequest,
+    MapLookupBatchRequest,
+    MapLookupRequest,
+    MapUpdateBatchRequest,
+    MapUpdateRequest,
+    Message,
+    ProgAttachRequest,
+    ProgDetachRequest,
+    ProgFreeRequest,
+    ProgLoadRequest,
+    ProgQueryRequest,
+    Reply,
+    ReplyFlag,
+    StateExportRequest,
+    StateImportRequest,
+    decode_reply,
+    encode_request,
+)
+
+pytestmark = pytest.mark.privileged
+
+_seq = itertools.count()
+U32 = struct.Struct("<I")
+U64 = struct.Struct("<Q")
+RET2 = (Insn(0xB7, 0, 0, 0, 2), Insn(EXIT))  # r0 = XDP_PASS; exit
+
+
+def _dev() -> str:
+    return f"h{os.getpid() % 1000}{next(_seq)}"
+
+
+class Wire:
+    """One device's handler driven with codec-built requests; returns the decoded reply."""
+
+    def __init__(self, service: OffloadService, dev: str, negotiated: bool = True):
+        self.handler = BpfCommandHandler(service, dev)
+        self.negotiated = negotiated
+
+    def raw(self, req: Message, cap: int = 4096) -> bytes:
+        data = encode_request(req)
+        out = self.handler.handle(data[1], data[2:], cap, negotiated=self.negotiated)
+        assert len(out) <= cap
+        return out
+
+    def __call__(self, req: Message, cap: int = 4096) -> Reply:
+        return decode_reply(req.COMMAND, self.raw(req, cap))
+
+    def ok(self, req: Message, cap: int = 4096) -> Message | None:
+        r = self(req, cap)
+        assert r.ok, r.text
+        return r.payload
+
+
+@pytest.fixture
+def service():
+    s = OffloadService()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def lo(service):
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    return Wire(service, dev)
+
+
+@pytest.fixture
+def veth(service):
+    with NetLab("vxh") as lab:
+        pair = lab.veth(lab.netns(), lab.netns(), "vha", "vhb", addr_a="198.18.0.9/30", addr_b="198.18.0.10/30")
+        dev = _dev()
+        service.add_device(dev, pair.b, netns=pair.ns_b, negotiated=True)
+        try:
+            yield Wire(service, dev)
+        finally:
+            service.remove_device(dev)
+
+
+def _kernel_objects(w: Wire) -> tuple[set[int], set[int]]:
+    return w.handler.service.kernel_ids(w.handler.device)
+
+
+# -- the order of checks: feature, area size, decoding ---------------------------------------------
+
+def test_not_negotiated_refuses_every_command_without_acting(service):
+    dev = _dev()
+    service.add_device(dev, "lo")
+    h = BpfCommandHandler(service, dev)
+    create = encode_request(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m"))
+    for cmd in range(256):
+        body = create[2:] if cmd == Command.MAP_CREATE else b"\xff"
+        r = decode_reply(cmd, h.handle(cmd, body, 128, negotiated=False))
+        assert r.code == Errno.EOPNOTSUPP and "VIRTIO_NET_F_BPF_OFFLOAD was not negotiated" in r.text
+    assert h.handle(0, b"", 16, negotiated=False) == b"\x01"  # no room for a header: ack ERR alone
+    assert service.kernel_ids(dev) == (set(), set()) and service.show()[0]["maps"] == []
+
+
+def test_an_area_below_min_reply_executes_nothing(lo):
+    req = MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")
+    r = lo(req, MIN_REPLY - 1)
+    assert r.code == Errno.ENOBUFS and r.text == "writable area of 63 bytes is below 64"
+    assert lo.raw(req, 16) == b"\x01" and lo.raw(req, 0) == b""
+    assert _kernel_objects(lo) == (set(), set())
+    assert lo.ok(req, MIN_REPLY).map == 1
+
+
+def test_malformed_requests_are_einval_naming_the_field(lo):
+    h = lo.handler
+    body = encode_request(MapUpdateRequest(1, bytes(4), bytes(8)))[2:]
+    for n in range(len(body)):  # truncated at every length
+        r = decode_reply(Command.MAP_UPDATE, h.handle(Command.MAP_UPDATE, body[:n], 256, negotiated=True))
+        assert r.code == Errno.EINVAL and r.text.startswith("MAP_UPDATE: request ") and "truncated" in r.text
+    r = decode_reply(Command.MAP_UPDATE, h.handle(Command.MAP_UPDATE, body + b"\0", 256, negotiated=True))
+    assert r.code == Errno.EINVAL and "1 trailing bytes" in r.text
+    r = decode_reply(0x7E, h.handle(0x7E, b"", 256, negotiated=True))
+    assert r.code == Errno.EINVAL and "unknown command 0x7e" in r.text
+    big_key = U32.pack(1) + U64.pack(0) + U32.pack(5000)  # key length above the codec's 4096
+    r = decode_reply(Command.MAP_LOOKUP, h.handle(Command.MAP_LOOKUP, big_key, 256, negotiated=True))
+    assert r.code == Errno.E2BIG and "key length: 5000 is above the limit of 4096" in r.text
+    assert _kernel_objects(lo) == (set(), set())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cmd=st.sampled_from([*map(int, Command), 0x09, 0xFF]), body=st.binary(max_size=96),
+       cap=st.integers(0, 512))
+def test_hostile_bytes_always_get_a_valid_reply(lo, cmd, body, cap):
+    out = lo.handler.handle(cmd, body, cap, negotiated=True)
+    assert len(out) <= cap
+    if cap:
+        r = decode_reply(cmd, out)  # never raises: the device wrote a well-formed reply
+        if cap >= 17:  # room for the header: the code is the device's, never the driver-side EIO
+            assert r.code != Errno.EIO
+        else:
+            assert out == b"\x01"
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+def test_caps_describe_the_policy(lo):
+    caps = lo.ok(CapsRequest())
+    p = Policy()
+    assert caps.engine == "kernel" and caps.ncpus == possible_cpus() and caps.attach_points == 1
+    assert caps.flags & CapsFlag.STATE == 0  # state export/import are not supported
+    assert {t for t in range(64) if caps.allows_map_type(t)} == {int(t) for t in p.map_types}
+    assert set(caps.helpers) == {int(h) for h in p.helpers} and list(caps.helpers) == sorted(caps.helpers)
+    assert (caps.max_maps, caps.max_progs, caps.max_insns) == (p.quota.max_maps, p.quota.max_progs,
+                                                               p.quota.max_insns)
+
+
+def test_maps_lookups_iteration_and_batches(lo):
+    m = lo.ok(MapCreateRequest(MapType.HASH, 4, 8, 16, name="h")).map
+    assert lo(MapLookupRequest(m, U32.pack(1))).code == Errno.ENOENT
+    assert lo(MapLookupRequest(m, U32.pack(1), flags=1)).code == Errno.EINVAL
+    assert lo.ok(MapUpdateBatchRequest(m, 4, 8, [U32.pack(i) for i in range(5)],
+                                       [U64.pack(i * 3) for i in range(5)])).applied == 5
+    r = lo(MapUpdateBatchRequest(m, 4, 4, [U32.pack(9)], [U32.pack(9)]))
+    assert r.code == Errno.EINVAL and r.payload.applied == 0 and "value_size 4 is not the map's 8" in r.text
+    assert lo(MapUpdateRequest(m, U32.pack(1), U64.pack(0), flags=1)).code == Errno.EEXIST  # NOEXIST
+    keys, k = [], b""
+    for _ in range(10):
+        r = lo(MapGetNextKeyRequest(m, k))
+        if r.code == Errno.ENOENT:
+            break
+        k = r.payload.key
+        keys.append(U32.unpack(k)[0])
+    assert sorted(keys) == [0, 1, 2, 3, 4]
+    b = lo.ok(MapLookupBatchRequest(m, 5))  # (a hash bucket fuller than max_count would be ENOSPC)
+    assert (b.key_size, b.value_size) == (4, 8)
+    assert {U32.unpack(k)[0]: U64.unpack(v)[0] for k, v in zip(b.keys, b.values)} == {i: i * 3 for i in range(5)}
+    a = lo.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 5, name="a")).map
+    lo.ok(MapUpdateRequest(a, U32.pack(3), U64.pack(33)))
+    got, token, rounds = {}, b"", 0
+    for rounds in range(1, 10):  # continuation tokens, two entries a command
+        b = lo.ok(MapLookupBatchRequest(a, 2, token))
+        assert len(b.keys) <= 2
+        got.update({U32.unpack(k)[0]: U64.unpack(v)[0] for k, v in zip(b.keys, b.values)})
+        token = b.token
+        if not token:
+            break
+    assert got == {0: 0, 1: 0, 2: 0, 3: 33, 4: 0} and rounds >= 3
+    pc = lo.ok(MapCreateRequest(MapType.PERCPU_ARRAY, 4, 4, 2, name="pc")).map
+    assert len(lo.ok(MapLookupRequest(pc, U32.pack(0))).value) == 8 * possible_cpus()
+    r = lo(MapUpdateRequest(pc, U32.pack(0), bytes(4)))
+    assert r.code == Errno.EINVAL and "value" in r.text
+    b = lo.ok(MapLookupBatchRequest(pc, 8))
+    assert b.value_size == 8 * possible_cpus() and len(b.keys) == 2
+
+
+def test_free_checks_the_kind_of_handle(lo):
+    m = lo.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")).map
+    p = lo.ok(ProgLoadRequest(RET2, name="p")).prog
+    r = lo(MapFreeRequest(p))
+    assert r.code == Errno.EBADF and f"handle {p} is not a map" in r.text
+    r = lo(ProgFreeRequest(m))
+    assert r.code == Errno.EBADF and f"handle {m} is not a program" in r.text
+    assert len(_kernel_objects(lo)[0]) == 1
+    lo.ok(ProgFreeRequest(p))
+    lo.ok(MapFreeRequest(m))
+    assert lo(MapFreeRequest(m)).code == Errno.EBADF
+    assert _kernel_objects(lo) == (set(), set())
+
+
+def test_prog_load_fields_the_service_does_not_take(lo):
+    r = lo(ProgLoadRequest(RET2, name="p", prog_flags=1))
+    assert r.code == Errno.EINVAL and "prog_flags" in r.text
+    assert lo(ProgLoadRequest(RET2, name="p", expected_attach_type=2)).code == Errno.EINVAL
+    ok = lo.ok(ProgLoadRequest(RET2, name="p", expected_attach_type=37))  # BPF_XDP
+    assert len(ok.tag) == 8 and ok.tag.hex() == lo.handler.service.show()[0]["programs"][0]["tag"]
+
+
+def test_verifier_log_is_cut_to_log_size_and_to_the_area(lo):
+    r = lo(ProgLoadRequest((Insn(EXIT),), name="bad", log_size=12))
+    assert r.code == Errno.EACCES and r.text_truncated
+    first, _, log = r.text.partition("\n")
+    assert "kernel verifier refused program 'bad'" in first and first.endswith("(rule verifier)")
+    assert len(log) == 12
+    full = lo(ProgLoadRequest((Insn(EXIT),), name="bad"))
+    assert not full.text_truncated and "R0 !read_ok" in full.text.partition("\n")[2]
+    raw = lo.raw(ProgLoadRequest((Insn(EXIT),), name="bad"), 80)  # the area cuts it too
+    assert len(raw) == 80 and struct.unpack_from("<I", raw, 5)[0] & ReplyFlag.TEXT_TRUNCATED
+
+
+def test_attach_replace_detach_query_on_a_port(veth):
+    p1 = veth.ok(ProgLoadRequest(RET2, name="p1")).prog
+    p2 = veth.ok(ProgLoadRequest(RET2, name="p2")).prog
+    assert veth(ProgQueryRequest()).code == Errno.ENOENT
+    assert veth(ProgDetachRequest()).code == Errno.ENOENT
+    assert veth(ProgAttachRequest(p1, attach_point=1)).code == Errno.EINVAL
+    assert veth(ProgAttachRequest(p1, flags=4)).code == Errno.EINVAL
+    veth.ok(ProgAttachRequest(p1))
+    r = veth(ProgAttachRequest(p2))
+    assert r.code == Errno.EBUSY and f"already runs program {p1}" in r.text
+    veth.ok(ProgAttachRequest(p2, flags=AttachFlag.REPLACE))
+    q = veth.ok(ProgQueryRequest())
+    assert q.prog == p2 and q.actions == (0, 0, 0, 0, 0)
+    assert veth(ProgFreeRequest(p2)).code == Errno.EBUSY
+    veth.ok(ProgFreeRequest(p1))
+    veth.ok(ProgDetachRequest())
+    assert veth(ProgQueryRequest()).code == Errno.ENOENT
+    veth.ok(ProgFreeRequest(p2))
+    assert _kernel_objects(veth) == (set(), set())
+
+
+def test_state_commands_are_not_supported(lo):
+    for req in (StateExportRequest(), StateImportRequest(b"x", 1)):
+        r = lo(req)
+        assert r.code == Errno.EOPNOTSUPP and "CAPS flag STATE is clear" in r.text
+
+
+class _BrokenCaps(OffloadService):
+    """A service with a bug in one method: the handler must answer EIO, not raise."""
+
+    def caps(self, device: str) -> dict:
+        raise ZeroDivisionError("bug")
+
+
+def test_an_internal_error_is_eio_and_one_log_line(caplog):
+    s = _BrokenCaps()
+    try:
+        dev = _dev()
+        s.add_device(dev, "lo", negotiated=True)
+        w = Wire(s, dev)
+        with caplog.at_level(logging.ERROR, logger="vxdp.host.offload.ctrl"):
+            r = w(CapsRequest())
+        assert r.code == Errno.EIO and "device internal error" in r.text
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "vxdp.host.offload.ctrl"]
+        assert lines == [f"device {dev}: CAPS: internal error: ZeroDivisionError: bug"]
+        assert w.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")).map == 1  # still serving
+    finally:
+        s.close()
+
+
+def test_an_unknown_device_is_enodev(service):
+    r = Wire(service, "nosuchdev")(CapsRequest())
+    assert r.code == errno.ENODEV and "no device named 'nosuchdev'" in r.text
