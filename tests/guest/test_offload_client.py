@@ -397,3 +397,35 @@ def test_a_reply_area_too_small_is_enobufs_then_the_retry_works(service):
     _refused(tiny.map_create, MapType.ARRAY, 4, 8, 1, name="x", code=Errno.ENOBUFS,
              match="writable area")
     assert len(service.show()[0]["maps"]) == 1
+
+
+def test_a_transport_limit_caps_every_area_and_the_device_cuts_the_log(service):
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    calls: list[tuple[int, int]] = []
+    c = OffloadClient(wire(BpfCommandHandler(service, dev), log=calls), max_capacity=200)
+    e = _refused(c.prog_load, [Insn(EXIT)], name="bad", code=errno.EACCES, rule="verifier")
+    assert calls == [(0x10, 200)] and e.log_truncated and e.log  # the log as far as 200 bytes held it
+    m = c.map_create(MapType.ARRAY, 4, 256, 1, name="big")
+    with pytest.raises(OffloadRefused) as r:  # 256-byte values need more than 200: no retry beyond the limit
+        c.map_lookup(m, U32.pack(0))
+    assert r.value.errno == Errno.ENOBUFS and r.value.reply.needed == 4 + 256
+
+
+def test_global_data_maps_are_filled_on_create(service):
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    engine = OffloadEngine(_client(service, dev))
+    try:
+        obj = elf.load_object(SAMPLES_BUILD / "corpus" / "global_data.o")
+        loaded = load_object(engine, obj)
+        for name in (".data", ".rodata"):
+            spec = obj.maps[name]
+            assert loaded.maps[name].lookup(bytes(4)) == spec.data.ljust(spec.value_size, b"\0")
+        shown = {m["name"]: m for m in service.show()[0]["maps"]}
+        assert shown[".rodata"]["flags"] & 1 << 7  # BPF_F_RDONLY_PROG: programs cannot write it
+        assert loaded.maps[".bss"].lookup(bytes(4)) == bytes(obj.maps[".bss"].value_size)
+        assert list(loaded.programs) == ["xdp_global"]
+    finally:
+        engine.close()
+    assert service.kernel_ids(dev) == (set(), set())

@@ -117,7 +117,8 @@ def _errno_name(code: int) -> str:
 
 def ctrl_transport(ctrl: Any, cls: int | None = None) -> Transport:
     """A `Transport` over a ctrl-vq client whose ``command(cls, cmd, data, reply_capacity)`` returns
-    ``(ack, result)`` with the capacity counting the result only (the guest driver's ``CtrlClient``)."""
+    ``(ack, result)`` with the capacity counting the result only (the guest driver's ``CtrlClient``).
+    Give the client ``max_capacity`` = the ctrl buffer's writable size so no area exceeds it."""
     def send(request: bytes, capacity: int) -> bytes:
         ack, result = ctrl.command(request[0] if cls is None else cls, request[1], request[2:], capacity - 1)
         return bytes((int(ack),)) + bytes(result)
@@ -127,10 +128,16 @@ def ctrl_transport(ctrl: Any, cls: int | None = None) -> Transport:
 class OffloadClient:
     """BPF ctrl commands as Python calls; every refusal raises `OffloadRefused`."""
 
-    def __init__(self, transport: Transport, *, capacity: int = DEFAULT_CAPACITY):
+    def __init__(self, transport: Transport, *, capacity: int = DEFAULT_CAPACITY, max_capacity: int | None = None):
+        """``capacity``: the writable area offered by default; ``max_capacity``: the most the transport can
+        offer (a ctrl vq's buffer), never exceeded — a verifier log is then cut by the device to fit."""
         self.transport = transport
-        self.capacity = max(int(capacity), 1)
+        self.max_capacity = max_capacity
+        self.capacity = self._clamp(max(int(capacity), 1))
         self._caps: CapsReply | None = None
+
+    def _clamp(self, cap: int) -> int:
+        return cap if self.max_capacity is None else min(cap, self.max_capacity)
 
     # -- the one round trip --------------------------------------------------------------------
     def call(self, req: Message, capacity: int | None = None, *, none_on_enoent: bool = False) -> Message | None:
@@ -141,10 +148,12 @@ class OffloadClient:
         """
         cmd = int(req.COMMAND)
         data = encode_request(req)
-        cap = self.capacity if capacity is None else capacity
+        cap = self.capacity if capacity is None else self._clamp(capacity)
         reply = self._round_trip(cmd, data, cap)
         if reply.payload_omitted and reply.needed:
-            reply = self._round_trip(cmd, data, max(cap, 1 + REPLY_HEADER_SIZE + reply.needed + LOAD_TEXT_ROOM))
+            bigger = self._clamp(max(cap, 1 + REPLY_HEADER_SIZE + reply.needed + LOAD_TEXT_ROOM))
+            if bigger > cap:
+                reply = self._round_trip(cmd, data, bigger)
         if reply.ok:
             return reply.payload
         if none_on_enoent and reply.code == Errno.ENOENT:
