@@ -96,7 +96,6 @@ class BpfCommandHandler:
     def __init__(self, service: OffloadService, device: str):
         self.service = service
         self.device = device
-        self._log_size = 0  # of the PROG_LOAD being handled, for the refusal text
 
     # -- the entry point -----------------------------------------------------------------------
     def handle(self, command: int, body: bytes, reply_capacity: int, *, negotiated: bool) -> bytes:
@@ -121,11 +120,10 @@ class BpfCommandHandler:
             req = decode_request_body(command, body)
         except OffloadProtocolError as e:
             return error_reply(e, capacity)
-        self._log_size = 0
         try:
             reply = _HANDLERS[req.COMMAND](self, req)
         except OffloadError as e:
-            text, cut = refusal_text(e, self._log_size)
+            text, cut = refusal_text(e, getattr(req, "log_size", 0))  # PROG_LOAD's, for the verifier log
             reply = Reply(code=e.errno or Errno.EIO, text=text, text_truncated=cut)
         except _Refused as e:
             reply = e.reply
@@ -218,7 +216,6 @@ class BpfCommandHandler:
         return Reply(payload=MapUpdateBatchReply(applied))
 
     def prog_load(self, req) -> Reply:
-        self._log_size = req.log_size
         if req.prog_flags:
             raise _Refused(Errno.EINVAL, f"PROG_LOAD: prog_flags {req.prog_flags:#x} are not supported")
         if req.expected_attach_type not in (0, BPF_XDP_ATTACH_TYPE):
