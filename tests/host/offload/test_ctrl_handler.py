@@ -23,6 +23,7 @@ from vxdp.bpf.mapspec import MapType, possible_cpus
 from vxdp.host.offload import OffloadService, Policy
 from vxdp.host.offload.ctrl import BpfCommandHandler
 from vxdp.testing.netns import NetLab
+from vxdp.virtio.ctrl import CtrlRequest
 from vxdp.virtio.offload import (
     MIN_REPLY,
     AttachFlag,
@@ -310,3 +311,16 @@ def test_an_internal_error_is_eio_and_one_log_line(caplog):
 def test_an_unknown_device_is_enodev(service):
     r = Wire(service, "nosuchdev")(CapsRequest())
     assert r.code == errno.ENODEV and "no device named 'nosuchdev'" in r.text
+
+
+def test_the_ctrl_table_shape(service):
+    dev = _dev()
+    service.add_device(dev, "lo")
+    state = {"negotiated": False}
+    answer = BpfCommandHandler(service, dev).ctrl_handler(lambda: state["negotiated"], 256)
+    req = CtrlRequest.decode(encode_request(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")))
+    reply = answer(req)
+    assert not reply.ok and decode_reply(req.command, reply.encode()).code == Errno.EOPNOTSUPP
+    state["negotiated"] = True
+    reply = answer(req)
+    assert reply.ok and decode_reply(req.command, reply.encode()).payload.map == 1

@@ -41,6 +41,7 @@ import logging
 from collections.abc import Callable
 
 from ...bpf.mapspec import MapType, percpu_value_stride, possible_cpus
+from ...virtio.ctrl import Ack, CtrlReply, CtrlRequest
 from ...virtio.offload import (
     MIN_REPLY,
     AttachFlag,
@@ -128,6 +129,17 @@ class BpfCommandHandler:
         except _Refused as e:
             reply = e.reply
         return encode_reply(req.COMMAND, reply, capacity)
+
+    def ctrl_handler(self, negotiated: Callable[[], bool],
+                     capacity: int | Callable[[], int] = 1 << 20) -> Callable[[CtrlRequest], CtrlReply]:
+        """This handler in the ``CtrlRequest -> CtrlReply`` shape of ``vxdp.host.ctrlq.CtrlTable``:
+        ``negotiated()`` reads the device's feature state per command; ``capacity`` is the writable
+        area (or a callable giving it per command)."""
+        def answer(req: CtrlRequest) -> CtrlReply:
+            cap = capacity() if callable(capacity) else capacity
+            out = self.handle(req.command, req.data, cap, negotiated=negotiated())
+            return CtrlReply.decode(out) if out else CtrlReply(Ack.ERR)
+        return answer
 
     @staticmethod
     def _encode_safely(command: int, reply: Reply, capacity: int) -> bytes:
