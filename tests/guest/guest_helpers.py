@@ -138,3 +138,87 @@ class GuestProc:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class HostProc:
+    """``vxdp host serve`` (the backend, another engineer's) as a subprocess, always stopped."""
+
+    def __init__(self, sock: str, port: str, netns: str, run_dir: Path, *, name: str = "hd0",
+                 mac: str = "52:54:00:12:34:56", client: bool = False) -> None:
+        argv = [sys.executable, "-m", "vxdp.cli.main", "host", "serve", "--socket", sock, "--port", port,
+                "--netns", netns, "--name", name, "--mac", mac, "-v"]
+        if client:
+            argv.append("--client")
+        self.path = run_dir / f"host-{name}.log"
+        self.log = open(self.path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, env=dict(os.environ, VXDP_RUN_DIR=str(run_dir)), stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        if not client:
+            poll(lambda: os.path.exists(sock) or self.proc.poll() is not None, bool, timeout=30,
+                 what="host backend listening")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"host backend exited: {self.output()}")
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.path.read_text(errors="replace")[-4000:]
+
+    def stop(self, sig: int = 15) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, data: bytes, timeout: float = 60.0) -> tuple[str, int]:
+    """Send ``data`` over TCP from a socket in ``src_ns`` to a listener in ``dst_ns``; return the
+    receiver's (sha256 hex, byte count). Sockets keep the netns they were created in."""
+    import hashlib
+    import threading
+
+    lsock = run_in_netns(dst_ns, socket.create_server, (dst_ip, 0))
+    csock = run_in_netns(src_ns, socket.socket, socket.AF_INET, socket.SOCK_STREAM)
+    lsock.settimeout(timeout)
+    csock.settimeout(timeout)
+    box: dict[str, object] = {}
+
+    def receive() -> None:
+        try:
+            conn, _ = lsock.accept()
+            conn.settimeout(timeout)
+            h, n = hashlib.sha256(), 0
+            with conn:
+                while chunk := conn.recv(1 << 16):
+                    h.update(chunk)
+                    n += len(chunk)
+            box["result"] = (h.hexdigest(), n)
+        except OSError as e:
+            box["error"] = e
+
+    t = threading.Thread(target=receive, daemon=True)
+    t.start()
+    try:
+        csock.connect((dst_ip, lsock.getsockname()[1]))
+        csock.sendall(data)
+        csock.shutdown(socket.SHUT_WR)
+        t.join(timeout)
+    finally:
+        csock.close()
+        lsock.close()
+    if "error" in box:
+        raise AssertionError(f"receiver failed: {box['error']}")
+    if "result" not in box:
+        raise AssertionError(f"transfer not done within {timeout} s")
+    return box["result"]  # type: ignore[return-value]
