@@ -7,9 +7,11 @@ tap are the test's own and counts are exact). Every wait is a bounded poll.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import sys
 
 import pytest
 from guest_helpers import GuestProc, ping, poll
@@ -72,6 +74,12 @@ def test_ping_through_testpmd_icmpecho(guest_ns, tmp_path):
             assert after.tx_packets - before.tx_packets >= 25
             c = g.show()["counters"]
             assert c["rx_frames"] >= 25 and c["tx_frames"] >= 25 and c["rx_dropped"] == 0
+            cli = [sys.executable, "-m", "vxdp.cli.main", "guest", "show"]  # the only guest: no --name needed
+            text = subprocess.run(cli, env=g.env, check=True, capture_output=True, text=True).stdout
+            assert text.startswith("guest g0: connected (client)") and "vring 1 (tx): size 256" in text
+            js = json.loads(subprocess.run([*cli, "--name", "g0", "-j"], env=g.env, check=True,
+                                           capture_output=True, text=True).stdout)
+            assert js["connected"] and js["counters"]["rx_frames"] >= c["rx_frames"]
         assert g.stop() == 0
     # a netns that existed before the driver is left in place (only the tap went)
     assert guest_ns in subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True).stdout

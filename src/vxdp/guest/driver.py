@@ -49,7 +49,7 @@ from vxdp.virtio import features as vf
 from vxdp.virtio.ctrl import Ack, CtrlClass, RxCmd
 from vxdp.virtio.features import Feature
 from vxdp.virtio.net import NetConfig, NetError, mac_str
-from vxdp.virtio.virtqueue import VirtqueueError
+from vxdp.virtio.virtqueue import VirtqueueError, check_queue_size
 
 from .ctrl import CtrlClient, CtrlClientError
 from .rings import CTRL, RX, TX, GuestRings, GuestSetupError, buffer_size
@@ -99,6 +99,10 @@ class GuestDriver:
                  retry_max: float = 1.0) -> None:
         if mem_mb < 4 or mem_mb > 4096:
             raise GuestDriverError(f"guest memory of {mem_mb} MiB is outside 4..4096")
+        try:
+            check_queue_size(queue_size)
+        except VirtqueueError as e:
+            raise GuestDriverError(str(e)) from None
         self.socket_path = socket_path
         self.mem_bytes = mem_mb << 20
         self.queue_size = queue_size
