@@ -41,8 +41,8 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..guest.server import GuestDaemon, GuestDaemonError
     from ..guest.driver import GuestDriverError
+    from ..guest.server import GuestDaemon, GuestDaemonError
     from ..virtio.net import NetError, parse_mac
 
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
