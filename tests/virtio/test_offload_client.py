@@ -36,7 +36,7 @@ from vxdp.bpf.kernel import (
 )
 from vxdp.bpf.mapspec import MapSpec, MapType, possible_cpus
 from vxdp.engine.loader import load_object
-from vxdp.guest.offload import OffloadClient, OffloadEngine, OffloadRefused
+from vxdp.virtio.offload_client import OffloadClient, OffloadEngine, OffloadRefused
 from vxdp.host.offload import OffloadService, Policy, Quota
 from vxdp.host.offload.ctrl import BpfCommandHandler
 from vxdp.packets import frame

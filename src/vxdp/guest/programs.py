@@ -25,7 +25,7 @@ from ..engine.interp import InterpEngine
 from ..engine.loader import LoadedObject
 from ..engine.registry import ProgramRegistry, RegistryError
 from .native import NativeXdp
-from .offload import OffloadClient, OffloadEngine, ctrl_transport
+from ..virtio.offload_client import OffloadClient, OffloadEngine, ctrl_transport
 
 MODES = ("offload", "native")
 ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # the order PROG_QUERY counts them in

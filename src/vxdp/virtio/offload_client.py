@@ -1,5 +1,10 @@
 """The driver end of the BPF control class: an offload client, and an `Engine` that offloads through it.
 
+It sits beside the codec, below both daemons: the guest driver speaks it over
+its ctrl virtqueue, and the host's operator path (``vxdp prog load --device``,
+for a stock guest that cannot) speaks it straight into the device's own
+command handler, so both go through the same commands, policy and checks.
+
 `OffloadClient` turns Python calls into BPF ctrl requests (`vxdp.virtio.offload`)
 and replies back into Python values or an `OffloadRefused`. It does not know how
 bytes reach the device: its transport is any ``(request, capacity) -> reply``
@@ -41,7 +46,7 @@ from ..bpf.mapapi import Map
 from ..bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType, UpdateFlag, percpu_value_stride
 from ..bpf.obj import FuncInfo, LineInfo
 from ..engine.base import Engine, RunResult, XdpMd
-from ..virtio.offload import (
+from .offload import (
     AttachFlag,
     AttachPoint,
     CapsReply,
@@ -72,7 +77,7 @@ from ..virtio.offload import (
     decode_reply,
     encode_request,
 )
-from ..virtio.offload_wire import NAME_LEN, REPLY_HEADER_SIZE
+from .offload_wire import NAME_LEN, REPLY_HEADER_SIZE
 
 log = logging.getLogger(__name__)
 
