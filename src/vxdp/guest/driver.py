@@ -116,6 +116,7 @@ class GuestDriver:
         self.counters = Counters()
         self.rx_program: Callable[[FrameBatch], None] | None = None  # guest-native XDP goes here (later)
         self.on_connect: Callable[[GuestDriver], None] | None = None
+        self.on_disconnect: Callable[[GuestDriver], None] | None = None  # the device forgot its state
         self.rings: GuestRings | None = None
         self.channel: transport.Channel | None = None
         self.ctrl: CtrlClient | None = None
@@ -250,6 +251,8 @@ class GuestDriver:
         rings.close()
         self.counters.disconnects += 1
         self._next_attempt = time.monotonic() + self._retry
+        if self.on_disconnect is not None:
+            self.on_disconnect(self)
 
     def close(self) -> None:
         self.disconnect("closing")

@@ -27,6 +27,7 @@ from vxdp.netdev.tap import Tap
 from vxdp.virtio.ctrl import Ack
 
 from .driver import GuestDriver
+from .programs import GuestPrograms
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class GuestDaemon:
         self.loop = Loop()
         self.tap: Tap | None = None
         self.control: rpc.Server | None = None
+        self.programs = GuestPrograms(self.driver)
         try:
             if netns not in pr_netns.listnetns():
                 pr_netns.create(netns)
@@ -61,6 +63,7 @@ class GuestDaemon:
                 "guest.show": self.show,
                 "guest.ctrl": self.ctrl,
                 "guest.promisc": self.promisc,
+                **self.programs.handlers(),
             })
         except Exception as e:
             self.close()
@@ -70,6 +73,7 @@ class GuestDaemon:
         for fd in self.control.filenos():
             self.loop.add_reader(fd, self._control_handler(fd))
         self.driver.on_connect = lambda d: self._set_tap_mac(d.mac)
+        self.driver.on_disconnect = lambda d: self.programs.on_disconnect()
         self.driver.attach(self.loop, self.tap)
 
     def _control_handler(self, fd: int):
@@ -119,6 +123,7 @@ class GuestDaemon:
             self.close()
 
     def close(self) -> None:
+        self.programs.close()
         self.driver.close()
         if self.control is not None:
             self.control.close()
