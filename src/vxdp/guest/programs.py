@@ -18,6 +18,7 @@ never lists programs the host no longer has.
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from ..engine.loader import LoadedObject
 from ..engine.registry import ProgramRegistry, RegistryError
 from .native import NativeXdp
 from ..virtio.offload_client import OffloadClient, OffloadEngine, ctrl_transport
+
+log = logging.getLogger(__name__)
 
 MODES = ("offload", "native")
 ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # the order PROG_QUERY counts them in
@@ -106,4 +109,9 @@ class GuestPrograms:
         }
 
     def close(self) -> None:
-        self.registry.close()
+        """Detach and free everything at exit; a device already gone is no reason to stop closing."""
+        for mode in list(self.registry.slots):
+            try:
+                self.registry.unload(mode)
+            except Exception as e:  # noqa: BLE001 - exit goes on
+                log.warning("guest programs: unloading %s at exit: %s", mode, e)
