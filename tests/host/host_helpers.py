@@ -91,7 +91,7 @@ class Daemon:
         close_pipes(self.proc)
         return rc
 
-    def __enter__(self) -> Daemon:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

@@ -66,7 +66,7 @@ def _setup(dev: NetDevice, mem: GuestMemory, fds: dict) -> tuple[DriverQueue, Dr
     tx = DriverQueue.create(mem, NUM, (rx.end_gpa + 4095) & ~4095)
     for i, q in ((RX, rx), (TX, tx)):
         dev.set_vring_num(i, NUM)
-        uva = lambda g: mem.gpa_to_uva(g, 1)  # noqa: E731
+        uva = lambda g: mem.gpa_to_uva(g, 1)
         dev.set_vring_addr(i, m.VringAddr(i, 0, uva(q.desc_gpa), uva(q.used_gpa), uva(q.avail_gpa)))
         dev.set_vring_kick(i, os.dup(fds[f"k{i}"]))
         dev.set_vring_call(i, os.dup(fds[f"c{i}"]))

@@ -71,9 +71,9 @@ class Guest:
         return self.mem.gpa_to_uva(gpa, 1)
 
     def vring(self, i: int, q: DriverQueue, **over) -> VringSpec:
-        spec = dict(index=i, num=q.num, desc_uva=self.uva(q.desc_gpa), avail_uva=self.uva(q.avail_gpa),
-                    used_uva=self.uva(q.used_gpa), kick_fd=self.fds[f"k{i}"], call_fd=self.fds[f"c{i}"],
-                    err_fd=self.fds[f"e{i}"])
+        spec = {"index": i, "num": q.num, "desc_uva": self.uva(q.desc_gpa), "avail_uva": self.uva(q.avail_gpa),
+                "used_uva": self.uva(q.used_gpa), "kick_fd": self.fds[f"k{i}"], "call_fd": self.fds[f"c{i}"],
+                "err_fd": self.fds[f"e{i}"]}
         spec.update(over)
         return VringSpec(**spec)
 
@@ -244,7 +244,7 @@ def test_hostile_tx_ring_needs_reset_daemon_lives(env, case):
 
 
 def test_stalled_frontend_times_out(env):
-    d, sock, _ = env
+    _, sock, _ = env
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(30)
     s.connect(sock)
@@ -256,7 +256,7 @@ def test_stalled_frontend_times_out(env):
 
 def test_session_error_without_reply_closes_session(env):
     """SET_VRING_NUM 255 without need_reply: nothing to ack, so the session is closed."""
-    d, sock, _ = env
+    _, sock, _ = env
     g = Guest(sock)
     try:
         g.run(g.fs.negotiate())

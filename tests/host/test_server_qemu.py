@@ -37,7 +37,8 @@ def lab():
 
 
 def _ns(ns: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], check=False, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _pings(vm: Vm, traffic_ns: str) -> None:

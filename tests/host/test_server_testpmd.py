@@ -83,20 +83,20 @@ def test_port_frames_all_reach_testpmd_rxonly(lab, tmp_path):
     sizes = [60 + (i * 97) % (1514 - 60 + 1) for i in range(total)]
     frames = [b"\x52\x54\x00\x12\x34\x56" + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" +
               i.to_bytes(4, "big") + bytes((i + k) & 0xFF for k in range(s - 18)) for i, s in enumerate(sizes)]
-    with Daemon(tmp_path / "run", sock, "vxp", netns=pair.ns_a) as d, Port("vxq", netns=pair.ns_b) as peer:
-        with _testpmd(sock, "rxonly", "r") as pmd:
-            _link_up(pmd)
-            pmd.command("start")
-            b = FrameBatch.allocate(64)
-            for start in range(0, total, 64):  # small batches: the guest's 256 rx buffers are the limit
-                b.fill(frames[start:start + 64])
-                assert peer.send_batch(b) == b.count
-                poll(lambda s=start: d.show()["counters"]["rx"]["frames"], until=lambda n, s=start: n >= s + b.count,
-                     what="frames delivered to testpmd")
-            got = poll(lambda: pmd.port_stats()[0], until=lambda st: st.rx_packets >= total, what="testpmd rx")
-            assert got.rx_packets == total and got.rx_bytes == sum(sizes)
-            rx = d.show()["counters"]["rx"]
-            assert rx == {"frames": total, "bytes": sum(sizes), "drops": 0, "errors": 0}
+    with Daemon(tmp_path / "run", sock, "vxp", netns=pair.ns_a) as d, Port("vxq", netns=pair.ns_b) as peer, \
+            _testpmd(sock, "rxonly", "r") as pmd:
+        _link_up(pmd)
+        pmd.command("start")
+        b = FrameBatch.allocate(64)
+        for start in range(0, total, 64):  # small batches: the guest's 256 rx buffers are the limit
+            b.fill(frames[start:start + 64])
+            assert peer.send_batch(b) == b.count
+            poll(lambda s=start: d.show()["counters"]["rx"]["frames"], until=lambda n, s=start: n >= s + b.count,
+                 what="frames delivered to testpmd")
+        got = poll(lambda: pmd.port_stats()[0], until=lambda st: st.rx_packets >= total, what="testpmd rx")
+        assert got.rx_packets == total and got.rx_bytes == sum(sizes)
+        rx = d.show()["counters"]["rx"]
+        assert rx == {"frames": total, "bytes": sum(sizes), "drops": 0, "errors": 0}
 
 
 def test_frontend_goes_away_and_a_new_one_is_served(lab, tmp_path):
