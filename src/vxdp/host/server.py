@@ -56,6 +56,7 @@ class ServeConfig:
     reconnect_s: float = 0.5
     io_timeout_s: float = 2.0
     control_socket: str | None = None  # default: rpc.host_socket(name)
+    extra_features: int = 0  # offered on top of NetDevice's (offload: bit 58)
 
 
 class HostDaemon:
@@ -79,7 +80,7 @@ class HostDaemon:
         self._rpc_fds: set[int] = set()
         try:
             self.port = Port(cfg.port, netns=cfg.netns)
-            self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu)
+            self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu, extra_features=cfg.extra_features)
             self.datapath = Datapath(self.device, self.port, self.loop, ctrl)
             if not cfg.client:
                 self.listen_sock = transport.listen(cfg.socket_path)
