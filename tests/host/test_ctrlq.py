@@ -60,13 +60,13 @@ def test_bpf_class_plugged_in(ring):
     table = CtrlTable()
     seen = []
 
-    def handler(req: CtrlRequest) -> CtrlReply:
-        seen.append(req)
+    def handler(req: CtrlRequest, capacity: int) -> CtrlReply:
+        seen.append((req, capacity))
         return CtrlReply(Ack.OK, b"result!")
 
     table.register(CtrlClass.BPF, handler)
     out, ln = _ask(mem, dq, state, table, CtrlRequest(CtrlClass.BPF, 3, b"abc").encode(), reply_room=16)
-    assert out == b"\x00result!" and seen == [CtrlRequest(CtrlClass.BPF, 3, b"abc")]
+    assert out == b"\x00result!" and seen == [(CtrlRequest(CtrlClass.BPF, 3, b"abc"), 16)]
     # a reply larger than the writable room is cut to it
     out, ln = _ask(mem, dq, state, table, CtrlRequest(CtrlClass.BPF, 3).encode(), reply_room=4)
     assert out == b"\x00res" and ln == 4
@@ -78,7 +78,7 @@ def test_malformed_requests_get_err(ring):
     assert _ask(mem, dq, state, table, b"\x00")[0] == b"\x01"  # one byte: no command
     assert _ask(mem, dq, state, table, b"", reply_room=1)[0] == b"\x01"  # nothing readable
     assert _ask(mem, dq, state, table, b"\x00\x00\x01", reply_room=0) == (b"", 0)  # no room for the ack
-    table.register(CtrlClass.RX, lambda req: 1 / 0)  # a handler bug
+    table.register(CtrlClass.RX, lambda req, capacity: 1 / 0)  # a handler bug
     assert _ask(mem, dq, state, table, b"\x00\x00\x01")[0] == b"\x01"
     assert table.stats.malformed == 3 and table.stats.requests == 4
 

@@ -28,21 +28,23 @@ from vxdp.virtio.virtqueue import QueueState, VirtqueueError
 
 log = logging.getLogger("vxdp.host")
 
-CtrlHandler = Callable[[CtrlRequest], CtrlReply]
+CtrlHandler = Callable[[CtrlRequest, int], CtrlReply]
+"""``(request, capacity) -> reply``: capacity is the chain's writable bytes, the ack included, so a
+class with results (BPF) can size its reply to the room the driver gave it."""
 MAX_REQUEST = 1 << 20  # bytes of one request we are willing to gather (BPF programs are the big ones)
 
 OK = CtrlReply(Ack.OK)
 ERR = CtrlReply(Ack.ERR)
 
 
-def _rx_class(req: CtrlRequest) -> CtrlReply:
+def _rx_class(req: CtrlRequest, capacity: int) -> CtrlReply:
     # PROMISC/ALLMULTI/... carry one u8 on/off; we accept any of them (no filtering on a veth port).
     if req.command in tuple(RxCmd) and len(req.data) == 1:
         return OK
     return ERR
 
 
-def _mac_class(req: CtrlRequest) -> CtrlReply:
+def _mac_class(req: CtrlRequest, capacity: int) -> CtrlReply:
     if req.command == MacCmd.ADDR_SET:
         return OK if len(req.data) == 6 else ERR
     if req.command == MacCmd.TABLE_SET:
@@ -50,11 +52,11 @@ def _mac_class(req: CtrlRequest) -> CtrlReply:
     return ERR
 
 
-def _announce_class(req: CtrlRequest) -> CtrlReply:
+def _announce_class(req: CtrlRequest, capacity: int) -> CtrlReply:
     return OK if req.command == 0 and not req.data else ERR
 
 
-def _not_plugged(req: CtrlRequest) -> CtrlReply:
+def _not_plugged(req: CtrlRequest, capacity: int) -> CtrlReply:
     return ERR  # the BPF offload service has not registered its handler
 
 
@@ -81,8 +83,8 @@ class CtrlTable:
     def register(self, cls: int, handler: CtrlHandler) -> None:
         self.handlers[int(cls)] = handler
 
-    def answer(self, raw: bytes) -> CtrlReply:
-        """One request's readable bytes -> its reply; never raises."""
+    def answer(self, raw: bytes, capacity: int) -> CtrlReply:
+        """One request's readable bytes (and the writable room) -> its reply; never raises."""
         self.stats.requests += 1
         try:
             req = CtrlRequest.decode(raw)
@@ -95,7 +97,7 @@ class CtrlTable:
             log.info("ctrl: %s command %d not supported", class_name(req.cls), req.command)
             return self._count(ERR)
         try:
-            return self._count(handler(req))
+            return self._count(handler(req, capacity))
         except Exception as e:  # noqa: BLE001 - a handler's bug must not take the device down
             self.stats.malformed += 1
             log.warning("ctrl: %s command %d: handler failed: %s", class_name(req.cls), req.command, e)
@@ -131,7 +133,7 @@ def serve_ctrl(state: QueueState, mem: GuestMemory, table: CtrlTable, max_chains
                 raw = chain.read_all(mem)
             except GuestMemoryError as e:  # the walker checked every segment; belt and braces
                 raise VirtqueueError(f"ctrl chain: {e}") from None
-            reply = table.answer(raw)
+            reply = table.answer(raw, chain.writable_len)
         out = reply.encode(chain.writable_len)
         written = chain.write_all(mem, out) if out else 0
         if chain.writable_len == 0:

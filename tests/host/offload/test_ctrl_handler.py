@@ -317,10 +317,10 @@ def test_the_ctrl_table_shape(service):
     dev = _dev()
     service.add_device(dev, "lo")
     state = {"negotiated": False}
-    answer = BpfCommandHandler(service, dev).ctrl_handler(lambda: state["negotiated"], 256)
+    answer = BpfCommandHandler(service, dev).ctrl_handler(lambda: state["negotiated"])
     req = CtrlRequest.decode(encode_request(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")))
-    reply = answer(req)
+    reply = answer(req, 256)
     assert not reply.ok and decode_reply(req.command, reply.encode()).code == Errno.EOPNOTSUPP
     state["negotiated"] = True
-    reply = answer(req)
+    reply = answer(req, 256)
     assert reply.ok and decode_reply(req.command, reply.encode()).payload.map == 1

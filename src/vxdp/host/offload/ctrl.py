@@ -130,14 +130,12 @@ class BpfCommandHandler:
             reply = e.reply
         return encode_reply(req.COMMAND, reply, capacity)
 
-    def ctrl_handler(self, negotiated: Callable[[], bool],
-                     capacity: int | Callable[[], int] = 1 << 20) -> Callable[[CtrlRequest], CtrlReply]:
-        """This handler in the ``CtrlRequest -> CtrlReply`` shape of ``vxdp.host.ctrlq.CtrlTable``:
-        ``negotiated()`` reads the device's feature state per command; ``capacity`` is the writable
-        area (or a callable giving it per command)."""
-        def answer(req: CtrlRequest) -> CtrlReply:
-            cap = capacity() if callable(capacity) else capacity
-            out = self.handle(req.command, req.data, cap, negotiated=negotiated())
+    def ctrl_handler(self, negotiated: Callable[[], bool]) -> Callable[[CtrlRequest, int], CtrlReply]:
+        """This handler in the ``(CtrlRequest, capacity) -> CtrlReply`` shape of
+        ``vxdp.host.ctrlq.CtrlTable``: ``negotiated()`` reads the device's feature state per command;
+        the capacity is the chain's writable room, the ack included."""
+        def answer(req: CtrlRequest, capacity: int) -> CtrlReply:
+            out = self.handle(req.command, req.data, capacity, negotiated=negotiated())
             return CtrlReply.decode(out) if out else CtrlReply(Ack.ERR)
         return answer
 
