@@ -26,6 +26,9 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     serve.add_argument("--netns", metavar="NS", help="the namespace IFNAME lives in (default: the current one)")
     serve.add_argument("--mac", default="52:54:00:12:34:56", help="MAC address in the config space")
     serve.add_argument("--mtu", type=int, default=1500, help="MTU in the config space (default 1500)")
+    serve.add_argument("--policy", metavar="FILE", help="offload policy (TOML; default: the safe built-in one)")
+    serve.add_argument("--no-offload", dest="offload", action="store_false",
+                       help="plain virtio-net: do not offer XDP offload (feature bit 58)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
 
@@ -47,13 +50,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     if not 68 <= args.mtu <= 65535:
         raise CliError(f"--mtu {args.mtu} outside 68..65535")
+    from ..host.offload import PolicyError
     from ..host.server import HostDaemon, ServeConfig
 
     cfg = ServeConfig(socket_path=args.socket, port=args.port, name=args.name, netns=args.netns,
-                      client=args.client, mac=mac, mtu=args.mtu)
+                      client=args.client, mac=mac, mtu=args.mtu, offload=args.offload, policy=args.policy)
     try:
         daemon = HostDaemon(cfg)
-    except NetdevError as e:
+    except (NetdevError, PolicyError) as e:
         raise CliError(str(e)) from None
     except OSError as e:
         raise CliError(f"{args.socket}: {e.strerror or e}") from None
@@ -110,4 +114,29 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"  {direction} ({what}): {s['frames']} frames {s['bytes']} bytes "
                   f"{s['drops']} drops {s['errors']} errors")
         print(f"  port: {port['packets']} received, {port['drops']} dropped by the kernel")
+        _print_offload(d.get("offload"))
     return 0
+
+
+def _print_offload(doc: dict | None) -> None:
+    """The device's offloaded programs and maps, as the host sees them."""
+    if doc is None:
+        print("  offload: off")
+        return
+    dev = doc.get("device") or {}
+    progs, maps = dev.get("programs", []), dev.get("maps", [])
+    if not progs and not maps:
+        print("  offload: nothing offloaded")
+        return
+    for p in progs:
+        at = p.get("attached")
+        where = f"attached to {at['ifname']} ({at['mode']} XDP)" if at else "loaded"
+        print(f"  offloaded prog {p['handle']}: {p['name']}  tag {p['tag']}  {p['insns']} insns  {where}"
+              f"  (kernel: {p['kernel_name']} id {p['kernel_id']})")
+        actions = p.get("actions") or {}
+        if actions:
+            print("    " + "  ".join(f"{k} {v}" for k, v in actions.items()))
+    for m in maps:
+        print(f"  offloaded map {m['handle']}: {m['name']}  {m['type']}  key {m['key_size']}B  "
+              f"value {m['value_size']}B  max_entries {m['max_entries']}  memory {m['memory']}B"
+              f"  (kernel: {m['kernel_name']} id {m['kernel_id']})")

@@ -188,5 +188,15 @@ class ProgramRegistry:
         self.find_map(name).delete(bytes.fromhex(key))
         return {}
 
+    def map_handlers(self) -> dict[str, Callable[..., Any]]:
+        """The ``map.*`` control-socket methods (``vxdp map …``), the same in both daemons."""
+        return {
+            "map.show": lambda: self.show()["maps"],
+            "map.dump": lambda map: self.map_dump(map),
+            "map.lookup": lambda map, key: self.map_lookup(map, key),
+            "map.update": lambda map, key, value, flags="any": self.map_update(map, key, value, flags),
+            "map.delete": lambda map, key: self.map_delete(map, key),
+        }
+
     def close(self) -> None:
         self.unload()

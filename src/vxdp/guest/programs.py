@@ -31,7 +31,6 @@ from ..virtio.offload_client import OffloadClient, OffloadEngine, ctrl_transport
 log = logging.getLogger(__name__)
 
 MODES = ("offload", "native")
-ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # the order PROG_QUERY counts them in
 
 
 class GuestPrograms:
@@ -48,17 +47,7 @@ class GuestPrograms:
 
     def _offload(self, path: str, prog: str | None) -> dict[str, Any]:
         engine = OffloadEngine(OffloadClient(self._transport))
-
-        def attach(loaded: LoadedObject, handle: int) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
-            engine.attach(handle, replace=True)
-
-            def counters() -> dict[str, int]:
-                q = engine.query()
-                return {} if q is None else dict(zip(ACTIONS, q.actions))
-
-            return engine.detach, counters
-
-        return self.registry.load("offload", engine, path, prog=prog, attach=attach)
+        return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(h))
 
     def _native(self, path: str, prog: str | None) -> dict[str, Any]:
         engine = InterpEngine()
@@ -96,16 +85,11 @@ class GuestPrograms:
         return {"detached": self.registry.unload(mode)}
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
-        r = self.registry
         return {
             "prog.load": self.load,
             "prog.show": self.show,
             "prog.detach": self.detach,
-            "map.show": lambda: r.show()["maps"],
-            "map.dump": lambda map: r.map_dump(map),
-            "map.lookup": lambda map, key: r.map_lookup(map, key),
-            "map.update": lambda map, key, value, flags="any": r.map_update(map, key, value, flags),
-            "map.delete": lambda map, key: r.map_delete(map, key),
+            **self.registry.map_handlers(),
         }
 
     def close(self) -> None:

@@ -39,6 +39,8 @@ from vxdp.vhost_user.errors import LocalProtocolError, RemoteProtocolError
 from .ctrlq import CtrlTable
 from .datapath import Datapath
 from .device import NUM_VRINGS, QUEUE_PAIRS, NetDevice
+from .offload import OffloadService, load_policy
+from .offloading import FEATURE_BIT, DeviceOffload
 
 log = logging.getLogger("vxdp.host")
 
@@ -56,7 +58,9 @@ class ServeConfig:
     reconnect_s: float = 0.5
     io_timeout_s: float = 2.0
     control_socket: str | None = None  # default: rpc.host_socket(name)
-    extra_features: int = 0  # offered on top of NetDevice's (offload: bit 58)
+    extra_features: int = 0  # offered on top of NetDevice's
+    offload: bool = True  # offer XDP offload (feature bit 58, the BPF ctrl class, the operator path)
+    policy: str | None = None  # offload policy file (TOML); None: the safe defaults
 
 
 class HostDaemon:
@@ -78,16 +82,24 @@ class HostDaemon:
         self._next_connect = 0.0
         self._waiting_logged = False
         self._rpc_fds: set[int] = set()
+        self.offload: DeviceOffload | None = None
+        ctrl = ctrl or CtrlTable()
         try:
             self.port = Port(cfg.port, netns=cfg.netns)
-            self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu, extra_features=cfg.extra_features)
+            extra = cfg.extra_features | (FEATURE_BIT if cfg.offload else 0)
+            self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu, extra_features=extra)
+            if cfg.offload:
+                policy = load_policy(cfg.policy) if cfg.policy else None
+                self.offload = DeviceOffload(OffloadService(policy=policy), cfg.name, cfg.port, cfg.netns,
+                                             lambda: self.device.features, ctrl)
             self.datapath = Datapath(self.device, self.port, self.loop, ctrl)
             if not cfg.client:
                 self.listen_sock = transport.listen(cfg.socket_path)
                 self.listen_sock.setblocking(False)
                 self.loop.add_reader(self.listen_sock.fileno(), self._on_accept)
             self.control_path = Path(cfg.control_socket) if cfg.control_socket else rpc.host_socket(cfg.name)
-            self.rpc = rpc.Server(self.control_path, {"device.show": self.show})
+            handlers = {"device.show": self.show, **(self.offload.handlers() if self.offload else {})}
+            self.rpc = rpc.Server(self.control_path, handlers)
             self._sync_rpc()
         except BaseException:
             self.close()
@@ -174,8 +186,11 @@ class HostDaemon:
             return
         log.info("%s: frontend session %d ended: %s; device reset", self.cfg.name, self.connections, why)
         self.loop.remove_reader(self.sock.fileno())
+        negotiated = self.offload is not None and self.offload.negotiated()
         try:
             self.session.disconnect()
+            if self.offload is not None:
+                self.offload.session_ended(negotiated)
         finally:
             self.conn.close()
             self.sock.close()
@@ -212,6 +227,7 @@ class HostDaemon:
                      "oversize": pst.oversize, "tx_rejected": pst.tx_rejected},
             **self.device.describe(),
             "counters": self.datapath.stats(),
+            "offload": self.offload.show() if self.offload else None,
         }
 
     # ------------------------------------------------------------------ teardown
@@ -219,6 +235,9 @@ class HostDaemon:
         """Close the session, the sockets (unlinked), the port. Idempotent."""
         if self.session is not None:
             self._detach("daemon stopping")
+        if self.offload is not None:
+            self.offload.close()
+            self.offload = None
         if self.datapath is not None:
             self.datapath.close()
             self.datapath = None

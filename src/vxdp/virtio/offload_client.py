@@ -81,6 +81,8 @@ from .offload_wire import NAME_LEN, REPLY_HEADER_SIZE
 
 log = logging.getLogger(__name__)
 
+ACTION_NAMES = ("aborted", "drop", "pass", "tx", "redirect")  # the order PROG_QUERY counts them in
+
 Transport = Callable[[bytes, int], bytes]
 """``(request bytes incl. class and command, writable area size incl. the ack) -> bytes the device wrote``."""
 
@@ -383,6 +385,17 @@ class OffloadEngine(Engine):
 
     def query(self) -> ProgQueryReply | None:
         return self.client.prog_query()
+
+    def attachment(self, prog: int) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
+        """Attach ``prog`` (replacing what the device ran) and return (detach, counters) callables,
+        the shape `vxdp.engine.registry.ProgramRegistry.load` takes."""
+        self.attach(prog, replace=True)
+
+        def counters() -> dict[str, int]:
+            q = self.query()
+            return {} if q is None else dict(zip(ACTION_NAMES, q.actions))
+
+        return self.detach, counters
 
     def close(self) -> None:
         """Detach (if this engine attached), free programs, then maps; never raises (a device that was

@@ -1,0 +1,96 @@
+"""A device's XDP offload: the feature bit, the BPF ctrl class, and the operator's path.
+
+One `OffloadService` per daemon holds the policy, the handle tables and the
+kernel objects. Each device registers there and gets:
+
+- the offload feature bit offered to its frontend, and the BPF class plugged
+  into its ctrl-vq table (`BpfCommandHandler`), refusing every command unless
+  the frontend acked the bit (QEMU, which does not know it, never does);
+- the operator's path for a stock guest that cannot speak the class: ``vxdp
+  prog load FILE.o --device DEV`` reaches the daemon's control socket and loads
+  through an `OffloadEngine` whose transport is the same handler, in process.
+  So both paths run the same commands under the same policy and quotas.
+
+Lifetimes: a frontend that negotiated offload and then went away (or reset the
+device) takes everything offloaded with it, as a device reset does; a frontend
+that never negotiated it (a stock guest) leaves the operator's program in place,
+so a guest reboot does not undo what the operator set up.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from vxdp.engine.registry import ProgramRegistry, RegistryError
+from vxdp.virtio.ctrl import CtrlClass
+from vxdp.virtio.offload import VIRTIO_NET_F_BPF_OFFLOAD
+from vxdp.virtio.offload_client import OffloadClient, OffloadEngine
+
+from .ctrlq import CtrlTable
+from .offload import BpfCommandHandler, OffloadService
+
+log = logging.getLogger("vxdp.host")
+
+FEATURE_BIT = 1 << VIRTIO_NET_F_BPF_OFFLOAD
+
+
+class DeviceOffload:
+    def __init__(self, service: OffloadService, name: str, port: str, netns: str | None,
+                 features: Callable[[], int], ctrl: CtrlTable) -> None:
+        self.service = service
+        self.name = name
+        self._features = features
+        service.add_device(name, port, netns=netns)
+        self.handler = BpfCommandHandler(service, name)
+        ctrl.register(CtrlClass.BPF, self.handler.ctrl_handler(self.negotiated))
+        self.registry = ProgramRegistry()
+
+    def negotiated(self) -> bool:
+        return bool(self._features() & FEATURE_BIT)
+
+    def session_ended(self, negotiated: bool) -> None:
+        """The frontend went away; ``negotiated``: it had acked the offload bit."""
+        if not negotiated:
+            return
+        log.info("%s: the guest's offloaded programs and maps are freed with its session", self.name)
+        self.service.reset(self.name)
+        self.registry.forget("offload")
+
+    # -- the operator's path ---------------------------------------------------------------
+    def _transport(self, request: bytes, capacity: int) -> bytes:
+        return self.handler.handle(request[1], request[2:], capacity, negotiated=True)
+
+    def load(self, path: str, mode: str = "offload", prog: str | None = None) -> dict[str, Any]:
+        if mode != "offload":
+            raise RegistryError(errno.EINVAL, "a device runs programs offloaded; --native needs --guest")
+        engine = OffloadEngine(OffloadClient(self._transport))
+        return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(h))
+
+    def show(self) -> dict[str, Any]:
+        """The operator's view: what was loaded here by file and name, and every object the device has."""
+        doc = self.registry.show()
+        (dev,) = [d for d in self.service.show() if d.get("name") == self.name] or [{}]
+        doc["device"] = dev
+        return doc
+
+    def detach(self, mode: str | None = None) -> dict[str, Any]:
+        return {"detached": self.registry.unload(mode)}
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "prog.load": self.load,
+            "prog.show": self.show,
+            "prog.detach": self.detach,
+            **self.registry.map_handlers(),
+            "offload.show": lambda: self.service.show(),
+        }
+
+    def close(self) -> None:
+        try:
+            self.registry.unload()
+        except Exception as e:  # noqa: BLE001 - shutdown goes on
+            log.warning("%s: unloading at exit: %s", self.name, e)
+        self.service.remove_device(self.name)
