@@ -5,7 +5,9 @@ plus an ``out`` array of side results (errno, errors, retries), since compiled
 code cannot raise with a useful message:
 
 - `rx_ring_walk` walks an AF_PACKET ``TPACKET_V3`` receive ring (blocks of
-  variable-length frames the kernel fills and hands over one block at a time).
+  variable-length frames the kernel fills and hands over one block at a time),
+  and finishes in the copy the TCP/UDP checksum of every frame the kernel marks
+  ``TP_STATUS_CSUMNOTREADY`` (`vxdp.netdev.csum`).
 - `tx_sendmmsg` sends a batch with ``sendmmsg(2)``: one syscall for as many
   frames as the kernel takes, bounded retries when the device is full.
 - `fd_read_batch` / `fd_write_batch` move frames through a tap fd with one
@@ -36,21 +38,24 @@ import numpy as np
 from numba import njit
 
 from ._libc import EAGAIN, EINTR, ENOBUFS, c_memcpy, c_read, c_sched_yield, c_sendmmsg, c_write, last_errno
+from .csum import complete_l4_checksum
 
 # TPACKET_V3 layout (include/uapi/linux/if_packet.h)
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
+TP_STATUS_CSUMNOTREADY = 1 << 3  # tp_status: the skb is CHECKSUM_PARTIAL, its L4 checksum unfinished
 BLK_STATUS_OFF = 8  # tpacket_block_desc.hdr.bh1.block_status
 BLK_NUM_PKTS_OFF = 12  # .num_pkts
 BLK_FIRST_PKT_OFF = 16  # .offset_to_first_pkt
 PKT_NEXT_OFF = 0  # tpacket3_hdr.tp_next_offset
 PKT_SNAPLEN_OFF = 12  # .tp_snaplen
 PKT_LEN_OFF = 16  # .tp_len
+PKT_STATUS_OFF = 20  # .tp_status
 PKT_MAC_OFF = 24  # .tp_mac (u16)
 
 # rx_ring_walk's state array
-ST_BLOCK, ST_INDEX, ST_OFFSET, ST_OVERSIZE = 0, 1, 2, 3
-RX_STATE_LEN = 4
+ST_BLOCK, ST_INDEX, ST_OFFSET, ST_OVERSIZE, ST_CSUM_DONE, ST_CSUM_LEFT = 0, 1, 2, 3, 4, 5
+RX_STATE_LEN = 6
 
 MMSGHDR_SIZE = 64  # struct mmsghdr on x86_64: msghdr (56) + msg_len (4) + padding
 MMSG_WORDS = MMSGHDR_SIZE // 8
@@ -63,10 +68,12 @@ def rx_ring_walk(ring32: np.ndarray, ring_addr: int, block_size: int, nblocks: i
     """Copy up to ``data.shape[0]`` frames out of the ring into the batch; return how many.
 
     ``ring32`` is the mapped ring as uint32 words, ``ring_addr`` its address.
-    ``state`` (int64[4]) carries the position across calls: the current block,
-    the index and byte offset of the next frame in it (a batch may fill up in
-    the middle of a block, which we then keep until a later call empties it),
-    and a running count of frames longer than a slot (skipped, not truncated).
+    ``state`` (int64[RX_STATE_LEN]) carries the position across calls: the
+    current block, the index and byte offset of the next frame in it (a batch
+    may fill up in the middle of a block, which we then keep until a later call
+    empties it), and running counts: frames longer than a slot (skipped, not
+    truncated), CSUMNOTREADY frames whose checksum we completed, and those we
+    left as they came (not TCP/UDP over IPv4/IPv6, truncated, a fragment).
     Every block emptied is handed back to the kernel at once.
     """
     cap = data.shape[0]
@@ -91,6 +98,11 @@ def rx_ring_walk(ring32: np.ndarray, ring_addr: int, block_size: int, nblocks: i
             if snaplen <= slot:
                 c_memcpy(dst + n * slot, ring_addr + p + mac, snaplen)
                 lens[n] = snaplen
+                if ring32[(p + PKT_STATUS_OFF) >> 2] & TP_STATUS_CSUMNOTREADY:
+                    if snaplen == ring32[(p + PKT_LEN_OFF) >> 2] and complete_l4_checksum(data[n], snaplen):
+                        state[ST_CSUM_DONE] += 1
+                    else:
+                        state[ST_CSUM_LEFT] += 1
                 n += 1
             else:
                 state[ST_OVERSIZE] += 1

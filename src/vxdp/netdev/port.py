@@ -22,6 +22,12 @@ Kernel facts this relies on (Linux ``net/packet/af_packet.c``):
   frame can be far larger than the MTU. Such frames are skipped and counted
   (``oversize``) rather than truncated; a port carrying TCP should turn those
   offloads off (``ethtool -K IF tso off gso off gro off``).
+- A frame a local socket sent through a device with tx checksum offload (a
+  veth by default) reaches the ring CHECKSUM_PARTIAL, flagged
+  ``TP_STATUS_CSUMNOTREADY``: its TCP/UDP checksum field holds only the
+  pseudo-header sum. `recv_batch` finishes such checksums in the copy
+  (`vxdp.netdev.csum`), so whoever takes the batch (a guest without
+  VIRTIO_NET_F_GUEST_CSUM) gets valid frames; the ring itself is untouched.
 
 Measured here (veth, 64-byte frames, see `vxdp.netdev.bench`): sendmmsg beats
 PACKET_TX_RING, so transmit uses sendmmsg.
@@ -41,7 +47,16 @@ from vxdp.bpf.kernel import run_in_netns
 from vxdp.frames import FrameBatch
 
 from .errors import NetdevError, where
-from .kernels import IOVEC_WORDS, MMSG_WORDS, RX_STATE_LEN, ST_OVERSIZE, rx_ring_walk, tx_sendmmsg
+from .kernels import (
+    IOVEC_WORDS,
+    MMSG_WORDS,
+    RX_STATE_LEN,
+    ST_CSUM_DONE,
+    ST_CSUM_LEFT,
+    ST_OVERSIZE,
+    rx_ring_walk,
+    tx_sendmmsg,
+)
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -67,6 +82,8 @@ class PortStats:
     oversize: int  # frames longer than a batch slot, skipped by recv_batch
     tx_rejected: int  # frames the kernel refused to send (bad length...), skipped by send_batch
     tx_retries: int  # ENOBUFS/EAGAIN retries spent by send_batch
+    csum_completed: int = 0  # CHECKSUM_PARTIAL TCP/UDP frames whose checksum recv_batch finished
+    csum_left: int = 0  # CHECKSUM_PARTIAL frames recv_batch could not finish (not TCP/UDP over IP...)
 
 
 def _open_socket(ifname: str, req: bytes, ring_bytes: int) -> tuple[socket.socket, mmap.mmap, int]:
@@ -189,7 +206,8 @@ class Port:
         self._totals[2] += freeze
         return PortStats(packets=self._totals[0], drops=self._totals[1], freeze_q=self._totals[2],
                          oversize=int(self._rx_state[ST_OVERSIZE]), tx_rejected=self._tx_rejected,
-                         tx_retries=self._tx_retries_used)
+                         tx_retries=self._tx_retries_used, csum_completed=int(self._rx_state[ST_CSUM_DONE]),
+                         csum_left=int(self._rx_state[ST_CSUM_LEFT]))
 
     @property
     def closed(self) -> bool:
