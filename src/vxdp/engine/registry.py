@@ -141,6 +141,7 @@ class ProgramRegistry:
                 "object": slot.path,
                 "attached": name == slot.attached,
                 "insns": len(slot.loaded.obj.programs[name].function.insns),
+                "tag": getattr(slot.loaded.engine, "tags", {}).get(handle),
             }
             for name, handle in slot.loaded.programs.items()
         ]

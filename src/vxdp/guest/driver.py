@@ -49,7 +49,7 @@ from vxdp.virtio import features as vf
 from vxdp.virtio.ctrl import Ack, CtrlClass, RxCmd
 from vxdp.virtio.features import Feature
 from vxdp.virtio.net import NetConfig, NetError, mac_str
-from vxdp.virtio.offload import VIRTIO_NET_F_BPF_OFFLOAD
+from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
 from vxdp.virtio.virtqueue import VirtqueueError, check_queue_size
 
 from .ctrl import CtrlClient, CtrlClientError
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 WANTED = Feature.mask(Feature.VERSION_1, Feature.NET_MAC, Feature.NET_MTU, Feature.NET_STATUS,
                       Feature.NET_CTRL_VQ, Feature.NET_CTRL_RX, Feature.NET_MRG_RXBUF,
-                      Feature.RING_EVENT_IDX, Feature.PROTOCOL_FEATURES) | (1 << VIRTIO_NET_F_BPF_OFFLOAD)
+                      Feature.RING_EVENT_IDX, Feature.PROTOCOL_FEATURES) | (1 << FEATURE_BPF_OFFLOAD)
 WANTED_PROTOCOL = PF.MQ | PF.REPLY_ACK | PF.CONFIG
 MAX_ROUNDS = 8  # batches per event before yielding to the other fds
 BATCH = 256
@@ -439,7 +439,7 @@ class GuestDriver:
             "backend_features": vf.names(self.session.backend_features or 0) if self.session else [],
             "protocol_features": int(self.session.protocol) if self.session else 0,
             "ctrl_vq": self.ctrl is not None,
-            "offload": self.connected and bool(self.features >> VIRTIO_NET_F_BPF_OFFLOAD & 1),
+            "offload": self.connected and bool(self.features >> FEATURE_BPF_OFFLOAD & 1),
             "rings": self.rings.describe() if self.rings else [],
             "counters": asdict(self.counters),
             "last_error": self.last_error,

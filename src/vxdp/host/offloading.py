@@ -26,15 +26,16 @@ from typing import Any
 
 from vxdp.engine.registry import ProgramRegistry, RegistryError
 from vxdp.virtio.ctrl import CtrlClass
-from vxdp.virtio.offload import VIRTIO_NET_F_BPF_OFFLOAD
+from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
 from vxdp.virtio.offload_client import OffloadClient, OffloadEngine
 
 from .ctrlq import CtrlTable
-from .offload import BpfCommandHandler, OffloadService
+from .offload import OffloadService
+from .offload.ctrl import BpfCommandHandler
 
 log = logging.getLogger("vxdp.host")
 
-FEATURE_BIT = 1 << VIRTIO_NET_F_BPF_OFFLOAD
+FEATURE_BIT = 1 << FEATURE_BPF_OFFLOAD
 
 
 class DeviceOffload:

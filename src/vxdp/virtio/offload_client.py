@@ -339,6 +339,7 @@ class OffloadEngine(Engine):
         self.client = client
         self.maps: list[RemoteMap] = []
         self.programs: list[int] = []
+        self.tags: dict[int, str] = {}  # program handle -> the tag the device computed
         self.attached: int | None = None
 
     def create_map(self, spec: MapSpec) -> RemoteMap:
@@ -363,11 +364,12 @@ class OffloadEngine(Engine):
         ``extra``: ``btf``, ``func_info``, ``line_info`` go with the program; ``log_size``
         bounds the verifier log a refusal brings back (`OffloadRefused.log`).
         """
-        handle, _tag = self.client.prog_load(
+        handle, tag = self.client.prog_load(
             insns, name=name, license=license, btf=extra.get("btf") or None,  # type: ignore[arg-type]
             func_info=extra.get("func_info") or (), line_info=extra.get("line_info") or (),  # type: ignore[arg-type]
             log_size=int(extra.get("log_size", 64 << 10)))  # type: ignore[call-overload]
         self.programs.append(handle)
+        self.tags[handle] = tag.hex() if isinstance(tag, bytes) else str(tag)
         return handle
 
     def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> RunResult:
