@@ -1,16 +1,22 @@
 """vxdp.netdev.Port on real veth pairs: exact, byte-for-byte delivery both from our own sendmmsg and
-from the kernel's live-frames generator; no echo of our own frames; drops counted when the ring fills."""
+from the kernel's live-frames generator; no echo of our own frames; drops counted when the ring fills;
+checksums a local sender left to tx offload (CHECKSUM_PARTIAL) completed, other frames untouched."""
 
 from __future__ import annotations
 
+import errno
 import select
+import socket
+import subprocess
 import time
 
 import pytest
 from bpf.kernel.kernel_asm import MARK_ETHERTYPE, marked_frame, ret_insns
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
 
 from vxdp.bpf.isa import XdpAction
-from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, send_live_frames_in
+from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, run_in_netns, send_live_frames_in
 from vxdp.frames import FrameBatch
 from vxdp.netdev import NetdevError, Port
 from vxdp.testing.netns import NetLab, VethPair
@@ -152,3 +158,89 @@ def test_fileno_polls_readable_when_a_frame_waits(pair):
             assert events and events[0][1] & select.POLLIN  # a frame is waiting, so poll must say so
             got += _recv_some(rx, inb)
         assert got == [numbered_frame(7, 60)]
+
+
+# -- checksums left to tx offload (CHECKSUM_PARTIAL) --------------------------------------------------
+FAR_NET, FAR_IP, FAR_MAC = "198.18.1.0/24", "198.18.1.1", "02:00:00:00:00:fe"  # nobody has FAR_IP
+UDP_SIZES = [0, 1, 17, 256, 1001, 1472]  # odd and even lengths, up to a full 1500-byte datagram
+
+
+def _route_to_far(pair: VethPair) -> None:
+    """In ns_a: FAR_NET via ``a`` with a static neighbour for FAR_IP, so sockets send without ARP."""
+    ip = ["ip", "-n", pair.ns_a]
+    subprocess.run([*ip, "route", "add", FAR_NET, "dev", pair.a], check=True)
+    subprocess.run([*ip, "neigh", "replace", FAR_IP, "lladdr", FAR_MAC, "dev", pair.a, "nud", "permanent"],
+                   check=True)
+
+
+def _send_udp_and_syn() -> list[socket.socket]:
+    """Real sockets (in the calling netns): one UDP datagram per size, one TCP SYN; the sockets stay open."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for size in UDP_SIZES:
+        assert udp.sendto(bytes((size + i) & 0xFF for i in range(size)), (FAR_IP, 9)) == size
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setblocking(False)
+    assert tcp.connect_ex((FAR_IP, 80)) == errno.EINPROGRESS  # the SYN has left; nothing will answer
+    return [udp, tcp]
+
+
+def _far_frames(port: Port, want_udp: int, batch: FrameBatch, want_tcp: int = 1) -> tuple[list[bytes], list[bytes]]:
+    """UDP and TCP frames to FAR_IP received until ``want_udp`` UDP and ``want_tcp`` TCP arrived (bounded)."""
+    udp: list[bytes] = []
+    tcp: list[bytes] = []
+    end = time.monotonic() + DEADLINE_S
+    while (len(udp) < want_udp or len(tcp) < want_tcp) and time.monotonic() < end:
+        port.recv_batch(batch)
+        for f in batch.frames():
+            pkt = Ether(f)
+            if IP in pkt and pkt[IP].dst == FAR_IP:
+                (udp if UDP in pkt else tcp if TCP in pkt else []).append(f)
+    return udp, tcp
+
+
+def rechecked(frame: bytes) -> bytes:
+    """The frame with its TCP/UDP checksum computed afresh by scapy: the independent reference."""
+    pkt = Ether(frame)
+    del (pkt.getlayer(TCP) or pkt.getlayer(UDP)).chksum
+    return bytes(pkt)
+
+
+def test_partial_checksums_from_a_local_sender_are_completed(pair):
+    _route_to_far(pair)  # tx checksum offload stays on at pair.a: the veth default
+    with Port(pair.b, netns=pair.ns_b) as rx:
+        socks = run_in_netns(pair.ns_a, _send_udp_and_syn)
+        try:
+            udp, tcp = _far_frames(rx, len(UDP_SIZES), FrameBatch.allocate(64))
+        finally:
+            for s in socks:
+                s.close()
+        assert sorted(len(Ether(f)[UDP].payload) for f in udp) == UDP_SIZES
+        assert tcp and Ether(tcp[0])[TCP].flags == "S"
+        for f in udp + tcp:
+            assert rechecked(f) == f  # a valid checksum (the wire had only the pseudo-header sum)
+        st = rx.stats()
+        assert st.csum_completed >= len(udp) + len(tcp)  # SYN retransmits may add to it
+        assert st.csum_left == 0
+
+
+def test_frames_with_finished_checksums_are_untouched(pair):
+    _route_to_far(pair)
+    subprocess.run(["ip", "netns", "exec", pair.ns_a, "ethtool", "-K", pair.a, "tx", "off"], check=True,
+                   capture_output=True)  # the stack now checksums in software
+    wrong = Ether(src="02:00:00:00:00:01", dst=FAR_MAC) / IP(src="198.18.0.1", dst=FAR_IP) / \
+        UDP(sport=7, dport=9, chksum=0xBAD) / b"a checksum nobody may fix"
+    with Port(pair.a, netns=pair.ns_a) as tx, Port(pair.b, netns=pair.ns_b) as rx:
+        socks = run_in_netns(pair.ns_a, _send_udp_and_syn)
+        try:
+            udp, tcp = _far_frames(rx, len(UDP_SIZES), FrameBatch.allocate(64))
+        finally:
+            for s in socks:
+                s.close()
+        assert len(udp) == len(UDP_SIZES) and tcp
+        assert all(rechecked(f) == f for f in udp + tcp)
+        out = FrameBatch.allocate(1)
+        out.fill([bytes(wrong)])
+        assert tx.send_batch(out) == 1  # a packet socket's frame is not CHECKSUM_PARTIAL: left as sent
+        got, _ = _far_frames(rx, 1, FrameBatch.allocate(64), want_tcp=0)
+        assert bytes(wrong) in got
+        assert rx.stats().csum_completed == 0
