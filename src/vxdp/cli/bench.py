@@ -18,6 +18,14 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     engines.add_argument("--out", default="bench-results", metavar="DIR", help="default: bench-results")
     engines.add_argument("-j", "--json", action="store_true", help="JSON output")
     engines.set_defaults(func=cmd_engines)
+    dp = cmds.add_parser("datapath", help="Mpps each way (64-byte frames) and TCP Gbps, beside testpmd's",
+                         description="Builds its own namespaces (198.18.0.0/15), runs vxdp host serve, "
+                         "vxdp guest run and DPDK testpmd in every combination, and stops them all.")
+    dp.add_argument("--quick", action="store_true", help="short runs (a functional check, not figures)")
+    dp.add_argument("--out", default="bench-results", metavar="DIR", help="default: bench-results")
+    dp.add_argument("--profile", metavar="DIR", help="py-spy both daemons during our own runs (raw stacks)")
+    dp.add_argument("-j", "--json", action="store_true", help="JSON output")
+    dp.set_defaults(func=cmd_datapath)
 
 
 def cmd_engines(args: argparse.Namespace) -> int:
@@ -27,6 +35,22 @@ def cmd_engines(args: argparse.Namespace) -> int:
     command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     md = engines.to_markdown(doc, command)
     json_path, md_path = report.write(args.out, "engines", doc, md)
+    if args.json:
+        emit_json(doc)
+    else:
+        print(md, end="")
+        print(f"\nwritten: {json_path} {md_path}")
+    return 0
+
+
+def cmd_datapath(args: argparse.Namespace) -> int:
+    from ..bench import datapath, report
+
+    doc = datapath.run(datapath.plan(quick=args.quick, profile_dir=args.profile))
+    command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    doc["command"] = command
+    md = datapath.to_markdown(doc, command)
+    json_path, md_path = report.write(args.out, "datapath", doc, md)
     if args.json:
         emit_json(doc)
     else:

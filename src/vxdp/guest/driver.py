@@ -127,6 +127,7 @@ class GuestDriver:
         self.last_error: str | None = None
         self.loop: Loop | None = None
         self.port = None  # a Tap (read_batch/write_batch/fileno), or None: frames are counted and dropped
+        self.rx_discard = False  # benchmark hook: count received frames, never hand them to the port
         self._rxb = FrameBatch.allocate(BATCH, self.buf_size)
         self._txb = FrameBatch.allocate(BATCH, self.buf_size)
         self._port_paused = False
@@ -352,7 +353,7 @@ class GuestDriver:
                 total += n
                 if self.rx_program is not None:
                     self.rx_program(b)
-                if self.port is not None and b.count:
+                if self.port is not None and b.count and not self.rx_discard:
                     c.rx_dropped += b.count - self.port.write_batch(b)
             _posted, kick = rings.rx.refill()
             if kick:
@@ -407,6 +408,39 @@ class GuestDriver:
             self._post(sub.data, sub.lens, n)
             if n < k:
                 return
+
+    # ------------------------------------------------------------------ benchmark hook
+    def bench_tx(self, frame: bytes, count: int, seconds: float) -> dict:
+        """Benchmark hook (``vxdp bench datapath``), not a datapath path: post ``count`` copies of
+        ``frame`` on the tx vring as fast as the device frees buffers, for at most ``seconds``.
+
+        Why a hook: a generator writing into the tap would measure the tap, not the driver. The
+        event loop is blocked meanwhile (the caller asked for a timed burst); completions are
+        reaped here, waiting at most 1 ms on the tx call eventfd when the ring is full.
+        """
+        import select
+
+        if not self.connected:
+            raise GuestDriverError("not connected to a backend")
+        if not 14 <= len(frame) <= self.buf_size - 12 or count <= 0 or not 0 < seconds <= 60:
+            raise GuestDriverError(f"bench_tx: frame of {len(frame)} bytes, count {count}, {seconds} s: "
+                                   f"want 14..{self.buf_size - 12} bytes, count > 0, 0 < seconds <= 60")
+        b = FrameBatch.allocate(BATCH, max(64, len(frame)))
+        b.fill([frame] * BATCH)
+        rings = self.rings
+        call = rings.fds[TX].call
+        sent = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while sent < count and time.perf_counter() < deadline:
+            rings.tx.reap_tx()
+            k = min(rings.queues[TX].nfree, BATCH, count - sent)
+            if k:
+                sent += self._post(b.data, b.lens, k)
+            elif select.select([call], [], [], 0.001)[0]:
+                rings.drain_call(TX)
+        elapsed = time.perf_counter() - start
+        return {"frames": sent, "seconds": elapsed}
 
     # ------------------------------------------------------------------ control queue
     def ctrl_command(self, cls: int, cmd: int, data: bytes = b"", reply_capacity: int = 0,

@@ -63,6 +63,8 @@ class GuestDaemon:
                 "guest.show": self.show,
                 "guest.ctrl": self.ctrl,
                 "guest.promisc": self.promisc,
+                "guest.bench_tx": self.bench_tx,
+                "guest.bench_discard": self.bench_discard,
                 **self.programs.handlers(),
             })
         except Exception as e:
@@ -111,6 +113,16 @@ class GuestDaemon:
 
     def promisc(self, on: bool = True, wait: float = 5.0) -> dict:
         return {"ack": Ack(self.driver.set_promisc(on, wait)).name}
+
+    # -- benchmark hooks (vxdp bench datapath) ------------------------------------------------
+    def bench_tx(self, frame: str, count: int, seconds: float = 5.0) -> dict:
+        """Post ``count`` copies of ``frame`` (hex) on the tx vring as fast as it goes; blocks the loop."""
+        return self.driver.bench_tx(bytes.fromhex(frame), count, seconds)
+
+    def bench_discard(self, on: bool = True) -> dict:
+        """Count received frames and drop them instead of writing them to the tap (the driver's own rate)."""
+        self.driver.rx_discard = bool(on)
+        return {"discard": self.driver.rx_discard}
 
     # -- life cycle -----------------------------------------------------------------------
     def run(self) -> None:

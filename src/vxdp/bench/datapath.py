@@ -1,0 +1,377 @@
+"""``vxdp bench datapath``: Mpps each way with 64-byte frames and TCP Gbps, each beside its DPDK anchor.
+
+One topology, built and torn down here (NetLab, 198.18.0.0/15 only)::
+
+    traffic netns                host netns                                   guest netns
+    vxt0 198.18.10.1 ── veth ── vxp0 = backend's port ── vhost-user ── driver ── tap vxg0 198.18.10.2
+    vxt1 198.18.11.1 ─────────────────── veth (no virtio: the kernel's TCP figure) ── vxd1 198.18.11.2
+
+Each direction is measured four times, swapping our halves for DPDK testpmd's ("the same
+paths with testpmd in place of our backend and of our driver"):
+
+- ``ours``: our backend + our driver;
+- ``pmd_driver``: our backend, testpmd virtio_user as the driver (measures our backend);
+- ``pmd_backend``: testpmd net_vhost as the backend, our driver (measures our driver);
+- ``pmd_both``: testpmd to testpmd, no port: the DPDK ceiling on this machine.
+
+port → guest: frames come from the kernel's live-frames generator (XDP_TX out of vxt0, see
+`vxdp.bpf.kernel.live_frames`) into the port; the driver counts and drops them
+(``guest.bench_discard``: the tap would be measured otherwise), testpmd runs ``rxonly``; with
+testpmd as the backend the source is its ``txonly``. The figure is frames counted at the
+receiver during the source's run divided by its duration.
+
+guest → port: our driver posts prebuilt frames in a tight loop (``guest.bench_tx``), testpmd
+runs ``txonly``; at the port's peer an XDP program drops them and the kernel's run count
+(BPF_ENABLE_STATS) counts them; with testpmd as the backend its ``rxonly`` counts.
+
+TCP: iperf3 from the traffic netns to the guest netns and back (``-R``), through our halves,
+and through the plain veth (no virtio) as the anchor.
+
+Every loop is bounded in count and time; every process is stopped whatever happens (the
+peers are context managers and PDEATHSIG'd).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vxdp.bpf.isa import EXIT, Insn, XdpAction
+from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, detach_xdp, enable_stats, send_live_frames_in
+from vxdp.netdev import bench as port_bench
+from vxdp.testing.netns import NetLab
+
+from . import report
+from .env import environment
+from .peers import Backend, Guest, testpmd_vhost, testpmd_virtio_user
+
+FRAME_64 = port_bench.FRAME_64  # broadcast, ethertype 0x88b5 (local experimental): nobody answers it
+TRAFFIC_IP, GUEST_IP = "198.18.10.1", "198.18.10.2"
+DIRECT_TRAFFIC_IP, DIRECT_GUEST_IP = "198.18.11.1", "198.18.11.2"
+GEN_MPPS = 2.0  # the generator's count is sized for this rate; it runs as fast as the kernel lets it
+TX_MPPS = 3.0  # bench_tx's count is sized for this rate; its time bound stops it first
+CPU_A, CPU_B = "0@0,1@0", "0@1,1@1"  # testpmd lcores (main, forwarding) on host CPU 0 / CPU 1
+
+
+class DatapathBenchError(Exception):
+    """The benchmark could not run (a peer failed, a tool is missing)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float  # per Mpps measurement
+    tcp_seconds: int  # per iperf3 run
+    port_frames: int  # frames for the port-alone figures (vxdp.netdev.bench)
+    profile_dir: str | None = None  # py-spy the daemons during our own runs
+
+
+def plan(*, quick: bool, profile_dir: str | None = None) -> Plan:
+    if quick:
+        return Plan(seconds=0.5, tcp_seconds=1, port_frames=200_000, profile_dir=profile_dir)
+    return Plan(seconds=4.0, tcp_seconds=4, port_frames=2_000_000, profile_dir=profile_dir)
+
+
+@dataclass(frozen=True)
+class Sample:
+    frames: int
+    seconds: float
+    offered_frames: int | None = None  # what the source sent, where it says
+
+    @property
+    def mpps(self) -> float:
+        return self.frames / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"frames": self.frames, "seconds": round(self.seconds, 4), "mpps": round(self.mpps, 4)}
+        if self.offered_frames is not None:
+            d["offered_mpps"] = round(self.offered_frames / self.seconds / 1e6, 4) if self.seconds else 0.0
+        return d
+
+
+def _ret(action: int) -> list[Insn]:
+    return [Insn(0xB7, 0, 0, 0, int(action)), Insn(EXIT)]
+
+
+def _sysctl_no_ipv6(ns: str) -> None:
+    for key in ("all", "default"):
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
+                       check=True, capture_output=True)
+
+
+@dataclass
+class Lab:
+    traffic: str
+    hostns: str
+    guest: str
+    run_dir: Path
+    t_index: int  # vxt0 in the traffic netns: the generator's ingress device
+    gen: KernelProgram
+    npass: KernelProgram
+    drop: KernelProgram
+    tag: str
+    profiles: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sock(self) -> str:
+        return str(self.run_dir / "vh.sock")
+
+    def prefix(self, what: str) -> str:
+        return f"vxbd{self.tag}{what}"
+
+    def backend(self) -> Backend:
+        return Backend(self.sock, "vxp0", self.hostns, self.run_dir)
+
+    def guest_daemon(self, *, discard: bool = False) -> Guest:
+        g = Guest(self.sock, self.guest, "vxg0", self.run_dir, addr=f"{GUEST_IP}/24")
+        try:
+            g.wait_connected()
+            if discard:
+                g.call("guest.bench_discard", on=True)
+        except BaseException:
+            g.close()
+            raise
+        return g
+
+
+@contextlib.contextmanager
+def build_lab() -> Iterator[Lab]:
+    with contextlib.ExitStack() as stack:
+        lab = stack.enter_context(NetLab(prefix="vxbd"))
+        traffic, hostns, guest = lab.netns(), lab.netns(), lab.netns()
+        for ns in (traffic, hostns, guest):  # only the benchmark's frames on the links
+            _sysctl_no_ipv6(ns)
+        pair = lab.veth(traffic, hostns, "vxt0", "vxp0", addr_a=f"{TRAFFIC_IP}/24")
+        lab.veth(traffic, guest, "vxt1", "vxd1", addr_a=f"{DIRECT_TRAFFIC_IP}/24", addr_b=f"{DIRECT_GUEST_IP}/24")
+        run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vxdp-bench-")))
+        gen = stack.enter_context(KernelProgram.load(_ret(XdpAction.TX), name="bench_gen"))
+        npass = stack.enter_context(KernelProgram.load(_ret(XdpAction.PASS), name="bench_pass"))
+        drop = stack.enter_context(KernelProgram.load(_ret(XdpAction.DROP), name="bench_drop"))
+        yield Lab(traffic, hostns, guest, run_dir, pair.a_index, gen, npass, drop, tag=str(os.getpid()))
+
+
+# ---------------------------------------------------------------------------- sources and counters
+def _generate(lab: Lab, count: int) -> tuple[int, float]:
+    start = time.perf_counter()
+    send_live_frames_in(lab.traffic, lab.gen, FRAME_64, ifindex=lab.t_index, count=count, batch_size=64)
+    return count, time.perf_counter() - start
+
+
+def _generated(lab: Lab, p: Plan, counter: Callable[[], int]) -> Sample:
+    """Live frames into the port for about ``p.seconds``; what ``counter`` saw meanwhile."""
+    _generate(lab, 20_000)  # warm up: the first frames wake every lazy path
+    time.sleep(0.2)
+    before = counter()
+    sent, seconds = _generate(lab, int(GEN_MPPS * 1e6 * p.seconds))
+    return Sample(counter() - before, seconds, sent)
+
+
+def _interval(p: Plan, counter: Callable[[], int]) -> Sample:
+    """A source that is already running (testpmd txonly): ``counter`` over ``p.seconds``."""
+    time.sleep(min(0.5, p.seconds))  # past the start-up
+    before, start = counter(), time.perf_counter()
+    time.sleep(p.seconds)
+    return Sample(counter() - before, time.perf_counter() - start)
+
+
+def _bench_tx(p: Plan, guest: Guest, counter: Callable[[], int]) -> Sample:
+    """Our driver posting 64-byte frames as fast as the ring goes; ``counter`` at the far end."""
+    guest.call("guest.bench_tx", frame=FRAME_64.hex(), count=20_000, seconds=5.0, timeout=30.0)  # warm up
+    time.sleep(0.2)
+    before = counter()
+    r = guest.call("guest.bench_tx", frame=FRAME_64.hex(), count=int(TX_MPPS * 1e6 * p.seconds),
+                   seconds=p.seconds, timeout=p.seconds + 30.0)
+    time.sleep(0.05)  # the last batch in flight
+    return Sample(counter() - before, r["seconds"], r["frames"])
+
+
+def _pmd_rx(pmd) -> Callable[[], int]:
+    return lambda: pmd.port_stats()[0].rx_packets
+
+
+@contextlib.contextmanager
+def _xdp(lab: Lab, ns: str, ifname: str, prog: KernelProgram) -> Iterator[None]:
+    attach_xdp(ifname, prog.fd, XdpMode.NATIVE, netns=ns)
+    try:
+        yield
+    finally:
+        detach_xdp(ifname, XdpMode.NATIVE, netns=ns)
+
+
+@contextlib.contextmanager
+def _profiled(lab: Lab, p: Plan, name: str, daemons: dict[str, int]) -> Iterator[None]:
+    """py-spy record each daemon (by pid) while the body runs, when asked and available."""
+    beside = Path(sys.executable).parent / "py-spy"
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if not p.profile_dir or not spy:
+        yield
+        return
+    out = Path(p.profile_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for who, pid in daemons.items():
+        path = out / f"{name}-{who}.txt"
+        procs.append(subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+                                       "--nonblocking", "-d", str(int(p.seconds) + 3), "-o", str(path)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        lab.profiles[f"{name}-{who}"] = str(path)
+    try:
+        yield
+    finally:
+        for pr in procs:
+            try:
+                pr.wait(timeout=p.seconds + 20)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                pr.wait(5)
+
+
+# ---------------------------------------------------------------------------- port -> guest
+def rx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
+    out: dict[str, Sample] = {}
+    with _xdp(lab, lab.hostns, "vxp0", lab.npass):  # a PASS program gives vxp0 NAPI: frames are kept
+        with lab.backend() as b, lab.guest_daemon(discard=True) as g, \
+                _profiled(lab, p, "rx", {"backend": b.pid, "guest": g.pid}):
+            out["ours"] = _generated(lab, p, g.rx_frames)
+        with lab.backend(), testpmd_virtio_user(lab.sock, "rxonly", lab.prefix("r1"), CPU_B) as pmd:
+            out["pmd_driver"] = _generated(lab, p, _pmd_rx(pmd))
+    with testpmd_vhost(lab.sock, "txonly", lab.prefix("r2"), CPU_B), lab.guest_daemon(discard=True) as g:
+        out["pmd_backend"] = _interval(p, g.rx_frames)
+    with testpmd_vhost(lab.sock, "txonly", lab.prefix("r3"), CPU_A), \
+            testpmd_virtio_user(lab.sock, "rxonly", lab.prefix("r4"), CPU_B) as pmd:
+        out["pmd_both"] = _interval(p, _pmd_rx(pmd))
+    return out
+
+
+# ---------------------------------------------------------------------------- guest -> port
+def tx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
+    out: dict[str, Sample] = {}
+    with enable_stats(), _xdp(lab, lab.traffic, "vxt0", lab.drop):
+        def at_peer() -> int:
+            return lab.drop.info().run_cnt
+        with lab.backend() as b, lab.guest_daemon() as g, _profiled(lab, p, "tx", {"backend": b.pid, "guest": g.pid}):
+            out["ours"] = _bench_tx(p, g, at_peer)
+        with lab.backend(), testpmd_virtio_user(lab.sock, "txonly", lab.prefix("t1"), CPU_B):
+            out["pmd_driver"] = _interval(p, at_peer)
+    with testpmd_vhost(lab.sock, "rxonly", lab.prefix("t2"), CPU_B) as pmd, lab.guest_daemon() as g:
+        out["pmd_backend"] = _bench_tx(p, g, _pmd_rx(pmd))
+    with testpmd_vhost(lab.sock, "rxonly", lab.prefix("t3"), CPU_A) as pmd, \
+            testpmd_virtio_user(lab.sock, "txonly", lab.prefix("t4"), CPU_B):
+        out["pmd_both"] = _interval(p, _pmd_rx(pmd))
+    return out
+
+
+# ---------------------------------------------------------------------------- TCP
+def _iperf3(lab: Lab, server_ip: str, seconds: int, reverse: bool) -> float:
+    """Gbps received in one iperf3 TCP run: client in the traffic netns, server in the guest's."""
+    if shutil.which("iperf3") is None:
+        raise DatapathBenchError("iperf3 is not installed (Debian package iperf3)")
+    server = subprocess.Popen(["ip", "netns", "exec", lab.guest, "iperf3", "-s", "-1", "-B", server_ip],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while ":5201" not in subprocess.run(["ip", "netns", "exec", lab.guest, "ss", "-ltn"], check=False,
+                                            capture_output=True, text=True).stdout:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise DatapathBenchError("iperf3 server did not listen within 10 s")
+            time.sleep(0.05)
+        argv = ["ip", "netns", "exec", lab.traffic, "iperf3", "-c", server_ip, "-J", "-t", str(seconds)]
+        r = subprocess.run(argv + (["-R"] if reverse else []), check=False, capture_output=True, text=True,
+                           timeout=seconds + 30)
+        try:
+            doc = json.loads(r.stdout)
+        except json.JSONDecodeError:
+            raise DatapathBenchError(f"iperf3 failed: {r.stdout[-500:]} {r.stderr[-500:]}") from None
+        if "error" in doc:
+            raise DatapathBenchError(f"iperf3: {doc['error']}")
+        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(5)
+
+
+def tcp_runs(lab: Lab, p: Plan) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    with lab.backend(), lab.guest_daemon():
+        out["ours"] = {"to_guest": _iperf3(lab, GUEST_IP, p.tcp_seconds, False),
+                       "from_guest": _iperf3(lab, GUEST_IP, p.tcp_seconds, True)}
+    out["veth"] = {"to_guest": _iperf3(lab, DIRECT_GUEST_IP, p.tcp_seconds, False),
+                   "from_guest": _iperf3(lab, DIRECT_GUEST_IP, p.tcp_seconds, True)}
+    return out
+
+
+# ---------------------------------------------------------------------------- the whole run
+def _row(path: str, unit: str, s: dict[str, Sample], notes: str) -> dict[str, Any]:
+    return {"path": path, "unit": unit, "ours": round(s["ours"].mpps, 3),
+            "pmd_driver": round(s["pmd_driver"].mpps, 3), "pmd_backend": round(s["pmd_backend"].mpps, 3),
+            "pmd_both": round(s["pmd_both"].mpps, 3), "notes": notes}
+
+
+def run(p: Plan) -> dict[str, Any]:
+    with build_lab() as lab:
+        rx = rx_runs(lab, p)
+        tx = tx_runs(lab, p)
+        tcp = tcp_runs(lab, p)
+        profiles = dict(lab.profiles)
+    port_rx = port_bench.port_rx_mpps(frames=p.port_frames)
+    port_tx = port_bench.port_tx_mpps(frames=p.port_frames)
+    offered = rx["ours"].to_json().get("offered_mpps")
+    rows = [
+        _row("port → guest, 64 B", "Mpps", rx,
+             f"generator offered {offered} Mpps; AF_PACKET port alone reads {port_rx.mpps:.2f}"),
+        _row("guest → port, 64 B", "Mpps", tx,
+             f"AF_PACKET port alone sends {port_tx.mpps:.2f} (the two left columns go through it)"),
+    ]
+    for key, label in (("to_guest", "traffic → guest"), ("from_guest", "guest → traffic")):
+        rows.append({"path": f"TCP {label}", "unit": "Gbps", "ours": round(tcp["ours"][key], 3),
+                     "veth": round(tcp["veth"][key], 3),
+                     "notes": "iperf3 -t %d; anchor: the same netns pair over a plain veth" % p.tcp_seconds})
+    return {
+        "benchmark": "datapath",
+        "environment": environment() | {"placement": "testpmd forwarding lcore on CPU 1 (both on CPU 0 "
+                                        "and 1 for testpmd↔testpmd); our daemons unpinned"},
+        "plan": {"seconds": p.seconds, "tcp_seconds": p.tcp_seconds, "port_frames": p.port_frames},
+        "results": rows,
+        "samples": {"rx": {k: v.to_json() for k, v in rx.items()}, "tx": {k: v.to_json() for k, v in tx.items()},
+                    "tcp_gbps": tcp,
+                    "port_alone": {"rx": {"mpps": round(port_rx.mpps, 4), "drops": port_rx.drops},
+                                   "tx": {"mpps": round(port_tx.mpps, 4), "given_back": port_tx.drops}}},
+        "profiles": profiles,
+    }
+
+
+COLUMNS = [
+    ("path", "path"),
+    ("unit", "unit"),
+    ("ours", "ours (our backend + our driver)"),
+    ("pmd_driver", "our backend, testpmd driver"),
+    ("pmd_backend", "testpmd backend, our driver"),
+    ("pmd_both", "testpmd ↔ testpmd"),
+    ("veth", "plain veth"),
+    ("notes", "notes"),
+]
+
+
+def to_markdown(doc: dict[str, Any], command: str) -> str:
+    env = doc["environment"]
+    return (
+        "# Datapath: Mpps with 64-byte frames and TCP Gbps, with their DPDK anchors\n\n"
+        f"`{command}` on {env['date']}: kernel {env['kernel']}, {env['cpu']} ({env['cpus']} CPUs), "
+        f"Python {env['python']}; {env['placement']}.\n\n"
+        "Columns: the same path with testpmd (DPDK 22.11, virtio_user / net_vhost) in place of our "
+        "driver, of our backend, of both. port → guest: live-frames generator into the port, receiver "
+        "counts and drops. guest → port: our driver's tx loop (`guest.bench_tx`) or testpmd txonly; "
+        "frames counted by an XDP drop program at the port's peer, or by testpmd rxonly.\n\n"
+        + report.markdown_table(COLUMNS, doc["results"])
+    )
+
