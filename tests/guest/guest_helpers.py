@@ -144,11 +144,12 @@ class HostProc:
     """``vxdp host serve`` (the backend, another engineer's) as a subprocess, always stopped."""
 
     def __init__(self, sock: str, port: str, netns: str, run_dir: Path, *, name: str = "hd0",
-                 mac: str = "52:54:00:12:34:56", client: bool = False) -> None:
+                 mac: str = "52:54:00:12:34:56", client: bool = False, extra: tuple[str, ...] = ()) -> None:
         argv = [sys.executable, "-m", "vxdp.cli.main", "host", "serve", "--socket", sock, "--port", port,
                 "--netns", netns, "--name", name, "--mac", mac, "-v"]
         if client:
             argv.append("--client")
+        argv += list(extra)
         self.path = run_dir / f"host-{name}.log"
         self.log = open(self.path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, env=dict(os.environ, VXDP_RUN_DIR=str(run_dir)), stdout=self.log,
