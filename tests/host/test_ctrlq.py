@@ -91,3 +91,20 @@ def test_hostile_chain_raises_and_breaks_the_queue(ring):
     with pytest.raises(VirtqueueError):
         serve_ctrl(state, mem, CtrlTable())
     assert state.broken
+
+
+def test_event_idx_driver_is_asked_to_kick_for_every_command():
+    """With EVENT_IDX the device must publish avail_event after serving, or the driver's next
+    command sees no need to kick and waits for the daemon's tick."""
+    mem = GuestMemory.allocate(1 << 20)
+    try:
+        dq = DriverQueue.create(mem, 64, 0, event_idx=True)
+        state, table = dq.state(), CtrlTable()
+        for i in range(5):
+            mem.write(BUF, CtrlRequest(CtrlClass.RX, RxCmd.PROMISC, b"\x01").encode())
+            dq.add_buffers(mem, [(BUF, 3, False), (BUF + 0x1000, 1, True)])
+            assert dq.kick_needed(mem), f"command {i}: the driver would not kick"
+            assert serve_ctrl(state, mem, table)[0] == 1
+            assert dq.get_used(mem) is not None
+    finally:
+        mem.close()

@@ -122,6 +122,11 @@ def serve_ctrl(state: QueueState, mem: GuestMemory, table: CtrlTable, max_chains
     for _ in range(limit):
         chain = state.pop_chain(mem)
         if chain is None:
+            # ask for the next kick (with EVENT_IDX: publish avail_event, or the driver
+            # never kicks again and each command waits for the daemon's tick); a chain
+            # that slipped in meanwhile is served now rather than after that kick
+            if state.enable_notification(mem):
+                continue
             break
         if chain.readable_len > MAX_REQUEST:
             reply = ERR
