@@ -50,6 +50,7 @@ test: setup
 demo: setup
 	$(VENV)/bin/vxdp prog run $(BUILD)/xdp1.o --engine interp --mix 64
 	$(VENV)/bin/vxdp prog run $(BUILD)/xdp1.o --engine kernel --mix 64
+	$(VENV)/bin/vxdp demo
 
 clean:
 	rm -rf $(BUILD) $(VENV)

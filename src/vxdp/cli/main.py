@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, guest, host, map, prog
+from . import bench, demo, guest, host, map, prog
 from .output import CliError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     prog.add_parser(objects)
     map.add_parser(objects)
     bench.add_parser(objects)
+    demo.add_parser(objects)
     host.add_parser(objects)
     guest.add_parser(objects)
     return parser
