@@ -185,6 +185,10 @@ class ProgramRegistry:
         self.find_map(name).update(bytes.fromhex(key), bytes.fromhex(value), codes[flags])
         return {}
 
+    def map_next_key(self, name: str, key: str | None = None) -> dict[str, Any]:
+        nxt = self.find_map(name).next_key(bytes.fromhex(key) if key is not None else None)
+        return {"key": nxt.hex() if nxt is not None else None}
+
     def map_delete(self, name: str, key: str) -> dict[str, Any]:
         self.find_map(name).delete(bytes.fromhex(key))
         return {}
@@ -197,6 +201,7 @@ class ProgramRegistry:
             "map.lookup": lambda map, key: self.map_lookup(map, key),
             "map.update": lambda map, key, value, flags="any": self.map_update(map, key, value, flags),
             "map.delete": lambda map, key: self.map_delete(map, key),
+            "map.next_key": lambda map, key=None: self.map_next_key(map, key),
         }
 
     def close(self) -> None:
