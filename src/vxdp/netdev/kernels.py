@@ -52,6 +52,11 @@ PKT_SNAPLEN_OFF = 12  # .tp_snaplen
 PKT_LEN_OFF = 16  # .tp_len
 PKT_STATUS_OFF = 20  # .tp_status
 PKT_MAC_OFF = 24  # .tp_mac (u16)
+TP_STATUS_VLAN_VALID = 1 << 4  # tp_status: the stack took an 802.1Q/802.1ad tag out of the frame
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+PKT_VLAN_TCI_OFF = 32  # .hv1.tp_vlan_tci
+PKT_VLAN_TPID_OFF = 36  # .hv1.tp_vlan_tpid (u16)
+ETH_P_8021Q = 0x8100
 
 # rx_ring_walk's state array
 ST_BLOCK, ST_INDEX, ST_OFFSET, ST_OVERSIZE, ST_CSUM_DONE, ST_CSUM_LEFT = 0, 1, 2, 3, 4, 5
@@ -95,14 +100,31 @@ def rx_ring_walk(ring32: np.ndarray, ring_addr: int, block_size: int, nblocks: i
             p = base + off
             snaplen = ring32[(p + PKT_SNAPLEN_OFF) >> 2]
             mac = ring32[(p + PKT_MAC_OFF) >> 2] & 0xFFFF
-            if snaplen <= slot:
+            pstatus = ring32[(p + PKT_STATUS_OFF) >> 2]
+            # The receive path moves a VLAN tag out of the frame into the skb (skb_vlan_untag) and
+            # AF_PACKET reports it beside the frame: put it back, the guest must see the frame as sent.
+            tagged = (pstatus & TP_STATUS_VLAN_VALID) != 0 and snaplen >= 12
+            if snaplen + (4 if tagged else 0) <= slot:
                 c_memcpy(dst + n * slot, ring_addr + p + mac, snaplen)
                 lens[n] = snaplen
-                if ring32[(p + PKT_STATUS_OFF) >> 2] & TP_STATUS_CSUMNOTREADY:
+                if pstatus & TP_STATUS_CSUMNOTREADY:
                     if snaplen == ring32[(p + PKT_LEN_OFF) >> 2] and complete_l4_checksum(data[n], snaplen):
                         state[ST_CSUM_DONE] += 1
                     else:
                         state[ST_CSUM_LEFT] += 1
+                if tagged:
+                    row = data[n]
+                    for i in range(snaplen - 1, 11, -1):
+                        row[i + 4] = row[i]
+                    tpid = ETH_P_8021Q
+                    if pstatus & TP_STATUS_VLAN_TPID_VALID:
+                        tpid = ring32[(p + PKT_VLAN_TPID_OFF) >> 2] & 0xFFFF
+                    tci = ring32[(p + PKT_VLAN_TCI_OFF) >> 2] & 0xFFFF
+                    row[12] = tpid >> 8
+                    row[13] = tpid & 0xFF
+                    row[14] = tci >> 8
+                    row[15] = tci & 0xFF
+                    lens[n] = snaplen + 4
                 n += 1
             else:
                 state[ST_OVERSIZE] += 1
