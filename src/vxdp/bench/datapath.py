@@ -61,6 +61,8 @@ DIRECT_TRAFFIC_IP, DIRECT_GUEST_IP = "198.18.11.1", "198.18.11.2"
 GEN_MPPS = 2.0  # the generator's count is sized for this rate; it runs as fast as the kernel lets it
 TX_MPPS = 3.0  # bench_tx's count is sized for this rate; its time bound stops it first
 CPU_A, CPU_B = "0@0,1@0", "0@1,1@1"  # testpmd lcores (main, forwarding) on host CPU 0 / CPU 1
+PLACEMENT = ("one CPU per process: our backend on CPU 0, our driver on CPU 1; with one testpmd, it polls "
+             "on CPU 1 and ours runs on CPU 0; testpmd↔testpmd: one on each; the generator unpinned")
 
 
 class DatapathBenchError(Exception):
@@ -128,11 +130,11 @@ class Lab:
     def prefix(self, what: str) -> str:
         return f"vxbd{self.tag}{what}"
 
-    def backend(self) -> Backend:
-        return Backend(self.sock, "vxp0", self.hostns, self.run_dir)
+    def backend(self, cpu: int = 0) -> Backend:
+        return Backend(self.sock, "vxp0", self.hostns, self.run_dir, cpu=cpu)
 
-    def guest_daemon(self, *, discard: bool = False) -> Guest:
-        g = Guest(self.sock, self.guest, "vxg0", self.run_dir, addr=f"{GUEST_IP}/24")
+    def guest_daemon(self, *, cpu: int = 1, discard: bool = False) -> Guest:
+        g = Guest(self.sock, self.guest, "vxg0", self.run_dir, addr=f"{GUEST_IP}/24", cpu=cpu)
         try:
             g.wait_connected()
             if discard:
@@ -151,6 +153,12 @@ def build_lab() -> Iterator[Lab]:
         for ns in (traffic, hostns, guest):  # only the benchmark's frames on the links
             _sysctl_no_ipv6(ns)
         pair = lab.veth(traffic, hostns, "vxt0", "vxp0", addr_a=f"{TRAFFIC_IP}/24")
+        # A wire carries MTU-sized frames: with TSO/GSO on, vxt0 would hand the port 64 KiB TCP
+        # segments, which an AF_PACKET port counts as oversize and drops (TCP then crawls at
+        # ~0.5 Mbit/s). Checksum offload stays on: the port completes partial checksums.
+        for ns, ifname, feats in ((traffic, "vxt0", ("tso", "off", "gso", "off")), (hostns, "vxp0", ("gro", "off"))):
+            subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", ifname, *feats], check=True,
+                           capture_output=True)
         lab.veth(traffic, guest, "vxt1", "vxd1", addr_a=f"{DIRECT_TRAFFIC_IP}/24", addr_b=f"{DIRECT_GUEST_IP}/24")
         run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vxdp-bench-")))
         gen = stack.enter_context(KernelProgram.load(_ret(XdpAction.TX), name="bench_gen"))
@@ -244,7 +252,7 @@ def rx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
             out["ours"] = _generated(lab, p, g.rx_frames)
         with lab.backend(), testpmd_virtio_user(lab.sock, "rxonly", lab.prefix("r1"), CPU_B) as pmd:
             out["pmd_driver"] = _generated(lab, p, _pmd_rx(pmd))
-    with testpmd_vhost(lab.sock, "txonly", lab.prefix("r2"), CPU_B), lab.guest_daemon(discard=True) as g:
+    with testpmd_vhost(lab.sock, "txonly", lab.prefix("r2"), CPU_B), lab.guest_daemon(cpu=0, discard=True) as g:
         out["pmd_backend"] = _interval(p, g.rx_frames)
     with testpmd_vhost(lab.sock, "txonly", lab.prefix("r3"), CPU_A), \
             testpmd_virtio_user(lab.sock, "rxonly", lab.prefix("r4"), CPU_B) as pmd:
@@ -262,7 +270,7 @@ def tx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
             out["ours"] = _bench_tx(p, g, at_peer)
         with lab.backend(), testpmd_virtio_user(lab.sock, "txonly", lab.prefix("t1"), CPU_B):
             out["pmd_driver"] = _interval(p, at_peer)
-    with testpmd_vhost(lab.sock, "rxonly", lab.prefix("t2"), CPU_B) as pmd, lab.guest_daemon() as g:
+    with testpmd_vhost(lab.sock, "rxonly", lab.prefix("t2"), CPU_B) as pmd, lab.guest_daemon(cpu=0) as g:
         out["pmd_backend"] = _bench_tx(p, g, _pmd_rx(pmd))
     with testpmd_vhost(lab.sock, "rxonly", lab.prefix("t3"), CPU_A) as pmd, \
             testpmd_virtio_user(lab.sock, "txonly", lab.prefix("t4"), CPU_B):
@@ -335,11 +343,10 @@ def run(p: Plan) -> dict[str, Any]:
     for key, label in (("to_guest", "traffic → guest"), ("from_guest", "guest → traffic")):
         rows.append({"path": f"TCP {label}", "unit": "Gbps", "ours": round(tcp["ours"][key], 3),
                      "veth": round(tcp["veth"][key], 3),
-                     "notes": "iperf3 -t %d; anchor: the same netns pair over a plain veth" % p.tcp_seconds})
+                     "notes": f"iperf3 -t {p.tcp_seconds}; anchor: the same netns pair over a plain veth"})
     return {
         "benchmark": "datapath",
-        "environment": environment() | {"placement": "testpmd forwarding lcore on CPU 1 (both on CPU 0 "
-                                        "and 1 for testpmd↔testpmd); our daemons unpinned"},
+        "environment": environment() | {"placement": PLACEMENT},
         "plan": {"seconds": p.seconds, "tcp_seconds": p.tcp_seconds, "port_frames": p.port_frames},
         "results": rows,
         "samples": {"rx": {k: v.to_json() for k, v in rx.items()}, "tx": {k: v.to_json() for k, v in tx.items()},

@@ -42,7 +42,7 @@ def poll(fn: Callable[[], Any], until: Callable[[Any], bool] = bool, *, timeout:
 class _Daemon:
     """A ``python -m vxdp.cli.main …`` daemon with its control socket in ``run_dir``."""
 
-    def __init__(self, argv: list[str], run_dir: Path, control: str, what: str) -> None:
+    def __init__(self, argv: list[str], run_dir: Path, control: str, what: str, cpu: int | None) -> None:
         self.what = what
         self.control = run_dir / control
         before = os.environ.get(rpc.RUN_DIR_ENV)
@@ -55,6 +55,11 @@ class _Daemon:
             else:
                 os.environ[rpc.RUN_DIR_ENV] = before
         self.log = OutputLog([self.proc.stdout, self.proc.stderr], what)
+        if cpu is not None:  # before it starts threads: they inherit it
+            try:
+                os.sched_setaffinity(self.proc.pid, {cpu})
+            except OSError:
+                pass
 
     @property
     def pid(self) -> int:
@@ -91,9 +96,9 @@ class Backend(_Daemon):
     """``vxdp host serve`` on ``port`` in ``netns``, listening on ``sock``."""
 
     def __init__(self, sock: str, port: str, netns: str, run_dir: Path, name: str = "bh0",
-                 mac: str = "52:54:00:0a:0b:0c") -> None:
+                 mac: str = "52:54:00:0a:0b:0c", cpu: int | None = None) -> None:
         super().__init__(["host", "serve", "--socket", sock, "--port", port, "--netns", netns, "--name", name,
-                          "--mac", mac], run_dir, f"host-{name}.sock", f"vxdp host {name}")
+                          "--mac", mac], run_dir, f"host-{name}.sock", f"vxdp host {name}", cpu)
         self._wait_control()
         try:
             poll(lambda: os.path.exists(sock), timeout=START_S, what="backend's vhost-user socket")
@@ -109,9 +114,9 @@ class Guest(_Daemon):
     """``vxdp guest run`` connecting to ``sock``, its tap ``tap`` in ``netns``."""
 
     def __init__(self, sock: str, netns: str, tap: str, run_dir: Path, *, addr: str | None = None,
-                 name: str = "bg0") -> None:
+                 name: str = "bg0", cpu: int | None = None) -> None:
         super().__init__(["guest", "run", "--socket", sock, "--netns", netns, "--tap", tap, "--name", name,
-                          *(["--addr", addr] if addr else [])], run_dir, f"guest-{name}.sock", f"vxdp guest {name}")
+                          *(["--addr", addr] if addr else [])], run_dir, f"guest-{name}.sock", f"vxdp guest {name}", cpu)
         self._wait_control()
 
     def show(self) -> dict:
