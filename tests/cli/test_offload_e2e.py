@@ -154,3 +154,219 @@ def test_xdp2_offloaded_sends_frames_back_with_macs_swapped(topo):
         assert map_counts(topo, "rxcnt", "--guest", GUEST) == {17: 8, 6: 4, 1: 4}
         (prog,) = device_offload(topo)["programs"]
         assert prog["actions"].get("tx") == len(frames), prog["actions"]
+
+
+# -- 3. a PASS program offloaded -----------------------------------------------------------------
+
+def _iperf3_reverse(topo: OffloadTopo) -> dict:
+    """iperf3 TCP for 2 s, data from the traffic netns to the guest (through the offloaded program)."""
+    server = subprocess.Popen(["ip", "netns", "exec", topo.traffic, "iperf3", "-s", "-1", "-B", TRAFFIC_IP],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll(lambda: topo.sh(topo.traffic, "ss", "-ltn"), lambda out: ":5201" in out, timeout=10,
+             what="iperf3 server listening")
+        client = subprocess.run(["ip", "netns", "exec", topo.guest, "iperf3", "-c", TRAFFIC_IP, "-R", "-t", "2",
+                                 "-J"], check=False, capture_output=True, text=True, timeout=60)
+        assert client.returncode == 0, client.stdout[-2000:] + client.stderr[-2000:]
+        doc = json.loads(client.stdout)
+        assert "error" not in doc, doc["error"]
+        return doc
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(5)
+
+
+def test_pass_program_offloaded_keeps_ping_tcp_and_iperf3_working(topo):
+    from guest_helpers import ping, tcp_transfer
+
+    host, g = started(topo)
+    with host, g:
+        g.wait_connected()
+        topo.ok("prog", "load", XDP_PASS, "--offload", "--guest", GUEST)
+        assert ping(topo.traffic, GUEST_IP, 10) == 10
+        assert ping(topo.guest, TRAFFIC_IP, 10) == 10
+        data = os.urandom(4 << 20)
+        got = tcp_transfer(topo.traffic, topo.guest, GUEST_IP, data)
+        assert got == (hashlib.sha256(data).hexdigest(), len(data))
+        end = _iperf3_reverse(topo)["end"]
+        assert end["sum_received"]["bytes"] > 1 << 20
+        counts = map_counts(topo, "rxcnt", "--guest", GUEST)
+        assert counts.get(1, 0) >= 20  # the echo requests and replies that came in through the port
+        assert counts.get(6, 0) > 0
+        (prog,) = device_offload(topo)["programs"]
+        assert prog["actions"].get("pass", 0) > 0 and prog["actions"].get("drop", 0) == 0
+
+
+# -- 4. offloaded and native at once ---------------------------------------------------------------
+
+def test_offloaded_and_native_programs_at_once(topo):
+    host, g = started(topo)
+    with host, g:
+        g.wait_connected()
+        topo.ok("prog", "load", XDP_PASS, "--offload", "--guest", GUEST)
+        topo.ok("prog", "load", XDP1, "--native", "--guest", GUEST)
+        frames = retarget(packets.mix(240), HOST_MAC)
+        want = dict(packets.mix_protocol_counts(240))
+        rx_before = g.show()["counters"]["rx_frames"]
+        tap_before = topo.link_stat(topo.guest, "vxg0", "rx_packets")
+        send(topo, frames)
+        offloaded = poll(lambda: map_counts(topo, "rxcnt", "--mode", "offload", "--guest", GUEST),
+                         lambda c: c == want, timeout=20, what="the offloaded program's counters")
+        native = poll(lambda: map_counts(topo, "rxcnt", "--mode", "native", "--guest", GUEST),
+                      lambda c: c == want, timeout=20, what="the native program's counters")
+        assert offloaded == native == want
+        # the host passed every frame to the guest driver; the native program dropped them there
+        assert g.show()["counters"]["rx_frames"] - rx_before == len(frames)
+        assert topo.link_stat(topo.guest, "vxg0", "rx_packets") == tap_before
+        progs = {p["mode"]: p for p in topo.ok("prog", "show", "--guest", GUEST)["programs"] if p["attached"]}
+        assert set(progs) == {"offload", "native"}
+        assert progs["offload"]["name"] == "xdp_pass" and progs["native"]["name"] == "xdp_prog1"
+        assert progs["offload"]["counters"]["pass"] == len(frames)
+        assert progs["native"]["counters"].get("drop") == len(frames)
+
+
+# -- 5. refusals through the CLI ---------------------------------------------------------------------
+
+SNIPPETS = {
+    "redirect": 'SEC("xdp") int p(struct xdp_md *ctx) { return bpf_redirect(1, 0); }\nchar _l[] SEC("license") = "GPL";\n',
+    "fib": '#include <linux/if_ether.h>\nSEC("xdp") int p(struct xdp_md *ctx) { struct bpf_fib_lookup f = {};\n'
+           '  f.family = 2; f.ifindex = ctx->ingress_ifindex;\n'
+           '  return bpf_fib_lookup(ctx, &f, sizeof(f), 0) ? XDP_DROP : XDP_PASS; }\n'
+           'char _l[] SEC("license") = "GPL";\n',
+    "devmap": 'struct { __uint(type, BPF_MAP_TYPE_DEVMAP); __type(key, __u32); __type(value, __u32);\n'
+              '  __uint(max_entries, 4); } devs SEC(".maps");\n'
+              'SEC("xdp") int p(struct xdp_md *ctx) { __u32 k = 0; return bpf_map_lookup_elem(&devs, &k) ? 1 : 2; }\n'
+              'char _l[] SEC("license") = "GPL";\n',
+    "unsafe": 'SEC("xdp") int p(struct xdp_md *ctx) { unsigned char *d = (void *)(long)ctx->data;\n'
+              '  return d[0] & 1 ? XDP_PASS : XDP_DROP; }\nchar _l[] SEC("license") = "GPL";\n',
+    "long": 'SEC("xdp") int p(struct xdp_md *ctx) { unsigned char *d = (void *)(long)ctx->data;\n'
+            '  if ((void *)(d + 8) > (void *)(long)ctx->data_end) return XDP_PASS;\n'
+            '  return (d[0] + d[1] + d[2] + d[3] + d[4] + d[5] + d[6] + d[7]) & 1 ? XDP_PASS : XDP_DROP; }\n'
+            'char _l[] SEC("license") = "GPL";\n',
+}
+
+
+def refused(topo: OffloadTopo, path: str, *target: str) -> str:
+    """``vxdp prog load PATH --offload`` that must fail: exit 1, and the one-line message."""
+    r = topo.vxdp("prog", "load", path, "--offload", *target)
+    assert r.code == 1, (r.code, r.out, r.err)
+    assert r.out == ""
+    first = r.err.splitlines()[0]
+    assert first.startswith("vxdp: "), r.err
+    return r.err
+
+
+def test_refusals_name_the_rule(topo, tmp_path):
+    from bpf.bpf_cc import compile_bpf
+
+    objs = {name: str(compile_bpf(tmp_path, src, name)) for name, src in SNIPPETS.items()}
+    host, g = started(topo)
+    with host, g:
+        g.wait_connected()
+        err = refused(topo, objs["redirect"], "--guest", GUEST)
+        assert "policy: helper bpf_redirect (23) is never allowed" in err.splitlines()[0], err
+        assert "(rule helpers.never)" in err.splitlines()[0], err
+        err = refused(topo, objs["fib"], "--guest", GUEST)
+        assert "policy: helper bpf_fib_lookup (69) is never allowed" in err.splitlines()[0], err
+        assert "(rule helpers.never)" in err.splitlines()[0], err
+        err = refused(topo, objs["devmap"], "--guest", GUEST)
+        assert "devmap" in err.splitlines()[0].lower() and "map_types.allow" in err, err
+        err = refused(topo, objs["unsafe"], "--guest", GUEST)
+        assert "EACCES" in err.splitlines()[0] or "verifier" in err.splitlines()[0], err
+        assert "invalid access to packet" in err, err  # the kernel verifier's log is the detail
+        # nothing half-loaded stays behind on the device
+        dev = device_offload(topo)
+        assert dev["programs"] == [] and dev["maps"] == []
+        # and the device still works after the refusals
+        topo.ok("prog", "load", XDP1, "--offload", "--guest", GUEST)
+
+
+def test_quota_refusals(topo, tmp_path):
+    from bpf.bpf_cc import compile_bpf
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[quota]\nmax_maps = 0\nmax_insns = 10\n")
+    long_prog = str(compile_bpf(tmp_path, SNIPPETS["long"], "long"))
+    host, g = started(topo, "--policy", str(policy))
+    with host, g:
+        g.wait_connected()
+        err = refused(topo, XDP1, "--guest", GUEST)
+        assert "already has 0 maps" in err.splitlines()[0] and "quota.max_maps" in err, err
+        err = refused(topo, long_prog, "--guest", GUEST)
+        assert "quota.max_insns" in err and "10" in err.splitlines()[0], err
+
+
+def test_offload_bit_not_negotiated(topo):
+    host, g = started(topo, "--no-offload")
+    with host, g:
+        doc = g.wait_connected()
+        assert "bit58" not in doc["features"]
+        err = refused(topo, XDP1, "--guest", GUEST)
+        assert "EOPNOTSUPP" in err.splitlines()[0], err
+
+
+# -- 6. the guest killed with a program attached ---------------------------------------------------
+
+def _own(names: list[str]) -> list[str]:
+    return [n for n in names if n.startswith(DEVICE + "_")]
+
+
+def test_guest_killed_host_frees_everything(topo):
+    host, g = started(topo)
+    with host, g:
+        g.wait_connected()
+        topo.ok("prog", "load", TAIL_CALLS, "--offload", "--guest", GUEST)
+        dev = device_offload(topo)
+        assert len(dev["programs"]) == 3 and len(dev["maps"]) == 2
+        assert set(p["kernel_name"] for p in dev["programs"]) <= set(_own(kernel_names(topo, "prog")))
+        g.stop(sig=9)
+        poll(lambda: device_offload(topo), lambda d: d["programs"] == [] and d["maps"] == [], timeout=20,
+             what="the host freeing the killed guest's objects")
+        assert _own(kernel_names(topo, "prog")) == []
+        poll(lambda: _own(kernel_names(topo, "map")), lambda n: n == [], timeout=10,
+             what="kernel maps of the device (freed lazily)")
+        assert "xdp" not in topo.sh(topo.hostns, "ip", "link", "show", "vxp0").split("mtu")[0]
+        assert host.proc.poll() is None
+
+
+# -- 7. the operator's path --------------------------------------------------------------------------
+
+def test_operator_loads_on_the_device_without_a_guest(topo):
+    with topo.host() as host:
+        loaded = topo.ok("prog", "load", XDP1, "--device", DEVICE)
+        assert [p["name"] for p in loaded["programs"]] == ["xdp_prog1"]
+        send(topo, packets.mix(80))
+        want = dict(packets.mix_protocol_counts(80))
+        got = poll(lambda: map_counts(topo, "rxcnt", "--device", DEVICE), lambda c: c == want, timeout=20,
+                   what="counters read on the device")
+        assert got == want
+        (prog,) = device_offload(topo)["programs"]
+        assert prog["actions"].get("drop") == 80
+        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1}
+        dev = device_offload(topo)
+        assert dev["programs"] == [] and dev["maps"] == []
+        assert prog["kernel_name"] not in kernel_names(topo, "prog")
+        assert host.proc.poll() is None
+
+
+# -- 8. tail calls across offloaded programs ---------------------------------------------------------
+
+def test_tail_calls_across_offloaded_programs(topo):
+    host, g = started(topo)
+    with host, g:
+        g.wait_connected()
+        loaded = topo.ok("prog", "load", TAIL_CALLS, "--offload", "--guest", GUEST)
+        handles = {p["name"]: p["handle"] for p in loaded["programs"]}
+        assert [p["name"] for p in loaded["programs"] if p["attached"]] == ["xdp_entry"]
+        # the prog_array holds guest handles: slot 0 handle_ipv4, slot 2 handle_other, 1 and 3 empty
+        table = {int.from_bytes(bytes.fromhex(e["key"]), "little"): int.from_bytes(bytes.fromhex(e["value"]), "little")
+                 for e in topo.ok("map", "dump", "jmp_table", "--guest", GUEST)["entries"]}
+        assert table == {0: handles["handle_ipv4"], 2: handles["handle_other"]}
+        # per 8 frames of the mix: IPv4 TCP/UDP/ICMP and VLAN+IPv4 -> handle_ipv4 (hops[0]);
+        # IPv6 x3 -> empty slot 1, falls through (hops[3]); ARP -> handle_other (hops[2])
+        send(topo, retarget(packets.mix(80), HOST_MAC))
+        want = {0: 40, 3: 30, 2: 10}
+        got = poll(lambda: map_counts(topo, "hops", "--guest", GUEST), lambda c: c == want, timeout=20,
+                   what="hop counters")
+        assert got == want

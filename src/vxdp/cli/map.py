@@ -27,6 +27,9 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
         if value:
             p.add_argument("value", metavar="VALUE", help="an integer, or hex bytes")
             p.add_argument("--flags", choices=("any", "noexist", "exist"), default="any")
+        if named:
+            p.add_argument("--mode", choices=("offload", "native"),
+                           help="the map of this slot when both have one of that name (default: offload first)")
         add_target(p)
         p.add_argument("-j", "--json", action="store_true", help="JSON output")
         p.set_defaults(func=func)
@@ -61,9 +64,13 @@ def parse_field(text: str, size: int, what: str) -> str:
     return data.hex()
 
 
+def _mode(args: argparse.Namespace) -> dict:
+    return {"mode": args.mode} if args.mode else {}
+
+
 def _map_info(args: argparse.Namespace) -> dict:
     for m in call(args, "map.show"):
-        if m["name"] == args.map:
+        if m["name"] == args.map and args.mode in (None, m.get("mode")):
             return m
     raise CliError(f"no map named {args.map!r}")
 
@@ -82,7 +89,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    doc = call(args, "map.dump", map=args.map)
+    doc = call(args, "map.dump", map=args.map, **_mode(args))
     if args.json:
         emit_json(doc)
     else:
@@ -93,7 +100,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_lookup(args: argparse.Namespace) -> int:
     info = _map_info(args)
     key = parse_field(args.key, info["key_size"], "key")
-    doc = call(args, "map.lookup", map=args.map, key=key)
+    doc = call(args, "map.lookup", map=args.map, key=key, **_mode(args))
     if args.json:
         emit_json(doc)
     else:
@@ -105,7 +112,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     info = _map_info(args)
     key = parse_field(args.key, info["key_size"], "key")
     value = parse_field(args.value, info["value_bytes"], "value")
-    call(args, "map.update", map=args.map, key=key, value=value, flags=args.flags)
+    call(args, "map.update", map=args.map, key=key, value=value, flags=args.flags, **_mode(args))
     if args.json:
         emit_json({"map": args.map, "key": key, "value": value})
     return 0
@@ -114,7 +121,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     info = _map_info(args)
     key = parse_field(args.key, info["key_size"], "key")
-    call(args, "map.delete", map=args.map, key=key)
+    call(args, "map.delete", map=args.map, key=key, **_mode(args))
     if args.json:
         emit_json({"map": args.map, "key": key, "deleted": True})
     return 0

@@ -160,47 +160,51 @@ class ProgramRegistry:
             "maps": [m for d in docs for m in d["maps"]],
         }
 
-    def find_map(self, name: str) -> Map:
-        """A map by its name in the object; the offloaded one first when both slots have it."""
-        for mode in ("offload", "native", *self.slots):
-            slot = self.slots.get(mode)
+    def find_map(self, name: str, mode: str | None = None) -> Map:
+        """A map by its name in the object; the offloaded one first when both slots have it,
+        unless ``mode`` names the slot (xdp_pass offloaded and xdp1 native both have ``rxcnt``)."""
+        for m in ("offload", "native", *self.slots) if mode is None else (mode,):
+            slot = self.slots.get(m)
             if slot is not None and name in slot.loaded.maps:
                 return slot.loaded.maps[name]
-        raise RegistryError(errno.ENOENT, f"no map named {name!r} is loaded")
+        where = f" in the {mode} slot" if mode else ""
+        raise RegistryError(errno.ENOENT, f"no map named {name!r} is loaded{where}")
 
     # -- map requests (keys and values travel as hex) ------------------------------------
-    def map_dump(self, name: str) -> dict[str, Any]:
-        return map_doc(name, self.find_map(name))
+    def map_dump(self, name: str, mode: str | None = None) -> dict[str, Any]:
+        return map_doc(name, self.find_map(name, mode))
 
-    def map_lookup(self, name: str, key: str) -> dict[str, Any]:
-        value = self.find_map(name).lookup(bytes.fromhex(key))
+    def map_lookup(self, name: str, key: str, mode: str | None = None) -> dict[str, Any]:
+        value = self.find_map(name, mode).lookup(bytes.fromhex(key))
         if value is None:
             raise RegistryError(errno.ENOENT, f"map {name}: no entry for key {key}")
         return {"key": key, "value": value.hex()}
 
-    def map_update(self, name: str, key: str, value: str, flags: str = "any") -> dict[str, Any]:
+    def map_update(self, name: str, key: str, value: str, flags: str = "any",
+                   mode: str | None = None) -> dict[str, Any]:
         codes = {"any": 0, "noexist": 1, "exist": 2}
         if flags not in codes:
             raise RegistryError(errno.EINVAL, f"flags {flags!r}: one of {', '.join(codes)}")
-        self.find_map(name).update(bytes.fromhex(key), bytes.fromhex(value), codes[flags])
+        self.find_map(name, mode).update(bytes.fromhex(key), bytes.fromhex(value), codes[flags])
         return {}
 
     def map_next_key(self, name: str, key: str | None = None) -> dict[str, Any]:
         nxt = self.find_map(name).next_key(bytes.fromhex(key) if key is not None else None)
         return {"key": nxt.hex() if nxt is not None else None}
 
-    def map_delete(self, name: str, key: str) -> dict[str, Any]:
-        self.find_map(name).delete(bytes.fromhex(key))
+    def map_delete(self, name: str, key: str, mode: str | None = None) -> dict[str, Any]:
+        self.find_map(name, mode).delete(bytes.fromhex(key))
         return {}
 
     def map_handlers(self) -> dict[str, Callable[..., Any]]:
         """The ``map.*`` control-socket methods (``vxdp map …``), the same in both daemons."""
         return {
             "map.show": lambda: self.show()["maps"],
-            "map.dump": lambda map: self.map_dump(map),
-            "map.lookup": lambda map, key: self.map_lookup(map, key),
-            "map.update": lambda map, key, value, flags="any": self.map_update(map, key, value, flags),
-            "map.delete": lambda map, key: self.map_delete(map, key),
+            "map.dump": lambda map, mode=None: self.map_dump(map, mode),
+            "map.lookup": lambda map, key, mode=None: self.map_lookup(map, key, mode),
+            "map.update": lambda map, key, value, flags="any", mode=None: self.map_update(map, key, value, flags,
+                                                                                            mode),
+            "map.delete": lambda map, key, mode=None: self.map_delete(map, key, mode),
             "map.next_key": lambda map, key=None: self.map_next_key(map, key),
         }
 
