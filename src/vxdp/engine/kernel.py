@@ -19,6 +19,7 @@ from ..bpf.mapspec import MapSpec
 from .base import Engine, Map, RunResult, XdpMd
 
 PROG_TYPE_XDP = 6
+KERNEL_NAME_SHOWN = 14  # BPF_OBJ_NAME_LEN - 2: the longest program name bpftool shows as it is
 
 
 class KernelEngine(Engine):
@@ -50,10 +51,15 @@ class KernelEngine(Engine):
 
     def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:
         btf_fd = self._btf_fd(extra.get("btf"))  # type: ignore[arg-type]
+        kname = self.name_prefix + name
+        if self.name_prefix:
+            # bpftool shows a 15-character (maybe truncated) program name as its BTF function's
+            # name, which has no prefix: 14 characters keep the owner visible in `bpftool prog show`
+            kname = kname[: KERNEL_NAME_SHOWN]
         prog = KernelProgram.load(
             insns,
             prog_type=PROG_TYPE_XDP,
-            name=self.name_prefix + name,
+            name=kname,
             license=license,
             btf_fd=btf_fd,
             func_info=extra.get("func_info") if btf_fd else None,  # type: ignore[arg-type]

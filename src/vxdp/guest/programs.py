@@ -25,8 +25,9 @@ from typing import Any
 from ..engine.interp import InterpEngine
 from ..engine.loader import LoadedObject
 from ..engine.registry import ProgramRegistry, RegistryError
-from .native import NativeXdp
+from ..virtio.offload import FEATURE_BPF_OFFLOAD
 from ..virtio.offload_client import OffloadClient, OffloadEngine, ctrl_transport
+from .native import NativeXdp
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class GuestPrograms:
         return ctrl_transport(ctrl)(request, capacity)
 
     def _offload(self, path: str, prog: str | None) -> dict[str, Any]:
+        if self.driver.connected and not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:
+            # a device without the bit has no BPF class: its ctrl vq would answer a bare ERR
+            raise RegistryError(errno.EOPNOTSUPP, f"the device does not offer XDP offload (feature bit "
+                                                  f"{FEATURE_BPF_OFFLOAD} not negotiated)")
         engine = OffloadEngine(OffloadClient(self._transport))
         return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(h))
 
