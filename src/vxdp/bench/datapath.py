@@ -122,6 +122,7 @@ class Lab:
     drop: KernelProgram
     tag: str
     profiles: dict[str, str] = field(default_factory=dict)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def sock(self) -> str:
@@ -216,6 +217,18 @@ def _xdp(lab: Lab, ns: str, ifname: str, prog: KernelProgram) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _cpu_use(lab: Lab, name: str, daemons: dict[str, Any]) -> Iterator[None]:
+    """Each daemon's share of one CPU (user, system) while the body runs: busy near 1.0 = CPU-bound."""
+    before = {who: d.cpu_seconds() for who, d in daemons.items()}
+    start = time.perf_counter()
+    yield
+    wall = time.perf_counter() - start
+    for who, d in daemons.items():
+        (u0, s0), (u1, s1) = before[who], d.cpu_seconds()
+        lab.cpu[f"{name}-{who}"] = {"user": round((u1 - u0) / wall, 3), "system": round((s1 - s0) / wall, 3)}
+
+
+@contextlib.contextmanager
 def _profiled(lab: Lab, p: Plan, name: str, daemons: dict[str, int]) -> Iterator[None]:
     """py-spy record each daemon (by pid) while the body runs, when asked and available."""
     beside = Path(sys.executable).parent / "py-spy"
@@ -248,8 +261,10 @@ def rx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
     out: dict[str, Sample] = {}
     with _xdp(lab, lab.hostns, "vxp0", lab.npass):  # a PASS program gives vxp0 NAPI: frames are kept
         with lab.backend() as b, lab.guest_daemon(discard=True) as g, \
-                _profiled(lab, p, "rx", {"backend": b.pid, "guest": g.pid}):
+                _profiled(lab, p, "rx", {"backend": b.pid, "guest": g.pid}), \
+                _cpu_use(lab, "rx", {"backend": b, "guest": g}):
             out["ours"] = _generated(lab, p, g.rx_frames)
+            lab.cpu["rx-port"] = {"ring_drops": b.show()["port"]["drops"]}
         with lab.backend(), testpmd_virtio_user(lab.sock, "rxonly", lab.prefix("r1"), CPU_B) as pmd:
             out["pmd_driver"] = _generated(lab, p, _pmd_rx(pmd))
     with testpmd_vhost(lab.sock, "txonly", lab.prefix("r2"), CPU_B), lab.guest_daemon(cpu=0, discard=True) as g:
@@ -266,7 +281,8 @@ def tx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
     with enable_stats(), _xdp(lab, lab.traffic, "vxt0", lab.drop):
         def at_peer() -> int:
             return lab.drop.info().run_cnt
-        with lab.backend() as b, lab.guest_daemon() as g, _profiled(lab, p, "tx", {"backend": b.pid, "guest": g.pid}):
+        with lab.backend() as b, lab.guest_daemon() as g, \
+                _profiled(lab, p, "tx", {"backend": b.pid, "guest": g.pid}), _cpu_use(lab, "tx", {"backend": b, "guest": g}):
             out["ours"] = _bench_tx(p, g, at_peer)
         with lab.backend(), testpmd_virtio_user(lab.sock, "txonly", lab.prefix("t1"), CPU_B):
             out["pmd_driver"] = _interval(p, at_peer)
@@ -330,7 +346,7 @@ def run(p: Plan) -> dict[str, Any]:
         rx = rx_runs(lab, p)
         tx = tx_runs(lab, p)
         tcp = tcp_runs(lab, p)
-        profiles = dict(lab.profiles)
+        profiles, cpu = dict(lab.profiles), dict(lab.cpu)
     port_rx = port_bench.port_rx_mpps(frames=p.port_frames)
     port_tx = port_bench.port_tx_mpps(frames=p.port_frames)
     offered = rx["ours"].to_json().get("offered_mpps")
@@ -353,6 +369,7 @@ def run(p: Plan) -> dict[str, Any]:
                     "tcp_gbps": tcp,
                     "port_alone": {"rx": {"mpps": round(port_rx.mpps, 4), "drops": port_rx.drops},
                                    "tx": {"mpps": round(port_tx.mpps, 4), "given_back": port_tx.drops}}},
+        "cpu_share": cpu,  # of one CPU, per daemon, over our own runs (warm-up included)
         "profiles": profiles,
     }
 

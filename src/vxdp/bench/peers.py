@@ -65,6 +65,13 @@ class _Daemon:
     def pid(self) -> int:
         return self.proc.pid
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU seconds the daemon used so far (/proc/PID/stat), for "what limits us"."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
     def call(self, method: str, timeout: float = 30.0, **params: Any) -> Any:
         if self.proc.poll() is not None:
             raise PeerError(f"{self.what} exited with {self.proc.returncode}:\n{self.log.tail()}")
