@@ -19,9 +19,9 @@ from pathlib import Path
 from testpaths import ROOT
 
 sys.path.insert(0, str(ROOT / "tests" / "guest"))  # the daemons' subprocess wrappers live there
-from guest_helpers import GuestProc, HostProc, poll  # noqa: E402
+from guest_helpers import GuestProc, HostProc, poll
 
-from vxdp.testing.netns import NetLab  # noqa: E402
+from vxdp.testing.netns import NetLab
 
 TRAFFIC_IP = "198.18.21.1"
 GUEST_IP = "198.18.21.2"
@@ -57,7 +57,7 @@ class OffloadTopo:
 
     def vxdp(self, *args: str, timeout: float = 60.0) -> CliResult:
         """``vxdp ARGS`` with this topology's run dir; never raises on a non-zero exit."""
-        p = subprocess.run([sys.executable, "-m", "vxdp.cli.main", *args], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, "-m", "vxdp.cli.main", *args], check=False, capture_output=True, text=True,
                            env=dict(os.environ, VXDP_RUN_DIR=str(self.run_dir)), timeout=timeout)
         return CliResult(p.returncode, p.stdout, p.stderr)
 
@@ -90,5 +90,16 @@ def offload_topology(tmp_path: Path, prefix: str = "vxo"):
         yield OffloadTopo(lab, traffic, hostns, guest, str(tmp_path / "vh.sock"), tmp_path)
 
 
-__all__ = ["GUEST", "DEVICE", "GUEST_IP", "HOST_MAC", "TRAFFIC_IP", "CliResult", "GuestProc", "HostProc",
-           "OffloadTopo", "offload_topology", "poll"]
+__all__ = [
+    "DEVICE",
+    "GUEST",
+    "GUEST_IP",
+    "HOST_MAC",
+    "TRAFFIC_IP",
+    "CliResult",
+    "GuestProc",
+    "HostProc",
+    "OffloadTopo",
+    "offload_topology",
+    "poll",
+]

@@ -14,7 +14,16 @@ import subprocess
 import time
 
 import pytest
-from offload_topology import DEVICE, GUEST, GUEST_IP, HOST_MAC, TRAFFIC_IP, OffloadTopo, offload_topology, poll
+from offload_topology import (
+    DEVICE,
+    GUEST,
+    GUEST_IP,
+    HOST_MAC,
+    TRAFFIC_IP,
+    OffloadTopo,
+    offload_topology,
+    poll,
+)
 from testpaths import SAMPLES_BUILD
 
 from vxdp import packets
@@ -27,7 +36,6 @@ XDP1 = str(SAMPLES_BUILD / "xdp1.o")
 XDP2 = str(SAMPLES_BUILD / "xdp2.o")
 XDP_PASS = str(SAMPLES_BUILD / "xdp_pass.o")
 TAIL_CALLS = str(SAMPLES_BUILD / "corpus" / "tail_calls.o")
-TRAFFIC_MAC_FALLBACK = "02:00:00:00:00:01"
 
 
 @pytest.fixture
@@ -321,7 +329,7 @@ def test_guest_killed_host_frees_everything(topo):
         topo.ok("prog", "load", TAIL_CALLS, "--offload", "--guest", GUEST)
         dev = device_offload(topo)
         assert len(dev["programs"]) == 3 and len(dev["maps"]) == 2
-        assert set(p["kernel_name"] for p in dev["programs"]) <= set(_own(kernel_names(topo, "prog")))
+        assert {p["kernel_name"] for p in dev["programs"]} <= set(_own(kernel_names(topo, "prog")))
         g.stop(sig=9)
         poll(lambda: device_offload(topo), lambda d: d["programs"] == [] and d["maps"] == [], timeout=20,
              what="the host freeing the killed guest's objects")
