@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
-import selectors
 import socket
 import threading
 
 import pytest
 
 from vxdp import rpc
+from vxdp.eventloop import Loop
 
 
 @pytest.fixture
@@ -18,28 +18,15 @@ def server(tmp_path):
         raise OSError(errno.ENOENT, "no such map")
 
     srv = rpc.Server(tmp_path / "ctl.sock", {"echo": lambda **p: p, "fail": fail, "refuse": _refuse})
-    stop = threading.Event()
-
-    def loop():
-        sel = selectors.DefaultSelector()
-        registered: set[int] = set()
-        while not stop.is_set():
-            for fd in set(srv.filenos()) - registered:
-                sel.register(fd, selectors.EVENT_READ)
-                registered.add(fd)
-            for fd in registered - set(srv.filenos()):
-                sel.unregister(fd)
-                registered.discard(fd)
-            for key, _ in sel.select(0.05):
-                srv.process(key.fd)
-        sel.close()
-
-    t = threading.Thread(target=loop, daemon=True)
+    loop = Loop()
+    srv.attach(loop)
+    t = threading.Thread(target=loop.run, kwargs={"tick": 0.05}, daemon=True)
     t.start()
     yield srv
-    stop.set()
+    loop.stop()
     t.join(5)
     srv.close()
+    loop.close()
 
 
 def _refuse(**_):
@@ -84,3 +71,9 @@ def test_paths_follow_run_dir(monkeypatch, tmp_path):
     monkeypatch.setenv(rpc.RUN_DIR_ENV, str(tmp_path))
     assert rpc.host_socket("dev0") == tmp_path / "host-dev0.sock"
     assert rpc.guest_socket("g1") == tmp_path / "guest-g1.sock"
+
+
+def test_many_connections_in_a_row_reuse_fds_safely(server):
+    # each call opens and closes a connection: fd numbers are reused, and must be served every time
+    for i in range(200):
+        assert rpc.call(server.path, "echo", i=i, timeout=10) == {"i": i}

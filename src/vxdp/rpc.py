@@ -80,7 +80,7 @@ class _Conn:
 
 
 class Server:
-    """A control socket: `fileno`s to poll, `process(fd)` when one is readable."""
+    """A control socket served from an event loop (`attach`), or polled by hand (`filenos`, `process`)."""
 
     def __init__(self, path: str | os.PathLike, handlers: dict[str, Handler]) -> None:
         self.path = Path(path)
@@ -93,6 +93,14 @@ class Server:
         self.sock.listen(16)
         self.sock.setblocking(False)
         self.conns: dict[int, _Conn] = {}
+        self._loop: Any = None
+
+    def attach(self, loop: Any) -> None:
+        """Serve from ``loop`` (`vxdp.eventloop.Loop`): a reader for the listening socket, and one per
+        connection from its accept until its close. A connection's reader goes before its fd is
+        closed, so a new connection that gets the same fd number is never mistaken for the old one."""
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), lambda: self.process(self.sock.fileno()))
 
     def filenos(self) -> list[int]:
         return [self.sock.fileno(), *self.conns]
@@ -104,7 +112,10 @@ class Server:
                 sock, _ = self.sock.accept()
             except BlockingIOError:
                 return
-            self.conns[sock.fileno()] = _Conn(sock)
+            fd = sock.fileno()
+            self.conns[fd] = _Conn(sock)
+            if self._loop is not None:
+                self._loop.add_reader(fd, lambda: self.process(fd))
             return
         conn = self.conns.get(fd)
         if conn is None:
@@ -160,11 +171,16 @@ class Server:
     def _drop(self, fd: int) -> None:
         conn = self.conns.pop(fd, None)
         if conn is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(fd)
             conn.sock.close()
 
     def close(self) -> None:
         for fd in list(self.conns):
             self._drop(fd)
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
         self.sock.close()
         try:
             self.path.unlink()

@@ -72,22 +72,10 @@ class GuestDaemon:
             if isinstance(e, GuestDaemonError):
                 raise
             raise GuestDaemonError(f"guest {self.name}: {e}") from e
-        for fd in self.control.filenos():
-            self.loop.add_reader(fd, self._control_handler(fd))
+        self.control.attach(self.loop)
         self.driver.on_connect = lambda d: self._set_tap_mac(d.mac)
         self.driver.on_disconnect = lambda d: self.programs.on_disconnect()
         self.driver.attach(self.loop, self.tap)
-
-    def _control_handler(self, fd: int):
-        def handler() -> None:
-            before = set(self.control.filenos())
-            self.control.process(fd)
-            after = set(self.control.filenos())
-            for new in after - before:
-                self.loop.add_reader(new, self._control_handler(new))
-            for gone in before - after:
-                self.loop.remove_reader(gone)
-        return handler
 
     def _set_tap_mac(self, mac: bytes, up: bool = False) -> None:
         text = ":".join(f"{b:02x}" for b in mac)

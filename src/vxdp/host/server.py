@@ -81,7 +81,6 @@ class HostDaemon:
         self._next_tick = 0.0
         self._next_connect = 0.0
         self._waiting_logged = False
-        self._rpc_fds: set[int] = set()
         self.offload: DeviceOffload | None = None
         ctrl = ctrl or CtrlTable()
         try:
@@ -100,7 +99,7 @@ class HostDaemon:
             self.control_path = Path(cfg.control_socket) if cfg.control_socket else rpc.host_socket(cfg.name)
             handlers = {"device.show": self.show, **(self.offload.handlers() if self.offload else {})}
             self.rpc = rpc.Server(self.control_path, handlers)
-            self._sync_rpc()
+            self.rpc.attach(self.loop)
         except BaseException:
             self.close()
             raise
@@ -198,18 +197,6 @@ class HostDaemon:
             self._next_connect = time.monotonic() + self.cfg.reconnect_s
 
     # ------------------------------------------------------------------ control socket
-    def _sync_rpc(self) -> None:
-        now = set(self.rpc.filenos()) if self.rpc else set()
-        for fd in self._rpc_fds - now:
-            self.loop.remove_reader(fd)
-        for fd in now - self._rpc_fds:
-            self.loop.add_reader(fd, lambda f=fd: self._on_rpc(f))
-        self._rpc_fds = now
-
-    def _on_rpc(self, fd: int) -> None:
-        self.rpc.process(fd)
-        self._sync_rpc()
-
     def show(self) -> dict:
         """``device.show``: what ``vxdp host show`` prints."""
         s = self.session
@@ -251,8 +238,6 @@ class HostDaemon:
             except OSError:
                 pass
         if self.rpc is not None:
-            for fd in self._rpc_fds:
-                self.loop.remove_reader(fd)
             self.rpc.close()
             self.rpc = None
         if self.port is not None:
