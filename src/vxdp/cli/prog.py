@@ -13,7 +13,7 @@ from .output import CliError, emit_json, print_map
 
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
-    prog = objects.add_parser("prog", help="BPF programs: disassemble, run")
+    prog = objects.add_parser("prog", help="BPF programs: disassemble, run, load (offloaded or native), show, detach")
     cmds = prog.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     disasm = cmds.add_parser("disasm", help="disassemble the programs of an object, linked as they load")
