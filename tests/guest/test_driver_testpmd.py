@@ -76,7 +76,7 @@ def test_ping_through_testpmd_icmpecho(guest_ns, tmp_path):
             assert c["rx_frames"] >= 25 and c["tx_frames"] >= 25 and c["rx_dropped"] == 0
             cli = [sys.executable, "-m", "vxdp.cli.main", "guest", "show"]  # the only guest: no --name needed
             text = subprocess.run(cli, env=g.env, check=True, capture_output=True, text=True).stdout
-            assert text.startswith("guest g0: connected (client)") and "vring 1 (tx): size 256" in text
+            assert text.startswith("guest g0: connected (client)") and "vring 1 (tx): size 1024" in text
             js = json.loads(subprocess.run([*cli, "--name", "g0", "-j"], env=g.env, check=True,
                                            capture_output=True, text=True).stdout)
             assert js["connected"] and js["counters"]["rx_frames"] >= c["rx_frames"]

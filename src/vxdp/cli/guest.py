@@ -30,7 +30,7 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     run.add_argument("--mac", metavar="MAC", help="the device MAC when the backend reports none")
     run.add_argument("--server", action="store_true", help="listen on PATH; the backend connects")
     run.add_argument("--mem-mb", type=int, default=64, metavar="N", help="guest memory in MiB (default 64)")
-    run.add_argument("--queue-size", type=int, default=256, metavar="N", help="rx/tx ring size (default 256)")
+    run.add_argument("--queue-size", type=int, default=1024, metavar="N", help="rx/tx ring size (default 1024)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="log connections (-vv: debug)")
     run.set_defaults(func=cmd_run)
 
