@@ -20,7 +20,9 @@ with XDP headroom, in softirq on our CPU) sets the rate.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from vxdp.bpf.isa import EXIT, Insn, XdpAction
 from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, enable_stats, send_live_frames_in
 from vxdp.frames import FrameBatch
 
+from .errors import NetdevError, where
 from .port import Port
 
 FRAME_64 = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + bytes(64 - 14)
@@ -107,22 +110,93 @@ def port_rx_mpps(frames: int = 2_000_000, batch: int = 256, **port_args) -> Rate
         return Rate(got, last - start, port.stats().drops)
 
 
-def port_tx_mpps(frames: int = 2_000_000, batch: int = 256, **port_args) -> Rate:
-    """Send ``frames`` 64-byte frames from a Port into a veth whose peer XDP-drops and counts them."""
+def _napi_threads(ifname: str) -> set[int]:
+    """Pids of the kernel threads ``napi/IFNAME-ID`` (of any netns: callers take a before/after difference)."""
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().startswith(f"napi/{ifname}-"):
+                        out.add(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+@contextlib.contextmanager
+def threaded_napi(netns: str, ifname: str, cpu: int | None) -> Iterator[None]:
+    """Run ``ifname``'s NAPI in kernel threads (``/sys/class/net/IF/threaded``), pinned to ``cpu``.
+
+    Why: a veth peer's receive work (its XDP program, the skb copy into a page-pool page) is
+    otherwise done in softirq inside the *sender's* sendmmsg, on the sender's CPU, and one frame
+    per NAPI poll. A transmit benchmark then measures the receiver as much as the sender. In a
+    thread the peer's work moves off the sender's CPU and is batched (up to 64 frames a poll).
+    The device needs NAPI first (an XDP program attached), or the kernel answers EIO.
+    """
+    def write(value: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", netns, "sh", "-c",
+                               f"echo {value} > /sys/class/net/{ifname}/threaded"],
+                              check=False, capture_output=True, text=True)
+
+    before = _napi_threads(ifname)
+    r = write(1)
+    if r.returncode != 0:
+        raise NetdevError(f"{where(ifname, netns)}: cannot make its NAPI threaded: {r.stderr.strip()}")
+    try:
+        if cpu is not None:
+            for pid in _napi_threads(ifname) - before:
+                try:
+                    os.sched_setaffinity(pid, {cpu})
+                except ProcessLookupError:  # a thread of another device of that name, gone meanwhile
+                    pass
+        yield
+    finally:
+        write(0)  # best effort: the namespace is usually torn down next anyway
+
+
+def port_tx_mpps(frames: int = 2_000_000, batch: int = 256, *, peer_napi_cpu: int | None = None,
+                 sender_cpu: int | None = None, **port_args) -> Rate:
+    """Send ``frames`` 64-byte frames from a Port into a veth whose peer XDP-drops and counts them.
+
+    ``peer_napi_cpu``: run the peer's NAPI threaded on that CPU (`threaded_napi`); ``sender_cpu``:
+    send from that CPU. None: the kernel's defaults (peer's work in our syscall, sender unpinned).
+    """
     with _veth_pair() as (ns_a, ns_b), enable_stats(), \
             KernelProgram.load(_ret(XdpAction.DROP), name="bench_drop") as drop, \
             Port("vba", netns=ns_a, **port_args) as port:
         attach_xdp("vbb", drop.fd, XdpMode.NATIVE, netns=ns_b)
-        b = FrameBatch.allocate(batch)
-        b.fill([FRAME_64] * batch)
-        port.send_batch(b)  # compile before the clock starts
-        before = drop.info().run_cnt
-        gave_back = 0
-        start = time.perf_counter()
-        for _ in range(frames // batch):
-            gave_back += batch - port.send_batch(b)
-        seconds = time.perf_counter() - start
-        return Rate(drop.info().run_cnt - before, seconds, gave_back)
+        with contextlib.ExitStack() as stack:
+            if peer_napi_cpu is not None:
+                stack.enter_context(threaded_napi(ns_b, "vbb", peer_napi_cpu))
+            if sender_cpu is not None:
+                stack.enter_context(_pinned(sender_cpu))
+            return _send_timed(port, drop, frames, batch)
+
+
+@contextlib.contextmanager
+def _pinned(cpu: int) -> Iterator[None]:
+    """The calling thread on ``cpu`` while the body runs."""
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def _send_timed(port: Port, drop: KernelProgram, frames: int, batch: int) -> Rate:
+    """Send ``frames`` copies of FRAME_64 in batches; the rate at which ``drop`` (the peer) saw them."""
+    b = FrameBatch.allocate(batch)
+    b.fill([FRAME_64] * batch)
+    port.send_batch(b)  # compile before the clock starts
+    before = drop.info().run_cnt
+    gave_back = 0
+    start = time.perf_counter()
+    for _ in range(frames // batch):
+        gave_back += batch - port.send_batch(b)
+    seconds = time.perf_counter() - start
+    return Rate(drop.info().run_cnt - before, seconds, gave_back)
 
 
 def main() -> None:
