@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vxdp.bench import port as port_bench
 from vxdp.bpf.isa import EXIT, Insn, XdpAction
 from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, detach_xdp, enable_stats, send_live_frames_in
-from vxdp.netdev import bench as port_bench
 from vxdp.testing.netns import NetLab
 
 from . import report
@@ -81,7 +81,7 @@ class DatapathBenchError(Exception):
 class Plan:
     seconds: float  # per Mpps measurement
     tcp_seconds: int  # per iperf3 run
-    port_frames: int  # frames for the port-alone figures (vxdp.netdev.bench)
+    port_frames: int  # frames for the port-alone figures (vxdp.bench.port)
     profile_dir: str | None = None  # py-spy the daemons during our own runs
 
 

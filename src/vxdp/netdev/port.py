@@ -29,7 +29,7 @@ Kernel facts this relies on (Linux ``net/packet/af_packet.c``):
   (`vxdp.netdev.csum`), so whoever takes the batch (a guest without
   VIRTIO_NET_F_GUEST_CSUM) gets valid frames; the ring itself is untouched.
 
-Measured here (veth, 64-byte frames, see `vxdp.netdev.bench`): sendmmsg beats
+Measured here (veth, 64-byte frames, see `vxdp.bench.port`): sendmmsg beats
 PACKET_TX_RING, so transmit uses sendmmsg.
 """
 

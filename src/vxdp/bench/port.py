@@ -37,8 +37,8 @@ from vxdp.bpf.isa import EXIT, Insn, XdpAction
 from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, enable_stats, send_live_frames_in
 from vxdp.frames import FrameBatch
 
-from .errors import NetdevError, where
-from .port import Port
+from ..netdev.errors import NetdevError, where
+from ..netdev.port import Port
 
 FRAME_64 = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + bytes(64 - 14)
 

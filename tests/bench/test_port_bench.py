@@ -1,4 +1,4 @@
-"""`vxdp.netdev.bench.threaded_napi`: the benchmark's placement of a veth peer's receive work
+"""`vxdp.bench.port.threaded_napi`: the benchmark's placement of a veth peer's receive work
 (its NAPI in a kernel thread pinned to one CPU) is really in force inside the body, and undone."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from vxdp.bench import port as bench
 from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, detach_xdp
-from vxdp.netdev import bench
 
 pytestmark = pytest.mark.privileged
 
