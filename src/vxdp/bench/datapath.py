@@ -183,10 +183,27 @@ def _generate(lab: Lab, count: int) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
+def _settled(counter: Callable[[], int], start: int, *, timeout: float = 60.0) -> None:
+    """Wait until ``counter`` has moved past ``start`` and then stands still (bounded).
+
+    The first frames wake every lazy path, and in a fresh checkout that includes numba
+    compiling the daemons' kernels on first use (seconds): a measurement taken before that
+    would count nothing."""
+    deadline = time.monotonic() + timeout
+    last = counter()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = counter()
+        if now > start and now == last:
+            return
+        last = now
+
+
 def _generated(lab: Lab, p: Plan, counter: Callable[[], int]) -> Sample:
     """Live frames into the port for about ``p.seconds``; what ``counter`` saw meanwhile."""
-    _generate(lab, 20_000)  # warm up: the first frames wake every lazy path
-    time.sleep(0.2)
+    start = counter()
+    _generate(lab, 20_000)  # warm up
+    _settled(counter, start)
     before = counter()
     sent, seconds = _generate(lab, int(GEN_MPPS * 1e6 * p.seconds))
     return Sample(counter() - before, seconds, sent)
@@ -194,7 +211,11 @@ def _generated(lab: Lab, p: Plan, counter: Callable[[], int]) -> Sample:
 
 def _interval(p: Plan, counter: Callable[[], int]) -> Sample:
     """A source that is already running (testpmd txonly): ``counter`` over ``p.seconds``."""
-    time.sleep(min(0.5, p.seconds))  # past the start-up
+    deadline = time.monotonic() + 60.0  # past the start-up: frames flowing (see `_settled`)
+    first = counter()
+    while counter() == first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(min(0.5, p.seconds))
     before, start = counter(), time.perf_counter()
     time.sleep(p.seconds)
     return Sample(counter() - before, time.perf_counter() - start)
