@@ -7,32 +7,12 @@
  * rxcnt is a plain ARRAY, not the kernel sample's PERCPU_ARRAY: the offload
  * design replaced per-CPU arrays by arrays.
  */
-#include "vxdp_parse.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(max_entries, 256);
-} rxcnt SEC(".maps");
+#include "vxdp_rxcnt.h"
 
 SEC("xdp")
 int xdp_prog1(struct xdp_md *ctx)
 {
-	struct cursor c;
-	__u64 *value;
-	__u32 key;
-	int proto;
-
-	cursor_init(&c, ctx);
-	proto = parse_l3_proto(&c);
-	if (proto < 0)
-		return XDP_DROP;
-
-	key = proto;
-	value = bpf_map_lookup_elem(&rxcnt, &key);
-	if (value)
-		__sync_fetch_and_add(value, 1);
+	count_l3_proto(ctx);
 	return XDP_DROP;
 }
 
