@@ -309,7 +309,7 @@ def test_offload_bit_not_negotiated(topo):
     host, g = started(topo, "--no-offload")
     with host, g:
         doc = g.wait_connected()
-        assert "bit58" not in doc["features"]
+        assert "NET_BPF_OFFLOAD" not in doc["features"] and doc["offload"] is False
         err = refused(topo, XDP1, "--guest", GUEST)
         first = err.splitlines()[0]
         assert "feature bit 58 not negotiated" in first, err

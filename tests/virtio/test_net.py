@@ -25,6 +25,7 @@ def test_feature_bit_numbers_match_the_spec():
             Feature.NET_STATUS) == (32, 15, 17, 29, 28, 30, 5, 3, 16)
     assert Feature.mask(Feature.VERSION_1, Feature.NET_MAC) == (1 << 32) | (1 << 5)
     assert names(Feature.VERSION_1.bit | (1 << 45)) == ["VERSION_1", "bit45"]
+    assert names(Feature.VERSION_1.bit | (1 << 58)) == ["VERSION_1", "NET_BPF_OFFLOAD"]  # vxdp's experimental bit
 
 
 def test_negotiate_takes_the_intersection():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from .offload_wire import FEATURE_BPF_OFFLOAD
+
 
 class Feature(IntEnum):
     # virtio-net (spec §5.1.3)
@@ -100,6 +102,11 @@ DEPENDS: dict[Feature, tuple[Feature, ...]] = {
 }
 
 
+# Bits no virtio spec assigns that vxdp uses (docs/offload-protocol.md §1): named for logs only,
+# kept out of `Feature`, which is the spec's list.
+EXPERIMENTAL = {FEATURE_BPF_OFFLOAD: "NET_BPF_OFFLOAD"}
+
+
 def names(mask: int) -> list[str]:
     """The names of the bits set in ``mask`` (unknown bits as ``bit<N>``), for logs and errors."""
     out = []
@@ -108,7 +115,7 @@ def names(mask: int) -> list[str]:
             try:
                 out.append(Feature(b).name)
             except ValueError:
-                out.append(f"bit{b}")
+                out.append(EXPERIMENTAL.get(b, f"bit{b}"))
     return out
 
 
