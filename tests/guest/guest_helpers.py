@@ -78,87 +78,17 @@ def poll(fn: Callable[[], object], until: Callable[[object], bool], *, timeout: 
         time.sleep(0.1)
 
 
-class GuestProc:
-    """``vxdp guest run`` as a subprocess with its own run dir; a context manager that always stops it."""
+class _Daemon:
+    """A ``vxdp`` daemon as a subprocess logging to a file in its run dir; a context manager that
+    always stops it (SIGTERM, then SIGKILL after 10 s)."""
 
-    def __init__(self, sock: str, netns: str, tap: str, run_dir: Path, *, addr: str | None = None,
-                 name: str = "g0", server: bool = False, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, argv: list[str], run_dir: Path, log_name: str) -> None:
         self.run_dir = run_dir
-        self.name = name
-        argv = [sys.executable, "-m", "vxdp.cli.main", "guest", "run", "--socket", sock, "--netns", netns,
-                "--tap", tap, "--name", name, "-v"]
-        if addr:
-            argv += ["--addr", addr]
-        if server:
-            argv.append("--server")
-        argv += list(extra)
+        self.path = run_dir / log_name
         self.env = dict(os.environ, VXDP_RUN_DIR=str(run_dir))
-        self.log = open(run_dir / f"guest-{name}.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    @property
-    def control(self) -> Path:
-        return self.run_dir / f"guest-{self.name}.sock"
-
-    def show(self) -> dict:
-        return rpc.call(self.control, "guest.show", timeout=10.0)
-
-    def call(self, method: str, **params):
-        return rpc.call(self.control, method, timeout=15.0, **params)
-
-    def wait_connected(self, timeout: float = 30.0, connects: int = 1) -> dict:
-        def get():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"guest driver exited with {self.proc.returncode}: {self.output()}")
-            try:
-                return self.show()
-            except rpc.RpcError:
-                return None
-        return poll(get, lambda d: d is not None and d["connected"] and d["counters"]["connects"] >= connects,
-                    timeout=timeout, what="guest driver connected")
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return (self.run_dir / f"guest-{self.name}.log").read_text(errors="replace")[-4000:]
-
-    def stop(self, sig: int = 15) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class HostProc:
-    """``vxdp host serve`` (the backend, another engineer's) as a subprocess, always stopped."""
-
-    def __init__(self, sock: str, port: str, netns: str, run_dir: Path, *, name: str = "hd0",
-                 mac: str = "52:54:00:12:34:56", client: bool = False, extra: tuple[str, ...] = ()) -> None:
-        argv = [sys.executable, "-m", "vxdp.cli.main", "host", "serve", "--socket", sock, "--port", port,
-                "--netns", netns, "--name", name, "--mac", mac, "-v"]
-        if client:
-            argv.append("--client")
-        argv += list(extra)
-        self.path = run_dir / f"host-{name}.log"
         self.log = open(self.path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, env=dict(os.environ, VXDP_RUN_DIR=str(run_dir)), stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        if not client:
-            poll(lambda: os.path.exists(sock) or self.proc.poll() is not None, bool, timeout=30,
-                 what="host backend listening")
-            if self.proc.poll() is not None:
-                raise AssertionError(f"host backend exited: {self.output()}")
+        self.proc = subprocess.Popen([sys.executable, "-m", "vxdp.cli.main", *argv], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         if not self.log.closed:
@@ -181,6 +111,58 @@ class HostProc:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class GuestProc(_Daemon):
+    """``vxdp guest run`` as a subprocess with its own run dir, always stopped."""
+
+    def __init__(self, sock: str, netns: str, tap: str, run_dir: Path, *, addr: str | None = None,
+                 name: str = "g0", server: bool = False, extra: tuple[str, ...] = ()) -> None:
+        self.name = name
+        argv = ["guest", "run", "--socket", sock, "--netns", netns, "--tap", tap, "--name", name, "-v"]
+        if addr:
+            argv += ["--addr", addr]
+        if server:
+            argv.append("--server")
+        super().__init__(argv + list(extra), run_dir, f"guest-{name}.log")
+
+    @property
+    def control(self) -> Path:
+        return self.run_dir / f"guest-{self.name}.sock"
+
+    def show(self) -> dict:
+        return rpc.call(self.control, "guest.show", timeout=10.0)
+
+    def call(self, method: str, **params):
+        return rpc.call(self.control, method, timeout=15.0, **params)
+
+    def wait_connected(self, timeout: float = 30.0, connects: int = 1) -> dict:
+        def get():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"guest driver exited with {self.proc.returncode}: {self.output()}")
+            try:
+                return self.show()
+            except rpc.RpcError:
+                return None
+        return poll(get, lambda d: d is not None and d["connected"] and d["counters"]["connects"] >= connects,
+                    timeout=timeout, what="guest driver connected")
+
+
+class HostProc(_Daemon):
+    """``vxdp host serve`` as a subprocess, always stopped; in server mode, ready once it listens."""
+
+    def __init__(self, sock: str, port: str, netns: str, run_dir: Path, *, name: str = "hd0",
+                 mac: str = "52:54:00:12:34:56", client: bool = False, extra: tuple[str, ...] = ()) -> None:
+        argv = ["host", "serve", "--socket", sock, "--port", port, "--netns", netns, "--name", name,
+                "--mac", mac, "-v"]
+        if client:
+            argv.append("--client")
+        super().__init__(argv + list(extra), run_dir, f"host-{name}.log")
+        if not client:
+            poll(lambda: os.path.exists(sock) or self.proc.poll() is not None, bool, timeout=30,
+                 what="host backend listening")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"host backend exited: {self.output()}")
 
 
 def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, data: bytes, timeout: float = 60.0) -> tuple[str, int]:
