@@ -193,23 +193,32 @@ class GuestMemory:
         i, off = self.translate(gpa, len(data))
         self.regions[i].array[off:off + len(data)] = np.frombuffer(bytes(data), np.uint8)
 
+    # Fixed-width words go through a typed numpy view, so each is one load or
+    # store of its width (numpy's aligned scalar path), as ``ringops.rd16`` is
+    # in compiled code: a ring index the other process is updating is never
+    # read or written half at a time, as a byte-wise copy could.
+    def _word(self, gpa: int, dtype: str) -> np.ndarray:
+        n = np.dtype(dtype).itemsize
+        i, off = self.translate(gpa, n)
+        return self.regions[i].array[off:off + n].view(dtype)
+
     def read_u16(self, gpa: int) -> int:
-        return int.from_bytes(self.read(gpa, 2), "little")
+        return int(self._word(gpa, "<u2")[0])
 
     def read_u32(self, gpa: int) -> int:
-        return int.from_bytes(self.read(gpa, 4), "little")
+        return int(self._word(gpa, "<u4")[0])
 
     def read_u64(self, gpa: int) -> int:
-        return int.from_bytes(self.read(gpa, 8), "little")
+        return int(self._word(gpa, "<u8")[0])
 
     def write_u16(self, gpa: int, v: int) -> None:
-        self.write(gpa, (v & 0xFFFF).to_bytes(2, "little"))
+        self._word(gpa, "<u2")[0] = v & 0xFFFF
 
     def write_u32(self, gpa: int, v: int) -> None:
-        self.write(gpa, (v & 0xFFFFFFFF).to_bytes(4, "little"))
+        self._word(gpa, "<u4")[0] = v & 0xFFFFFFFF
 
     def write_u64(self, gpa: int, v: int) -> None:
-        self.write(gpa, (v & U64_MAX).to_bytes(8, "little"))
+        self._word(gpa, "<u8")[0] = v & U64_MAX
 
     # -- for compiled kernels -----------------------------------------------------------------
     def regions_table(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:

@@ -2,8 +2,8 @@
 
 Memory model. Guest memory reaches a kernel as ``mems``, a tuple of uint8
 arrays (one per region, see ``GuestMemory.regions_table``), and ``starts``,
-their guest-physical addresses. Integers read from the guest are assembled
-from bytes in little-endian order (LLVM folds the pattern into one load).
+their guest-physical addresses. Integers are read and written with one
+access of their width (``rd16`` and friends), never byte by byte.
 Every address is range-checked against one region before any access:
 addresses >= 2**62 are refused outright (no region lies there), so the sums
 below stay far from int64 overflow.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, types
+from llvmlite import ir
 from numba.extending import intrinsic
 
 from vxdp.virtio.virtqueue import (
@@ -84,35 +85,52 @@ def fence(typingctx):
     return sig, codegen
 
 
-@njit(inline="always")
-def rd16(a, off):
-    return np.int64(a[off]) | (np.int64(a[off + 1]) << 8)
+def _access(bits: int, store: bool):
+    """An intrinsic for one ``bits``-wide little-endian load or store at byte ``off`` of a uint8 array.
+
+    Emitted as a single LLVM ``unordered`` atomic of natural alignment, so the
+    access is one ``mov`` on x86: a ring index the other process is storing is
+    never seen half old, half new (assembling it from bytes did exactly that
+    when ``used->idx`` crossed a multiple of 256: the driver then read entries
+    the device had not written yet). Ring words are naturally aligned (the
+    vring addresses are checked at setup, §2.7); a misaligned header field in a
+    guest buffer still gets one plain ``mov``, which x86 performs unaligned.
+    Loads return int64 (zero-extended; a 64-bit value above 2**63 comes back
+    negative), stores take the low ``bits`` of an int64.
+    """
+    ity = ir.IntType(bits)
+
+    def pointer(context, builder, aty, arr, offty, off):
+        a = context.make_array(aty)(context, builder, arr)
+        off = context.cast(builder, off, offty, types.int64)
+        return builder.bitcast(builder.gep(a.data, [off]), ity.as_pointer())
+
+    if store:
+        @intrinsic
+        def st(typingctx, a, off, v):
+            def codegen(context, builder, sig, args):
+                v64 = context.cast(builder, args[2], sig.args[2], types.int64)
+                p = pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+                builder.store_atomic(builder.trunc(v64, ity) if bits < 64 else v64, p, "unordered", bits // 8)
+                return context.get_dummy_value()
+            return types.void(a, off, v), codegen
+        return st
+
+    @intrinsic
+    def ld(typingctx, a, off):
+        def codegen(context, builder, sig, args):
+            p = pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+            v = builder.load_atomic(p, "unordered", bits // 8)
+            return builder.zext(v, ir.IntType(64)) if bits < 64 else v
+        return types.int64(a, off), codegen
+    return ld
 
 
-@njit(inline="always")
-def rd32(a, off):
-    return (np.int64(a[off]) | (np.int64(a[off + 1]) << 8) | (np.int64(a[off + 2]) << 16)
-            | (np.int64(a[off + 3]) << 24))
-
-
-@njit(inline="always")
-def wr16(a, off, v):
-    a[off] = v & 0xFF
-    a[off + 1] = (v >> 8) & 0xFF
-
-
-@njit(inline="always")
-def wr32(a, off, v):
-    a[off] = v & 0xFF
-    a[off + 1] = (v >> 8) & 0xFF
-    a[off + 2] = (v >> 16) & 0xFF
-    a[off + 3] = (v >> 24) & 0xFF
-
-
-@njit(inline="always")
-def wr64(a, off, v):
-    for k in range(8):
-        a[off + k] = (v >> (8 * k)) & 0xFF
+rd16 = _access(16, store=False)
+rd32 = _access(32, store=False)
+wr16 = _access(16, store=True)
+wr32 = _access(32, store=True)
+wr64 = _access(64, store=True)
 
 
 @njit(inline="always")
