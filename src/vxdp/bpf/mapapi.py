@@ -12,9 +12,18 @@ kernel bindings can implement it without importing the engine layer.
 from __future__ import annotations
 
 import abc
+import errno
 from collections.abc import Iterator
 
-from .mapspec import MapSpec, UpdateFlag
+from .mapspec import MapFlag, MapOrigin, MapSpec, UpdateFlag
+
+
+def freezes_after_init(spec: MapSpec) -> bool:
+    """Whether a loader freezes this map (BPF_MAP_FREEZE) once its initial image is written, before
+    any program loads: ``.rodata``, and any other map created read-only to programs with initial
+    data. libbpf freezes ``.rodata`` so; only a frozen ``BPF_F_RDONLY_PROG`` map's contents are
+    constants to the verifier, which then skips the branches they make dead."""
+    return spec.origin is MapOrigin.RODATA or (spec.data is not None and bool(spec.flags & MapFlag.RDONLY_PROG))
 
 
 class Map(abc.ABC):
@@ -50,6 +59,13 @@ class Map(abc.ABC):
             value = self.lookup(key)
             if value is not None:
                 yield key, value
+
+    def freeze(self) -> None:
+        """Make the map read-only to user space for good (BPF_MAP_FREEZE): later updates and deletes
+        fail with EPERM, programs still write unless the map is BPF_F_RDONLY_PROG. The kernel answers
+        a second freeze EPERM (`KernelMap` makes one through the same object a no-op). Maps that
+        cannot be frozen say EOPNOTSUPP."""
+        raise OSError(errno.EOPNOTSUPP, f"map {self.spec.name!r}: freeze is not supported here")
 
     def close(self) -> None:
         """Release what the map holds (a kernel fd); idempotent."""

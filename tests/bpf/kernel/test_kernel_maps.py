@@ -197,6 +197,35 @@ def test_rodata_is_filled_and_frozen():
         assert e.value.errno == errno.EPERM  # a frozen map is read-only to every fd (6.18)
 
 
+def test_freeze_makes_a_map_read_only_to_user_space_and_names_the_call():
+    with make(MapType.HASH) as m:
+        m.update(key(1), val(m, 1))
+        m.freeze()
+        assert m.lookup(key(1)) == val(m, 1)
+        for op in (lambda: m.update(key(2), val(m, 2)), lambda: m.delete(key(1))):
+            with pytest.raises(BpfError) as e:
+                op()
+            assert e.value.errno == errno.EPERM
+        with KernelMap.from_fd(map_get_fd_by_id(m.info().id)) as other, pytest.raises(BpfError) as e:
+            other.freeze()
+        assert e.value.errno == errno.EPERM and e.value.cmd == Cmd.MAP_FREEZE
+        assert "BPF_MAP_FREEZE (map 't_hash')" in str(e.value)
+
+
+def test_rdonly_prog_map_with_initial_data_is_frozen_on_create():
+    """Not only ``.rodata``: any map read-only to programs that comes with an initial image
+    (`freezes_after_init`), so the verifier sees its values as constants."""
+    spec = MapSpec("cfg", MapType.ARRAY, 4, 8, 1, flags=MapFlag.RDONLY_PROG, data=b"\x05")
+    with KernelMap.create(spec) as m:
+        assert m.frozen and m.lookup(key(0)) == b"\x05" + bytes(7)
+        with pytest.raises(BpfError) as e:
+            m.update(key(0), bytes(8))
+        assert e.value.errno == errno.EPERM
+    with make(MapType.ARRAY, flags=MapFlag.RDONLY_PROG) as m:  # no initial data: left writable
+        assert not m.frozen
+        m.update(key(0), val(m, 3))
+
+
 def test_data_map_is_filled_not_frozen():
     spec = MapSpec("obj.data", MapType.ARRAY, 4, 8, 1, origin=MapOrigin.DATA, data=b"\x01\x02")
     with KernelMap.create(spec) as m:

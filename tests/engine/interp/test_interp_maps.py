@@ -201,3 +201,34 @@ def test_program_side_map_ops_match_kernel():
     assert both.interp.packet == both.kernel_packet
     rcs = [int.from_bytes(both.interp.packet[8 * i:8 * i + 8], "little", signed=True) for i in range(5)]
     assert rcs == [0, -errno.EEXIST, 0, 0, -errno.ENOENT]
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("map_type", [*TYPES, MapType.PROG_ARRAY], ids=lambda t: t.name)
+def test_frozen_map_refuses_user_writes_as_the_kernel(map_type):
+    """After BPF_MAP_FREEZE user space reads but no longer writes: EPERM before any other check
+    (an array delete is EPERM, not EINVAL); a second freeze is EPERM too (kernel 6.18)."""
+    spec = MapSpec("fz", map_type, 4, 4, 4) if map_type == MapType.PROG_ARRAY else _spec(map_type)
+    engine = InterpEngine()
+    im = engine.create_map(spec)
+    k0 = b"\0\0\0\0"
+    value = bytes(_value_len(spec)) if map_type != MapType.PROG_ARRAY else bytes(4)
+    with KernelMap.create(spec) as km:
+        results = []
+        for m in (km, im):
+            if map_type not in (MapType.PROG_ARRAY, *ORDERED):
+                m.update(k0, value)  # one entry to delete
+            m.freeze()
+            out = []
+            for call_ in (lambda: m.update(k0, value), lambda: m.update(k0, value, UpdateFlag.NOEXIST),
+                          lambda: m.delete(k0), lambda: m.lookup(b"\7\0\0\0")):
+                try:
+                    out.append(call_())
+                except OSError as e:
+                    out.append(("errno", e.errno))
+            results.append(out)
+        with pytest.raises(OSError) as again:
+            im.freeze()
+        assert again.value.errno == errno.EPERM
+        assert results[0] == results[1]
+        assert results[1][:3] == [("errno", errno.EPERM)] * 3

@@ -19,8 +19,8 @@ import errno
 import re
 from dataclasses import dataclass
 
-from ..mapapi import Map
-from ..mapspec import MapOrigin, MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
+from ..mapapi import Map, freezes_after_init
+from ..mapspec import MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
 from .objects import obj_get_info
 from .syscall import BpfError, Cmd, FdOwner, buf_addr, call, call_or_none
 
@@ -168,8 +168,8 @@ class KernelMap(FdOwner, Map):
         """Create the map ``spec`` describes; fill and freeze global-data maps as libbpf does.
 
         A spec with ``data`` gets it written at key 0 (zero-padded to value_size);
-        a ``.rodata`` map is then frozen so that user space can no longer change it
-        and the verifier may treat its contents as constants.
+        a ``.rodata`` map (`freezes_after_init`) is then frozen so that user space can
+        no longer change it and the verifier may treat its contents as constants.
         """
         if spec.key_size < 0 or spec.value_size <= 0 or spec.max_entries <= 0:
             raise MapError(f"map {spec.name!r}: bad sizes key={spec.key_size} value={spec.value_size} "
@@ -194,7 +194,7 @@ class KernelMap(FdOwner, Map):
                     raise MapError(f"map {spec.name!r}: initial data of {len(spec.data)} bytes "
                                    f"exceeds value_size {spec.value_size}")
                 m.update(bytes(spec.key_size), spec.data.ljust(spec.value_size, b"\0"))
-            if spec.origin is MapOrigin.RODATA:
+            if freezes_after_init(spec):
                 m.freeze()
         except BaseException:
             m.close()

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 from ...bpf.isa import Insn, XdpAction
-from ...bpf.mapspec import MapOrigin, MapSpec, possible_cpus
+from ...bpf.mapapi import freezes_after_init
+from ...bpf.mapspec import MapSpec, possible_cpus
 from ..base import Engine, Map, RunResult, XdpMd
 from .helpers import HELPERS
 from .machine import InterpLoadError, Machine, Program, compile_program
@@ -66,7 +67,7 @@ class InterpEngine(Engine):
 
     def create_map(self, spec: MapSpec) -> InterpMap:
         m = make_map(spec, self._next_map, self.programs, self.ncpus)
-        m.frozen = spec.origin is MapOrigin.RODATA  # as KernelMap.create (and libbpf) do
+        m.frozen = freezes_after_init(spec)  # as KernelMap.create (and libbpf) do
         self.maps[m.handle] = m
         self._next_map += 1
         return m

@@ -80,6 +80,17 @@ class InterpMap(Map):
         pad = b"\0" * (percpu_value_stride(self.spec.value_size) - self.spec.value_size)
         return b"".join(bytes(s) + pad for s in slots)
 
+    def freeze(self) -> None:
+        """BPF_MAP_FREEZE: user space may no longer write (EPERM); a second freeze is EPERM, as in the kernel."""
+        if self.frozen:
+            raise _err(errno.EPERM, f"map {self.spec.name!r} is already frozen")
+        self.frozen = True
+
+    def _check_writable(self) -> None:
+        """The kernel refuses user-space updates and deletes on a frozen map (EPERM) before anything else."""
+        if self.frozen:
+            raise _err(errno.EPERM, f"map {self.spec.name!r} is frozen")
+
     @staticmethod
     def _check_flags(flags: int) -> None:
         if flags not in (UpdateFlag.ANY, UpdateFlag.NOEXIST, UpdateFlag.EXIST):
@@ -120,9 +131,8 @@ class ArrayMap(InterpMap):
     def update(self, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
         self._check_key(key)
         self._check_value(value)
+        self._check_writable()
         self._check_flags(flags)
-        if self.frozen:
-            raise _err(errno.EPERM, f"map {self.spec.name!r} is frozen")
         i = self._index(key)
         if i >= len(self.values):
             raise _err(errno.E2BIG, f"index {i} >= max_entries {len(self.values)}")
@@ -133,6 +143,7 @@ class ArrayMap(InterpMap):
 
     def delete(self, key: bytes) -> None:
         self._check_key(key)
+        self._check_writable()
         raise _err(errno.EINVAL, "array elements cannot be deleted")
 
     def next_key(self, key: bytes | None) -> bytes | None:
@@ -191,6 +202,7 @@ class ProgArrayMap(InterpMap):
     def update(self, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
         i = self._index(key)
         self._check_value(value)
+        self._check_writable()
         if flags != UpdateFlag.ANY:
             raise _err(errno.EINVAL, "prog_array updates take BPF_ANY only")
         if i >= len(self.slots):
@@ -202,6 +214,7 @@ class ProgArrayMap(InterpMap):
 
     def delete(self, key: bytes) -> None:
         i = self._index(key)
+        self._check_writable()
         if i >= len(self.slots):
             raise _err(errno.E2BIG, f"index {i} >= max_entries {len(self.slots)}")
         if self.slots[i] is None:
@@ -265,6 +278,7 @@ class HashMap(InterpMap):
     def update(self, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
         self._check_key(key)
         self._check_value(value)
+        self._check_writable()
         self._check_flags(flags)
         key = bytes(key)
         new = self._new_slots(value)
@@ -274,6 +288,7 @@ class HashMap(InterpMap):
 
     def delete(self, key: bytes) -> None:
         self._check_key(key)
+        self._check_writable()
         if self.table.pop(bytes(key), None) is None:
             raise _err(errno.ENOENT, f"key {bytes(key).hex()} not in {self.spec.name!r}")
 
