@@ -113,7 +113,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             s = c[direction]
             print(f"  {direction} ({what}): {s['frames']} frames {s['bytes']} bytes "
                   f"{s['drops']} drops {s['errors']} errors")
-        print(f"  port: {port['packets']} received, {port['drops']} dropped by the kernel")
+        print(f"  port: {port['packets']} received, {port['drops']} dropped by the kernel, "
+              f"{port['oversize']} oversize; {port['gso_frames']} GSO super-frames cut into "
+              f"{port['gso_segments']} frames, {port['gso_refused']} refused")
         _print_offload(d.get("offload"))
     return 0
 

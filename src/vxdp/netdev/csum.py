@@ -49,7 +49,7 @@ IPV4_FRAG_MASK = 0x3FFF  # MF flag + fragment offset
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _be16(b: np.ndarray, i: int) -> int:
+def be16(b: np.ndarray, i: int) -> int:
     return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
 
 
@@ -85,61 +85,93 @@ def _sum_be16(b: np.ndarray, start: int, end: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def complete_l4_checksum(b: np.ndarray, length: int) -> bool:
-    """Write the full TCP/UDP checksum of the Ethernet frame ``b[:length]`` in place; False if left as is.
+def parse_l4(b: np.ndarray, length: int) -> tuple[int, int, int, int, bool]:
+    """Where the TCP/UDP segment of the Ethernet frame ``b[:length]`` lies: ``(l3, l4, l4len, proto, ipv4)``.
 
-    ``b`` is the frame's buffer (uint8, 1-D, contiguous; it may be longer than
-    the frame). Only a frame we fully parse is changed.
+    ``l4len`` is the L3 payload as the IP header declares it (trailing padding
+    excluded). ``l3`` is -1 for a frame we do not parse: not IPv4/IPv6 over
+    Ethernet with at most two VLAN tags, an IPv4 fragment, IPv6 extension
+    headers, not TCP/UDP, lengths that do not fit the frame.
     """
     if length < ETH_HLEN:
-        return False
+        return -1, 0, 0, 0, False
     l3 = ETH_HLEN
-    etype = _be16(b, 12)
+    etype = be16(b, 12)
     for _ in range(MAX_VLAN_TAGS):
         if etype != ETH_P_8021Q and etype != ETH_P_8021AD:
             break
         if l3 + 4 > length:
-            return False
-        etype = _be16(b, l3 + 2)
+            return -1, 0, 0, 0, False
+        etype = be16(b, l3 + 2)
         l3 += 4
     if etype == ETH_P_IP:
         if l3 + 20 > length or (b[l3] >> 4) != 4:
-            return False
+            return -1, 0, 0, 0, False
         ihl = np.int64(b[l3] & 0xF) * 4
-        total = _be16(b, l3 + 2)
+        total = be16(b, l3 + 2)
         if ihl < 20 or total < ihl or l3 + total > length:
-            return False
-        if _be16(b, l3 + 6) & IPV4_FRAG_MASK:
-            return False  # a fragment: its L4 checksum spans other frames
+            return -1, 0, 0, 0, False
+        if be16(b, l3 + 6) & IPV4_FRAG_MASK:
+            return -1, 0, 0, 0, False  # a fragment: its L4 checksum spans other frames
         proto = np.int64(b[l3 + 9])
         l4 = l3 + ihl
         l4len = total - ihl
-        pseudo = _sum_be16(b, l3 + 12, l3 + 20) + proto
+        ipv4 = True
     elif etype == ETH_P_IPV6:
         if l3 + IPV6_HLEN > length or (b[l3] >> 4) != 6:
-            return False
-        l4len = _be16(b, l3 + 4)
+            return -1, 0, 0, 0, False
+        l4len = be16(b, l3 + 4)
         proto = np.int64(b[l3 + 6])
         l4 = l3 + IPV6_HLEN
         if l4 + l4len > length:
-            return False
-        pseudo = _sum_be16(b, l3 + 8, l3 + 40) + proto
+            return -1, 0, 0, 0, False
+        ipv4 = False
     else:
-        return False
+        return -1, 0, 0, 0, False
     if proto == IPPROTO_TCP:
         if l4len < TCP_MIN_HLEN:
-            return False
-        field = l4 + TCP_CSUM_OFF
+            return -1, 0, 0, 0, False
     elif proto == IPPROTO_UDP:
         if l4len < UDP_HLEN:
-            return False
-        ulen = _be16(b, l4 + 4)
+            return -1, 0, 0, 0, False
+    else:
+        return -1, 0, 0, 0, False
+    return l3, l4, l4len, proto, ipv4
+
+
+@njit(cache=True, nogil=True)
+def ipv4_header_checksum(b: np.ndarray, l3: int) -> None:
+    """Write the header checksum of the IPv4 header at ``b[l3:]`` (its IHL already valid)."""
+    ihl = np.int64(b[l3] & 0xF) * 4
+    b[l3 + 10] = 0
+    b[l3 + 11] = 0
+    c = (~_sum_be16(b, l3, l3 + ihl)) & 0xFFFF
+    b[l3 + 10] = c >> 8
+    b[l3 + 11] = c & 0xFF
+
+
+@njit(cache=True, nogil=True)
+def complete_l4_checksum(b: np.ndarray, length: int) -> bool:
+    """Write the full TCP/UDP checksum of the Ethernet frame ``b[:length]`` in place; False if left as is.
+
+    ``b`` is the frame's buffer (uint8, 1-D, contiguous; it may be longer than
+    the frame). Only a frame `parse_l4` fully parses is changed.
+    """
+    l3, l4, l4len, proto, ipv4 = parse_l4(b, length)
+    if l3 < 0:
+        return False
+    if ipv4:
+        pseudo = _sum_be16(b, l3 + 12, l3 + 20) + proto
+    else:
+        pseudo = _sum_be16(b, l3 + 8, l3 + 40) + proto
+    if proto == IPPROTO_TCP:
+        field = l4 + TCP_CSUM_OFF
+    else:
+        ulen = be16(b, l4 + 4)
         if ulen < UDP_HLEN or ulen > l4len:
             return False
         l4len = ulen  # RFC 768: the datagram as its header declares it (the IP payload may be padded)
         field = l4 + UDP_CSUM_OFF
-    else:
-        return False
     b[field] = 0
     b[field + 1] = 0
     s = _fold(pseudo + (l4len >> 16) + (l4len & 0xFFFF) + _sum_be16(b, l4, l4 + l4len))

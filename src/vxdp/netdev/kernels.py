@@ -7,7 +7,8 @@ code cannot raise with a useful message:
 - `rx_ring_walk` walks an AF_PACKET ``TPACKET_V3`` receive ring (blocks of
   variable-length frames the kernel fills and hands over one block at a time),
   and finishes in the copy the TCP/UDP checksum of every frame the kernel marks
-  ``TP_STATUS_CSUMNOTREADY`` (`vxdp.netdev.csum`).
+  ``TP_STATUS_CSUMNOTREADY`` (`vxdp.netdev.csum`) and cuts every GSO
+  super-frame into wire-size frames (`vxdp.netdev.gso`).
 - `tx_sendmmsg` sends a batch with ``sendmmsg(2)``: one syscall for as many
   frames as the kernel takes, bounded retries when the device is full.
 - `fd_read_batch` / `fd_write_batch` move frames through a tap fd with one
@@ -39,6 +40,7 @@ from numba import njit
 
 from ._libc import EAGAIN, EINTR, ENOBUFS, c_memcpy, c_read, c_sched_yield, c_sendmmsg, c_write, last_errno
 from .csum import complete_l4_checksum
+from .gso import GSO_NONE, SEG_REFUSED, VNET_GSO_SIZE_OFF, VNET_GSO_TYPE_OFF, VNET_HDR_LEN, segment
 
 # TPACKET_V3 layout (include/uapi/linux/if_packet.h)
 TP_STATUS_KERNEL = 0
@@ -60,11 +62,24 @@ ETH_P_8021Q = 0x8100
 
 # rx_ring_walk's state array
 ST_BLOCK, ST_INDEX, ST_OFFSET, ST_OVERSIZE, ST_CSUM_DONE, ST_CSUM_LEFT = 0, 1, 2, 3, 4, 5
-RX_STATE_LEN = 6
+ST_GSO_FRAMES, ST_GSO_SEGMENTS, ST_GSO_REFUSED = 6, 7, 8
+RX_STATE_LEN = 9
 
 MMSGHDR_SIZE = 64  # struct mmsghdr on x86_64: msghdr (56) + msg_len (4) + padding
 MMSG_WORDS = MMSGHDR_SIZE // 8
-IOVEC_WORDS = 2
+IOVEC_WORDS = 2  # struct iovec: base, len
+MSG_IOVECS = 2  # per message: the (zero) virtio_net_hdr PACKET_VNET_HDR expects, then the frame
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _insert_vlan(row: np.ndarray, length: int, tpid: int, tci: int) -> None:
+    """Put an 802.1Q/802.1ad tag back after the MAC addresses of the frame ``row[:length]``."""
+    for i in range(length - 1, 11, -1):
+        row[i + 4] = row[i]
+    row[12] = tpid >> 8
+    row[13] = tpid & 0xFF
+    row[14] = tci >> 8
+    row[15] = tci & 0xFF
 
 
 @njit(cache=True, nogil=True)
@@ -78,12 +93,16 @@ def rx_ring_walk(ring32: np.ndarray, ring_addr: int, block_size: int, nblocks: i
     may fill up in the middle of a block, which we then keep until a later call
     empties it), and running counts: frames longer than a slot (skipped, not
     truncated), CSUMNOTREADY frames whose checksum we completed, and those we
-    left as they came (not TCP/UDP over IPv4/IPv6, truncated, a fragment).
+    left as they came (not TCP/UDP over IPv4/IPv6, truncated, a fragment);
+    GSO super-frames cut into segments (`vxdp.netdev.gso`), the segments made,
+    and super-frames refused. A super-frame whose segments do not fit what is
+    left of the batch waits for the next call, like the rest of its block.
     Every block emptied is handed back to the kernel at once.
     """
     cap = data.shape[0]
     slot = data.shape[1]
     dst = data.ctypes.data
+    ring8 = ring32.view(np.uint8)
     n = 0
     blk = state[ST_BLOCK]
     idx = state[ST_INDEX]
@@ -101,33 +120,49 @@ def rx_ring_walk(ring32: np.ndarray, ring_addr: int, block_size: int, nblocks: i
             snaplen = ring32[(p + PKT_SNAPLEN_OFF) >> 2]
             mac = ring32[(p + PKT_MAC_OFF) >> 2] & 0xFFFF
             pstatus = ring32[(p + PKT_STATUS_OFF) >> 2]
+            whole = snaplen == ring32[(p + PKT_LEN_OFF) >> 2]
             # The receive path moves a VLAN tag out of the frame into the skb (skb_vlan_untag) and
             # AF_PACKET reports it beside the frame: put it back, the guest must see the frame as sent.
             tagged = (pstatus & TP_STATUS_VLAN_VALID) != 0 and snaplen >= 12
-            if snaplen + (4 if tagged else 0) <= slot:
+            reserve = 4 if tagged else 0
+            vh = p + mac - VNET_HDR_LEN  # PACKET_VNET_HDR: the skb's virtio_net_hdr just before the frame
+            gso_type = np.int64(ring8[vh + VNET_GSO_TYPE_OFF])
+            if gso_type != GSO_NONE:
+                made = SEG_REFUSED
+                if whole:
+                    gso_size = np.int64(ring8[vh + VNET_GSO_SIZE_OFF]) | (np.int64(ring8[vh + VNET_GSO_SIZE_OFF + 1]) << 8)
+                    made = segment(ring8[p + mac:p + mac + snaplen], snaplen, gso_type, gso_size, reserve,
+                                   data, lens, n)
+                if made < 0:
+                    if n > 0:
+                        break  # its frames do not fit what is left of the batch: it waits for the next call
+                    made = SEG_REFUSED  # they would not fit an empty batch either
+                if made == SEG_REFUSED:
+                    state[ST_GSO_REFUSED] += 1
+                else:
+                    state[ST_GSO_FRAMES] += 1
+                    state[ST_GSO_SEGMENTS] += made
+            elif snaplen + reserve <= slot:
                 c_memcpy(dst + n * slot, ring_addr + p + mac, snaplen)
                 lens[n] = snaplen
                 if pstatus & TP_STATUS_CSUMNOTREADY:
-                    if snaplen == ring32[(p + PKT_LEN_OFF) >> 2] and complete_l4_checksum(data[n], snaplen):
+                    if whole and complete_l4_checksum(data[n], snaplen):
                         state[ST_CSUM_DONE] += 1
                     else:
                         state[ST_CSUM_LEFT] += 1
-                if tagged:
-                    row = data[n]
-                    for i in range(snaplen - 1, 11, -1):
-                        row[i + 4] = row[i]
-                    tpid = ETH_P_8021Q
-                    if pstatus & TP_STATUS_VLAN_TPID_VALID:
-                        tpid = ring32[(p + PKT_VLAN_TPID_OFF) >> 2] & 0xFFFF
-                    tci = ring32[(p + PKT_VLAN_TCI_OFF) >> 2] & 0xFFFF
-                    row[12] = tpid >> 8
-                    row[13] = tpid & 0xFF
-                    row[14] = tci >> 8
-                    row[15] = tci & 0xFF
-                    lens[n] = snaplen + 4
-                n += 1
+                made = 1
             else:
                 state[ST_OVERSIZE] += 1
+                made = 0
+            if tagged and made > 0:
+                tpid = ETH_P_8021Q
+                if pstatus & TP_STATUS_VLAN_TPID_VALID:
+                    tpid = ring32[(p + PKT_VLAN_TPID_OFF) >> 2] & 0xFFFF
+                tci = ring32[(p + PKT_VLAN_TCI_OFF) >> 2] & 0xFFFF
+                for r in range(n, n + made):
+                    _insert_vlan(data[r], lens[r], tpid, tci)
+                    lens[r] += 4
+            n += made
             off += ring32[(p + PKT_NEXT_OFF) >> 2]
             idx += 1
         if idx < num:
@@ -150,7 +185,8 @@ def tx_sendmmsg(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: n
     """Send frames ``0..count-1`` of the batch with sendmmsg; return how many left the front of the batch.
 
     ``msgs`` (uint64[cap*8]) holds prepared ``struct mmsghdr``s whose iovec
-    pointers point into ``iovs`` (uint64[cap*2]); we fill the iovecs. ENOBUFS/EAGAIN
+    pointers point into ``iovs`` (uint64[cap*4]: per message the header iovec,
+    prepared too, then the frame's, which we fill). ENOBUFS/EAGAIN
     (the device or the socket buffer is full) is retried ``max_retries`` times in
     all, yielding the CPU in between; then we stop and the caller keeps the rest.
     Any other error belongs to the frame at the front (e.g. EMSGSIZE): it is
@@ -160,8 +196,8 @@ def tx_sendmmsg(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: n
     base = data.ctypes.data
     slot = data.shape[1]
     for i in range(count):
-        iovs[2 * i] = base + i * slot
-        iovs[2 * i + 1] = lens[i]
+        iovs[4 * i + 2] = base + i * slot
+        iovs[4 * i + 3] = lens[i]
     mp = msgs.ctypes.data
     done = 0
     retries = 0

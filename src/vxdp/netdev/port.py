@@ -18,10 +18,15 @@ Kernel facts this relies on (Linux ``net/packet/af_packet.c``):
   time); ``poll`` reports the socket readable when a block is ours.
 - ``PACKET_STATISTICS`` reads *and resets* the kernel's counters, and its
   ``tp_packets`` includes the drops; `stats` keeps running totals.
-- The ring sees frames as the stack has them: on a device with TSO/GSO/GRO a
-  frame can be far larger than the MTU. Such frames are skipped and counted
-  (``oversize``) rather than truncated; a port carrying TCP should turn those
-  offloads off (``ethtool -K IF tso off gso off gro off``).
+- The ring sees frames as the stack has them: a local TCP sender's frame
+  through a device with TSO/GSO (a veth, by default) or a GRO-merged one is a
+  super-frame of up to 64 KiB. ``PACKET_VNET_HDR`` puts the skb's
+  ``virtio_net_hdr`` before every frame in the ring, so `recv_batch` knows
+  its ``gso_type``/``gso_size`` and cuts it as the kernel's software GSO
+  would (`vxdp.netdev.gso`). The option applies to sending too: each
+  sendmmsg message starts with a zeroed header (no GSO, checksum done).
+  Any other frame longer than a batch slot is skipped and counted
+  (``oversize``) rather than truncated.
 - A frame a local socket sent through a device with tx checksum offload (a
   veth by default) reaches the ring CHECKSUM_PARTIAL, flagged
   ``TP_STATUS_CSUMNOTREADY``: its TCP/UDP checksum field holds only the
@@ -47,12 +52,17 @@ from vxdp.bpf.kernel import run_in_netns
 from vxdp.frames import FrameBatch
 
 from .errors import NetdevError, where
+from .gso import VNET_HDR_LEN
 from .kernels import (
     IOVEC_WORDS,
     MMSG_WORDS,
+    MSG_IOVECS,
     RX_STATE_LEN,
     ST_CSUM_DONE,
     ST_CSUM_LEFT,
+    ST_GSO_FRAMES,
+    ST_GSO_REFUSED,
+    ST_GSO_SEGMENTS,
     ST_OVERSIZE,
     rx_ring_walk,
     tx_sendmmsg,
@@ -63,6 +73,7 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_QDISC_BYPASS = 20
+PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
 TPACKET_V3 = 2
 ETH_P_ALL = 0x0003
@@ -84,6 +95,9 @@ class PortStats:
     tx_retries: int  # ENOBUFS/EAGAIN retries spent by send_batch
     csum_completed: int = 0  # CHECKSUM_PARTIAL TCP/UDP frames whose checksum recv_batch finished
     csum_left: int = 0  # CHECKSUM_PARTIAL frames recv_batch could not finish (not TCP/UDP over IP...)
+    gso_frames: int = 0  # GSO super-frames recv_batch cut into wire-size frames
+    gso_segments: int = 0  # the frames those made
+    gso_refused: int = 0  # GSO super-frames dropped (UFO, truncated, unparsed, a segment larger than a slot)
 
 
 def _open_socket(ifname: str, req: bytes, ring_bytes: int) -> tuple[socket.socket, mmap.mmap, int]:
@@ -93,6 +107,7 @@ def _open_socket(ifname: str, req: bytes, ring_bytes: int) -> tuple[socket.socke
         sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)  # before the ring: it sizes the frame headroom
         sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         ring = mmap.mmap(sock.fileno(), ring_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         try:
@@ -147,12 +162,15 @@ class Port:
         self._rx_state = np.zeros(RX_STATE_LEN, np.int64)
         self.tx_retries = tx_retries
         self._tx_cap = tx_capacity
-        self._iovs = np.zeros(tx_capacity * IOVEC_WORDS, np.uint64)
+        self._iovs = np.zeros(tx_capacity * MSG_IOVECS * IOVEC_WORDS, np.uint64)
         self._msgs = np.zeros(tx_capacity * MMSG_WORDS, np.uint64)
+        self._tx_vnet_hdr = np.zeros(VNET_HDR_LEN, np.uint8)  # no GSO, checksum complete: a plain frame
         iov_addr = self._iovs.ctypes.data
-        for i in range(tx_capacity):  # msg_iov and msg_iovlen never change; the iovecs are filled per batch
-            self._msgs[i * MMSG_WORDS + 2] = iov_addr + 16 * i
-            self._msgs[i * MMSG_WORDS + 3] = 1
+        for i in range(tx_capacity):  # msg_iov, msg_iovlen and the header iovec never change
+            self._msgs[i * MMSG_WORDS + 2] = iov_addr + 8 * MSG_IOVECS * IOVEC_WORDS * i
+            self._msgs[i * MMSG_WORDS + 3] = MSG_IOVECS
+            self._iovs[MSG_IOVECS * IOVEC_WORDS * i] = self._tx_vnet_hdr.ctypes.data
+            self._iovs[MSG_IOVECS * IOVEC_WORDS * i + 1] = VNET_HDR_LEN
         self._tx_out = np.zeros(3, np.int64)
         self._totals = [0, 0, 0]  # packets, drops, freeze_q
         self._tx_rejected = 0
@@ -207,7 +225,10 @@ class Port:
         return PortStats(packets=self._totals[0], drops=self._totals[1], freeze_q=self._totals[2],
                          oversize=int(self._rx_state[ST_OVERSIZE]), tx_rejected=self._tx_rejected,
                          tx_retries=self._tx_retries_used, csum_completed=int(self._rx_state[ST_CSUM_DONE]),
-                         csum_left=int(self._rx_state[ST_CSUM_LEFT]))
+                         csum_left=int(self._rx_state[ST_CSUM_LEFT]),
+                         gso_frames=int(self._rx_state[ST_GSO_FRAMES]),
+                         gso_segments=int(self._rx_state[ST_GSO_SEGMENTS]),
+                         gso_refused=int(self._rx_state[ST_GSO_REFUSED]))
 
     @property
     def closed(self) -> bool:
