@@ -1,5 +1,5 @@
 """Helpers of the guest driver tests: ICMP ping from inside a netns (no ping binary here),
-the driver as a subprocess that is always stopped, bounded polling."""
+and both daemons as subprocesses (`vxdp.testing.daemon`, verbose) with the tests' defaults."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import os
 import select
 import socket
 import struct
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Self
 
-from vxdp import rpc
 from vxdp.bpf.kernel.netns import run_in_netns
+from vxdp.testing.daemon import GuestDaemon, HostDaemon
+from vxdp.testing.proc import poll
+
+__all__ = ["GuestProc", "HostProc", "ping", "poll", "tcp_transfer"]
 
 
 def _csum(data: bytes) -> int:
@@ -66,103 +65,20 @@ def ping(netns: str, dst: str, count: int = 5, *, timeout: float = 2.0, size: in
     return run_in_netns(netns, _ping, dst, count, timeout, size, interval)
 
 
-def poll(fn: Callable[[], object], until: Callable[[object], bool], *, timeout: float, what: str):
-    """Call ``fn`` until ``until(value)``; AssertionError with the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {value!r} after {timeout} s")
-        time.sleep(0.1)
-
-
-class _Daemon:
-    """A ``vxdp`` daemon as a subprocess logging to a file in its run dir; a context manager that
-    always stops it (SIGTERM, then SIGKILL after 10 s)."""
-
-    def __init__(self, argv: list[str], run_dir: Path, log_name: str) -> None:
-        self.run_dir = run_dir
-        self.path = run_dir / log_name
-        self.env = dict(os.environ, VXDP_RUN_DIR=str(run_dir))
-        self.log = open(self.path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "vxdp.cli.main", *argv], env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.path.read_text(errors="replace")[-4000:]
-
-    def stop(self, sig: int = 15) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class GuestProc(_Daemon):
-    """``vxdp guest run`` as a subprocess with its own run dir, always stopped."""
+class GuestProc(GuestDaemon):
+    """``vxdp guest run -v`` as a subprocess with its own run dir, always stopped."""
 
     def __init__(self, sock: str, netns: str, tap: str, run_dir: Path, *, addr: str | None = None,
                  name: str = "g0", server: bool = False, extra: tuple[str, ...] = ()) -> None:
-        self.name = name
-        argv = ["guest", "run", "--socket", sock, "--netns", netns, "--tap", tap, "--name", name, "-v"]
-        if addr:
-            argv += ["--addr", addr]
-        if server:
-            argv.append("--server")
-        super().__init__(argv + list(extra), run_dir, f"guest-{name}.log")
-
-    @property
-    def control(self) -> Path:
-        return self.run_dir / f"guest-{self.name}.sock"
-
-    def show(self) -> dict:
-        return rpc.call(self.control, "guest.show", timeout=10.0)
-
-    def call(self, method: str, **params):
-        return rpc.call(self.control, method, timeout=15.0, **params)
-
-    def wait_connected(self, timeout: float = 30.0, connects: int = 1) -> dict:
-        def get():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"guest driver exited with {self.proc.returncode}: {self.output()}")
-            try:
-                return self.show()
-            except rpc.RpcError:
-                return None
-        return poll(get, lambda d: d is not None and d["connected"] and d["counters"]["connects"] >= connects,
-                    timeout=timeout, what="guest driver connected")
+        super().__init__(sock, netns, tap, run_dir, name=name, addr=addr, server=server, extra=("-v", *extra))
 
 
-class HostProc(_Daemon):
-    """``vxdp host serve`` as a subprocess, always stopped; in server mode, ready once it listens."""
+class HostProc(HostDaemon):
+    """``vxdp host serve -v`` as a subprocess, always stopped; in server mode, ready once it listens."""
 
     def __init__(self, sock: str, port: str, netns: str, run_dir: Path, *, name: str = "hd0",
                  mac: str = "52:54:00:12:34:56", client: bool = False, extra: tuple[str, ...] = ()) -> None:
-        argv = ["host", "serve", "--socket", sock, "--port", port, "--netns", netns, "--name", name,
-                "--mac", mac, "-v"]
-        if client:
-            argv.append("--client")
-        super().__init__(argv + list(extra), run_dir, f"host-{name}.log")
-        if not client:
-            poll(lambda: os.path.exists(sock) or self.proc.poll() is not None, bool, timeout=30,
-                 what="host backend listening")
-            if self.proc.poll() is not None:
-                raise AssertionError(f"host backend exited: {self.output()}")
+        super().__init__(sock, port, netns, run_dir, name=name, mac=mac, client=client, extra=("-v", *extra))
 
 
 def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, data: bytes, timeout: float = 60.0) -> tuple[str, int]:

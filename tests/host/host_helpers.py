@@ -1,37 +1,22 @@
 """Shared pieces of the host daemon tests: the daemon as a real subprocess (``python -m
 vxdp.cli.main host serve``, killed whatever happens), a quiet lab (two namespaces, a veth
-pair, IPv6 off so the links carry only the frames a test sends), bounded polling, and a
-peer-side frame counter."""
+pair, IPv6 off so the links carry only the frames a test sends), bounded polling (`poll`, from
+`vxdp.testing.proc`), and a peer-side frame counter."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vxdp import rpc
 from vxdp.frames import FrameBatch
 from vxdp.netdev.port import Port
+from vxdp.testing.daemon import HostDaemon
 from vxdp.testing.netns import NetLab, VethPair
-from vxdp.testing.proc import OutputLog, close_pipes, spawn, stop_process
+from vxdp.testing.proc import poll
 
-DEADLINE_S = 30.0
-
-
-def poll(fn: Callable, *, until: Callable = bool, timeout: float = DEADLINE_S, what: str = "condition"):
-    """Call ``fn`` until ``until(value)``; a deadline, never a sleep to wait out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {value!r} after {timeout} s")
-        time.sleep(0.05)
+__all__ = ["Counter", "Daemon", "poll", "quiet_lab"]
 
 
 def quiet_lab(lab: NetLab, *, addr_port: str | None = None, addr_peer: str | None = None,
@@ -50,52 +35,12 @@ def quiet_lab(lab: NetLab, *, addr_port: str | None = None, addr_peer: str | Non
     return pair
 
 
-class Daemon:
-    """``vxdp host serve`` as a subprocess with its own run dir; `close` stops it (SIGTERM, then KILL)."""
+class Daemon(HostDaemon):
+    """``vxdp host serve`` as a subprocess with its own run dir (`vxdp.testing.daemon`), always stopped."""
 
     def __init__(self, run_dir: Path, sock: str, port: str, *, netns: str | None, name: str = "t0",
                  client: bool = False, extra: tuple[str, ...] = ()):
-        self.run_dir, self.sock, self.name = Path(run_dir), sock, name
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "vxdp.cli.main", "host", "serve", "--socket", sock, "--port", port,
-                "--name", name, *(["--netns", netns] if netns else []), *(["--client"] if client else []), *extra]
-        env_before = os.environ.get(rpc.RUN_DIR_ENV)
-        os.environ[rpc.RUN_DIR_ENV] = str(self.run_dir)
-        try:
-            self.proc = spawn(argv)
-        finally:
-            if env_before is None:
-                del os.environ[rpc.RUN_DIR_ENV]
-            else:
-                os.environ[rpc.RUN_DIR_ENV] = env_before
-        self.log = OutputLog([self.proc.stdout, self.proc.stderr], f"vxdp host {name}")
-        self.control = self.run_dir / f"host-{name}.sock"
-        try:
-            poll(lambda: self.control.exists() or self.proc.poll() is not None, timeout=60,
-                 what="daemon control socket")
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log.tail()}")
-        except BaseException:
-            self.close()
-            raise
-
-    def show(self) -> dict:
-        return rpc.call(self.control, "device.show", timeout=10)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def close(self) -> int | None:
-        rc = stop_process(self.proc, grace=10.0)
-        self.log.join()
-        close_pipes(self.proc)
-        return rc
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().__init__(sock, port, netns, run_dir, name=name, client=client, extra=extra)
 
 
 class Counter:

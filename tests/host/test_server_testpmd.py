@@ -152,6 +152,6 @@ def test_host_show_json_and_sigterm(lab, tmp_path):
                               capture_output=True, text=True, timeout=30, check=True).stdout
         assert "shw:" in text and "waiting for a frontend" in text
     finally:
-        rc = d.close()
+        rc = d.stop()
     assert rc == 0  # SIGTERM is a clean exit
     assert not os.path.exists(sock) and not (tmp_path / "run" / "host-shw.sock").exists()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import pytest
 
+from vxdp.testing.proc import poll
 from vxdp.testing.testpmd import PortStats, Testpmd, TestpmdError, parse_port_stats, testpmd_argv
 from vxdp.testing.vm import Vm, VmError, build_image, qemu_argv
 
@@ -25,18 +25,6 @@ PEER = "198.18.1.1"  # testpmd's icmpecho answers ARP and ping for any address
 @pytest.fixture(scope="module")
 def vm_image():
     return build_image()
-
-
-def _poll(fn, *, until, timeout: float, what: str):
-    """Call ``fn`` until ``until(value)``; bounded by ``timeout`` (a deadline, not a sleep to wait out)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: still {value!r} after {timeout} s")
-        time.sleep(0.1)
 
 
 def _ping_through(vm: Vm, pmd: Testpmd) -> None:
@@ -91,11 +79,11 @@ def test_two_testpmds_move_counted_frames(tmp_path):
         rx.wait_socket(sock)
         with Testpmd(f"virtio_user0,path={sock},queues=1", forward_mode="io", auto_start=False,
                      file_prefix=f"vxt{pid}t", lcores="0@1,1@1") as tx:
-            _poll(lambda: "Link status: up" in tx.command("show port info 0"), until=bool, timeout=20,
+            poll(lambda: "Link status: up" in tx.command("show port info 0"), until=bool, timeout=20,
                   what="virtio_user link")
             # io forwarding with tx_first sends 8 bursts of 32 and then has nothing to forward.
             tx.command("start tx_first 8")
-            got = _poll(lambda: rx.port_stats()[0].rx_packets, until=lambda n: n >= 256, timeout=20,
+            got = poll(lambda: rx.port_stats()[0].rx_packets, until=lambda n: n >= 256, timeout=20,
                         what="frames at net_vhost")
             tx.command("stop")
             sent = tx.port_stats()[0]
@@ -104,11 +92,11 @@ def test_two_testpmds_move_counted_frames(tmp_path):
 
             tx.command("set fwd txonly")
             tx.command("start")
-            _poll(lambda: rx.port_stats()[0].rx_packets, until=lambda n: n >= 256 + 10_000, timeout=30,
+            poll(lambda: rx.port_stats()[0].rx_packets, until=lambda n: n >= 256 + 10_000, timeout=30,
                   what="txonly frames at net_vhost")
             tx.command("stop")
             sent = tx.port_stats()[0]
-            got = _poll(lambda: rx.port_stats()[0], until=lambda s: s.rx_packets >= sent.tx_packets,
+            got = poll(lambda: rx.port_stats()[0], until=lambda s: s.rx_packets >= sent.tx_packets,
                         timeout=20, what="net_vhost catching up")
             assert got.rx_packets == sent.tx_packets > 10_000
             assert got.rx_bytes == sent.tx_bytes == 64 * sent.tx_packets

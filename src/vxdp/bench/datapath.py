@@ -149,7 +149,7 @@ class Lab:
             if discard:
                 g.call("guest.bench_discard", on=True)
         except BaseException:
-            g.close()
+            g.stop()
             raise
         return g
 

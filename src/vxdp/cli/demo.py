@@ -17,16 +17,15 @@ whatever happens. Addresses are from 198.18.0.0/15.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import packets, rpc
+from ..testing.daemon import GuestDaemon, HostDaemon
+from ..testing.proc import HarnessError, HarnessTimeout, poll
 from .output import CliError
 
 TRAFFIC_IP, GUEST_IP = "198.18.30.1", "198.18.30.2"
@@ -40,20 +39,6 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
-def _wait(what: str, fn: Callable[[], Any], *, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-            if last:
-                return last
-        except (rpc.RpcError, OSError):
-            pass
-        time.sleep(0.2)
-    raise CliError(f"demo: timed out waiting for {what}")
-
-
 def _ping(ns: str, addr: str, count: int = 3) -> int:
     out = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", str(count), "-W", "1", "-i", "0.3", addr],
                          capture_output=True, text=True, timeout=30).stdout
@@ -61,23 +46,6 @@ def _ping(ns: str, addr: str, count: int = 3) -> int:
         if "received" in line:
             return int(line.split(",")[1].split()[0])
     return 0
-
-
-def _daemon(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, "-m", "vxdp.cli.main", *argv], stdout=f, stderr=subprocess.STDOUT,
-                                env=env, stdin=subprocess.DEVNULL)
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -89,9 +57,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not obj.exists():
         raise CliError(f"{obj}: no such file (run `make samples`)")
     run_dir = Path(tempfile.mkdtemp(prefix="vxdp-demo-"))
-    env = dict(os.environ, VXDP_RUN_DIR=str(run_dir))
-    os.environ[rpc.RUN_DIR_ENV] = str(run_dir)
-    host = guest = None
+    daemons: list[HostDaemon | GuestDaemon] = []
+    ok = False
     with NetLab("vxd") as lab:
         try:
             traffic, hostns, guestns = lab.netns(), lab.netns(), lab.netns()
@@ -104,46 +71,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  traffic netns {traffic} ({TRAFFIC_IP}) --veth-- port vxdp0 in {hostns}")
             print(f"  host:  vxdp host serve --socket {sock} --port vxdp0 --name demo0")
             print(f"  guest: vxdp guest run --netns {guestns} --tap vxdg0 --addr {GUEST_IP}/24 --name demo")
-            host = _daemon(["host", "serve", "--socket", sock, "--port", "vxdp0", "--netns", hostns,
-                            "--name", "demo0"], run_dir / "host.log", env)
-            _wait("the backend's socket", lambda: os.path.exists(sock))
-            guest = _daemon(["guest", "run", "--socket", sock, "--netns", guestns, "--tap", "vxdg0",
-                             "--addr", f"{GUEST_IP}/24", "--name", "demo"], run_dir / "guest.log", env)
-            g = _wait("the guest to connect", lambda: (d := rpc.call(rpc.guest_socket("demo"), "guest.show"))
-                      ["connected"] and d)
+            host = HostDaemon(sock, "vxdp0", hostns, run_dir, name="demo0", log_file=run_dir / "host.log")
+            daemons.append(host)
+            guest = GuestDaemon(sock, guestns, "vxdg0", run_dir, name="demo", addr=f"{GUEST_IP}/24",
+                                log_file=run_dir / "guest.log")
+            daemons.append(guest)
+            g = guest.wait_connected()
             print(f"  negotiated: offload {'yes' if g.get('offload') else 'NO'}, ctrl vq {g['ctrl_vq']}, "
                   f"guest MAC {g['mac']}")
 
             print(f"\n1. ping {GUEST_IP} from the traffic netns: {_ping(traffic, GUEST_IP)}/3 replies")
 
-            doc = rpc.call(rpc.guest_socket("demo"), "prog.load", path=str(obj), mode="offload", prog=None)
+            doc = guest.call("prog.load", path=str(obj), mode="offload", prog=None)
             (p,) = [p for p in doc["programs"] if p["attached"]]
             print(f"\n2. guest: vxdp prog load {obj.name} --offload --guest demo")
             print(f"   offloaded {p['name']} (guest handle {p['handle']}, tag {p['tag']}, {p['insns']} insns), "
                   f"maps: {', '.join(m['name'] for m in doc['maps'])}")
 
-            before = rpc.call(rpc.guest_socket("demo"), "guest.show")["counters"]["rx_frames"]
+            before = guest.show()["counters"]["rx_frames"]
             frames = [bytes.fromhex(g["mac"].replace(":", "")) + f[6:] for f in packets.mix(args.frames)]
             sent = _send(traffic, frames, Port, FrameBatch)
             want = {k: v for k, v in packets.mix_protocol_counts(args.frames).items()}
             print(f"\n3. traffic: {sent} frames (TCP, UDP, ICMP over IPv4 and IPv6, VLAN, ARP) sent at the guest")
 
             def counts() -> dict[int, int]:
-                dump = rpc.call(rpc.guest_socket("demo"), "map.dump", map="rxcnt")
+                dump = guest.call("map.dump", map="rxcnt")
                 got = {int.from_bytes(bytes.fromhex(e["key"]), "little"): int.from_bytes(bytes.fromhex(e["value"]),
                                                                                            "little")
                        for e in dump["entries"]}
                 return {k: v for k, v in got.items() if v}
 
             try:
-                got = _wait("the counters", lambda: (c := counts()) == want and c, timeout=10)
-            except CliError:
+                got = poll(counts, lambda c: c == want, timeout=10, what="the counters")
+            except HarnessTimeout:
                 got = counts()
             print("   guest reads rxcnt over the ctrl vq: "
                   + ", ".join(f"{PROTO_NAMES.get(k, k)} {v}" for k, v in sorted(got.items())))
-            after = rpc.call(rpc.guest_socket("demo"), "guest.show")["counters"]["rx_frames"]
+            after = guest.show()["counters"]["rx_frames"]
             print(f"   frames that crossed the virtio ring to the guest meanwhile: {after - before}")
-            hs = rpc.call(rpc.host_socket("demo0"), "device.show")
+            hs = host.show()
             for hp in hs["offload"]["device"]["programs"]:
                 at = hp["attached"]
                 print(f"   host: {hp['kernel_name']} (kernel id {hp['kernel_id']}, tag {hp['tag']}) attached to "
@@ -153,20 +119,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"   host: map {hm['kernel_name']} ({hm['type']}, {hm['memory']} bytes charged to the guest)")
             print(f"   ping {GUEST_IP} now: {_ping(traffic, GUEST_IP)}/3 replies (dropped on the host)")
             shown = subprocess.run([sys.executable, "-m", "vxdp.cli.main", "host", "show", "--name", "demo0"],
-                                   capture_output=True, text=True, env=env, timeout=30).stdout
+                                   capture_output=True, text=True, env=host.env, timeout=30).stdout
             print("   $ vxdp host show --name demo0\n" + "".join(f"   {line}\n" for line in shown.splitlines()), end="")
 
-            rpc.call(rpc.guest_socket("demo"), "prog.detach", mode=None)
+            guest.call("prog.detach", mode=None)
             print(f"\n4. guest: vxdp prog detach --guest demo; ping {GUEST_IP}: {_ping(traffic, GUEST_IP)}/3 replies")
-            left = rpc.call(rpc.host_socket("demo0"), "device.show")["offload"]["device"]
+            left = host.show()["offload"]["device"]
             print(f"   host: {len(left['programs'])} programs, {len(left['maps'])} maps left offloaded")
             ok = got == want and after == before
             print("\ndemo " + ("passed: every frame counted on the host, none reached the guest" if ok
                                else f"FAILED: wanted {want}, got {got}; {after - before} frames reached the guest"))
             return 0 if ok else 1
+        except (HarnessError, rpc.RpcError) as e:
+            raise CliError(f"demo: {e}") from None
         finally:
-            _stop(guest)
-            _stop(host)
+            for d in reversed(daemons):
+                d.stop()
+                if not ok:
+                    print(f"--- {d.what} (last output; all of it in {d.log_file}):\n{d.output()}", file=sys.stderr)
             print(f"torn down (daemon logs in {run_dir})")
 
 

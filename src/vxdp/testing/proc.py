@@ -19,8 +19,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
@@ -39,11 +40,14 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def spawn(argv: Sequence[str], *, die_with_parent: bool = True) -> subprocess.Popen:
-    """Start ``argv`` with stdin/stdout/stderr on pipes (stdin stays open: testpmd quits on EOF)."""
+def spawn(argv: Sequence[str], *, die_with_parent: bool = True,
+          env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start ``argv`` with stdin/stdout/stderr on pipes (stdin stays open: testpmd quits on EOF);
+    ``env`` replaces the child's environment (never ours: other threads read it)."""
     try:
         return subprocess.Popen(
             list(argv),
+            env=None if env is None else dict(env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -53,11 +57,11 @@ def spawn(argv: Sequence[str], *, die_with_parent: bool = True) -> subprocess.Po
         raise HarnessError(f"cannot start {argv[0]}: {e}") from e
 
 
-def stop_process(proc: subprocess.Popen, *, grace: float = 5.0) -> int | None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps; closes stdin. Returns the status."""
+def stop_process(proc: subprocess.Popen, *, grace: float = 5.0, sig: int = signal.SIGTERM) -> int | None:
+    """``sig`` (SIGTERM), then SIGKILL after ``grace`` seconds; always reaps; closes stdin. Returns the status."""
     if proc.poll() is None:
         try:
-            proc.terminate()
+            proc.send_signal(sig)
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
@@ -146,6 +150,20 @@ class OutputLog:
     def join(self, timeout: float = 5.0) -> None:
         for t in self._threads:
             t.join(timeout)
+
+
+def poll(fn: Callable[[], Any], until: Callable[[Any], bool] = bool, *, timeout: float = 30.0,
+         what: str = "condition") -> Any:
+    """Call ``fn`` until ``until(value)``; `HarnessTimeout` with the last value after ``timeout`` seconds
+    (a deadline, never a sleep to wait out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise HarnessTimeout(f"{what}: still {value!r} after {timeout:g} s")
+        time.sleep(0.05)
 
 
 def wait_for_path(path: str | Path, *, timeout: float, proc: subprocess.Popen | None = None,
