@@ -9,6 +9,7 @@ kernel engine; the device's port is a veth end in its own netns (`NetLab`,
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import os
@@ -34,7 +35,7 @@ from vxdp.bpf.kernel import (
     query_xdp,
     send_live_frames_in,
 )
-from vxdp.bpf.mapspec import MapSpec, MapType, possible_cpus
+from vxdp.bpf.mapspec import MapOrigin, MapSpec, MapType, possible_cpus
 from vxdp.engine.loader import load_object
 from vxdp.virtio.offload_client import OffloadClient, OffloadEngine, OffloadRefused
 from vxdp.host.offload import OffloadService, Policy, Quota
@@ -429,3 +430,44 @@ def test_global_data_maps_are_filled_on_create(service):
     finally:
         engine.close()
     assert service.kernel_ids(dev) == (set(), set())
+
+
+def test_rodata_is_frozen_before_the_program_so_the_device_verifier_sees_constants(service):
+    """rodata_config verifies only with .rodata frozen: offloaded, the engine writes the image,
+    freezes (MAP_FREEZE), then loads; the guest can no longer write the map (EPERM)."""
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    calls: list[tuple[int, int]] = []
+    engine = OffloadEngine(OffloadClient(wire(BpfCommandHandler(service, dev), log=calls)))
+    try:
+        obj = elf.load_object(SAMPLES_BUILD / "corpus" / "rodata_config.o")
+        loaded = load_object(engine, obj)
+        order = [cmd for cmd, _ in calls if cmd != 0x00]  # CAPS aside
+        assert order.index(0x09) < order.index(0x10)  # MAP_FREEZE before PROG_LOAD
+        rodata = loaded.maps[".rodata"]
+        shown = {m["name"]: m for m in service.show()[0]["maps"]}
+        assert shown[".rodata"]["frozen"] and not shown["seen"]["frozen"]
+        assert rodata.lookup(bytes(4)) == obj.maps[".rodata"].data
+        _refused(rodata.update, bytes(4), bytes(12), code=errno.EPERM)
+        _refused(rodata.freeze, code=errno.EPERM, match="already frozen")
+        loaded.maps["seen"].update(bytes(4), U64.pack(5))  # the other map stays writable
+    finally:
+        engine.close()
+    assert service.kernel_ids(dev) == (set(), set())
+
+
+def test_rodata_left_unfrozen_gets_the_program_refused_offloaded(service):
+    """What offloading did before MAP_FREEZE: the same config in a writable map; the device's
+    verifier walks the dead branch and refuses its unchecked packet read."""
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    engine = OffloadEngine(_client(service, dev))
+    try:
+        obj = elf.load_object(SAMPLES_BUILD / "corpus" / "rodata_config.o")
+        obj.maps[".rodata"] = dataclasses.replace(obj.maps[".rodata"], origin=MapOrigin.DATA, flags=0)
+        with pytest.raises(OffloadRefused) as e:
+            load_object(engine, obj)
+        assert e.value.errno == errno.EACCES and e.value.rule == "verifier"
+        assert "invalid access to packet" in e.value.log
+    finally:
+        engine.close()

@@ -27,6 +27,7 @@ from vxdp.virtio.offload import (
     MapCreateRequest,
     MapDeleteRequest,
     MapFreeRequest,
+    MapFreezeRequest,
     MapGetNextKeyReply,
     MapGetNextKeyRequest,
     MapLookupBatchReply,
@@ -96,6 +97,7 @@ REQUEST_SAMPLES = [
     StateExportRequest(),
     StateExportRequest(b"\x01\x02"),
     StateImportRequest(b"chunk" * 100, 1),
+    MapFreezeRequest(MAP),
 ]
 
 REPLY_SAMPLES = [
@@ -183,6 +185,13 @@ def test_reply_round_trip_truncation_and_trailing(cmd, reply):
 
 
 # --- the wire layout, pinned byte for byte (docs/offload-protocol.md §3, §5) -----------------
+
+
+def test_map_freeze_layout():
+    """MAP_FREEZE (protocol 1.1) is command 0x09: the map handle, nothing else; it answers no payload."""
+    assert Command.MAP_FREEZE == 0x09
+    assert encode_request(MapFreezeRequest(0x01020304)) == bytes([0x40, 0x09, 4, 3, 2, 1])
+    assert decode_reply(Command.MAP_FREEZE, encode_reply(Command.MAP_FREEZE, Reply())).ok
 
 
 def test_map_create_layout():

@@ -25,12 +25,13 @@ maps are `RemoteMap`s whose ``handle`` is the guest map handle (the loader puts
 it in the lddw immediates, which is what the device expects), programs are
 guest program handles (which is what prog_array values carry on the wire).
 
-One thing the protocol (version 1) cannot do: freeze a map. ``.rodata`` is
-created with ``BPF_F_RDONLY_PROG`` and filled, so programs cannot write it, but
-the device's verifier does not see it frozen and so treats its contents as
-unknown values rather than constants; a program whose verification depends on
-``.rodata`` constants (dead-code elimination) may be refused offloaded where it
-loads natively.
+Global data is prepared as libbpf prepares it: ``.rodata`` is created with
+``BPF_F_RDONLY_PROG``, its initial image written, then frozen (MAP_FREEZE,
+protocol 1.1) before any program loads, so the device's verifier sees its
+``const volatile`` values as constants and skips the branches they make dead,
+exactly as a local load does. A 1.0 device has no MAP_FREEZE: the map stays
+writable and unfrozen there (a warning says so), and a program whose
+verification depends on those constants may be refused offloaded.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..bpf.isa import Insn
-from ..bpf.mapapi import Map
+from ..bpf.mapapi import Map, freezes_after_init
 from ..bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType, UpdateFlag, percpu_value_stride
 from ..bpf.obj import FuncInfo, LineInfo
 from ..engine.base import Engine, RunResult, XdpMd
@@ -55,6 +56,7 @@ from .offload import (
     MapCreateRequest,
     MapDeleteRequest,
     MapFreeRequest,
+    MapFreezeRequest,
     MapGetNextKeyRequest,
     MapLookupBatchReply,
     MapLookupBatchRequest,
@@ -203,6 +205,15 @@ class OffloadClient:
     def map_delete(self, handle: int, key: bytes) -> None:
         self.call(MapDeleteRequest(handle, bytes(key)))
 
+    def map_freeze(self, handle: int) -> None:
+        """Make the map read-only to the driver for good (MAP_FREEZE, protocol 1.1); EPERM if it already is."""
+        self.call(MapFreezeRequest(handle))
+
+    def can_freeze(self) -> bool:
+        """Whether the device knows MAP_FREEZE (CAPS version 1.1 or later)."""
+        caps = self.caps()
+        return (caps.version_major, caps.version_minor) >= (1, 1)
+
     def map_get_next_key(self, handle: int, key: bytes | None) -> bytes | None:
         r = self.call(MapGetNextKeyRequest(handle, bytes(key or b"")), none_on_enoent=True)
         return None if r is None else r.key  # type: ignore[union-attr]
@@ -284,6 +295,7 @@ class RemoteMap(Map):
         self.spec = spec
         self.ncpus = ncpus
         self.closed = False
+        self.frozen = False
 
     @property
     def value_bytes(self) -> int:
@@ -302,6 +314,11 @@ class RemoteMap(Map):
 
     def next_key(self, key: bytes | None) -> bytes | None:
         return self.client.map_get_next_key(self.handle, key)
+
+    def freeze(self) -> None:
+        """MAP_FREEZE: the device answers what its kernel does (EPERM for a second freeze)."""
+        self.client.map_freeze(self.handle)
+        self.frozen = True
 
     def items_batched(self, count: int = 64) -> list[tuple[bytes, bytes]]:
         return self.client.map_items(self.handle, count)
@@ -350,7 +367,7 @@ class OffloadEngine(Engine):
     def create_map(self, spec: MapSpec) -> RemoteMap:
         flags = spec.flags
         if spec.origin is MapOrigin.RODATA:
-            flags |= MapFlag.RDONLY_PROG  # as libbpf; the protocol cannot freeze (module docstring)
+            flags |= MapFlag.RDONLY_PROG  # as libbpf
         handle = self.client.map_create(spec.type, spec.key_size, spec.value_size, spec.max_entries,
                                         flags=flags, name=spec.name)
         ncpus = self.client.caps().ncpus if spec.is_percpu else 1
@@ -361,6 +378,12 @@ class OffloadEngine(Engine):
                 raise ValueError(f"map {spec.name!r}: initial data of {len(spec.data)} bytes is above "
                                  f"value_size {spec.value_size}")
             m.update(bytes(spec.key_size), spec.data.ljust(spec.value_size, b"\0"))
+        if freezes_after_init(spec):
+            if self.client.can_freeze():
+                m.freeze()  # before any program loads: the device's verifier sees constants
+            else:
+                log.warning("map %r: the device (protocol 1.0) cannot freeze it; its values are not "
+                            "constants to the device's verifier", spec.name)
         return m
 
     def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:

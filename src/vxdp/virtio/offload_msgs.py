@@ -317,6 +317,16 @@ class MapUpdateBatchRequest(Message):
 
 
 @dataclass(frozen=True)
+class MapFreezeRequest(Message):
+    """MAP_FREEZE (1.1): the map becomes read-only to the driver for good, and a BPF_F_RDONLY_PROG
+    map's contents constants to the device's verifier (libbpf freezes ``.rodata`` so)."""
+
+    map: int
+    COMMAND = Command.MAP_FREEZE
+    WIRE = (F("map", "u32"),)
+
+
+@dataclass(frozen=True)
 class ProgLoadRequest(Message):
     """PROG_LOAD. ``insns`` carry guest map handles in lddw immediates (MAP_FD / MAP_VALUE)."""
 
@@ -388,7 +398,7 @@ REQUESTS: dict[Command, type[Message]] = {
     cls.COMMAND: cls
     for cls in (CapsRequest, MapCreateRequest, MapFreeRequest, MapLookupRequest, MapUpdateRequest,
                 MapDeleteRequest, MapGetNextKeyRequest, MapLookupBatchRequest, MapUpdateBatchRequest,
-                ProgLoadRequest, ProgFreeRequest, ProgAttachRequest, ProgDetachRequest, ProgQueryRequest,
+                MapFreezeRequest, ProgLoadRequest, ProgFreeRequest, ProgAttachRequest, ProgDetachRequest, ProgQueryRequest,
                 StateExportRequest, StateImportRequest)
 }
 

@@ -18,7 +18,7 @@ from enum import IntEnum
 FEATURE_BPF_OFFLOAD = 58  # VIRTIO_NET_F_BPF_OFFLOAD: unassigned in virtio-v1.4-cs01, below 64 for vhost-user
 CTRL_CLASS_BPF = 0x40  # VIRTIO_NET_CTRL_BPF (same value as vxdp.virtio.ctrl.CtrlClass.BPF)
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1.1 added MAP_FREEZE
 
 MIN_REPLY = 64  # VIRTIO_NET_BPF_MIN_REPLY: smallest writable area a device executes a command with
 REPLY_HEADER_SIZE = 16  # le32 code, flags, payload_len, text_len (after the u8 ack)
@@ -56,6 +56,7 @@ class Command(IntEnum):
     MAP_GET_NEXT_KEY = 0x06
     MAP_LOOKUP_BATCH = 0x07
     MAP_UPDATE_BATCH = 0x08
+    MAP_FREEZE = 0x09  # since 1.1
     PROG_LOAD = 0x10
     PROG_FREE = 0x11
     PROG_ATTACH = 0x12

@@ -32,7 +32,9 @@ from vxdp.virtio.offload import (
     Command,
     Errno,
     MapCreateRequest,
+    MapDeleteRequest,
     MapFreeRequest,
+    MapFreezeRequest,
     MapGetNextKeyRequest,
     MapLookupBatchRequest,
     MapLookupRequest,
@@ -222,6 +224,28 @@ def test_maps_lookups_iteration_and_batches(lo):
     assert r.code == Errno.EINVAL and "value" in r.text
     b = lo.ok(MapLookupBatchRequest(pc, 8))
     assert b.value_size == 8 * possible_cpus() and len(b.keys) == 2
+
+
+def test_map_freeze_makes_the_map_read_only_to_the_guest(lo, service):
+    m = lo.ok(MapCreateRequest(MapType.HASH, 4, 8, 4, name="cfg")).map
+    lo.ok(MapUpdateRequest(m, U32.pack(1), U64.pack(7)))
+    assert lo.ok(MapFreezeRequest(m)) is None
+    for req in (MapUpdateRequest(m, U32.pack(1), U64.pack(8)), MapUpdateRequest(m, U32.pack(2), U64.pack(8)),
+                MapDeleteRequest(m, U32.pack(1)), MapUpdateBatchRequest(m, 4, 8, [U32.pack(3)], [U64.pack(3)])):
+        r = lo(req)
+        assert r.code == Errno.EPERM, (req, r)
+    assert U64.unpack(lo.ok(MapLookupRequest(m, U32.pack(1))).value)[0] == 7  # reads go on
+    r = lo(MapFreezeRequest(m))
+    assert r.code == Errno.EPERM and "already frozen" in r.text
+    assert {x["name"]: x["frozen"] for x in service.show()[0]["maps"]} == {"cfg": True}
+    p = lo.ok(ProgLoadRequest(RET2, name="p")).prog
+    assert lo(MapFreezeRequest(p)).code == Errno.EBADF  # a program handle
+    other = _dev()
+    service.add_device(other, "lo", negotiated=True)
+    theirs = [Wire(service, other).ok(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="x")).map for _ in range(3)][-1]
+    assert theirs not in (m, p)  # (handles are per device: 1 and 2 are ours too)
+    assert lo(MapFreezeRequest(theirs)).code == Errno.EBADF  # another device's handle
+    assert Wire(service, other)(MapUpdateRequest(theirs, U32.pack(0), U64.pack(1))).ok  # left unfrozen
 
 
 def test_free_checks_the_kind_of_handle(lo):

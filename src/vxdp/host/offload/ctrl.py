@@ -201,6 +201,10 @@ class BpfCommandHandler:
         self.service.map_delete(self.device, req.map, req.key)
         return Reply()
 
+    def map_freeze(self, req) -> Reply:
+        self.service.map_freeze(self.device, req.map)
+        return Reply()
+
     def map_get_next_key(self, req) -> Reply:
         key = self.service.map_get_next_key(self.device, req.map, req.key or None)
         if key is None:
@@ -305,6 +309,7 @@ _HANDLERS: dict[Command, Callable[[BpfCommandHandler, Message], Reply]] = {
     Command.MAP_GET_NEXT_KEY: BpfCommandHandler.map_get_next_key,
     Command.MAP_LOOKUP_BATCH: BpfCommandHandler.map_lookup_batch,
     Command.MAP_UPDATE_BATCH: BpfCommandHandler.map_update_batch,
+    Command.MAP_FREEZE: BpfCommandHandler.map_freeze,
     Command.PROG_LOAD: BpfCommandHandler.prog_load,
     Command.PROG_FREE: BpfCommandHandler.prog_free,
     Command.PROG_ATTACH: BpfCommandHandler.prog_attach,

@@ -41,6 +41,7 @@ class MapObj:
             "type": t.name.lower() if isinstance(t, MapType) else int(t), "key_size": self.spec.key_size,
             "value_size": self.spec.value_size, "max_entries": self.spec.max_entries, "flags": self.spec.flags,
             "memory": self.memory, "kernel_id": self.kernel_id,
+            "frozen": bool(getattr(self.map, "frozen", False)),
         }
 
 

@@ -204,6 +204,17 @@ class OffloadService:
             obj = self._map(dev, handle)
             self._kernel(f"map {handle}", obj.map.delete, key)
 
+    def map_freeze(self, device: str, handle: int) -> None:
+        """BPF_MAP_FREEZE the map: nobody in user space (guest or operator) writes it again, and a
+        ``BPF_F_RDONLY_PROG`` map's contents are constants to the verifier for programs loaded after.
+        A second freeze is EPERM, what the kernel answers (6.18); kernel refusals keep their errno."""
+        with self._lock:
+            dev = self._begin(device)
+            obj = self._map(dev, handle)
+            if getattr(obj.map, "frozen", False):
+                raise OffloadError(errno.EPERM, f"map {handle} is already frozen")
+            self._kernel(f"map {handle}: freeze", obj.map.freeze)
+
     def map_get_next_key(self, device: str, handle: int, key: bytes | None) -> bytes | None:
         """The key after ``key`` (the first with ``None``); ``None`` at the end."""
         with self._lock:
