@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vxdp.bpf.kernel import run_in_netns
+from vxdp.bpf.kernel.syscall import FdOwner
 from vxdp.frames import FrameBatch
 
 from .errors import NetdevError, where
@@ -122,8 +123,11 @@ def _open_socket(ifname: str, req: bytes, ring_bytes: int) -> tuple[socket.socke
         raise
 
 
-class Port:
+class Port(FdOwner):
     """A netdev read and written in batches (`FrameBatch`); `fileno` for poll/epoll readability.
+
+    `FdOwner` gives ``closed``, the context manager and the ``__del__`` safety
+    net; `close` is ours, since the ring must be unmapped before the socket goes.
 
     ``ring_frames`` sizes the receive ring (in 2 KiB units; small frames pack
     many more per block), ``block_size`` is the TPACKET_V3 block (a power-of-two
@@ -230,10 +234,6 @@ class Port:
                          gso_segments=int(self._rx_state[ST_GSO_SEGMENTS]),
                          gso_refused=int(self._rx_state[ST_GSO_REFUSED]))
 
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
     def _check_open(self) -> None:
         if self._fd < 0:
             raise NetdevError(f"port {where(self.ifname, self.netns)} is closed")
@@ -248,18 +248,6 @@ class Port:
             self._mm.close()
         finally:
             self._sock.close()
-
-    def __enter__(self) -> Port:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"

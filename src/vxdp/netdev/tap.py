@@ -28,6 +28,7 @@ import numpy as np
 from pyroute2 import IPRoute
 
 from vxdp.bpf.kernel import run_in_netns
+from vxdp.bpf.kernel.syscall import FdOwner
 from vxdp.frames import FrameBatch
 
 from .errors import NetdevError, where
@@ -68,8 +69,12 @@ def _parse_cidr(addr: str, here: str) -> tuple[str, int]:
     return ip, int(plen)
 
 
-class Tap:
-    """A tap device in ``netns`` (created by us, gone when we close), read and written in batches."""
+class Tap(FdOwner):
+    """A tap device in ``netns`` (created by us, gone when we close), read and written in batches.
+
+    `FdOwner` gives ``close`` (the non-persistent device vanishes with the fd),
+    ``closed``, the context manager and the ``__del__`` safety net.
+    """
 
     def __init__(self, name: str, *, netns: str | None = None, mtu: int = 1500, addr: str | None = None,
                  up: bool = True, vnet_hdr: bool = False) -> None:
@@ -97,8 +102,7 @@ class Tap:
                     ip.link("set", index=self.ifindex, state="up")
                 self.mac = ip.get_links(self.ifindex)[0].get_attr("IFLA_ADDRESS")
         except Exception as e:
-            os.close(self._fd)
-            self._fd = -1
+            self.close()
             raise NetdevError(f"tap {here}: configuring MTU/address/state: {e}") from None
         self._out = np.zeros(2, np.int64)
         self._rx = 0
@@ -136,31 +140,9 @@ class Tap:
     def stats(self) -> TapStats:
         return TapStats(rx_frames=self._rx, tx_frames=self._tx, tx_rejected=self._tx_rejected)
 
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
     def _check_open(self) -> None:
         if self._fd < 0:
             raise NetdevError(f"tap {where(self.name, self.netns)} is closed")
-
-    def close(self) -> None:
-        """Close the fd; the (non-persistent) device vanishes with it. Idempotent."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Tap:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
