@@ -9,7 +9,9 @@ kernel objects. Each device registers there and gets:
 - the operator's path for a stock guest that cannot speak the class: ``vxdp
   prog load FILE.o --device DEV`` reaches the daemon's control socket and loads
   through an `OffloadEngine` whose transport is the same handler, in process.
-  So both paths run the same commands under the same policy and quotas.
+  So both paths run the same commands under the same policy and quotas, except
+  the command rate: that bucket is the guest's, and the operator's commands
+  (through a handler of their own, ``operator=True``) take nothing from it.
 
 Lifetimes: a frontend that negotiated offload and then went away (or reset the
 device) takes everything offloaded with it, as a device reset does; a frontend
@@ -46,6 +48,7 @@ class DeviceOffload:
         self._features = features
         service.add_device(name, port, netns=netns)
         self.handler = BpfCommandHandler(service, name)
+        self.operator_handler = BpfCommandHandler(service, name, operator=True)
         ctrl.register(CtrlClass.BPF, self.handler.ctrl_handler(self.negotiated))
         self.registry = ProgramRegistry()
 
@@ -62,7 +65,7 @@ class DeviceOffload:
 
     # -- the operator's path ---------------------------------------------------------------
     def _transport(self, request: bytes, capacity: int) -> bytes:
-        return self.handler.handle(request[1], request[2:], capacity, negotiated=True)
+        return self.operator_handler.handle(request[1], request[2:], capacity, negotiated=True)
 
     def load(self, path: str, mode: str = "offload", prog: str | None = None) -> dict[str, Any]:
         if mode != "offload":

@@ -312,6 +312,29 @@ def test_rate_limit_with_an_injected_clock():
         s.close()
 
 
+def test_operator_commands_take_nothing_from_the_guest_rate_but_quotas_still_apply():
+    s, dev = _lo_service(commands_per_second=1.0, command_burst=2, max_maps=2)
+    try:
+        with s.as_operator():  # far more commands than the guest's burst, the clock standing still
+            m = s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="op")
+            for i in range(10):
+                s.map_update(dev, m, U32.pack(0), U64.pack(i))
+            s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="op2")
+            _refused(s.map_create, dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1,
+                     name="op3", rule="quota.max_maps")  # the map quota counts the operator's maps
+        counters = s.show()[0]["counters"]
+        assert counters["operator_commands"] == 13 and counters["commands"] == 0
+        assert counters["rate_limited"] == 0
+        s.caps(dev)  # the guest still has its whole burst
+        s.caps(dev)
+        _refused(s.caps, dev, rule="rate", err=errno.EAGAIN)
+        with s.as_operator():
+            assert s.map_lookup(dev, m, U32.pack(0)) == U64.pack(9)  # the operator is not held back
+        _refused(s.caps, dev, rule="rate")  # and leaving the block charges the guest again
+    finally:
+        s.close()
+
+
 def test_handles_of_another_device_and_the_feature_bit():
     s, dev0 = _lo_service()
     dev1 = _dev()

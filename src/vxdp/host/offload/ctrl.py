@@ -94,14 +94,20 @@ def refusal_text(err: OffloadError, log_size: int = 0) -> tuple[str, bool]:
 class BpfCommandHandler:
     """Answers one device's BPF ctrl commands with the bytes the device writes back."""
 
-    def __init__(self, service: OffloadService, device: str):
+    def __init__(self, service: OffloadService, device: str, *, operator: bool = False):
+        """``operator``: this handler carries the host operator's commands (`OffloadService.as_operator`:
+        same rules and quotas, but not charged to the guest's command rate)."""
         self.service = service
         self.device = device
+        self.operator = operator
 
     # -- the entry point -----------------------------------------------------------------------
     def handle(self, command: int, body: bytes, reply_capacity: int, *, negotiated: bool) -> bytes:
         """The device-writable bytes (ack first, at most ``reply_capacity``) answering one command."""
         try:
+            if self.operator:
+                with self.service.as_operator():
+                    return self._handle(command, bytes(body), reply_capacity, negotiated)
             return self._handle(command, bytes(body), reply_capacity, negotiated)
         except Exception as e:  # noqa: BLE001 -- a bug of ours: one line in the log, EIO to the guest
             log.error("device %s: %s: internal error: %s: %s", self.device, command_name(command),

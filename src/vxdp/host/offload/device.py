@@ -84,7 +84,9 @@ class Device:
     negotiated: bool = False
     attached: int | None = None  # guest handle of the program on the port
     map_memory: int = 0
-    counters: dict[str, int] = field(default_factory=lambda: {"commands": 0, "refused": 0, "rate_limited": 0})
+    # commands: the guest's (rate-limited); operator_commands: the host operator's (not rate-limited)
+    counters: dict[str, int] = field(default_factory=lambda: {"commands": 0, "refused": 0, "rate_limited": 0,
+                                                              "operator_commands": 0})
 
     def describe(self, maps: list[MapObj], progs: list[ProgObj]) -> dict:
         return {

@@ -6,7 +6,7 @@ each returns a Python value or raises `OffloadError`, which the codec turns
 into a status + errno + message reply. Nothing here knows the wire format.
 
 What it does per command, in order: take a token from the device's command
-bucket (rule ``rate``), translate guest handles through the device's
+bucket (rule ``rate``; not for the host operator, see `as_operator`), translate guest handles through the device's
 `HandleTable` (EBADF for anything the device does not own), apply the policy
 (type allowlists, sizes, quotas), then ask the device's engine. The kernel
 engine creates the maps in the host kernel and loads the program through the
@@ -38,7 +38,8 @@ import errno
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from pyroute2 import IPRoute
 
@@ -81,6 +82,21 @@ class OffloadService:
         self._maps: dict[str, dict[int, MapObj]] = {}
         self._progs: dict[str, dict[int, ProgObj]] = {}
         self._lock = threading.RLock()
+        self._operator = threading.local()  # .active: this thread runs the host operator's commands
+
+    @contextmanager
+    def as_operator(self) -> Iterator[None]:
+        """Commands this thread issues inside are the host operator's (``vxdp prog load --device``), not
+        the guest's: they take no token from the device's command-rate bucket, which exists to stop a
+        guest from flooding its host, so an operator's load never starves the guest of its rate (nor
+        the other way round). Every other rule and quota (maps, map memory, programs, instructions,
+        sizes, helpers) still applies: they protect host memory whoever asks."""
+        before = getattr(self._operator, "active", False)
+        self._operator.active = True
+        try:
+            yield
+        finally:
+            self._operator.active = before
 
     # -- devices -------------------------------------------------------------------------------
     def add_device(self, name: str, ifname: str, *, netns: str | None = None, negotiated: bool = False) -> Device:
@@ -405,6 +421,9 @@ class OffloadService:
 
     def _begin(self, name: str) -> Device:
         dev = self._device(name)
+        if getattr(self._operator, "active", False):
+            dev.counters["operator_commands"] += 1
+            return dev
         dev.counters["commands"] += 1
         if not dev.bucket.take():
             dev.counters["rate_limited"] += 1

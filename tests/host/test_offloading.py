@@ -1,0 +1,70 @@
+"""The operator's path (`DeviceOffload.load`, behind ``vxdp prog load --device``) in process: the same
+handler and policy as the guest's ctrl commands, but not the guest's command-rate bucket."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+from testpaths import SAMPLES_BUILD
+
+from vxdp.host.ctrlq import CtrlTable
+from vxdp.host.offload import OffloadService, Policy, Quota
+from vxdp.host.offloading import FEATURE_BIT, DeviceOffload
+from vxdp.testing.netns import NetLab
+from vxdp.virtio.offload import CapsRequest, Errno, decode_reply, encode_request
+
+pytestmark = pytest.mark.privileged
+
+XDP1 = str(SAMPLES_BUILD / "xdp1.o")
+
+
+def _caps_from_guest(ctrl: CtrlTable) -> int:
+    """One CAPS through the device's ctrl table, as the guest's ctrl vq sends it; the reply code."""
+    req = encode_request(CapsRequest())
+    reply = ctrl.answer(req, 4096)
+    return decode_reply(0x00, bytes((int(reply.ack),)) + reply.result).code
+
+
+@pytest.fixture
+def device():
+    """A device on a veth end with a guest burst of 3 commands and a clock that never refills it."""
+    service = OffloadService(policy=Policy(quota=Quota(commands_per_second=1.0, command_burst=3)),
+                             clock=lambda: 0.0)
+    ctrl = CtrlTable()
+    with NetLab("vxo") as lab:
+        pair = lab.veth(lab.netns(), lab.netns(), "voa", "vob")
+        dev = DeviceOffload(service, f"o{os.getpid() % 1000}", pair.b, pair.ns_b,
+                            features=lambda: FEATURE_BIT, ctrl=ctrl)
+        try:
+            yield dev, ctrl
+        finally:
+            dev.close()
+            service.close()
+
+
+def test_operator_load_does_not_spend_the_guest_command_rate(device):
+    dev, ctrl = device
+    doc = dev.load(XDP1)  # CAPS, MAP_CREATE, PROG_LOAD, PROG_ATTACH, ...: more than the burst of 3
+    assert [p["name"] for p in doc["programs"]] == ["xdp_prog1"]
+    counters = dev.service.show()[0]["counters"]
+    assert counters["commands"] == 0 and counters["operator_commands"] >= 4 and counters["rate_limited"] == 0
+    assert dev.detach() == {"detached": 1}
+    # the guest's bucket is whole: three commands pass, the fourth is EAGAIN (rule rate)
+    assert [_caps_from_guest(ctrl) for _ in range(4)] == [Errno.OK] * 3 + [Errno.EAGAIN]
+
+
+def test_operator_is_still_bound_by_the_map_quota():
+    service = OffloadService(policy=Policy(quota=Quota(max_maps=0)))
+    with NetLab("vxq") as lab:
+        pair = lab.veth(lab.netns(), lab.netns(), "vqa", "vqb")
+        dev = DeviceOffload(service, f"q{os.getpid() % 1000}", pair.b, pair.ns_b,
+                            features=lambda: 0, ctrl=CtrlTable())
+        try:
+            with pytest.raises(OSError) as e:
+                dev.load(XDP1)
+            assert e.value.errno == errno.ENOSPC and "quota.max_maps" in str(e.value)
+        finally:
+            dev.close()
+            service.close()
