@@ -36,6 +36,7 @@ XDP1 = str(SAMPLES_BUILD / "xdp1.o")
 XDP2 = str(SAMPLES_BUILD / "xdp2.o")
 XDP_PASS = str(SAMPLES_BUILD / "xdp_pass.o")
 TAIL_CALLS = str(SAMPLES_BUILD / "corpus" / "tail_calls.o")
+RODATA_CONFIG = str(SAMPLES_BUILD / "corpus" / "rodata_config.o")
 
 
 @pytest.fixture
@@ -380,3 +381,26 @@ def test_tail_calls_across_offloaded_programs(topo):
         got = poll(lambda: map_counts(topo, "hops", "--guest", GUEST), lambda c: c == want, timeout=20,
                    what="hop counters")
         assert got == want
+
+
+# -- 9. .rodata frozen on the device; vxdp map freeze ------------------------------------------------
+
+def test_rodata_frozen_offloaded_and_map_freeze(topo):
+    """rodata_config verifies only with .rodata frozen: the guest's load freezes it over the ctrl vq
+    before PROG_LOAD; then user-space writes are EPERM, and `vxdp map freeze` freezes another map."""
+    host, g = started(topo)
+    with host, g:
+        g.wait_connected()
+        loaded = topo.ok("prog", "load", RODATA_CONFIG, "--offload", "--guest", GUEST)
+        assert [p["name"] for p in loaded["programs"]] == ["xdp_rodata"]
+        frozen = {m["name"]: m["frozen"] for m in device_offload(topo)["maps"]}
+        assert frozen == {".rodata": True, "seen": False}
+        zero = "hex:" + "00" * 4
+        r = topo.vxdp("map", "update", ".rodata", zero, "hex:" + "00" * 12, "--guest", GUEST)
+        assert r.code == 1 and "EPERM" in r.err, (r.code, r.err)
+        topo.ok("map", "update", "seen", "3", "7", "--guest", GUEST)
+        assert topo.ok("map", "freeze", "seen", "--guest", GUEST) == {"map": "seen", "frozen": True}
+        r = topo.vxdp("map", "update", "seen", "3", "8", "--guest", GUEST)
+        assert r.code == 1 and "EPERM" in r.err, (r.code, r.err)
+        assert map_counts(topo, "seen", "--guest", GUEST) == {3: 7}
+        assert {m["name"]: m["frozen"] for m in device_offload(topo)["maps"]}["seen"]

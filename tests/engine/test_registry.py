@@ -61,3 +61,18 @@ def test_a_failed_attach_frees_the_object_and_keeps_the_old_one(samples_built):
         reg.load("native", engine, XDP1, attach=refuse)
     assert engine.maps == {} and engine.programs == {}  # closed
     assert reg.show()["programs"][0]["attached"]
+
+
+def test_map_freeze_request(samples_built):
+    """``map.freeze`` (``vxdp map freeze``): later updates are EPERM, reads go on, a second freeze EPERM."""
+    reg = ProgramRegistry()
+    reg.load("native", InterpEngine(), XDP1, attach=_attach([]))
+    key6 = (6).to_bytes(4, "little").hex()
+    reg.map_update("rxcnt", key6, (5).to_bytes(8, "little").hex())
+    assert reg.map_handlers()["map.freeze"](map="rxcnt") == {"map": "rxcnt", "frozen": True}
+    for call_ in (lambda: reg.map_update("rxcnt", key6, "00" * 8), lambda: reg.map_freeze("rxcnt")):
+        with pytest.raises(OSError) as e:
+            call_()
+        assert e.value.errno == errno.EPERM
+    assert reg.map_lookup("rxcnt", key6)["value"] == (5).to_bytes(8, "little").hex()
+    reg.unload()

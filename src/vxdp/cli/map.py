@@ -15,7 +15,7 @@ from .output import CliError, emit_json, print_map, show_bytes
 
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
-    m = objects.add_parser("map", help="maps of loaded programs: show, dump, lookup, update, delete")
+    m = objects.add_parser("map", help="maps of loaded programs: show, dump, lookup, update, delete, freeze")
     cmds = m.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, func, help: str, *, key: bool = False, value: bool = False, named: bool = True):
@@ -39,6 +39,7 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     cmd("lookup", cmd_lookup, "one entry", key=True)
     cmd("update", cmd_update, "write one entry", key=True, value=True)
     cmd("delete", cmd_delete, "delete one entry", key=True)
+    cmd("freeze", cmd_freeze, "read-only to user space for good (BPF_MAP_FREEZE, as bpftool map freeze)")
 
 
 def parse_field(text: str, size: int, what: str) -> str:
@@ -124,4 +125,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
     call(args, "map.delete", map=args.map, key=key, **_mode(args))
     if args.json:
         emit_json({"map": args.map, "key": key, "deleted": True})
+    return 0
+
+
+def cmd_freeze(args: argparse.Namespace) -> int:
+    doc = call(args, "map.freeze", map=args.map, **_mode(args))
+    if args.json:
+        emit_json(doc)
     return 0

@@ -196,6 +196,11 @@ class ProgramRegistry:
         self.find_map(name, mode).delete(bytes.fromhex(key))
         return {}
 
+    def map_freeze(self, name: str, mode: str | None = None) -> dict[str, Any]:
+        """BPF_MAP_FREEZE (offloaded: MAP_FREEZE on the device): read-only to user space from now on."""
+        self.find_map(name, mode).freeze()
+        return {"map": name, "frozen": True}
+
     def map_handlers(self) -> dict[str, Callable[..., Any]]:
         """The ``map.*`` control-socket methods (``vxdp map …``), the same in both daemons."""
         return {
@@ -206,6 +211,7 @@ class ProgramRegistry:
                                                                                             mode),
             "map.delete": lambda map, key, mode=None: self.map_delete(map, key, mode),
             "map.next_key": lambda map, key=None: self.map_next_key(map, key),
+            "map.freeze": lambda map, mode=None: self.map_freeze(map, mode),
         }
 
     def close(self) -> None:

@@ -76,6 +76,10 @@ class GuestMap(Map):
         nxt = _call(self._sock, "map.next_key", map=self.name, key=key.hex() if key is not None else None)["key"]
         return bytes.fromhex(nxt) if nxt is not None else None
 
+    def freeze(self) -> None:
+        """Read-only to user space from now on (offloaded: MAP_FREEZE on the device); EPERM if it already is."""
+        _call(self._sock, "map.freeze", map=self.name)
+
     def dump(self) -> dict[str, Any]:
         """All entries in one request (``vxdp map dump``'s JSON)."""
         return _call(self._sock, "map.dump", map=self.name)
