@@ -31,7 +31,7 @@ BUF = 2048
 
 @pytest.fixture
 def rig():
-    with NetLab(prefix="vxd") as lab:
+    with NetLab(prefix="vxhd") as lab:
         pair = quiet_lab(lab)
         loop = Loop()
         port = Port("vxp", netns=pair.ns_a)
