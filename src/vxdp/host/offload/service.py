@@ -55,6 +55,7 @@ from .errors import OffloadError
 from .handles import HandleTable, Kind
 from .policy import PROG_TYPES, Policy, TokenBucket
 from .rewrite import ACTION_SLOTS, add_action_counters, check_program, rewrite_map_handles
+from .verifier_log import EpilogueMap, guest_log
 
 _U32 = struct.Struct("<I")
 ALLOWED_MAP_FLAGS = MapFlag.NO_PREALLOC | MapFlag.NO_COMMON_LRU | MapFlag.RDONLY_PROG | MapFlag.WRONLY_PROG
@@ -314,11 +315,12 @@ class OffloadService:
                 fd = dev.engine.load_program(name, counted.insns, license=license, btf=btf,
                                              func_info=counted.func_info, line_info=counted.line_info)
             except VerifierError as e:
-                last = next((ln for ln in reversed(e.log.splitlines())
+                log = guest_log(e.log, EpilogueMap(counted.epilogue_start, len(counted.insns) - len(host_insns)))
+                last = next((ln for ln in reversed(log.splitlines())
                              if ln.strip() and not ln.startswith(("processed ", "verification time", "stack depth"))),
                             e.strerror or "")
                 raise OffloadError(e.errno or errno.EINVAL, f"kernel verifier refused program {name!r}: {last}",
-                                   "verifier", e.log) from None
+                                   "verifier", log) from None
             except BpfError as e:
                 raise OffloadError(e.errno or errno.EINVAL, f"program {name!r}: {e}") from None
         except BaseException:
