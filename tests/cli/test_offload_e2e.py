@@ -404,3 +404,6 @@ def test_rodata_frozen_offloaded_and_map_freeze(topo):
         assert r.code == 1 and "EPERM" in r.err, (r.code, r.err)
         assert map_counts(topo, "seen", "--guest", GUEST) == {3: 7}
         assert {m["name"]: m["frozen"] for m in device_offload(topo)["maps"]}["seen"]
+        # the guest's own view says so too (`vxdp map show`)
+        shown = {m["name"]: m["frozen"] for m in topo.ok("map", "show", "--guest", GUEST)}
+        assert shown == {".rodata": True, "seen": True}

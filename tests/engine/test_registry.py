@@ -69,7 +69,9 @@ def test_map_freeze_request(samples_built):
     reg.load("native", InterpEngine(), XDP1, attach=_attach([]))
     key6 = (6).to_bytes(4, "little").hex()
     reg.map_update("rxcnt", key6, (5).to_bytes(8, "little").hex())
+    assert not reg.map_handlers()["map.show"]()[0]["frozen"]
     assert reg.map_handlers()["map.freeze"](map="rxcnt") == {"map": "rxcnt", "frozen": True}
+    assert reg.map_handlers()["map.show"]()[0]["frozen"]  # what `vxdp map show` prints
     for call_ in (lambda: reg.map_update("rxcnt", key6, "00" * 8), lambda: reg.map_freeze("rxcnt")):
         with pytest.raises(OSError) as e:
             call_()

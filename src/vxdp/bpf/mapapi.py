@@ -31,6 +31,7 @@ class Map(abc.ABC):
 
     spec: MapSpec
     handle: int  # what lddw MAP_FD carries for this engine: a kernel fd, an interpreter slot
+    frozen: bool = False  # read-only to user space for good (`freeze`)
 
     @abc.abstractmethod
     def lookup(self, key: bytes) -> bytes | None: ...

@@ -141,4 +141,5 @@ def _print_offload(doc: dict | None) -> None:
     for m in maps:
         print(f"  offloaded map {m['handle']}: {m['name']}  {m['type']}  key {m['key_size']}B  "
               f"value {m['value_size']}B  max_entries {m['max_entries']}  memory {m['memory']}B"
+              f"{'  frozen' if m.get('frozen') else ''}"
               f"  (kernel: {m['kernel_name']} id {m['kernel_id']})")

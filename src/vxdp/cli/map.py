@@ -84,7 +84,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for m in maps:
         print(
             f"{m['handle']}: {m['name']}  {m['type']}  key {m['key_size']}B  value {m['value_size']}B"
-            f"  max_entries {m['max_entries']}  {m.get('mode', '')}"
+            f"  max_entries {m['max_entries']}{'  frozen' if m.get('frozen') else ''}  {m.get('mode', '')}"
         )
     return 0
 

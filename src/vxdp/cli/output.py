@@ -35,7 +35,7 @@ def print_map(doc: dict[str, Any], *, show_zero: bool = False) -> None:
     """A map for humans: a header line, then one line per entry whose value is not all zero."""
     print(
         f"  {doc['name']}  {doc['type']}  key {doc['key_size']}B  value {doc['value_size']}B"
-        f"  max_entries {doc['max_entries']}"
+        f"  max_entries {doc['max_entries']}{'  frozen' if doc.get('frozen') else ''}"
     )
     hidden = 0
     for entry in doc["entries"]:

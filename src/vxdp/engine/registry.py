@@ -44,6 +44,7 @@ def map_doc(name: str, m: Map, *, entries: bool = True, handle: bool = True) -> 
         value_bytes=percpu_value_stride(spec.value_size) * possible_cpus() if spec.is_percpu else spec.value_size,
         max_entries=spec.max_entries,
         flags=spec.flags,
+        frozen=bool(m.frozen),
     )
     if not entries:
         return doc
