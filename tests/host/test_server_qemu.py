@@ -92,6 +92,9 @@ def test_qemu_guest_ping_and_checked_transfers(vm_image, lab, tmp_path):
             c = show["counters"]
             assert c["rx"]["bytes"] > len(blob) and c["tx"]["bytes"] > len(blob)
             assert c["rx"]["errors"] == c["tx"]["errors"] == 0
+            # the peer's veth keeps TSO on: its TCP super-frames reached the guest cut, none dropped
+            assert show["port"]["gso_frames"] > 0, show["port"]
+            assert show["port"]["oversize"] == show["port"]["gso_refused"] == 0, show["port"]
         poll(lambda: d.show()["connected"], until=lambda x: not x, what="session end after QEMU died")
         assert d.alive()
 
