@@ -50,6 +50,7 @@ from ..engine.base import Engine, RunResult, XdpMd
 from .offload import (
     AttachFlag,
     AttachPoint,
+    CapsFlag,
     CapsReply,
     CapsRequest,
     Errno,
@@ -74,6 +75,7 @@ from .offload import (
     Reply,
     StateExportReply,
     StateExportRequest,
+    StateImportFlag,
     StateImportRequest,
     command_name,
     decode_reply,
@@ -89,6 +91,7 @@ Transport = Callable[[bytes, int], bytes]
 """``(request bytes incl. class and command, writable area size incl. the ack) -> bytes the device wrote``."""
 
 DEFAULT_CAPACITY = 4096  # enough for CAPS, a lookup of a 4 KiB value, a modest batch
+STATE_CHUNK = 64 << 10  # bytes of state per STATE_EXPORT / STATE_IMPORT when the transport has no limit
 LOAD_TEXT_ROOM = 1024  # room for a refusal message on top of the verifier log wanted
 _RULE = re.compile(r" \(rule ([\w.\-]+)\)$")
 
@@ -268,11 +271,42 @@ class OffloadClient:
         return self.call(ProgQueryRequest(attach_point), none_on_enoent=True)  # type: ignore[return-value]
 
     # -- state ---------------------------------------------------------------------------------
-    def state_export(self, token: bytes = b"") -> StateExportReply:
-        return self.call(StateExportRequest(token))  # type: ignore[return-value]
+    def can_migrate(self) -> bool:
+        """Whether the device exports and imports its state (CAPS flag STATE)."""
+        return bool(self.caps().flags & CapsFlag.STATE)
 
-    def state_import(self, chunk: bytes, *, last: bool = False) -> None:
-        self.call(StateImportRequest(chunk, 1 if last else 0))
+    def state_export_chunk(self, token: bytes = b"", capacity: int | None = None) -> StateExportReply:
+        """One STATE_EXPORT: the chunk from ``token`` on (empty: a new snapshot) and the next token."""
+        cap = self._clamp(capacity or max(self.capacity, STATE_CHUNK + 64))
+        return self.call(StateExportRequest(token), cap)  # type: ignore[return-value]
+
+    def state_import_chunk(self, chunk: bytes, *, last: bool = False) -> None:
+        self.call(StateImportRequest(chunk, StateImportFlag.LAST if last else 0))
+
+    def state_export(self) -> bytes:
+        """The device's whole state (maps with contents, programs, attachment) as one blob: the walk
+        from an empty token until the device answers an empty one (bounded by the blob's 64 MiB cap)."""
+        parts: list[bytes] = []
+        token = b""
+        for _ in range(1 << 24):
+            r = self.state_export_chunk(token)
+            parts.append(r.chunk)
+            if not r.token:
+                return b"".join(parts)
+            if not r.chunk:
+                raise OffloadTransportError(errno.EIO, "STATE_EXPORT: the device sent an empty chunk mid-walk")
+            token = r.token
+        raise OffloadTransportError(errno.EIO, "STATE_EXPORT: the walk did not end")
+
+    def state_import(self, blob: bytes, *, chunk_size: int | None = None) -> None:
+        """Feed a blob from `state_export` to this (empty) device, in chunks that fit the ctrl buffers
+        (``max_capacity``, the size of one ctrl buffer, bounds the request too); LAST on the final one,
+        when the device recreates everything or nothing."""
+        size = chunk_size or max((self.max_capacity or STATE_CHUNK + 64) - 64, 1)
+        blob = bytes(blob)
+        chunks = [blob[i:i + size] for i in range(0, len(blob), size)] or [b""]
+        for i, chunk in enumerate(chunks):
+            self.state_import_chunk(chunk, last=i == len(chunks) - 1)
 
 
 def wire_name(name: str) -> str:

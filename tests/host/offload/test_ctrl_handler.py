@@ -180,7 +180,7 @@ def test_caps_describe_the_policy(lo):
     caps = lo.ok(CapsRequest())
     p = Policy()
     assert caps.engine == "kernel" and caps.ncpus == possible_cpus() and caps.attach_points == 1
-    assert caps.flags & CapsFlag.STATE == 0  # state export/import are not supported
+    assert caps.flags & CapsFlag.STATE  # state export/import work
     assert {t for t in range(64) if caps.allows_map_type(t)} == {int(t) for t in p.map_types}
     assert set(caps.helpers) == {int(h) for h in p.helpers} and list(caps.helpers) == sorted(caps.helpers)
     assert (caps.max_maps, caps.max_progs, caps.max_insns) == (p.quota.max_maps, p.quota.max_progs,
@@ -303,10 +303,28 @@ def test_attach_replace_detach_query_on_a_port(veth):
     assert _kernel_objects(veth) == (set(), set())
 
 
-def test_state_commands_are_not_supported(lo):
-    for req in (StateExportRequest(), StateImportRequest(b"x", 1)):
-        r = lo(req)
-        assert r.code == Errno.EOPNOTSUPP and "CAPS flag STATE is clear" in r.text
+def test_state_export_fills_the_smallest_area_and_import_checks_its_flags(lo):
+    m = lo.ok(MapCreateRequest(MapType.HASH, 8, 8, 16, name="st")).map
+    for i in range(16):
+        lo.ok(MapUpdateRequest(m, U64.pack(i), U64.pack(i * i)))
+    chunks, token = [], b""
+    for _ in range(1000):  # bounded: 16 entries of 16 bytes in chunks of the 64-byte minimum area
+        raw = lo.raw(StateExportRequest(token), MIN_REPLY)
+        assert len(raw) <= MIN_REPLY
+        r = decode_reply(Command.STATE_EXPORT, raw)
+        assert r.ok, r.text
+        chunks.append(r.payload.chunk)
+        token = r.payload.token
+        if not token:
+            break
+    assert len(chunks) > 5 and all(chunks)
+    assert b"".join(chunks) == lo.handler.service.state_export(lo.handler.device)
+    r = lo(StateImportRequest(b"x", 2))
+    assert r.code == Errno.EINVAL and "unknown flags 0x2" in r.text
+    r = lo(StateImportRequest(b"".join(chunks), 1))
+    assert r.code == Errno.EBUSY and "empty device" in r.text  # the device has its map
+    off = Wire(lo.handler.service, lo.handler.device, negotiated=False)
+    assert off(StateExportRequest()).code == Errno.EOPNOTSUPP
 
 
 class _BrokenCaps(OffloadService):

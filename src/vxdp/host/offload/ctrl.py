@@ -29,9 +29,11 @@ Where the service and the spec differ, the handler bridges: the spec's ATTACH
 without REPLACE on an occupied port is ``EBUSY`` and DETACH/QUERY with nothing
 attached ``ENOENT`` (the service replaces and detaches silently); MAP_FREE and
 PROG_FREE check the handle's kind (the service's ``free`` takes either);
-lookups that find nothing become ``ENOENT``. STATE_EXPORT/IMPORT are answered
-``EOPNOTSUPP`` and CAPS does not set the STATE flag: the service cannot recreate
-objects under chosen handles, which an import must do (spec §5 "State").
+lookups that find nothing become ``ENOENT``. STATE_EXPORT fills the writable
+area: each chunk is as large as the area leaves room for after the header and the
+continuation token (so it never needs ENOBUFS); STATE_IMPORT hands chunks to the
+service, which recreates the objects at the LAST one (`vxdp.host.offload.state`).
+CAPS sets flag STATE.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ...virtio.offload import (
     MIN_REPLY,
     AttachFlag,
     AttachPoint,
+    CapsFlag,
     CapsReply,
     Command,
     Errno,
@@ -59,12 +62,14 @@ from ...virtio.offload import (
     ProgLoadReply,
     ProgQueryReply,
     Reply,
+    StateExportReply,
+    StateImportFlag,
     command_name,
     decode_request_body,
     encode_reply,
     error_reply,
 )
-from ...virtio.offload_wire import MAX_BATCH, MAX_REQUEST
+from ...virtio.offload_wire import MAX_BATCH, MAX_CHUNK, MAX_REQUEST, REPLY_HEADER_SIZE
 from .device import Device, MapObj
 from .errors import OffloadError
 from .handles import Kind
@@ -74,6 +79,7 @@ log = logging.getLogger(__name__)
 
 XDP_ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # PROG_QUERY actions[i], i = XDP action
 BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP: the only expected_attach_type besides 0
+EXPORT_TOKEN_ROOM = 12  # the service's continuation token (snapshot serial, offset)
 
 
 def refusal_text(err: OffloadError, log_size: int = 0) -> tuple[str, bool]:
@@ -100,6 +106,7 @@ class BpfCommandHandler:
         self.service = service
         self.device = device
         self.operator = operator
+        self._capacity = MIN_REPLY  # the writable area of the command being answered
 
     # -- the entry point -----------------------------------------------------------------------
     def handle(self, command: int, body: bytes, reply_capacity: int, *, negotiated: bool) -> bytes:
@@ -127,6 +134,7 @@ class BpfCommandHandler:
             req = decode_request_body(command, body)
         except OffloadProtocolError as e:
             return error_reply(e, capacity)
+        self._capacity = capacity
         try:
             reply = _HANDLERS[req.COMMAND](self, req)
         except OffloadError as e:
@@ -178,7 +186,7 @@ class BpfCommandHandler:
             max_insns=q["max_insns"], max_key_size=q["max_key_size"], max_value_size=q["max_value_size"],
             max_entries=q["max_entries"], max_batch=MAX_BATCH, max_request=MAX_REQUEST,
             cmd_rate=int(q["commands_per_second"]), ncpus=c["possible_cpus"],
-            attach_points=1 << AttachPoint.RX, flags=0))
+            attach_points=1 << AttachPoint.RX, flags=CapsFlag.STATE))
 
     def map_create(self, req) -> Reply:
         h = self.service.map_create(self.device, type=req.map_type, key_size=req.key_size,
@@ -278,9 +286,17 @@ class BpfCommandHandler:
         return Reply(payload=ProgQueryReply(prog["handle"], bytes.fromhex(prog["tag"]),
                                             tuple(prog["actions"][a] for a in XDP_ACTIONS)))
 
-    def state_unsupported(self, req) -> Reply:
-        raise _Refused(Errno.EOPNOTSUPP, f"{req.COMMAND.name}: this device cannot export or import state "
-                       "(CAPS flag STATE is clear)")
+    def state_export(self, req) -> Reply:
+        # ack, header, blob(token), blob(chunk): the chunk takes what is left of the area
+        room = self._capacity - 1 - REPLY_HEADER_SIZE - 4 - EXPORT_TOKEN_ROOM - 4
+        chunk, token = self.service.state_export_chunk(self.device, req.token, min(max(room, 1), MAX_CHUNK))
+        return Reply(payload=StateExportReply(token, chunk))
+
+    def state_import(self, req) -> Reply:
+        if req.flags & ~StateImportFlag.LAST:
+            raise _Refused(Errno.EINVAL, f"STATE_IMPORT: unknown flags {req.flags & ~StateImportFlag.LAST:#x}")
+        self.service.state_import_chunk(self.device, req.chunk, bool(req.flags & StateImportFlag.LAST))
+        return Reply()
 
 
 class _Refused(Exception):
@@ -321,7 +337,7 @@ _HANDLERS: dict[Command, Callable[[BpfCommandHandler, Message], Reply]] = {
     Command.PROG_ATTACH: BpfCommandHandler.prog_attach,
     Command.PROG_DETACH: BpfCommandHandler.prog_detach,
     Command.PROG_QUERY: BpfCommandHandler.prog_query,
-    Command.STATE_EXPORT: BpfCommandHandler.state_unsupported,
-    Command.STATE_IMPORT: BpfCommandHandler.state_unsupported,
+    Command.STATE_EXPORT: BpfCommandHandler.state_export,
+    Command.STATE_IMPORT: BpfCommandHandler.state_import,
 }
 assert set(_HANDLERS) == set(Command), "every command of the class has a handler"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from ...bpf.isa import Insn
 from ...bpf.mapapi import Map
 from ...bpf.mapspec import MapSpec, MapType
+from ...bpf.obj import FuncInfo, LineInfo
 from .handles import HandleTable
 from .policy import TokenBucket
 from .rewrite import ACTION_SLOTS
@@ -45,6 +47,19 @@ class MapObj:
         }
 
 
+@dataclass(frozen=True)
+class ProgSource:
+    """A program as the guest sent it (guest map handles in the lddw immediates, before rewriting):
+    what a state export gives back, so the destination device loads exactly what the guest loaded."""
+
+    insns: tuple[Insn, ...]
+    license: str
+    prog_type: int
+    btf: bytes = b""
+    func_info: tuple[FuncInfo, ...] = ()
+    line_info: tuple[LineInfo, ...] = ()
+
+
 @dataclass
 class ProgObj:
     """One guest program: the host's loaded copy, its action counters, the guest maps it uses."""
@@ -59,6 +74,7 @@ class ProgObj:
     host_insns: int
     map_handles: tuple[int, ...]
     counters: Map  # host-owned PERCPU_ARRAY, one u64 per CPU per `ACTION_SLOTS` entry
+    source: ProgSource | None = None  # the guest's load, for STATE_EXPORT
 
     def action_counts(self) -> dict[str, int]:
         """Verdicts so far, summed over CPUs: aborted, drop, pass, tx, redirect, other."""
@@ -84,6 +100,10 @@ class Device:
     negotiated: bool = False
     attached: int | None = None  # guest handle of the program on the port
     map_memory: int = 0
+    # STATE_EXPORT's snapshot (serial, blob) from the start of a walk to its end; STATE_IMPORT's chunks so far
+    export_snapshot: tuple[int, bytes] | None = None
+    export_serial: int = 0
+    import_buffer: bytearray | None = None
     # commands: the guest's (rate-limited); operator_commands: the host operator's (not rate-limited)
     counters: dict[str, int] = field(default_factory=lambda: {"commands": 0, "refused": 0, "rate_limited": 0,
                                                               "operator_commands": 0})

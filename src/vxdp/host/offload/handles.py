@@ -52,8 +52,21 @@ class HandleTable:
         self._entries: dict[int, Entry] = {}
         self._next = 1
 
-    def add(self, kind: Kind, obj: object) -> int:
-        """A fresh handle for ``obj`` (never one in use, and not one freed recently)."""
+    def add(self, kind: Kind, obj: object, handle: int | None = None) -> int:
+        """A fresh handle for ``obj`` (never one in use, and not one freed recently).
+
+        ``handle``: take exactly that number (a state import recreates objects under the
+        handles the guest knows): EEXIST if it is in use, EINVAL outside 1..2**32-1; the
+        counter then moves past it, so later handles never collide with imported ones.
+        """
+        if handle is not None:
+            if not 0 < handle <= U32_MAX:
+                raise OffloadError(errno.EINVAL, f"device {self.device}: handle {handle} is outside 1..{U32_MAX}")
+            if handle in self._entries:
+                raise OffloadError(errno.EEXIST, f"device {self.device}: handle {handle} is already in use")
+            self._entries[handle] = Entry(handle, kind, obj)
+            self.advance(handle + 1)
+            return handle
         for _ in range(len(self._entries) + 1):
             handle = self._next
             self._next = 1 if self._next >= U32_MAX else self._next + 1
@@ -61,6 +74,15 @@ class HandleTable:
                 self._entries[handle] = Entry(handle, kind, obj)
                 return handle
         raise OffloadError(errno.ENOSPC, f"device {self.device}: no free handle")  # unreachable in practice
+
+    def advance(self, next_handle: int) -> None:
+        """Make the next fresh handle at least ``next_handle`` (never moves the counter back)."""
+        if self._next < next_handle <= U32_MAX:
+            self._next = next_handle
+
+    @property
+    def next_handle(self) -> int:
+        return self._next
 
     def bind(self, handle: int, obj: object) -> None:
         """Set the object of a handle `add` gave out (for objects that record their own handle)."""

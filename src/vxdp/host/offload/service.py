@@ -50,7 +50,8 @@ from ...bpf.kernel.maps import sanitize_name
 from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
-from .device import Device, MapObj, ProgObj
+from . import state
+from .device import Device, MapObj, ProgObj, ProgSource
 from .errors import OffloadError
 from .handles import HandleTable, Kind
 from .policy import PROG_TYPES, Policy, TokenBucket
@@ -170,32 +171,41 @@ class OffloadService:
         """Create a map; return its guest handle."""
         with self._lock:
             dev = self._begin(device)
-            try:
-                memory = self.policy.check_map(type=type, key_size=key_size, value_size=value_size,
-                                               max_entries=max_entries, name=name)
-                if flags & ~ALLOWED_MAP_FLAGS:
-                    raise OffloadError(errno.EPERM, f"policy: map {name!r}: flags {flags:#x} not allowed "
-                                       f"(allowed {int(ALLOWED_MAP_FLAGS):#x})", "map_flags")
-                q = self.policy.quota
-                if dev.handles.count(Kind.MAP) >= q.max_maps:
-                    raise OffloadError(errno.ENOSPC, f"policy: device {device} already has {q.max_maps} maps",
-                                       "quota.max_maps")
-                if dev.map_memory + memory > q.max_map_memory:
-                    raise OffloadError(errno.ENOSPC, f"policy: map {name!r} needs {memory} bytes; device {device} "
-                                       f"uses {dev.map_memory} of {q.max_map_memory}", "quota.max_map_memory")
-                spec = MapSpec(name=name or "map", type=MapType(type), key_size=key_size, value_size=value_size,
-                               max_entries=max_entries, flags=flags)
-                m = self._kernel(f"map {name!r}", dev.engine.create_map, spec)
-            except OffloadError:
-                dev.counters["refused"] += 1
-                raise
-            handle = dev.handles.add(Kind.MAP, None)
-            info = m.info() if hasattr(m, "info") else None
-            obj = MapObj(handle, name, spec, m, memory, info.id if info else 0, info.name if info else name)
-            dev.handles.bind(handle, obj)
-            self._maps[device][handle] = obj
-            dev.map_memory += memory
-            return handle
+            return self._map_create(dev, type=type, key_size=key_size, value_size=value_size,
+                                    max_entries=max_entries, flags=flags, name=name)
+
+    def _map_create(self, dev: Device, *, type: int, key_size: int, value_size: int, max_entries: int,
+                    flags: int = 0, name: str = "", handle: int | None = None) -> int:
+        """MAP_CREATE without the command rate; ``handle``: take that one (a state import)."""
+        device = dev.name
+        try:
+            if handle is not None and dev.handles.kind(handle) is not None:
+                raise OffloadError(errno.EEXIST, f"device {device}: handle {handle} is already in use")
+            memory = self.policy.check_map(type=type, key_size=key_size, value_size=value_size,
+                                           max_entries=max_entries, name=name)
+            if flags & ~ALLOWED_MAP_FLAGS:
+                raise OffloadError(errno.EPERM, f"policy: map {name!r}: flags {flags:#x} not allowed "
+                                   f"(allowed {int(ALLOWED_MAP_FLAGS):#x})", "map_flags")
+            q = self.policy.quota
+            if dev.handles.count(Kind.MAP) >= q.max_maps:
+                raise OffloadError(errno.ENOSPC, f"policy: device {device} already has {q.max_maps} maps",
+                                   "quota.max_maps")
+            if dev.map_memory + memory > q.max_map_memory:
+                raise OffloadError(errno.ENOSPC, f"policy: map {name!r} needs {memory} bytes; device {device} "
+                                   f"uses {dev.map_memory} of {q.max_map_memory}", "quota.max_map_memory")
+            spec = MapSpec(name=name or "map", type=MapType(type), key_size=key_size, value_size=value_size,
+                           max_entries=max_entries, flags=flags)
+            m = self._kernel(f"map {name!r}", dev.engine.create_map, spec)
+        except OffloadError:
+            dev.counters["refused"] += 1
+            raise
+        handle = dev.handles.add(Kind.MAP, None, handle)
+        info = m.info() if hasattr(m, "info") else None
+        obj = MapObj(handle, name, spec, m, memory, info.id if info else 0, info.name if info else name)
+        dev.handles.bind(handle, obj)
+        self._maps[device][handle] = obj
+        dev.map_memory += memory
+        return handle
 
     def map_lookup(self, device: str, handle: int, key: bytes) -> bytes | None:
         """The value at ``key``, or ``None`` if there is none (the codec answers ENOENT)."""
@@ -292,9 +302,15 @@ class OffloadService:
                 raise
 
     def _prog_load(self, dev: Device, insns: list[Insn], name: str, license: str, prog_type: int | str,
-                   btf: bytes | None, func_info: list[FuncInfo], line_info: list[LineInfo]) -> tuple[int, str]:
+                   btf: bytes | None, func_info: list[FuncInfo], line_info: list[LineInfo],
+                   handle: int | None = None) -> tuple[int, str]:
+        """PROG_LOAD without the command rate; ``handle``: take that one (a state import)."""
         p, q = self.policy, self.policy.quota
         p.check_prog_type(prog_type)
+        if handle is not None and dev.handles.kind(handle) is not None:
+            raise OffloadError(errno.EEXIST, f"device {dev.name}: handle {handle} is already in use")
+        source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
+                            else int(prog_type), bytes(btf or b""), tuple(func_info), tuple(line_info))
         progs = self._progs[dev.name]
         if len(progs) >= q.max_progs:
             raise OffloadError(errno.ENOSPC, f"policy: device {dev.name} already has {q.max_progs} programs",
@@ -327,10 +343,10 @@ class OffloadService:
             dev.engine.free_map(counters)
             raise
         info = dev.engine.program(fd).info()
-        handle = dev.handles.add(Kind.PROG, None)
+        handle = dev.handles.add(Kind.PROG, None, handle)
         obj = ProgObj(handle=handle, name=name, kernel_name=info.name, engine_handle=fd, tag=info.tag,
                       kernel_id=info.id, guest_insns=len(insns), host_insns=len(counted.insns),
-                      map_handles=tuple(sorted(refs.map_handles)), counters=counters)
+                      map_handles=tuple(sorted(refs.map_handles)), counters=counters, source=source)
         dev.handles.bind(handle, obj)
         progs[handle] = obj
         return handle, info.tag
@@ -338,14 +354,17 @@ class OffloadService:
     def prog_attach(self, device: str, handle: int) -> None:
         """Attach the program natively (XDP driver mode) to the device's host port, replacing ours."""
         with self._lock:
-            dev = self._begin(device)
-            obj = self._prog(dev, handle)
-            try:
-                attach_xdp(dev.ifindex, obj.engine_handle, XdpMode.NATIVE, netns=dev.netns)
-            except XdpError as e:
-                raise OffloadError(e.errno or errno.EINVAL, f"device {device}: attach to {dev.ifname}: "
-                                   f"{e.strerror or e}") from None
-            dev.attached = handle
+            self._attach(self._begin(device), handle)
+
+    def _attach(self, dev: Device, handle: int) -> None:
+        device = dev.name
+        obj = self._prog(dev, handle)
+        try:
+            attach_xdp(dev.ifindex, obj.engine_handle, XdpMode.NATIVE, netns=dev.netns)
+        except XdpError as e:
+            raise OffloadError(e.errno or errno.EINVAL, f"device {device}: attach to {dev.ifname}: "
+                               f"{e.strerror or e}") from None
+        dev.attached = handle
 
     def prog_detach(self, device: str) -> None:
         """Detach the device's program from its port (no error if none is attached)."""
@@ -367,6 +386,31 @@ class OffloadService:
         with self._lock:
             dev = self._begin(device)
             return self._prog(dev, handle).action_counts()
+
+    # -- state (migration: docs/offload-protocol.md §5 "State", the format in `state_format`) ----------
+    def state_export_chunk(self, device: str, token: bytes, room: int) -> tuple[bytes, bytes]:
+        """STATE_EXPORT: (chunk of at most ``room`` bytes, token to continue; empty at the end).
+        An empty ``token`` snapshots the device; the walk reads that snapshot to its end."""
+        with self._lock:
+            return state.export_chunk(self, self._begin(device), token, room)
+
+    def state_export(self, device: str) -> bytes:
+        """The whole state blob at once (the operator's and the tests' shortcut)."""
+        with self._lock:
+            return state.encode_state(state.export_state(self, self._begin(device)))
+
+    def state_import_chunk(self, device: str, chunk: bytes, last: bool) -> None:
+        """STATE_IMPORT: add a chunk; with ``last``, recreate the objects (all or nothing)."""
+        with self._lock:
+            dev = self._begin(device)
+            try:
+                state.import_chunk(self, dev, chunk, last)
+            except OffloadError:
+                dev.counters["refused"] += 1
+                raise
+
+    def state_import(self, device: str, blob: bytes) -> None:
+        self.state_import_chunk(device, blob, True)
 
     # -- lifetimes -----------------------------------------------------------------------------
     def free(self, device: str, handle: int) -> None:
@@ -497,6 +541,7 @@ class OffloadService:
             self._maps[dev.name].clear()
             dev.handles.clear()
             dev.map_memory = 0
+            dev.export_snapshot, dev.import_buffer = None, None
             dev.engine.close()  # BTF objects the engine cached
             dev.engine = self.engine_factory(kernel_prefix(dev.name))
 

@@ -1,0 +1,178 @@
+"""STATE_EXPORT / STATE_IMPORT for the offload service: a device's objects out as a blob, and back in.
+
+Why here and not in `service`: migration walks every object of a device and recreates
+them under chosen handles, which the per-command methods never do; keeping it apart
+keeps `OffloadService` about single commands. `OffloadService.state_export_chunk` and
+``state_import_chunk`` call in here with the service lock held.
+
+Export: one snapshot per device, taken when the driver starts a walk (empty token) and
+kept until the last chunk went out or a new walk starts; so a driver that interleaves
+other commands still gets one consistent state (of the moment it started). Frames the
+device's port receives meanwhile change map contents the program writes; a migrating
+driver detaches (or the VMM pauses the device) first if it needs them exact.
+
+Import (everything or nothing), into a device with no objects (else EBUSY):
+1. maps, under their handles, through the same policy checks and quotas as MAP_CREATE;
+2. contents of every map but prog_arrays, then freeze the frozen ones (before any program
+   loads, so a ``BPF_F_RDONLY_PROG`` map is constant to the verifier, as at the source);
+3. programs, under their handles, through PROG_LOAD's policy, quotas, rewrite and the
+   host verifier (the guest's own instructions, so the host rewrites them for itself);
+4. prog_array contents (program handles), freezing those that were frozen;
+5. the attachment.
+Any failure detaches and frees everything the import made (`OffloadService._teardown`),
+so the device is left empty, and the error goes back as PROG_LOAD's would.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import TYPE_CHECKING
+
+from ...bpf.mapspec import MapType, UpdateFlag, percpu_value_stride, possible_cpus
+from ...virtio.offload_msgs import ProgLoadRequest
+from ...virtio.offload_wire import OffloadEncodeError, OffloadProtocolError
+from .device import Device, MapObj
+from .errors import OffloadError
+from .state_format import DeviceState, MapState, ProgState, decode_state, encode_state
+
+if TYPE_CHECKING:
+    from .policy import Quota
+    from .service import OffloadService
+
+_U32 = struct.Struct("<I")
+_TOKEN = struct.Struct("<IQ")  # snapshot serial, offset of the next chunk
+HARD_STATE_LIMIT = 64 << 20  # whatever the quotas, a device buffers no more for one import
+BTF_ALLOWANCE = 2 << 20  # per program
+
+
+def state_limit(q: Quota) -> int:
+    """The largest blob a device with quota ``q`` accepts: all of its map memory, room for every
+    instruction with its func/line info, a BTF allowance per program, capped at 64 MiB."""
+    return min(HARD_STATE_LIMIT, q.max_map_memory + q.max_total_insns * 48 + q.max_progs * BTF_ALLOWANCE + (1 << 20))
+
+
+def wire_value_len(obj: MapObj) -> int:
+    if obj.spec.is_percpu:
+        return possible_cpus() * percpu_value_stride(obj.spec.value_size)
+    return 4 if obj.is_prog_array else obj.spec.value_size
+
+
+def _wire_name(name: str) -> str:
+    clean = "".join(c if c.isascii() and c.isprintable() else "_" for c in name)
+    return clean[:15]
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+def export_state(svc: OffloadService, dev: Device) -> DeviceState:
+    maps = []
+    for h, obj in sorted(svc._maps[dev.name].items()):
+        items = svc._kernel(f"map {h}: export", lambda o=obj: list(o.map.items()))
+        if obj.is_prog_array:  # the kernel answers program ids; the guest knows handles
+            items = [(k, _U32.pack(svc._prog_handle_of_id(dev.name, _U32.unpack(v[:4])[0]))) for k, v in items]
+            items = [(k, v) for k, v in items if v != bytes(4)]
+        t = obj.spec.type
+        maps.append(MapState(h, obj.name, int(t), obj.spec.key_size, obj.spec.value_size, obj.spec.max_entries,
+                             int(obj.spec.flags), bool(getattr(obj.map, "frozen", False)), wire_value_len(obj),
+                             tuple(items)))
+    progs = []
+    for h, p in sorted(svc._progs[dev.name].items()):
+        src = p.source
+        if src is None:
+            raise OffloadError(errno.EOPNOTSUPP, f"program {h}: the device did not keep its instructions")
+        progs.append(ProgState(h, ProgLoadRequest(src.insns, src.license, _wire_name(p.name), src.prog_type,
+                                                  btf=src.btf, func_info=src.func_info, line_info=src.line_info)))
+    return DeviceState(tuple(maps), tuple(progs), dev.attached or 0, dev.handles.next_handle)
+
+
+def export_chunk(svc: OffloadService, dev: Device, token: bytes, room: int) -> tuple[bytes, bytes]:
+    """The chunk from ``token`` on (at most ``room`` bytes, at least 1) and the token to continue
+    (empty: this was the last). An empty ``token`` takes a new snapshot."""
+    if not token:
+        try:
+            blob = encode_state(export_state(svc, dev))
+        except OffloadEncodeError as e:
+            raise OffloadError(errno.EINVAL, f"STATE_EXPORT: {e}") from None
+        dev.export_serial += 1
+        dev.export_snapshot = (dev.export_serial, blob)
+        offset = 0
+    else:
+        snap = dev.export_snapshot
+        serial, offset = _TOKEN.unpack(token) if len(token) == _TOKEN.size else (-1, 0)
+        if snap is None or serial != snap[0] or offset > len(snap[1]):
+            raise OffloadError(errno.EINVAL, "STATE_EXPORT: unknown or stale token (a new walk started, the "
+                               "walk ended, or the device was reset); start again with an empty token")
+    serial, blob = dev.export_snapshot  # type: ignore[misc]
+    end = min(len(blob), offset + max(room, 1))
+    if end >= len(blob):
+        dev.export_snapshot = None
+        return blob[offset:], b""
+    return blob[offset:end], _TOKEN.pack(serial, end)
+
+
+# -- import ----------------------------------------------------------------------------------------
+
+def import_chunk(svc: OffloadService, dev: Device, chunk: bytes, last: bool) -> None:
+    """Add ``chunk`` to the device's import; on ``last`` recreate everything (or nothing)."""
+    if len(dev.handles) or dev.attached is not None:
+        dev.import_buffer = None
+        raise OffloadError(errno.EBUSY, f"STATE_IMPORT: device {dev.name} has objects; a state is imported "
+                           "only into an empty device (reset it first)")
+    buf = dev.import_buffer if dev.import_buffer is not None else bytearray()
+    limit = state_limit(svc.policy.quota)
+    if len(buf) + len(chunk) > limit:
+        dev.import_buffer = None
+        raise OffloadError(errno.E2BIG, f"STATE_IMPORT: the state is over {limit} bytes, the most device "
+                           f"{dev.name} accepts", "quota.state_size")
+    buf += chunk
+    dev.import_buffer = buf
+    if not last:
+        return
+    dev.import_buffer = None
+    try:
+        st = decode_state(bytes(buf))
+    except OffloadProtocolError as e:
+        raise OffloadError(e.code, str(e)) from None
+    import_state(svc, dev, st)
+
+
+def import_state(svc: OffloadService, dev: Device, st: DeviceState) -> None:
+    try:
+        _recreate(svc, dev, st)
+    except BaseException:
+        svc._teardown(dev)
+        raise
+    dev.handles.advance(st.next_handle)
+
+
+def _recreate(svc: OffloadService, dev: Device, st: DeviceState) -> None:
+    for m in st.maps:
+        svc._map_create(dev, type=m.map_type, key_size=m.key_size, value_size=m.value_size,
+                        max_entries=m.max_entries, flags=m.flags, name=m.name, handle=m.handle)
+    arrays = [m for m in st.maps if m.map_type == MapType.PROG_ARRAY]
+    for m in st.maps:
+        if m.map_type != MapType.PROG_ARRAY:
+            _fill(svc, dev, m)
+    for p in st.progs:
+        ld = p.load
+        svc._prog_load(dev, list(ld.insns), ld.name or "prog", ld.license, ld.prog_type, ld.btf or None,
+                       list(ld.func_info), list(ld.line_info), handle=p.handle)
+    for m in arrays:
+        _fill(svc, dev, m)
+    if st.attached:
+        svc._attach(dev, st.attached)
+
+
+def _fill(svc: OffloadService, dev: Device, m: MapState) -> None:
+    obj = svc._map(dev, m.handle)
+    want = wire_value_len(obj)
+    if m.value_len != want:
+        raise OffloadError(errno.EINVAL, f"STATE_IMPORT: map {m.handle}: values of {m.value_len} bytes, this "
+                           f"device's are {want} (a per-CPU map needs the same number of CPUs)")
+    for k, v in m.entries:
+        if obj.is_prog_array:
+            v = svc._prog_value(dev, v)
+        svc._kernel(f"STATE_IMPORT: map {m.handle}", obj.map.update, k, v, UpdateFlag.ANY)
+    if m.frozen:
+        svc._kernel(f"STATE_IMPORT: map {m.handle}: freeze", obj.map.freeze)

@@ -1,0 +1,354 @@
+"""STATE_EXPORT / STATE_IMPORT on the real kernel: a device's maps (contents, frozen), programs (the
+guest's instructions), prog_array entries and attachment move to a fresh device under the same handles,
+and a damaged, oversized or forbidden state is refused leaving the destination empty.
+
+Devices sit on the two ends of a veth pair (each in its own netns, 198.18.0.0/15, `NetLab`) so both
+can attach natively; the corruption test uses the loopback (no attachment in its state). Commands go
+through `BpfCommandHandler` and `OffloadClient`, as a guest's would; the service is closed in
+``finally``, so nothing outlives a test.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import struct
+import subprocess
+import time
+import zlib
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from testpaths import SAMPLES_BUILD
+
+from vxdp.bpf import elf, link
+from vxdp.bpf.helpers import Helper
+from vxdp.bpf.isa import EXIT, Insn
+from vxdp.bpf.kernel import KernelMap, KernelProgram, map_get_fd_by_id, map_ids, prog_get_fd_by_id, prog_ids, query_xdp
+from vxdp.bpf.mapspec import MapFlag, MapType
+from vxdp.host.offload import OffloadService, Policy, Quota
+from vxdp.host.offload.ctrl import BpfCommandHandler
+from vxdp.host.offload.policy import DEFAULT_HELPERS
+from vxdp.host.offload.state_format import decode_state, encode_state
+from vxdp.packets import frame
+from vxdp.testing.netns import NetLab
+from vxdp.virtio.offload import CapsFlag, Errno, StateExportRequest, StateImportRequest, decode_reply, encode_request
+from vxdp.virtio.offload_client import OffloadClient, OffloadRefused
+
+pytestmark = pytest.mark.privileged
+
+_seq = itertools.count()
+U32 = struct.Struct("<I")
+PACKETS = [frame(k) for k in ("ipv4/udp", "ipv4/tcp", "ipv4/icmp", "arp", "ipv6/udp")]
+
+
+def _dev() -> str:
+    return f"s{os.getpid() % 1000}{next(_seq)}"
+
+
+def _client(s: OffloadService, dev: str, max_capacity: int | None = None) -> OffloadClient:
+    h = BpfCommandHandler(s, dev)
+    return OffloadClient(lambda req, cap: h.handle(req[1], req[2:], cap, negotiated=True), max_capacity=max_capacity)
+
+
+def _load(s: OffloadService, dev: str, path, programs: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    obj = elf.load_object(path)
+    maps = {n: s.map_create(dev, type=m.type, key_size=m.key_size, value_size=m.value_size,
+                            max_entries=m.max_entries, flags=m.flags, name=n) for n, m in obj.maps.items()}
+    progs = {}
+    for name in programs:
+        linked = link.link(obj, name)
+        progs[name], _ = s.prog_load(dev, link.resolve_maps(linked, maps), name=name, license=linked.license,
+                                     btf=obj.btf_raw, func_info=linked.func_info, line_info=linked.line_info)
+    return maps, progs
+
+
+def _populate(s: OffloadService, dev: str, attach: bool = True) -> dict[str, int]:
+    """xdp1 with counts in rxcnt, the tail-call corpus with a filled prog_array, a frozen read-only map."""
+    m1, p1 = _load(s, dev, SAMPLES_BUILD / "xdp1.o", ["xdp_prog1"])
+    m2, p2 = _load(s, dev, SAMPLES_BUILD / "corpus" / "tail_calls.o", ["xdp_entry", "handle_ipv4", "handle_other"])
+    for proto, n in ((17, 5), (6, 7), (1, 11)):
+        s.map_update(dev, m1["rxcnt"], U32.pack(proto), struct.pack("<Q", n))
+    s.map_update(dev, m2["jmp_table"], U32.pack(0), U32.pack(p2["handle_ipv4"]))
+    s.map_update(dev, m2["jmp_table"], U32.pack(2), U32.pack(p2["handle_other"]))
+    s.map_update(dev, m2["hops"], U32.pack(3), struct.pack("<Q", 99))
+    const = s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=16, max_entries=1,
+                         flags=MapFlag.RDONLY_PROG, name="const")
+    s.map_update(dev, const, U32.pack(0), b"constant-value!!")
+    s.map_freeze(dev, const)
+    scratch = s.map_create(dev, type=MapType.HASH, key_size=8, value_size=4, max_entries=64, name="gone")
+    s.free(dev, scratch)  # a hole in the handles: the import must keep the others where they were
+    if attach:
+        s.prog_attach(dev, p2["xdp_entry"])
+    return {**m1, **m2, "const": const, **p1, **p2}
+
+
+def _contents(s: OffloadService, dev: str) -> dict[int, dict[bytes, bytes]]:
+    return {m["handle"]: dict(s.map_lookup_batch(dev, m["handle"], None, 0)[0]) for m in _shown(s, dev)["maps"]}
+
+
+def _shown(s: OffloadService, dev: str) -> dict:
+    return next(d for d in s.show() if d["name"] == dev)
+
+
+def _objects(s: OffloadService, dev: str) -> tuple[list, list]:
+    d = _shown(s, dev)
+    maps = [(m["handle"], m["name"], m["type"], m["key_size"], m["value_size"], m["max_entries"], m["flags"],
+             m["frozen"]) for m in d["maps"]]
+    progs = [(p["handle"], p["name"], p["tag"], p["insns"], p["maps"]) for p in d["programs"]]
+    return maps, progs
+
+
+def _runs(s: OffloadService, dev: str) -> list[tuple[int, int, bytes]]:
+    d = s.devices[dev]
+    out = []
+    for h, p in sorted(s._progs[dev].items()):
+        for pkt in PACKETS:
+            r = d.engine.run(p.engine_handle, pkt)
+            out.append((h, r.action, r.packet))
+    return out
+
+
+def _names_alive(prefix: str) -> tuple[list[str], list[str]]:
+    """Live kernel programs and maps whose names start with ``prefix`` (a device's own prefix)."""
+    progs, maps = [], []
+    for pid in prog_ids():
+        try:
+            fd = prog_get_fd_by_id(pid)
+        except OSError:
+            continue
+        with KernelProgram.from_fd(fd) as p:
+            if p.name.startswith(prefix):
+                progs.append(p.name)
+    for mid in map_ids():
+        try:
+            fd = map_get_fd_by_id(mid)
+        except OSError:
+            continue
+        m = KernelMap.from_fd(fd)
+        try:
+            if m.info().name.startswith(prefix):
+                maps.append(m.info().name)
+        finally:
+            m.close()
+    return progs, maps
+
+
+def _no_kernel_objects(prefix: str) -> tuple[list[str], list[str]]:
+    """Maps go after an RCU grace period once their last program is gone: poll, bounded (10 s)."""
+    for _ in range(1000):
+        progs, maps = _names_alive(prefix)
+        if not progs and not maps:
+            break
+        time.sleep(0.01)
+    return progs, maps
+
+
+def _empty(s: OffloadService, dev: str) -> bool:
+    d = s.devices[dev]
+    return len(d.handles) == 0 and d.attached is None and not s._maps[dev] and not s._progs[dev] and d.map_memory == 0
+
+
+@pytest.fixture
+def pair():
+    """A veth pair, each end in its own netns with IPv6 off (so the kernel sends nothing of its own
+    that the attached programs would count)."""
+    with NetLab("vxs") as lab:
+        ns_a, ns_b = lab.netns(), lab.netns()
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+        yield lab.veth(ns_a, ns_b, "vsa", "vsb", addr_a="198.18.0.21/30", addr_b="198.18.0.22/30")
+
+
+@pytest.fixture
+def service():
+    s = OffloadService()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_state_moves_maps_programs_prog_array_and_attachment_under_the_same_handles(pair, service):
+    a, b = _dev(), _dev()
+    service.add_device(a, pair.b, netns=pair.ns_b, negotiated=True)
+    service.add_device(b, pair.a, netns=pair.ns_a, negotiated=True)
+    h = _populate(service, a)
+    assert _client(service, a).caps().flags & CapsFlag.STATE
+    # small ctrl buffers: the state crosses in many chunks each way
+    blob = _client(service, a, max_capacity=256).state_export()
+    assert len(blob) > 10 * 200 and blob.startswith(b"VXDPSTAT")
+    assert blob == service.state_export(a)  # nothing changed in between: the same snapshot
+    _client(service, b, max_capacity=300).state_import(blob)
+
+    assert _objects(service, b) == _objects(service, a)  # handles, names, specs, frozen, tags (same insns)
+    assert _shown(service, b)["maps"][-1]["frozen"] and _shown(service, b)["maps"][-1]["handle"] == h["const"]
+    assert _contents(service, b) == _contents(service, a)
+    jt = _contents(service, b)[h["jmp_table"]]
+    assert jt == {U32.pack(0): U32.pack(h["handle_ipv4"]), U32.pack(2): U32.pack(h["handle_other"])}
+    with pytest.raises(Exception, match="frozen|Operation not permitted"):
+        service.map_update(b, h["const"], U32.pack(0), bytes(16))
+    # the attachment: the same guest handle, natively on B's port
+    assert service.devices[b].attached == h["xdp_entry"]
+    b_entry = service._progs[b][h["xdp_entry"]]
+    assert query_xdp(pair.a, netns=pair.ns_a) == b_entry.kernel_id
+    # the programs compute the same: same verdicts and packets, same map updates (tail calls included)
+    assert _runs(service, b) == _runs(service, a)
+    assert _contents(service, b) == _contents(service, a)
+    assert _contents(service, b)[h["hops"]][U32.pack(0)] != bytes(8)  # the tail-called ipv4 handler counted
+    # new handles on B come after every imported one
+    assert service.map_create(b, type=MapType.ARRAY, key_size=4, value_size=4, max_entries=1) > max(h.values())
+    # a second import into a device with objects: EBUSY, and B keeps what it has
+    with pytest.raises(OffloadRefused) as e:
+        _client(service, b).state_import(blob)
+    assert e.value.code == Errno.EBUSY
+    assert service.devices[b].attached == h["xdp_entry"]
+
+
+def test_export_snapshot_is_kept_across_interleaved_commands_and_tokens_go_stale(service):
+    a = _dev()
+    service.add_device(a, "lo", negotiated=True)
+    h = _populate(service, a, attach=False)
+    c = _client(service, a)
+    first = c.state_export_chunk(b"", 200)
+    service.map_update(a, h["rxcnt"], U32.pack(17), struct.pack("<Q", 12345))  # after the snapshot
+    parts, token = [first.chunk], first.token
+    while token:
+        r = c.state_export_chunk(token, 200)
+        parts.append(r.chunk)
+        token = r.token
+    old = decode_state(b"".join(parts))
+    rx = next(m for m in old.maps if m.handle == h["rxcnt"])
+    assert dict(rx.entries)[U32.pack(17)] == struct.pack("<Q", 5)  # the state of the start
+    assert dict(next(m for m in decode_state(c.state_export()).maps
+                     if m.handle == h["rxcnt"]).entries)[U32.pack(17)] == struct.pack("<Q", 12345)
+    # a token from a finished (or superseded) walk is refused
+    with pytest.raises(OffloadRefused) as e:
+        c.state_export_chunk(first.token, 200)
+    assert e.value.code == Errno.EINVAL and "token" in e.value.message
+
+
+def test_a_program_the_destination_policy_forbids_refuses_the_whole_import(service):
+    a = _dev()
+    service.add_device(a, "lo", negotiated=True)
+    _populate(service, a, attach=False)
+    blob = service.state_export(a)
+    strict = OffloadService(policy=Policy(helpers=DEFAULT_HELPERS - {Helper.tail_call}))
+    try:
+        b = _dev()
+        strict.add_device(b, "lo", negotiated=True)
+        with pytest.raises(OffloadRefused) as e:
+            _client(strict, b).state_import(blob)
+        assert e.value.code == Errno.EPERM and e.value.rule == "helpers.allow", str(e.value)
+        assert "tail_call" in e.value.message
+        assert _empty(strict, b)
+        assert _no_kernel_objects(b + "_") == ([], [])
+        # quotas of the destination apply too: too little map memory
+        small = OffloadService(policy=Policy(quota=Quota(max_map_memory=4096)))
+        try:
+            c = _dev()
+            small.add_device(c, "lo", negotiated=True)
+            with pytest.raises(OffloadRefused) as e:
+                _client(small, c).state_import(blob)
+            assert e.value.code in (Errno.ENOSPC, Errno.E2BIG) and e.value.rule in ("quota.max_map_memory",
+                                                                                    "quota.state_size")
+            assert _empty(small, c)
+        finally:
+            small.close()
+    finally:
+        strict.close()
+
+
+def test_oversized_state_is_refused_before_it_is_buffered(service):
+    b = _dev()
+    tiny = OffloadService(policy=Policy(quota=Quota(max_map_memory=1024, max_total_insns=64, max_progs=1)))
+    try:
+        tiny.add_device(b, "lo", negotiated=True)
+        c = _client(tiny, b)
+        limit = 1024 + 64 * 48 + (2 << 20) + (1 << 20)
+        with pytest.raises(OffloadRefused) as e:
+            c.state_import(bytes(limit + 1), chunk_size=1 << 20)
+        assert e.value.code == Errno.E2BIG and e.value.rule == "quota.state_size"
+        assert tiny.devices[b].import_buffer is None and _empty(tiny, b)
+    finally:
+        tiny.close()
+
+
+@pytest.fixture(scope="module")
+def lo_pair():
+    """Device A on the loopback with a populated state (no attachment: lo has no native XDP), and an
+    empty device B to import damaged copies of A's state into."""
+    s = OffloadService(policy=Policy(quota=Quota(commands_per_second=1e9, command_burst=10 ** 9)))
+    try:
+        a, b = _dev(), _dev()
+        s.add_device(a, "lo", negotiated=True)
+        s.add_device(b, "lo", negotiated=True)
+        _populate(s, a, attach=False)
+        yield s, a, b, s.state_export(a)
+    finally:
+        s.close()
+
+
+def _import(s: OffloadService, dev: str, blob: bytes):
+    h = BpfCommandHandler(s, dev)
+    data = encode_request(StateImportRequest(blob, 1))
+    return decode_reply(data[1], h.handle(data[1], data[2:], 1 << 16, negotiated=True))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_state_is_refused_cleanly_and_leaves_the_device_empty(lo_pair, data):
+    s, a, b, blob = lo_pair
+    how = data.draw(st.sampled_from(["truncate", "flip", "flip+crc"]))
+    if how == "truncate":
+        bad = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    else:
+        pos = data.draw(st.integers(0, len(blob) - 5))
+        bad = bytearray(blob)
+        bad[pos] ^= data.draw(st.integers(1, 255))
+        if how == "flip+crc":  # past the checksum: the parser and the import's checks must hold
+            bad[-4:] = zlib.crc32(bytes(bad[:-4])).to_bytes(4, "little")
+        bad = bytes(bad)
+    r = _import(s, b, bad)
+    if how != "flip+crc":
+        assert r.code == Errno.EINVAL, r.text
+        assert "STATE_IMPORT" in r.text and "\n" not in r.text.strip()
+    if r.ok:  # a flip in a value or a name can be a valid state: then it is a whole one
+        assert len(s.devices[b].handles) == len(s.devices[a].handles)
+        s.reset(b)
+    else:
+        assert r.code in set(Errno) - {Errno.EIO}, r.text  # a refusal of ours, never an internal error
+        assert _empty(s, b), r.text
+        assert _names_alive(b + "_")[0] == []  # programs go at their last close
+    assert _empty(s, b)
+
+
+def test_no_kernel_object_of_the_destination_survives_the_damaged_imports(lo_pair):
+    s, a, b, blob = lo_pair
+    # the last program reads r0 before setting it: the host verifier refuses it after every map and the
+    # other programs were made; its log comes back as PROG_LOAD's would
+    state = decode_state(blob)
+    last = state.progs[-1]
+    bad_prog = replace(last, load=replace(last.load, insns=(Insn(EXIT),), func_info=(), line_info=()))
+    r = _import(s, b, encode_state(replace(state, progs=state.progs[:-1] + (bad_prog,))))
+    assert r.code == Errno.EACCES and "verifier" in r.text and "R0 !read_ok" in r.text, r.text
+    assert _empty(s, b)
+    assert _no_kernel_objects(b + "_") == ([], [])
+    assert _import(s, b, b"").code == Errno.EINVAL
+    r = _import(s, b, blob)
+    assert r.ok, r.text
+    assert _objects(s, b) == _objects(s, a)
+    s.reset(b)
+
+
+def test_export_request_with_a_forged_token_is_refused(lo_pair):
+    s, a, _, _ = lo_pair
+    h = BpfCommandHandler(s, a)
+    data = encode_request(StateExportRequest(b"\x01" * 12))
+    r = decode_reply(data[1], h.handle(data[1], data[2:], 4096, negotiated=True))
+    assert r.code == Errno.EINVAL and "token" in r.text
+    assert errno.EINVAL == Errno.EINVAL
