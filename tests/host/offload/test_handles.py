@@ -58,3 +58,16 @@ def test_entries_in_creation_order():
         t.add(Kind.MAP if i % 2 else Kind.PROG, i)
     assert [e.obj for e in t.entries(Kind.PROG)] == [0, 2, 4]
     assert t.count(Kind.MAP) == 2
+
+
+def test_a_chosen_handle_moves_the_counter_past_it():
+    t = HandleTable("dev0")
+    assert t.add(Kind.MAP, "m", 7) == 7 and t.get(7, Kind.MAP) == "m"
+    assert t.add(Kind.PROG, "p") == 8  # past the imported one
+    with pytest.raises(OffloadError, match="handle 7 is already in use") as e:
+        t.add(Kind.PROG, "q", 7)
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(OffloadError, match="outside"):
+        t.add(Kind.MAP, "z", 0)
+    t.advance(3)  # never backwards
+    assert t.next_handle == 9
