@@ -407,3 +407,46 @@ def test_rodata_frozen_offloaded_and_map_freeze(topo):
         # the guest's own view says so too (`vxdp map show`)
         shown = {m["name"]: m["frozen"] for m in topo.ok("map", "show", "--guest", GUEST)}
         assert shown == {".rodata": True, "seen": True}
+
+
+# -- 10. state export / import (migration) ---------------------------------------------------------
+
+def _kernel_map(map_id: int) -> dict[int, int]:
+    out = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)], check=True, capture_output=True,
+                         text=True).stdout
+    def num(hexes: list[str]) -> int:
+        return int.from_bytes(bytes(int(b, 16) for b in hexes), "little")
+    return {num(e["key"]): num(e["value"]) for e in json.loads(out) if num(e["value"])}
+
+
+def test_state_export_and_import_through_guest_and_operator(topo, tmp_path):
+    """The guest exports its device's state to a file; a device with objects refuses the import (EBUSY);
+    emptied, the device takes the file back: same handles, programs (same tags), map contents, attachment."""
+    host, g = started(topo)
+    state = tmp_path / "state.bin"
+    with host, g:
+        g.wait_connected()
+        topo.ok("prog", "load", TAIL_CALLS, "--offload", "--prog", "xdp_entry", "--guest", GUEST)
+        send(topo, retarget(packets.mix(80), HOST_MAC))
+        poll(lambda: map_counts(topo, "hops", "--guest", GUEST), lambda c: c == {0: 40, 3: 30, 2: 10},
+             timeout=20, what="hop counters")
+        before = device_offload(topo)
+        out = topo.ok("offload", "export", "--guest", GUEST, "-o", str(state), "-j")
+        assert out["bytes"] == state.stat().st_size > 0 and state.read_bytes().startswith(b"VXDPSTAT")
+        r = topo.vxdp("offload", "import", str(state), "--guest", GUEST)
+        assert r.code == 1 and "EBUSY" in r.err, (r.code, r.err)
+        topo.ok("prog", "detach", "--guest", GUEST)
+        assert device_offload(topo)["programs"] == []
+        assert topo.ok("offload", "import", str(state), "--device", DEVICE, "-j") == {
+            "imported": state.stat().st_size}
+        after = device_offload(topo)
+        assert [(p["handle"], p["name"], p["tag"]) for p in after["programs"]] == [
+            (p["handle"], p["name"], p["tag"]) for p in before["programs"]]
+        assert [(m["handle"], m["name"]) for m in after["maps"]] == [(m["handle"], m["name"]) for m in before["maps"]]
+        assert after["attached"] == before["attached"] is not None
+        hops = next(m for m in after["maps"] if m["name"] == "hops")
+        assert _kernel_map(hops["kernel_id"]) == {0: 40, 3: 30, 2: 10}
+        # the recreated programs run: more frames count on
+        send(topo, retarget(packets.mix(8), HOST_MAC))
+        poll(lambda: _kernel_map(hops["kernel_id"]), lambda c: c == {0: 44, 3: 33, 2: 11}, timeout=20,
+             what="hop counters after the import")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, demo, guest, host, map, prog
+from . import bench, demo, guest, host, map, offload, prog
 from .output import CliError
 
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(objects)
     host.add_parser(objects)
     guest.add_parser(objects)
+    offload.add_parser(objects)
     return parser
 
 

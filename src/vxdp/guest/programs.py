@@ -17,6 +17,7 @@ never lists programs the host no longer has.
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 from collections.abc import Callable
@@ -53,6 +54,29 @@ class GuestPrograms:
                                                   f"{FEATURE_BPF_OFFLOAD} not negotiated)")
         engine = OffloadEngine(OffloadClient(self._transport))
         return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(h))
+
+    def _state_client(self) -> OffloadClient:
+        if self.driver.connected and not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:
+            raise RegistryError(errno.EOPNOTSUPP, f"the device does not offer XDP offload (feature bit "
+                                                  f"{FEATURE_BPF_OFFLOAD} not negotiated)")
+        rings = getattr(self.driver, "rings", None)
+        half = getattr(rings, "ctrl_size", 0) // 2
+        return OffloadClient(self._transport, max_capacity=half or None)
+
+    def state_export(self) -> dict[str, Any]:
+        """The device's offloaded state (STATE_EXPORT), base64 for the JSON control socket."""
+        blob = self._state_client().state_export()
+        return {"state": base64.b64encode(blob).decode("ascii"), "bytes": len(blob)}
+
+    def state_import(self, state: str) -> dict[str, Any]:
+        """Recreate a state from `state_export` in the (empty) device. The objects are the device's
+        alone: ``prog show`` lists what this driver loaded, not what an import recreated."""
+        try:
+            blob = base64.b64decode(state, validate=True)
+        except (ValueError, TypeError) as e:
+            raise RegistryError(errno.EINVAL, f"state: not base64: {e}") from None
+        self._state_client().state_import(blob)
+        return {"imported": len(blob)}
 
     def _native(self, path: str, prog: str | None) -> dict[str, Any]:
         engine = InterpEngine()
@@ -94,6 +118,8 @@ class GuestPrograms:
             "prog.load": self.load,
             "prog.show": self.show,
             "prog.detach": self.detach,
+            "offload.export": self.state_export,
+            "offload.import": self.state_import,
             **self.registry.map_handlers(),
         }
 

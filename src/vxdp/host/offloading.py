@@ -21,6 +21,7 @@ so a guest reboot does not undo what the operator set up.
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 from collections.abc import Callable
@@ -73,6 +74,20 @@ class DeviceOffload:
         engine = OffloadEngine(OffloadClient(self._transport))
         return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(h))
 
+    def state_export(self) -> dict[str, Any]:
+        """The device's offloaded state (STATE_EXPORT through the operator's handler), base64."""
+        blob = OffloadClient(self._transport).state_export()
+        return {"state": base64.b64encode(blob).decode("ascii"), "bytes": len(blob)}
+
+    def state_import(self, state: str) -> dict[str, Any]:
+        """Recreate a state in the (empty) device; its objects are the device's, not the registry's."""
+        try:
+            blob = base64.b64decode(state, validate=True)
+        except (ValueError, TypeError) as e:
+            raise RegistryError(errno.EINVAL, f"state: not base64: {e}") from None
+        OffloadClient(self._transport).state_import(blob)
+        return {"imported": len(blob)}
+
     def show(self) -> dict[str, Any]:
         """The operator's view: what was loaded here by file and name, and every object the device has."""
         doc = self.registry.show()
@@ -90,6 +105,8 @@ class DeviceOffload:
             "prog.detach": self.detach,
             **self.registry.map_handlers(),
             "offload.show": lambda: self.service.show(),
+            "offload.export": self.state_export,
+            "offload.import": self.state_import,
         }
 
     def close(self) -> None:
