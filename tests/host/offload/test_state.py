@@ -27,7 +27,15 @@ from testpaths import SAMPLES_BUILD
 from vxdp.bpf import elf, link
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import EXIT, Insn
-from vxdp.bpf.kernel import KernelMap, KernelProgram, map_get_fd_by_id, map_ids, prog_get_fd_by_id, prog_ids, query_xdp
+from vxdp.bpf.kernel import (
+    KernelMap,
+    KernelProgram,
+    map_get_fd_by_id,
+    map_ids,
+    prog_get_fd_by_id,
+    prog_ids,
+    query_xdp,
+)
 from vxdp.bpf.mapspec import MapFlag, MapType
 from vxdp.host.offload import OffloadService, Policy, Quota
 from vxdp.host.offload.ctrl import BpfCommandHandler
@@ -35,7 +43,14 @@ from vxdp.host.offload.policy import DEFAULT_HELPERS
 from vxdp.host.offload.state_format import decode_state, encode_state
 from vxdp.packets import frame
 from vxdp.testing.netns import NetLab
-from vxdp.virtio.offload import CapsFlag, Errno, StateExportRequest, StateImportRequest, decode_reply, encode_request
+from vxdp.virtio.offload import (
+    CapsFlag,
+    Errno,
+    StateExportRequest,
+    StateImportRequest,
+    decode_reply,
+    encode_request,
+)
 from vxdp.virtio.offload_client import OffloadClient, OffloadRefused
 
 pytestmark = pytest.mark.privileged
