@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from kernel_asm import count_and_return_insns, marked_frame, ret_insns
 
 from vxdp.bpf.isa import XdpAction
 from vxdp.bpf.kernel import (
@@ -19,9 +20,6 @@ from vxdp.bpf.kernel import (
     send_live_frames_in,
 )
 from vxdp.bpf.mapspec import MapSpec, MapType
-
-from kernel_asm import count_and_return_insns, marked_frame, ret_insns
-from kernel_netns import veth_pair_two_ns  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.privileged
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import errno
 
 import pytest
-
-from vxdp.bpf.kernel import KernelProgram, XdpError, XdpMode, attach_xdp, detach_xdp, query_xdp, query_xdp_attrs
-
 from kernel_asm import ret_insns
-from kernel_netns import veth_pair  # noqa: F401  (fixture)
+
+from vxdp.bpf.kernel import (
+    KernelProgram,
+    XdpError,
+    XdpMode,
+    attach_xdp,
+    detach_xdp,
+    query_xdp,
+    query_xdp_attrs,
+)
 
 pytestmark = pytest.mark.privileged
 

@@ -1,8 +1,8 @@
 """Fixtures for the kernel tests: veth pairs in fresh namespaces (programs are in kernel_asm.py).
 
-Test modules import the fixtures by name. This is not a ``conftest.py`` on purpose: a second
-conftest module on sys.path would shadow ``tests/conftest.py`` for the ``from conftest import``
-other tests do.
+Tests request them as parameters, as tests/virtio and tests/engine/interp do with theirs; nothing
+may ``from conftest import`` (each directory's conftest.py is a module named ``conftest``), so
+shared helpers live in modules named for what they hold, like kernel_asm.py.
 
 Built on :class:`vxdp.testing.netns.NetLab`, which removes every namespace and veth it made
 whatever the test did; names carry our pid so parallel runs never collide.
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from vxdp.testing.netns import NetLab, VethPair
-
-__all__ = ["VethPair", "veth_pair", "veth_pair_two_ns"]
+from vxdp.testing.netns import NetLab
 
 
 def _make_pair(two_netns: bool):
