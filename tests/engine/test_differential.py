@@ -17,9 +17,9 @@ import socket
 import struct
 
 import pytest
-from testpaths import sample_objects
 from hypothesis import HealthCheck, given, settings
 from packet_strategies import frames
+from testpaths import sample_objects
 
 from vxdp.bpf.elf import load_object as parse_object
 from vxdp.bpf.mapspec import MapType

@@ -37,12 +37,12 @@ from vxdp.bpf.kernel import (
 )
 from vxdp.bpf.mapspec import MapOrigin, MapSpec, MapType, possible_cpus
 from vxdp.engine.loader import load_object
-from vxdp.virtio.offload_client import OffloadClient, OffloadEngine, OffloadRefused
 from vxdp.host.offload import OffloadService, Policy, Quota
 from vxdp.host.offload.ctrl import BpfCommandHandler
 from vxdp.packets import frame
 from vxdp.testing.netns import NetLab
 from vxdp.virtio.offload import CTRL_CLASS_BPF, Errno
+from vxdp.virtio.offload_client import OffloadClient, OffloadEngine, OffloadRefused
 
 pytestmark = pytest.mark.privileged
 

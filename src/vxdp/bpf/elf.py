@@ -35,10 +35,25 @@ from contextlib import contextmanager
 
 from .btf import Btf, BtfError, fixup_datasec, parse_btf
 from .btf_ext import BtfExt, parse_btf_ext
-from .elf_maps import (MapIndex, collect_btf_maps, collect_data_map, collect_legacy_maps,
-                       collect_prog_array_inits, data_origin)
-from .elf_reader import (SHN_LORESERVE, SHN_UNDEF, SHT_PROGBITS, STB_LOCAL, STT_FUNC, STT_SECTION, ElfFile,
-                         ObjectError, Section)
+from .elf_maps import (
+    MapIndex,
+    collect_btf_maps,
+    collect_data_map,
+    collect_legacy_maps,
+    collect_prog_array_inits,
+    data_origin,
+)
+from .elf_reader import (
+    SHN_LORESERVE,
+    SHN_UNDEF,
+    SHT_PROGBITS,
+    STB_LOCAL,
+    STT_FUNC,
+    STT_SECTION,
+    ElfFile,
+    ObjectError,
+    Section,
+)
 from .isa import INSN_SIZE, PseudoCall, PseudoSrc, decode
 from .obj import BpfObject, FuncInfo, Function, LineInfo, Program, Reloc, RelocKind
 

@@ -218,5 +218,5 @@ def lddw(dst: int, value: int, src: int = PseudoSrc.IMM) -> tuple[Insn, Insn]:
     """The two slots of ``dst = value`` (``value`` as unsigned 64-bit)."""
     value &= 0xFFFFFFFFFFFFFFFF
     lo, hi = value & 0xFFFFFFFF, value >> 32
-    as_s32 = lambda v: v - (1 << 32) if v & 0x80000000 else v  # noqa: E731
+    as_s32 = lambda v: v - (1 << 32) if v & 0x80000000 else v
     return Insn(LDDW, dst, src, 0, as_s32(lo)), Insn(0, 0, 0, 0, as_s32(hi))

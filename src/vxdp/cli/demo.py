@@ -49,8 +49,8 @@ def _ping(ns: str, addr: str, count: int = 3) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..netdev.port import Port
     from ..frames import FrameBatch
+    from ..netdev.port import Port
     from ..testing.netns import NetLab
 
     obj = Path(args.object or Path(__file__).resolve().parents[3] / "samples/build/xdp1.o")

@@ -74,7 +74,7 @@ class Slot:
     loaded: LoadedObject
     attached: str
     detach: Callable[[], None]
-    counters: Callable[[], dict[str, int]] = field(default=lambda: {})
+    counters: Callable[[], dict[str, int]] = field(default=dict)
 
 
 class RegistryError(OSError):

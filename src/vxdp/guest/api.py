@@ -152,7 +152,7 @@ class GuestBpfObject:
         return loaded
 
 
-def open(path: str | os.PathLike) -> GuestBpfObject:  # noqa: A001 - libbpf's verb
+def open(path: str | os.PathLike) -> GuestBpfObject:  # shadows the builtin: libbpf's verb
     """Parse an object file; errors name the section and offset (`vxdp.bpf.elf.ObjectError`)."""
     path = os.path.abspath(os.fspath(path))
     return GuestBpfObject(path, load_object(path))

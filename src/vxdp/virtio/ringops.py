@@ -25,8 +25,8 @@ Linux's ``virtio_mb`` is).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
 from llvmlite import ir
+from numba import njit, types
 from numba.extending import intrinsic
 
 from vxdp.virtio.virtqueue import (

@@ -7,12 +7,27 @@ import os
 import struct
 
 import pytest
-
-from vxdp.bpf.kernel import BpfError, KernelMap, KernelProgram, MapError, map_get_fd_by_id, map_ids, sanitize_name
-from vxdp.bpf.kernel.syscall import ENOTSUPP, Cmd
-from vxdp.bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
-
 from kernel_asm import ret_insns
+
+from vxdp.bpf.kernel import (
+    BpfError,
+    KernelMap,
+    KernelProgram,
+    MapError,
+    map_get_fd_by_id,
+    map_ids,
+    sanitize_name,
+)
+from vxdp.bpf.kernel.syscall import ENOTSUPP, Cmd
+from vxdp.bpf.mapspec import (
+    MapFlag,
+    MapOrigin,
+    MapSpec,
+    MapType,
+    UpdateFlag,
+    percpu_value_stride,
+    possible_cpus,
+)
 
 pytestmark = pytest.mark.privileged
 

@@ -7,6 +7,7 @@ import os
 import uuid
 
 import pytest
+from kernel_asm import ret_insns
 
 from vxdp.bpf.kernel import (
     BpfError,
@@ -20,8 +21,6 @@ from vxdp.bpf.kernel import (
     prog_ids,
 )
 from vxdp.bpf.mapspec import MapSpec, MapType
-
-from kernel_asm import ret_insns
 
 pytestmark = pytest.mark.privileged
 

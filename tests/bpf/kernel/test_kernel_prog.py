@@ -7,6 +7,7 @@ import os
 import struct
 
 import pytest
+from kernel_asm import count_and_return_insns, marked_frame, ret_insns
 
 from vxdp.bpf.isa import EXIT, Insn, XdpAction
 from vxdp.bpf.kernel import (
@@ -24,8 +25,6 @@ from vxdp.bpf.kernel import (
 from vxdp.bpf.kernel.syscall import Cmd
 from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.bpf.obj import FuncInfo
-
-from kernel_asm import count_and_return_insns, marked_frame, ret_insns
 
 pytestmark = pytest.mark.privileged
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from interp_asm import alu, exit_, jmp, ld64, ldx, mov, packet_guard, prog, stx
 from interp_oracle import run_both
+
 from vxdp.bpf.isa import AluOp, Cls, Insn, JmpOp
 from vxdp.engine.interp import alu as sem
 

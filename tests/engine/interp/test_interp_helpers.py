@@ -7,14 +7,14 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from interp_asm import alu, call, call_local, exit_, jmp, ld64, ldx, mov, packet_guard, prog, st as st_imm, stx
+from interp_asm import alu, call, call_local, exit_, jmp, ld64, ldx, mov, packet_guard, prog, stx
+from interp_asm import st as st_imm
 from interp_oracle import run_both
+
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import AluOp, JmpOp, PseudoSrc
 from vxdp.bpf.kernel import KernelMap, KernelProgram
 from vxdp.bpf.mapspec import MapSpec, MapType
-from vxdp.engine.interp import InterpEngine
 from vxdp.engine.interp.helpers import csum_diff
 
 

@@ -13,8 +13,9 @@ import errno
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from interp_asm import alu, call, exit_, jmp, ld64, ldx, mov, prog, stx
+from interp_asm import st as st_imm
 
-from interp_asm import exit_, ld64, mov, prog, st as st_imm, stx, call, alu, jmp, ldx
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import AluOp, JmpOp, PseudoSrc
 from vxdp.bpf.kernel import KernelMap

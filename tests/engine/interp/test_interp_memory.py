@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from interp_asm import atomic, exit_, ld64, ldx, mov, packet_guard, prog, st as st_imm, stx
+from interp_asm import atomic, exit_, ld64, ldx, mov, packet_guard, prog, stx
+from interp_asm import st as st_imm
 from interp_oracle import run_both
+
 from vxdp.bpf.isa import AtomicOp, Insn
 
 VALUE_REGS = [0, 3, 4, 5]

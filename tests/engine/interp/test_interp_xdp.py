@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from interp_asm import alu, exit_, ja, ld64, ldx, mov, packet_guard, prog, st as st_imm, stx
+from interp_asm import alu, exit_, ja, ld64, ldx, mov, packet_guard, prog, stx
+from interp_asm import st as st_imm
 from interp_oracle import run_both
-from vxdp.bpf.isa import AluOp, Insn, XdpAction
+
+from vxdp.bpf.isa import AluOp, Insn, PseudoSrc, XdpAction
 from vxdp.bpf.mapspec import MapOrigin, MapSpec, MapType
-from vxdp.bpf.isa import PseudoSrc
 from vxdp.engine.base import XdpMd
 from vxdp.engine.interp import InterpEngine, InterpLoadError, PacketSizeError
 

@@ -175,4 +175,4 @@ HELPERS = {
     Helper.xdp_store_bytes: xdp_store_bytes,
 }
 
-__all__ = ["HELPERS", "csum_diff", "csum_partial", "M64"]
+__all__ = ["HELPERS", "M64", "csum_diff", "csum_partial"]

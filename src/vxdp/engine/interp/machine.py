@@ -18,8 +18,8 @@ becomes a fault with a reason, and the run ends XDP_ABORTED.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ...bpf.helpers import Helper
 from ...bpf.isa import AluOp, Cls, Insn, JmpOp, Mode, PseudoCall, PseudoSrc, Size, lddw_value
@@ -94,7 +94,7 @@ class Machine:
         while True:
             steps = 0
             try:
-                for steps in range(left):  # noqa: B007 - steps is read after the loop
+                for steps in range(left):  # steps is read after the loop (on _Switch)
                     pc = code[pc](regs)
                 return 0, f"{name}: instruction budget of {budget} exhausted"
             except _Exit:

@@ -51,7 +51,7 @@ class Fault(Exception):
 class Region:
     """A buffer a program may address, with its live window and whether stores are allowed."""
 
-    __slots__ = ("name", "buf", "lo", "hi", "writable")
+    __slots__ = ("buf", "hi", "lo", "name", "writable")
 
     def __init__(self, name: str, buf: bytearray, lo: int, hi: int, writable: bool):
         self.name = name
