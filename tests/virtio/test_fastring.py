@@ -150,7 +150,7 @@ def test_device_kernels_on_indirect_and_split_chains(mem):
 
 
 def test_notification_decisions_in_kernels(mem):
-    dtx, drx, dev_tx, dev_rx = pair(mem, num=8, event_idx=True)
+    dtx, _drx, dev_tx, _dev_rx = pair(mem, num=8, event_idx=True)
     data, lens = batch([64] * 4)
     assert dtx.post_tx(data, lens, 2)[2] is True  # avail_event 0: kick
     out, out_lens = np.zeros((8, SLOT), np.uint8), np.zeros(8, np.uint32)
@@ -161,7 +161,7 @@ def test_notification_decisions_in_kernels(mem):
     assert not dev_tx.collect(out, out_lens).notify
     assert dtx.reap_tx() == 3
     # without EVENT_IDX: the flags
-    dtx2, drx2, dev_tx2, dev_rx2 = pair(mem, num=8, base=0x40000)
+    _dtx2, drx2, _dev_tx2, dev_rx2 = pair(mem, num=8, base=0x40000)
     drx2.refill()
     mem.write_u16(drx2.dq.avail_gpa, AVAIL_F_NO_INTERRUPT)
     r = dev_rx2.deliver(data, lens, 1)

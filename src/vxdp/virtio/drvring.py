@@ -244,8 +244,8 @@ def drv_tx_reap(mems, q, free, ndesc, shadow_next, buf_len, max_entries):
     n = 0
     err = 0
     while n < delta and n < max_entries:
-        d, ln, err = _reap_one(mems, q, free, ndesc, shadow_next, buf_len,
-                               uo + 4 + 8 * (last & (num - 1)), False)
+        _d, _ln, err = _reap_one(mems, q, free, ndesc, shadow_next, buf_len,
+                                 uo + 4 + 8 * (last & (num - 1)), False)
         if err != 0:
             break
         last = (last + 1) & 0xFFFF

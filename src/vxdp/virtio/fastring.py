@@ -152,7 +152,7 @@ def dev_rx_deliver(mems, starts, q, data, lens, nframes):
                 status = 1
                 break
             head = rd16(a, ao + 4 + 2 * (last & (num - 1)))
-            nseg, rlen, wlen, err = walk(mems, starts, q, head, sr, so, sl, sw)
+            nseg, _rlen, wlen, err = walk(mems, starts, q, head, sr, so, sl, sw)
             if err != 0:
                 break
             if (not mrg and wlen < need) or (nb == 0 and wlen < hdr):
@@ -248,7 +248,7 @@ def dev_tx_collect(mems, starts, q, out, out_lens, max_frames):
     limit = min(max_frames, out.shape[0])
     while count < limit and ((avail_idx - last) & 0xFFFF) != 0:
         head = rd16(a, ao + 4 + 2 * (last & (num - 1)))
-        nseg, rlen, wlen, err = walk(mems, starts, q, head, sr, so, sl, sw)
+        nseg, rlen, _wlen, err = walk(mems, starts, q, head, sr, so, sl, sw)
         if err != 0:
             break
         last = (last + 1) & 0xFFFF

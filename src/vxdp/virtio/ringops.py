@@ -250,7 +250,7 @@ def pop_chains(mems, starts, q, max_chains, heads, nsegs, seg_gpa, seg_len, seg_
     base = 0
     while n < max_chains and ((avail_idx - last) & 0xFFFF) != 0:
         head = rd16(a, ao + 4 + 2 * (last & (num - 1)))
-        nseg, rlen, wlen, err = walk(mems, starts, q, head, sr, so, sl, sw)
+        nseg, _rlen, _wlen, err = walk(mems, starts, q, head, sr, so, sl, sw)
         if err != 0:
             q[Q_LAST_AVAIL] = last
             return n, err
