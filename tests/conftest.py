@@ -21,5 +21,5 @@ def samples_built() -> list[Path]:
 @pytest.fixture(scope="session", autouse=True)
 def bpffs() -> None:
     """Mount bpffs at /sys/fs/bpf when we are root and it is missing (a new machine has none)."""
-    if os.geteuid() == 0 and subprocess.run(["mountpoint", "-q", "/sys/fs/bpf"]).returncode != 0:
+    if os.geteuid() == 0 and subprocess.run(["mountpoint", "-q", "/sys/fs/bpf"], check=False).returncode != 0:
         subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=False)

@@ -17,7 +17,7 @@ def test_demo_passes_and_leaves_nothing_behind(samples_built):
 
     before = demo_netns()
     r = subprocess.run([sys.executable, "-m", "vxdp.cli.main", "demo", "--frames", "64"],
-                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     assert "negotiated: offload yes" in out
