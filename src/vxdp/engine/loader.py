@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Self
 
 from ..bpf.link import link, resolve_maps
 from ..bpf.obj import BpfObject
@@ -46,7 +47,7 @@ class LoadedObject:
     def close(self) -> None:
         self.engine.close()
 
-    def __enter__(self) -> LoadedObject:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from .. import rpc
 from ..bpf.elf import load_object
@@ -121,7 +121,7 @@ class LoadedGuestObject:
     def detach(self) -> None:
         _call(self.sock, "prog.detach", mode=self.mode)
 
-    def __enter__(self) -> LoadedGuestObject:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

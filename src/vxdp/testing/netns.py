@@ -18,7 +18,7 @@ import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
@@ -158,7 +158,7 @@ class NetLab:
                 pass
         self._links_here.clear()
 
-    def __enter__(self) -> NetLab:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from .proc import HarnessError, OutputLog, close_pipes, spawn, stop_process, wait_for_path
 
@@ -166,7 +167,7 @@ class Testpmd:
         self.log.join()
         close_pipes(self._proc)
 
-    def __enter__(self) -> Testpmd:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -26,6 +26,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from .proc import HarnessError, HarnessTimeout, OutputLog, close_pipes, spawn, stop_process, wait_for_path
 
@@ -223,7 +224,7 @@ class Vm:
             except OSError:
                 pass
 
-    def __enter__(self) -> Vm:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import mmap
 import os
 from dataclasses import dataclass, field
+from typing import Self
 
 import numpy as np
 
@@ -251,7 +252,7 @@ class GuestMemory:
                 pass
         self._owned_fds = []
 
-    def __enter__(self) -> GuestMemory:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
