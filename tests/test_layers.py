@@ -46,7 +46,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
             out += [(node.lineno, a.name[5:]) for a in node.names if a.name.startswith("vxdp.")]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = pkg.split(".")[: -node.level] if not path.name == "__init__.py" else pkg.split(".")[
+                base = pkg.split(".")[: -node.level] if path.name != "__init__.py" else pkg.split(".")[
                     : len(pkg.split(".")) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             elif node.module and node.module.startswith("vxdp."):

@@ -19,6 +19,7 @@ wrap.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ def _check_regions(regions: list[MemoryRegion]) -> None:
             raise GuestMemoryError(f"region {i}: userspace address range overflows 64 bits")
         spans.append((r.guest_phys_addr, r.end, i))
     spans.sort()
-    for (_, end_a, ia), (start_b, _, ib) in zip(spans, spans[1:]):
+    for (_, end_a, ia), (start_b, _, ib) in itertools.pairwise(spans):
         if start_b < end_a:
             raise GuestMemoryError(f"regions {ia} and {ib} overlap in guest-physical space")
 
@@ -157,9 +158,8 @@ class GuestMemory:
         if n < 0 or gpa < 0 or gpa + n > U64_MAX + 1 or gpa > U64_MAX:
             raise GuestMemoryError(f"bad range gpa {gpa:#x} len {n}")
         for i, r in enumerate(self.regions):
-            if r.guest_phys_addr <= gpa and gpa + n <= r.end:
-                if n == 0 or gpa < r.end:
-                    return i, gpa - r.guest_phys_addr
+            if r.guest_phys_addr <= gpa and gpa + n <= r.end and (n == 0 or gpa < r.end):
+                return i, gpa - r.guest_phys_addr
         raise GuestMemoryError(f"range gpa {gpa:#x} len {n} is not inside one region of guest memory")
 
     def uva_to_gpa(self, uva: int, n: int) -> int:

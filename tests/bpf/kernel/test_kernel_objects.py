@@ -52,10 +52,10 @@ def test_fd_by_id_is_a_second_reference():
         finally:
             if fd >= 0:
                 os.close(fd)
-    with KernelProgram.load(ret_insns(3), name="byid") as p:
-        with KernelProgram.from_fd(prog_get_fd_by_id(p.info().id)) as again:
-            assert again.info().id == p.info().id and again.name == "byid"
-            assert again.test_run(bytes(64)).retval == 3
+    with (KernelProgram.load(ret_insns(3), name="byid") as p,
+          KernelProgram.from_fd(prog_get_fd_by_id(p.info().id)) as again):
+        assert again.info().id == p.info().id and again.name == "byid"
+        assert again.test_run(bytes(64)).retval == 3
 
 
 def test_unknown_ids_say_enoent():

@@ -111,12 +111,12 @@ def atomic_add(dst: int, src: int):
 def test_tail_call_limit_matches_kernel(interp):
     counter = MapSpec("counter", MapType.ARRAY, 4, 8, 1)
     pa = MapSpec("jmp", MapType.PROG_ARRAY, 4, 4, 4)
-    with KernelMap.create(counter) as kc, KernelMap.create(pa) as kp:
-        with KernelProgram.load(_counting_tail_call(kp.fd, kc.fd), name="tc") as prog_k:
-            kp.update(b"\0" * 4, prog_k.fd.to_bytes(4, "little"))
-            assert prog_k.test_run(bytes(64)).retval == 2
-            kernel_count = kc.lookup(b"\0" * 4)
-            kp.delete(b"\0" * 4)
+    with (KernelMap.create(counter) as kc, KernelMap.create(pa) as kp,
+          KernelProgram.load(_counting_tail_call(kp.fd, kc.fd), name="tc") as prog_k):
+        kp.update(b"\0" * 4, prog_k.fd.to_bytes(4, "little"))
+        assert prog_k.test_run(bytes(64)).retval == 2
+        kernel_count = kc.lookup(b"\0" * 4)
+        kp.delete(b"\0" * 4)
     ic, ip = interp.create_map(counter), interp.create_map(pa)
     h = interp.load_program("tc", _counting_tail_call(ip.handle, ic.handle))
     ip.update(b"\0" * 4, h.to_bytes(4, "little"))

@@ -69,8 +69,8 @@ def guest_log(log: str, m: EpilogueMap) -> str:
     """``log`` with the host copy's instruction numbers turned into the guest program's (module docstring)."""
     if not log or m.length == 0:
         return log
-    out = [f"; vxdp: instruction numbers are the guest program's; E0..E{m.length - 1} are the host's "
-           f"action-counting epilogue, after instruction {m.start - 1}, where the main function's exits go"]
+    out = [(f"; vxdp: instruction numbers are the guest program's; E0..E{m.length - 1} are the host's "
+            f"action-counting epilogue, after instruction {m.start - 1}, where the main function's exits go")]
     for line in log.splitlines():
         line = _pc_relative(line, m)
         out.append(_INDEXES.sub(lambda hit: _relabel(hit, m), line))
