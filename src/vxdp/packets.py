@@ -95,7 +95,7 @@ def read_pcap(path: str | Path) -> list[bytes]:
         return [bytes(data) for data, _meta in RawPcapReader(str(path))]
     except (OSError, EOFError) as e:
         raise ValueError(f"{path}: cannot read pcap: {e}") from None
-    except Exception as e:  # scapy raises Scapy_Exception for a bad magic
+    except Exception as e:  # noqa: BLE001 -- scapy raises Scapy_Exception for a bad magic, and others
         raise ValueError(f"{path}: not a pcap file ({e})") from None
 
 

@@ -106,7 +106,7 @@ class ElfFile:
             self._read_sections(data)
         except ObjectError:
             raise
-        except Exception as e:  # pyelftools and construct raise many kinds on corrupt input
+        except Exception as e:  # noqa: BLE001 -- pyelftools and construct raise many kinds on corrupt input
             raise ObjectError(f"{self.name}: malformed ELF: {type(e).__name__}: {e}") from None
         self._read_symbols()
 

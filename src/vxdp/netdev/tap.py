@@ -101,7 +101,7 @@ class Tap(FdOwner):
                 if up:
                     ip.link("set", index=self.ifindex, state="up")
                 self.mac = ip.get_links(self.ifindex)[0].get_attr("IFLA_ADDRESS")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- pyroute2 raises many kinds; close the fd, one clear error
             self.close()
             raise NetdevError(f"tap {here}: configuring MTU/address/state: {e}") from None
         self._out = np.zeros(2, np.int64)

@@ -154,7 +154,7 @@ class NetLab:
                     found = ip.link_lookup(ifname=ifname)
                     if found:
                         ip.link("del", index=found[0])
-            except Exception:  # noqa: BLE001 - best effort: the link may already be gone
+            except Exception:  # noqa: BLE001, S110 - best effort: the link may already be gone
                 pass
         self._links_here.clear()
 

@@ -51,7 +51,8 @@ def spawn(argv: Sequence[str], *, die_with_parent: bool = True,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            # PLW1509: the hook only calls prctl (no locks), and no Popen option sets PDEATHSIG
+            preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
         )
     except OSError as e:
         raise HarnessError(f"cannot start {argv[0]}: {e}") from e

@@ -161,7 +161,7 @@ class Testpmd:
                 self._proc.stdin.write(b"quit\n")
                 self._proc.stdin.flush()
                 self._proc.wait(timeout=5.0)
-            except Exception:  # noqa: BLE001 - whatever happened, stop_process below ends it
+            except Exception:  # noqa: BLE001, S110 - whatever happened, stop_process below ends it
                 pass
         stop_process(self._proc, grace=5.0)
         self.log.join()

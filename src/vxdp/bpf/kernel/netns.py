@@ -45,7 +45,7 @@ def run_in_netns(netns: str, fn: Callable[..., T], *args, **kwargs) -> T:
         try:
             setns_current_thread(netns)
             box["result"] = fn(*args, **kwargs)
-        except BaseException as e:  # handed back to the caller's thread
+        except BaseException as e:  # noqa: BLE001 -- handed back to the caller's thread, re-raised there
             box["error"] = e
 
     t = threading.Thread(target=body, name=f"netns-{netns}", daemon=True)

@@ -197,5 +197,5 @@ class FdOwner:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 -- a finalizer's safety net: may run at interpreter exit
             pass
