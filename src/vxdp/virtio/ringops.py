@@ -9,10 +9,11 @@ addresses >= 2**62 are refused outright (no region lies there), so the sums
 below stay far from int64 overflow.
 
 Ordering. The other party runs in another process, concurrently. numba has
-no volatile or atomic accesses, but an ``@intrinsic`` can emit LLVM's
-``fence seq_cst``, which is both a compiler barrier (LLVM moves no memory
-access across it) and, on x86, a ``lock or`` to the stack, which drains the
-store buffer (a full barrier). We use it where the virtio spec asks for a
+no volatile or atomic accesses of its own, so ``@intrinsic``s emit them: each
+word is an ``unordered`` atomic load or store (one untorn access, see
+`_access`), and ``fence`` is LLVM's ``fence seq_cst``, which is both a
+compiler barrier (LLVM moves no memory access across it) and, on x86, a
+``lock or`` to the stack, which drains the store buffer (a full barrier). We use it where the virtio spec asks for a
 barrier: after reading the other side's ring index and before reading the
 entries it covers (load->load: x86 keeps that order anyway, the fence stops
 the compiler); before publishing our index after writing the entries
