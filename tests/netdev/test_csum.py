@@ -12,7 +12,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
-from vxdp.netdev.csum import _sum_be16, complete_l4_checksum
+from vxdp.netdev.csum import sum_be16, complete_l4_checksum
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 
@@ -140,5 +140,5 @@ def test_the_sum_matches_the_textbook_definition_at_every_offset(data, start):
     s = sum(int.from_bytes(tail[i:i + 2], "big") for i in range(0, len(tail), 2))
     while s > 0xFFFF:
         s = (s & 0xFFFF) + (s >> 16)
-    got = _sum_be16(buf, start, len(data))
+    got = sum_be16(buf, start, len(data))
     assert got == s or {got, s} <= {0, 0xFFFF}  # ones' complement: 0 and 0xffff are both zero

@@ -31,6 +31,9 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     run.add_argument("--server", action="store_true", help="listen on PATH; the backend connects")
     run.add_argument("--mem-mb", type=int, default=64, metavar="N", help="guest memory in MiB (default 64)")
     run.add_argument("--queue-size", type=int, default=1024, metavar="N", help="rx/tx ring size (default 1024)")
+    run.add_argument("--no-gro", dest="gro", action="store_false",
+                     help="write received frames to the tap one by one, not a TCP flow's segments merged "
+                          "into GSO super-frames (the default)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="log connections (-vv: debug)")
     run.set_defaults(func=cmd_run)
 
@@ -54,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         daemon = GuestDaemon(args.socket, netns=args.netns, tap=args.tap, addr=args.addr, name=args.name,
                              mtu=args.mtu, mac=mac, server=args.server, mem_mb=args.mem_mb,
-                             queue_size=args.queue_size)
+                             queue_size=args.queue_size, gro=args.gro)
     except (GuestDaemonError, GuestDriverError) as e:
         raise CliError(str(e)) from None
     daemon.run()

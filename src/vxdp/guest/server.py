@@ -41,7 +41,7 @@ class GuestDaemonError(Exception):
 class GuestDaemon:
     def __init__(self, socket_path: str, *, netns: str, tap: str, addr: str | None = None,
                  name: str | None = None, mtu: int = 1500, mac: bytes | None = None, server: bool = False,
-                 mem_mb: int = 64, queue_size: int = 256) -> None:
+                 mem_mb: int = 64, queue_size: int = 256, gro: bool = True) -> None:
         self.name = name or tap
         self.netns = netns
         self.created_netns = False
@@ -57,7 +57,7 @@ class GuestDaemon:
                 self.created_netns = True
                 with IPRoute(netns=netns, flags=0) as ip:
                     ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
-            self.tap = Tap(tap, netns=netns, mtu=mtu, addr=addr, up=False)
+            self.tap = Tap(tap, netns=netns, mtu=mtu, addr=addr, up=False, gro=gro)
             self._set_tap_mac(self.driver.mac, up=True)
             self.control = rpc.Server(rpc.guest_socket(self.name), {
                 "guest.show": self.show,

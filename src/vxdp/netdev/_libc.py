@@ -25,6 +25,8 @@ from numba import njit, types
 
 # ssize_t read(int fd, void *buf, size_t count)
 c_read = types.ExternalFunction("read", types.intp(types.intc, types.uintp, types.uintp))
+# ssize_t readv(int fd, const struct iovec *iov, int iovcnt)
+c_readv = types.ExternalFunction("readv", types.intp(types.intc, types.uintp, types.intc))
 # ssize_t write(int fd, const void *buf, size_t count)
 c_write = types.ExternalFunction("write", types.intp(types.intc, types.uintp, types.uintp))
 # int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags)

@@ -21,7 +21,7 @@ do not fit the frame) is left exactly as it came.
 
 The sum: the Internet checksum is a ones' complement sum of big-endian 16-bit
 words, i.e. a sum modulo 0xffff in which a byte weighs 256 or 1 according to
-its parity. `_sum_be16` sums the bytes with the weight of their *absolute*
+its parity. `sum_be16` sums the bytes with the weight of their *absolute*
 parity (little-endian words), which lets the bulk be 8-byte loads, and swaps
 the folded result when the range starts at an even offset (256 * 256 ≡ 1
 mod 0xffff, so swapping the two bytes multiplies by 256).
@@ -53,6 +53,13 @@ def be16(b: np.ndarray, i: int) -> int:
     return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def put16(b: np.ndarray, i: int, v: int) -> None:
+    """Store ``v`` as a big-endian (network order) 16-bit word at ``b[i]``."""
+    b[i] = (v >> 8) & 0xFF
+    b[i + 1] = v & 0xFF
+
+
 @njit(cache=True, nogil=True)
 def _fold(s: int) -> int:
     """Fold a non-negative sum to 16 bits with end-around carry (the ones' complement sum)."""
@@ -62,7 +69,7 @@ def _fold(s: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _sum_be16(b: np.ndarray, start: int, end: int) -> int:
+def sum_be16(b: np.ndarray, start: int, end: int) -> int:
     """Ones' complement sum (folded, 16 bits) of ``b[start:end]`` as big-endian words, an odd tail padded."""
     s = np.uint64(0)
     i = start
@@ -145,7 +152,7 @@ def ipv4_header_checksum(b: np.ndarray, l3: int) -> None:
     ihl = np.int64(b[l3] & 0xF) * 4
     b[l3 + 10] = 0
     b[l3 + 11] = 0
-    c = (~_sum_be16(b, l3, l3 + ihl)) & 0xFFFF
+    c = (~sum_be16(b, l3, l3 + ihl)) & 0xFFFF
     b[l3 + 10] = c >> 8
     b[l3 + 11] = c & 0xFF
 
@@ -161,9 +168,9 @@ def complete_l4_checksum(b: np.ndarray, length: int) -> bool:
     if l3 < 0:
         return False
     if ipv4:
-        pseudo = _sum_be16(b, l3 + 12, l3 + 20) + proto
+        pseudo = sum_be16(b, l3 + 12, l3 + 20) + proto
     else:
-        pseudo = _sum_be16(b, l3 + 8, l3 + 40) + proto
+        pseudo = sum_be16(b, l3 + 8, l3 + 40) + proto
     if proto == IPPROTO_TCP:
         field = l4 + TCP_CSUM_OFF
     else:
@@ -174,7 +181,7 @@ def complete_l4_checksum(b: np.ndarray, length: int) -> bool:
         field = l4 + UDP_CSUM_OFF
     b[field] = 0
     b[field + 1] = 0
-    s = _fold(pseudo + (l4len >> 16) + (l4len & 0xFFFF) + _sum_be16(b, l4, l4 + l4len))
+    s = _fold(pseudo + (l4len >> 16) + (l4len & 0xFFFF) + sum_be16(b, l4, l4 + l4len))
     c = (~s) & 0xFFFF
     if c == 0 and proto == IPPROTO_UDP:
         c = 0xFFFF  # RFC 768: zero means "no checksum", so a computed zero is sent as all ones

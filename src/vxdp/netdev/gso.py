@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .csum import IPPROTO_TCP, IPPROTO_UDP, be16, complete_l4_checksum, ipv4_header_checksum, parse_l4
+from .csum import IPPROTO_TCP, IPPROTO_UDP, be16, complete_l4_checksum, ipv4_header_checksum, parse_l4, put16
 
 # struct virtio_net_hdr (include/uapi/linux/virtio_net.h), as PACKET_VNET_HDR puts it before a frame
 VNET_HDR_LEN = 10
@@ -49,12 +49,6 @@ TCP_PSH = 0x08
 TCP_CWR = 0x80
 
 SEG_REFUSED = 0  # `segment`: cannot cut this frame (count it and drop it)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _put16(b: np.ndarray, i: int, v: int) -> None:
-    b[i] = (v >> 8) & 0xFF
-    b[i + 1] = v & 0xFF
 
 
 @njit(cache=True, nogil=True)
@@ -104,15 +98,15 @@ def segment(src: np.ndarray, length: int, gso_type: int, gso_size: int, reserve:
         row[:hdr_end] = src[:hdr_end]
         row[hdr_end:seglen] = src[hdr_end + off:hdr_end + off + chunk]
         if ipv4:
-            _put16(row, l3 + 2, seglen - l3)
-            _put16(row, l3 + 4, (ip_id + i) & 0xFFFF)
+            put16(row, l3 + 2, seglen - l3)
+            put16(row, l3 + 4, (ip_id + i) & 0xFFFF)
             ipv4_header_checksum(row, l3)
         else:
-            _put16(row, l3 + 4, seglen - l3 - 40)
+            put16(row, l3 + 4, seglen - l3 - 40)
         if proto == IPPROTO_TCP:
             s = (seq + off) & 0xFFFFFFFF
-            _put16(row, l4 + 4, s >> 16)
-            _put16(row, l4 + 6, s & 0xFFFF)
+            put16(row, l4 + 4, s >> 16)
+            put16(row, l4 + 6, s & 0xFFFF)
             f = flags
             if i > 0:
                 f &= ~TCP_CWR
@@ -120,7 +114,7 @@ def segment(src: np.ndarray, length: int, gso_type: int, gso_size: int, reserve:
                 f &= ~(TCP_FIN | TCP_PSH)
             row[l4 + 13] = f
         else:
-            _put16(row, l4 + 4, seglen - l4)
+            put16(row, l4 + 4, seglen - l4)
         complete_l4_checksum(row, seglen)
         lens[first + i] = seglen
     return nseg

@@ -38,8 +38,20 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._libc import EAGAIN, EINTR, ENOBUFS, c_memcpy, c_read, c_sched_yield, c_sendmmsg, c_write, last_errno
+from ._libc import (
+    EAGAIN,
+    EINTR,
+    ENOBUFS,
+    c_memcpy,
+    c_read,
+    c_readv,
+    c_sched_yield,
+    c_sendmmsg,
+    c_write,
+    last_errno,
+)
 from .csum import complete_l4_checksum
+from .gro import coalesce
 from .gso import GSO_NONE, SEG_REFUSED, VNET_GSO_SIZE_OFF, VNET_GSO_TYPE_OFF, VNET_HDR_LEN, segment
 
 # TPACKET_V3 layout (include/uapi/linux/if_packet.h)
@@ -277,4 +289,75 @@ def fd_write_batch(fd: int, data: np.ndarray, lens: np.ndarray, count: int, out:
         i += 1
     out[0] = rejected
     out[1] = last
+    return i
+
+
+@njit(cache=True, nogil=True)
+def fd_readv_batch(fd: int, data: np.ndarray, lens: np.ndarray, hdr: np.ndarray, iov: np.ndarray,
+                   out: np.ndarray) -> int:
+    """`fd_read_batch` for an ``IFF_VNET_HDR`` tap: each frame's ``virtio_net_hdr`` goes to ``hdr``
+    (scratch, overwritten) and the frame alone to its row; one ``readv(2)`` per frame.
+
+    ``iov`` is uint64[4]. out: [0] the errno that ended the loop (EAGAIN normally; 0 if full).
+    """
+    cap = data.shape[0]
+    slot = data.shape[1]
+    base = data.ctypes.data
+    iov[0] = hdr.ctypes.data
+    iov[1] = hdr.shape[0]
+    iov[3] = slot
+    n = 0
+    out[0] = 0
+    while n < cap:
+        iov[2] = base + n * slot
+        r = c_readv(fd, iov.ctypes.data, 2)
+        if r < 0:
+            e = last_errno()
+            if e == EINTR:
+                continue
+            out[0] = e
+            break
+        if r <= hdr.shape[0]:
+            break
+        lens[n] = r - hdr.shape[0]
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def fd_write_gro_batch(fd: int, data: np.ndarray, lens: np.ndarray, count: int, buf: np.ndarray,
+                       out: np.ndarray) -> int:
+    """write(2) frames ``0..count-1`` into an ``IFF_VNET_HDR`` tap, each run of one TCP flow's
+    segments merged into one GSO super-frame (`vxdp.netdev.gro`); stop at EAGAIN; return how many
+    rows left the front of the batch.
+
+    A frame the kernel refuses is skipped and counted with the rows it was made of.
+    out: [0] rows rejected, [1] the last errno seen (0 if none), [2] super-frames written,
+    [3] the rows they were made of.
+    """
+    base = buf.ctypes.data
+    i = 0
+    rejected = 0
+    last = 0
+    supers = 0
+    rows = 0
+    while i < count:
+        nxt, nbytes, merged = coalesce(data, lens, i, count, buf)
+        r = c_write(fd, base, nbytes)
+        if r < 0:
+            e = last_errno()
+            if e == EINTR:
+                continue
+            last = e
+            if e == EAGAIN:
+                break
+            rejected += nxt - i
+        elif merged:
+            supers += 1
+            rows += merged
+        i = nxt
+    out[0] = rejected
+    out[1] = last
+    out[2] += supers
+    out[3] += rows
     return i
