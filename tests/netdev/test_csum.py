@@ -12,7 +12,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
-from vxdp.netdev.csum import sum_be16, complete_l4_checksum
+from vxdp.netdev.csum import complete_l4_checksum, sum_be16
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 
