@@ -24,10 +24,9 @@ from test_gso import payload_of, tcp_super
 
 from vxdp.bpf.kernel import run_in_netns
 from vxdp.frames import FrameBatch
-from vxdp.netdev import Tap
-from vxdp.netdev.gro import coalesce
+from vxdp.netdev import Port, Tap
+from vxdp.netdev.gro import MERGED_MAX, coalesce
 from vxdp.netdev.gso import GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, segment
-from vxdp.netdev.tap import GRO_BUF_LEN
 from vxdp.testing.netns import NetLab
 
 VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -47,7 +46,7 @@ def cut(frames: list[bytes], gso: int) -> FrameBatch:
 
 def merge_all(b: FrameBatch) -> list[tuple[tuple, bytes, int]]:
     """``(vnet header fields, frame, rows merged)`` for each frame the batch becomes."""
-    buf = np.zeros(GRO_BUF_LEN, np.uint8)
+    buf = np.zeros(MERGED_MAX, np.uint8)
     out, i = [], 0
     while i < b.count:
         i, nbytes, merged = coalesce(b.data, b.lens, i, b.count, buf)
@@ -146,3 +145,28 @@ def test_a_tap_takes_merged_frames_whole():
             assert big[0][VNET_HDR_LEN:][14 + 20 + 32:] == payload_of(20_000)
             st = tap.stats()
             assert (st.gro_frames, st.gro_segments) == (1, 14)
+
+
+@pytest.mark.privileged
+def test_a_port_sends_a_flows_segments_as_one_gso_skb():
+    """Port A merges the segments into one super-frame; the veth carries it whole; Port B's ring sees
+    one GSO skb and cuts it back into exactly the segments A was given. Other frames pass as they are."""
+    segs = cut([bytes(tcp_super(30_000, flags="PA"))], 1448)
+    other = bytes(tcp_super(100, flags="S"))  # a SYN never merges
+    frames = [segs.data[i, :segs.lens[i]].tobytes() for i in range(segs.count)] + [other]
+    batch = FrameBatch.allocate(64)
+    batch.fill(frames)
+    with NetLab("vxgp") as lab:
+        pair = lab.veth(lab.netns(), lab.netns(), "vxa", "vxb")
+        with Port(pair.a, netns=pair.ns_a) as tx, Port(pair.b, netns=pair.ns_b) as rx:
+            assert tx.send_batch(batch) == len(frames)
+            got: list[bytes] = []
+            rb = FrameBatch.allocate(64)
+            end = time.monotonic() + 10
+            while len(got) < len(frames) and time.monotonic() < end:
+                rx.recv_batch(rb)
+                got += [f for f in rb.frames() if f[:12] == frames[0][:12]]
+            assert got == frames
+            st_tx, st_rx = tx.stats(), rx.stats()
+            assert (st_tx.tx_gro_frames, st_tx.tx_gro_segments) == (1, segs.count)
+            assert (st_rx.gso_frames, st_rx.gso_segments) == (1, segs.count)

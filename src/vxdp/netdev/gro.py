@@ -44,6 +44,7 @@ TCP_ACK = 0x10
 TCP_PSH = 0x08
 TCP_ALONE = 0x01 | 0x02 | 0x04 | 0x20 | 0x40 | 0x80  # FIN SYN RST URG ECE CWR
 IP_MAX = 0xFFFF  # the largest IPv4 total length / IPv6 payload length
+MERGED_MAX = VNET_HDR_LEN + 14 + 8 + 40 + IP_MAX  # the largest header + frame GRO makes (two VLAN tags, IPv6)
 
 
 @njit(cache=True, nogil=True)
@@ -86,36 +87,39 @@ def _joins(f: np.ndarray, c: np.ndarray, l3: int, l4: int, hdr_end: int, ipv4: b
 
 
 @njit(cache=True, nogil=True)
-def coalesce(data: np.ndarray, lens: np.ndarray, first: int, count: int, buf: np.ndarray) -> tuple[int, int, int]:
-    """Merge the run of rows starting at ``first``; write ``virtio_net_hdr | frame`` into ``buf``.
+def find_run(data: np.ndarray, lens: np.ndarray, first: int, count: int) -> tuple[int, int]:
+    """The run of segments GRO merges starting at row ``first``: ``(next_row, gso_size)``.
 
-    Returns ``(next_row, nbytes, merged)``: rows ``[first, next_row)`` went into
-    ``buf[:nbytes]``; ``merged`` is their number when more than one, else 0.
-    ``buf`` holds at least ``VNET_HDR_LEN + 65535 + 14 + 8`` bytes.
+    ``next_row == first + 1`` when the row goes alone.
     """
     f = data[first]
-    flen = np.int64(lens[first])
-    buf[:VNET_HDR_LEN] = 0
-    l3, l4, hdr_end, mss, ipv4 = _segment_info(f, flen)
+    l3, l4, hdr_end, mss, ipv4 = _segment_info(f, np.int64(lens[first]))
     nxt = first + 1
-    if l3 >= 0 and not (f[l4 + 13] & TCP_PSH):
-        seq = (((be16(f, l4 + 4) << 16) | be16(f, l4 + 6)) + mss) & 0xFFFFFFFF
-        total = mss
-        while nxt < count:
-            c = data[nxt]
-            cl3, cl4, cend, cpay, cv4 = _segment_info(c, np.int64(lens[nxt]))
-            if (cl3 != l3 or cl4 != l4 or cend != hdr_end or cv4 != ipv4 or cpay > mss
-                    or hdr_end - l3 + total + cpay > IP_MAX + (40 if not ipv4 else 0)
-                    or not _joins(f, c, l3, l4, hdr_end, ipv4, seq)):
-                break
-            total += cpay
-            seq = (seq + cpay) & 0xFFFFFFFF
-            nxt += 1
-            if cpay < mss or (c[l4 + 13] & TCP_PSH):
-                break  # a short or pushed segment ends the run
-    if nxt == first + 1:  # alone: as it came, behind a zero header
-        buf[VNET_HDR_LEN:VNET_HDR_LEN + flen] = f[:flen]
-        return nxt, VNET_HDR_LEN + flen, 0
+    if l3 < 0 or (f[l4 + 13] & TCP_PSH):
+        return nxt, 0
+    seq = (((be16(f, l4 + 4) << 16) | be16(f, l4 + 6)) + mss) & 0xFFFFFFFF
+    total = mss
+    while nxt < count:
+        c = data[nxt]
+        cl3, cl4, cend, cpay, cv4 = _segment_info(c, np.int64(lens[nxt]))
+        if (cl3 != l3 or cl4 != l4 or cend != hdr_end or cv4 != ipv4 or cpay > mss
+                or hdr_end - l3 + total + cpay > IP_MAX + (40 if not ipv4 else 0)
+                or not _joins(f, c, l3, l4, hdr_end, ipv4, seq)):
+            break
+        total += cpay
+        seq = (seq + cpay) & 0xFFFFFFFF
+        nxt += 1
+        if cpay < mss or (c[l4 + 13] & TCP_PSH):
+            break  # a short or pushed segment ends the run
+    return nxt, mss
+
+
+@njit(cache=True, nogil=True)
+def write_merged(data: np.ndarray, lens: np.ndarray, first: int, nxt: int, mss: int, buf: np.ndarray) -> int:
+    """Write rows ``[first, nxt)`` (a run of `find_run`) as ``virtio_net_hdr | super-frame`` into ``buf``;
+    return the bytes written. ``buf`` holds at least `MERGED_MAX` bytes."""
+    f = data[first]
+    l3, l4, hdr_end, _, ipv4 = _segment_info(f, np.int64(lens[first]))
     out = buf[VNET_HDR_LEN:]
     out[:hdr_end] = f[:hdr_end]
     pos = hdr_end
@@ -143,7 +147,24 @@ def coalesce(data: np.ndarray, lens: np.ndarray, first: int, count: int, buf: np
     _put16le(buf, 4, mss)  # gso_size
     _put16le(buf, 6, l4)  # csum_start
     _put16le(buf, 8, 16)  # csum_offset: TCP's checksum field
-    return nxt, VNET_HDR_LEN + pos, nxt - first
+    return VNET_HDR_LEN + pos
+
+
+@njit(cache=True, nogil=True)
+def coalesce(data: np.ndarray, lens: np.ndarray, first: int, count: int, buf: np.ndarray) -> tuple[int, int, int]:
+    """Merge the run of rows starting at ``first``; write ``virtio_net_hdr | frame`` into ``buf``.
+
+    Returns ``(next_row, nbytes, merged)``: rows ``[first, next_row)`` went into
+    ``buf[:nbytes]``; ``merged`` is their number when more than one, else 0 (the
+    row as it came, behind a zero header). ``buf`` holds at least `MERGED_MAX` bytes.
+    """
+    nxt, mss = find_run(data, lens, first, count)
+    if nxt == first + 1:
+        flen = np.int64(lens[first])
+        buf[:VNET_HDR_LEN] = 0
+        buf[VNET_HDR_LEN:VNET_HDR_LEN + flen] = data[first, :flen]
+        return nxt, VNET_HDR_LEN + flen, 0
+    return nxt, write_merged(data, lens, first, nxt, mss, buf), nxt - first
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -51,7 +51,7 @@ from ._libc import (
     last_errno,
 )
 from .csum import complete_l4_checksum
-from .gro import coalesce
+from .gro import coalesce, find_run, write_merged
 from .gso import GSO_NONE, SEG_REFUSED, VNET_GSO_SIZE_OFF, VNET_GSO_TYPE_OFF, VNET_HDR_LEN, segment
 
 # TPACKET_V3 layout (include/uapi/linux/if_packet.h)
@@ -236,6 +236,80 @@ def tx_sendmmsg(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: n
     out[1] = rejected
     out[2] = last
     return done
+
+
+@njit(cache=True, nogil=True)
+def tx_sendmmsg_gro(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: np.ndarray, iovs: np.ndarray,
+                    zero_hdr: np.ndarray, stage: np.ndarray, row_end: np.ndarray, max_retries: int,
+                    out: np.ndarray) -> int:
+    """`tx_sendmmsg` for a ``PACKET_VNET_HDR`` socket, each run of one TCP flow's segments sent as one
+    GSO super-frame (`vxdp.netdev.gro`): the stack behind the port then receives one skb per run.
+
+    Per message the header iovec points at ``zero_hdr`` (a frame alone, sent from its row) or at a
+    merged frame's header in ``stage`` (which holds at least ``count * (slot + 18)`` bytes);
+    ``row_end[m]`` is the batch row after message ``m``. Errors, retries and ``out[0..2]`` as in
+    `tx_sendmmsg`, counted in messages; ``out[3]``/``out[4]`` add the super-frames sent and the rows
+    they were made of. Returns the rows that left the front of the batch.
+    """
+    base = data.ctypes.data
+    slot = data.shape[1]
+    zh = zero_hdr.ctypes.data
+    sbase = stage.ctypes.data
+    m = 0
+    i = 0
+    so = 0
+    while i < count:
+        nxt, mss = find_run(data, lens, i, count)
+        w = 4 * m
+        if nxt - i > 1:
+            nb = write_merged(data, lens, i, nxt, mss, stage[so:])
+            iovs[w] = sbase + so
+            iovs[w + 2] = sbase + so + VNET_HDR_LEN
+            iovs[w + 3] = nb - VNET_HDR_LEN
+            so += (nb + 7) & ~7
+        else:
+            iovs[w] = zh
+            iovs[w + 2] = base + i * slot
+            iovs[w + 3] = lens[i]
+        iovs[w + 1] = VNET_HDR_LEN
+        row_end[m] = nxt
+        m += 1
+        i = nxt
+    mp = msgs.ctypes.data
+    done = 0
+    retries = 0
+    rejected = 0
+    last = 0
+    while done < m:
+        r = c_sendmmsg(fd, mp + done * MMSGHDR_SIZE, m - done, 0)
+        if r > 0:
+            done += r
+            continue
+        e = last_errno()
+        if e == EINTR:
+            continue
+        last = e
+        if e == ENOBUFS or e == EAGAIN:
+            if retries >= max_retries:
+                break
+            retries += 1
+            c_sched_yield()
+            continue
+        rejected += 1
+        done += 1
+    supers = 0
+    rows = 0
+    for k in range(done):
+        start = row_end[k - 1] if k > 0 else 0
+        if row_end[k] - start > 1:
+            supers += 1
+            rows += row_end[k] - start
+    out[0] = retries
+    out[1] = rejected
+    out[2] = last
+    out[3] += supers
+    out[4] += rows
+    return row_end[done - 1] if done > 0 else 0
 
 
 @njit(cache=True, nogil=True)

@@ -24,7 +24,13 @@ Kernel facts this relies on (Linux ``net/packet/af_packet.c``):
   ``virtio_net_hdr`` before every frame in the ring, so `recv_batch` knows
   its ``gso_type``/``gso_size`` and cuts it as the kernel's software GSO
   would (`vxdp.netdev.gso`). The option applies to sending too: each
-  sendmmsg message starts with a zeroed header (no GSO, checksum done).
+  sendmmsg message starts with a header. With ``gro=True`` (the default)
+  `send_batch` merges each run of a TCP flow's consecutive segments into one
+  GSO super-frame (`vxdp.netdev.gro`) sent behind its header, so the stack
+  receiving from the port (a veth peer) runs once per run, not per segment
+  (a device without TSO gets it segmented again by the kernel on the way out,
+  ``validate_xmit_skb``); any other frame goes from its row behind a zeroed
+  header (no GSO, checksum done).
   Any other frame longer than a batch slot is skipped and counted
   (``oversize``) rather than truncated.
 - A frame a local socket sent through a device with tx checksum offload (a
@@ -67,6 +73,7 @@ from .kernels import (
     ST_OVERSIZE,
     rx_ring_walk,
     tx_sendmmsg,
+    tx_sendmmsg_gro,
 )
 
 SOL_PACKET = 263
@@ -99,6 +106,8 @@ class PortStats:
     gso_frames: int = 0  # GSO super-frames recv_batch cut into wire-size frames
     gso_segments: int = 0  # the frames those made
     gso_refused: int = 0  # GSO super-frames dropped (UFO, truncated, unparsed, a segment larger than a slot)
+    tx_gro_frames: int = 0  # super-frames send_batch made of a TCP flow's consecutive segments (gro=True)
+    tx_gro_segments: int = 0  # the frames merged into them
 
 
 def _open_socket(ifname: str, req: bytes, ring_bytes: int) -> tuple[socket.socket, mmap.mmap, int]:
@@ -133,12 +142,13 @@ class Port(FdOwner):
     many more per block), ``block_size`` is the TPACKET_V3 block (a power-of-two
     multiple of the page size), ``retire_ms`` the longest a partly filled block
     waits before the kernel hands it over, ``tx_retries`` how many times
-    `send_batch` retries a full device before it gives the rest of the batch back.
+    `send_batch` retries a full device before it gives the rest of the batch back,
+    ``gro`` whether it merges TCP segments into GSO super-frames (module docstring).
     """
 
     def __init__(self, ifname: str, *, netns: str | None = None, ring_frames: int = 4096,
                  block_size: int = 1 << 17, retire_ms: int = 2, tx_retries: int = 64,
-                 tx_capacity: int = 1024) -> None:
+                 tx_capacity: int = 1024, gro: bool = True) -> None:
         self.ifname, self.netns = ifname, netns
         here = where(ifname, netns)
         if block_size < PAGE or block_size & (block_size - 1):
@@ -175,7 +185,10 @@ class Port(FdOwner):
             self._msgs[i * MMSG_WORDS + 3] = MSG_IOVECS
             self._iovs[MSG_IOVECS * IOVEC_WORDS * i] = self._tx_vnet_hdr.ctypes.data
             self._iovs[MSG_IOVECS * IOVEC_WORDS * i + 1] = VNET_HDR_LEN
-        self._tx_out = np.zeros(3, np.int64)
+        self._tx_out = np.zeros(5, np.int64)  # [3], [4]: GRO's running super-frame and row counts
+        self.gro = gro
+        self._row_end = np.zeros(tx_capacity, np.int64)
+        self._stage = np.zeros(0, np.uint8)  # merged frames; sized for the batch's slots at first use
         self._totals = [0, 0, 0]  # packets, drops, freeze_q
         self._tx_rejected = 0
         self._tx_retries_used = 0
@@ -207,8 +220,15 @@ class Port(FdOwner):
         done = 0
         while done < count:  # chunks of tx_capacity frames (one Python step per chunk, not per frame)
             n = min(count - done, self._tx_cap)
-            sent = tx_sendmmsg(self._fd, batch.data[done:], batch.lens[done:], n, self._msgs, self._iovs,
-                               self.tx_retries, self._tx_out)
+            if self.gro:
+                need = n * (batch.data.shape[1] + 18)
+                if self._stage.shape[0] < need:
+                    self._stage = np.zeros(need, np.uint8)
+                sent = tx_sendmmsg_gro(self._fd, batch.data[done:], batch.lens[done:], n, self._msgs, self._iovs,
+                                       self._tx_vnet_hdr, self._stage, self._row_end, self.tx_retries, self._tx_out)
+            else:
+                sent = tx_sendmmsg(self._fd, batch.data[done:], batch.lens[done:], n, self._msgs, self._iovs,
+                                   self.tx_retries, self._tx_out)
             self._tx_retries_used += int(self._tx_out[0])
             self._tx_rejected += int(self._tx_out[1])
             self.last_tx_errno = int(self._tx_out[2])
@@ -232,7 +252,8 @@ class Port(FdOwner):
                          csum_left=int(self._rx_state[ST_CSUM_LEFT]),
                          gso_frames=int(self._rx_state[ST_GSO_FRAMES]),
                          gso_segments=int(self._rx_state[ST_GSO_SEGMENTS]),
-                         gso_refused=int(self._rx_state[ST_GSO_REFUSED]))
+                         gso_refused=int(self._rx_state[ST_GSO_REFUSED]),
+                         tx_gro_frames=int(self._tx_out[3]), tx_gro_segments=int(self._tx_out[4]))
 
     def _check_open(self) -> None:
         if self._fd < 0:

@@ -39,6 +39,7 @@ from vxdp.bpf.kernel.syscall import FdOwner
 from vxdp.frames import FrameBatch
 
 from .errors import NetdevError, where
+from .gro import MERGED_MAX
 from .gso import VNET_HDR_LEN
 from .kernels import fd_read_batch, fd_readv_batch, fd_write_batch, fd_write_gro_batch
 
@@ -46,7 +47,6 @@ TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
-GRO_BUF_LEN = VNET_HDR_LEN + 14 + 8 + 40 + 0xFFFF  # the largest frame GRO makes, behind its header
 IFNAMSIZ = 16
 IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags, padding to 40 bytes
 
@@ -122,7 +122,7 @@ class Tap(FdOwner):
         if gro:
             self._hdr = np.zeros(VNET_HDR_LEN, np.uint8)
             self._iov = np.zeros(4, np.uint64)
-            self._gro_buf = np.zeros(GRO_BUF_LEN, np.uint8)
+            self._gro_buf = np.zeros(MERGED_MAX, np.uint8)
         self._rx = 0
         self._tx = 0
         self._tx_rejected = 0
