@@ -84,6 +84,8 @@ def test_tcp_transfer_checked(topo, direction):
         g.wait_connected()
         if direction == "guest_to_traffic":
             got = tcp_transfer(topo.guest, topo.traffic, TRAFFIC_IP, data)
+            port = host.show()["port"]  # the port merged the guest's segments for the traffic side's stack
+            assert port["tx_gro_frames"] > 0 and port["tx_rejected"] == 0
         else:
             got = tcp_transfer(topo.traffic, topo.guest, GUEST_IP, data)
             port = host.show()["port"]

@@ -1,4 +1,8 @@
-"""Coalescing a batch's TCP segments into GSO super-frames for a tap (software GRO), in compiled code.
+"""Coalescing a batch's TCP segments into GSO super-frames (software GRO), in compiled code.
+
+Two users: the guest driver's tap (`Tap(gro=True)`) and the host's port
+(`Port.send_batch`, whose ``PACKET_VNET_HDR`` socket takes the same header); the
+tap's case is told here, the port's is the same with sendmmsg for write.
 
 Why: a tap takes one frame per ``write(2)``, and the stack behind it runs its
 whole receive path (IP, TCP, the socket) for each. Measured here, the guest
