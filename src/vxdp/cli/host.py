@@ -115,7 +115,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                   f"{s['drops']} drops {s['errors']} errors")
         print(f"  port: {port['packets']} received, {port['drops']} dropped by the kernel, "
               f"{port['oversize']} oversize; {port['gso_frames']} GSO super-frames cut into "
-              f"{port['gso_segments']} frames, {port['gso_refused']} refused")
+              f"{port['gso_segments']} frames, {port['gso_refused']} refused; {port['tx_gro_frames']} "
+              f"GRO super-frames sent of {port['tx_gro_segments']} frames")
         _print_offload(d.get("offload"))
     return 0
 
