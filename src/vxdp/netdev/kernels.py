@@ -192,24 +192,15 @@ def rx_ring_walk(ring32: np.ndarray, ring_addr: int, block_size: int, nblocks: i
 
 
 @njit(cache=True, nogil=True)
-def tx_sendmmsg(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: np.ndarray, iovs: np.ndarray,
-                max_retries: int, out: np.ndarray) -> int:
-    """Send frames ``0..count-1`` of the batch with sendmmsg; return how many left the front of the batch.
+def _sendmmsg_all(fd: int, msgs: np.ndarray, count: int, max_retries: int, out: np.ndarray) -> int:
+    """sendmmsg the prepared messages ``0..count-1`` of ``msgs``; return how many are done (sent or skipped).
 
-    ``msgs`` (uint64[cap*8]) holds prepared ``struct mmsghdr``s whose iovec
-    pointers point into ``iovs`` (uint64[cap*4]: per message the header iovec,
-    prepared too, then the frame's, which we fill). ENOBUFS/EAGAIN
-    (the device or the socket buffer is full) is retried ``max_retries`` times in
-    all, yielding the CPU in between; then we stop and the caller keeps the rest.
-    Any other error belongs to the frame at the front (e.g. EMSGSIZE): it is
-    skipped and counted, so one bad frame never stalls the queue.
-    out: [0] retries used, [1] frames rejected, [2] the last errno seen (0 if none).
+    ENOBUFS/EAGAIN (the device or the socket buffer is full) is retried ``max_retries`` times in
+    all, yielding the CPU in between; then we stop and the caller keeps the rest. Any other error
+    belongs to the message at the front (e.g. EMSGSIZE): it is skipped and counted, so one bad
+    frame never stalls the queue. out: [0] retries used, [1] messages rejected, [2] the last errno
+    seen (0 if none).
     """
-    base = data.ctypes.data
-    slot = data.shape[1]
-    for i in range(count):
-        iovs[4 * i + 2] = base + i * slot
-        iovs[4 * i + 3] = lens[i]
     mp = msgs.ctypes.data
     done = 0
     retries = 0
@@ -239,6 +230,24 @@ def tx_sendmmsg(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: n
 
 
 @njit(cache=True, nogil=True)
+def tx_sendmmsg(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: np.ndarray, iovs: np.ndarray,
+                max_retries: int, out: np.ndarray) -> int:
+    """Send frames ``0..count-1`` of the batch with sendmmsg; return how many left the front of the batch.
+
+    ``msgs`` (uint64[cap*8]) holds prepared ``struct mmsghdr``s whose iovec
+    pointers point into ``iovs`` (uint64[cap*4]: per message the header iovec,
+    prepared too, then the frame's, which we fill). Retries, errors and ``out`` as in
+    `_sendmmsg_all`.
+    """
+    base = data.ctypes.data
+    slot = data.shape[1]
+    for i in range(count):
+        iovs[4 * i + 2] = base + i * slot
+        iovs[4 * i + 3] = lens[i]
+    return _sendmmsg_all(fd, msgs, count, max_retries, out)
+
+
+@njit(cache=True, nogil=True)
 def tx_sendmmsg_gro(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msgs: np.ndarray, iovs: np.ndarray,
                     zero_hdr: np.ndarray, stage: np.ndarray, row_end: np.ndarray, max_retries: int,
                     out: np.ndarray) -> int:
@@ -248,7 +257,7 @@ def tx_sendmmsg_gro(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msg
     Per message the header iovec points at ``zero_hdr`` (a frame alone, sent from its row) or at a
     merged frame's header in ``stage`` (which holds at least ``count * (slot + 18)`` bytes);
     ``row_end[m]`` is the batch row after message ``m``. Errors, retries and ``out[0..2]`` as in
-    `tx_sendmmsg`, counted in messages; ``out[3]``/``out[4]`` add the super-frames sent and the rows
+    `_sendmmsg_all`, counted in messages; ``out[3]``/``out[4]`` add the super-frames sent and the rows
     they were made of. Returns the rows that left the front of the batch.
     """
     base = data.ctypes.data
@@ -275,28 +284,7 @@ def tx_sendmmsg_gro(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msg
         row_end[m] = nxt
         m += 1
         i = nxt
-    mp = msgs.ctypes.data
-    done = 0
-    retries = 0
-    rejected = 0
-    last = 0
-    while done < m:
-        r = c_sendmmsg(fd, mp + done * MMSGHDR_SIZE, m - done, 0)
-        if r > 0:
-            done += r
-            continue
-        e = last_errno()
-        if e == EINTR:
-            continue
-        last = e
-        if e == ENOBUFS or e == EAGAIN:
-            if retries >= max_retries:
-                break
-            retries += 1
-            c_sched_yield()
-            continue
-        rejected += 1
-        done += 1
+    done = _sendmmsg_all(fd, msgs, m, max_retries, out)
     supers = 0
     rows = 0
     for k in range(done):
@@ -304,9 +292,6 @@ def tx_sendmmsg_gro(fd: int, data: np.ndarray, lens: np.ndarray, count: int, msg
         if row_end[k] - start > 1:
             supers += 1
             rows += row_end[k] - start
-    out[0] = retries
-    out[1] = rejected
-    out[2] = last
     out[3] += supers
     out[4] += rows
     return row_end[done - 1] if done > 0 else 0
