@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import subprocess
 
 import pytest
 from guest_helpers import GuestProc, HostProc, poll
@@ -22,10 +21,7 @@ pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 def stack(tmp_path, monkeypatch, samples_built):
     monkeypatch.setenv(rpc.RUN_DIR_ENV, str(tmp_path))
     with NetLab("vxa") as lab:
-        traffic, hostns, guestns = lab.netns(), lab.netns(), lab.netns()
-        for ns in (traffic, guestns):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
-                           check=True)
+        traffic, hostns, guestns = lab.netns(ipv6=False), lab.netns(), lab.netns(ipv6=False)
         lab.veth(traffic, hostns, "vxat0", "vxap0", addr_a="198.18.40.1/24")
         sock = str(tmp_path / "vh.sock")
         with HostProc(sock, "vxap0", hostns, tmp_path, name="apidev"), \

@@ -34,11 +34,7 @@ def _prefix(tag: str) -> str:
 @pytest.fixture
 def guest_ns():
     with NetLab("vxg") as lab:
-        ns = lab.netns()
-        for key in ("all", "default"):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
-                           check=True)
-        yield ns
+        yield lab.netns(ipv6=False)
 
 
 def _pmd(sock: str, mode: str, tag: str, *, client: bool = False, auto_start: bool = True) -> Testpmd:

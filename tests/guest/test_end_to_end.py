@@ -42,11 +42,8 @@ class Topo:
 @pytest.fixture
 def topo(tmp_path):
     with NetLab("vxe") as lab:
-        traffic, hostns, guest = lab.netns(), lab.netns(), lab.netns()
-        for ns in (traffic, guest):  # IPv6 off: only the tests' frames on the wire
-            for key in ("all", "default"):
-                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
-                               check=True)
+        # IPv6 off: only the tests' frames on the wire
+        traffic, hostns, guest = lab.netns(ipv6=False), lab.netns(), lab.netns(ipv6=False)
         lab.veth(traffic, hostns, "vxt0", "vxp0", addr_a=f"{TRAFFIC_IP}/24")
         # vxt0 keeps the veth defaults, tx checksum offload and TSO/GSO on: its TCP/UDP frames reach
         # the backend's port CHECKSUM_PARTIAL, its TCP streams as 64 KiB super-frames, and the port

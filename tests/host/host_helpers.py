@@ -5,7 +5,6 @@ pair, IPv6 off so the links carry only the frames a test sends), bounded polling
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +22,7 @@ def quiet_lab(lab: NetLab, *, addr_port: str | None = None, addr_peer: str | Non
               mtu: int | None = None) -> VethPair:
     """Namespaces ``ns_a`` (the daemon's port ``vxp``) and ``ns_b`` (the peer ``vxq``), IPv6 off, so
     nothing but the test's frames (and ARP/IPv4 when addresses are given) crosses the link."""
-    a, b = lab.netns(), lab.netns()
-    for ns in (a, b):
-        for key in ("all", "default"):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
-                           check=True)
+    a, b = lab.netns(ipv6=False), lab.netns(ipv6=False)
     # The veths keep their default offloads (checksum, TSO/GSO): the port completes partial
     # checksums and cuts super-frames (vxdp.netdev.gso), as it must for a user's veth.
     return lab.veth(a, b, "vxp", "vxq", addr_b=addr_peer, addr_a=addr_port, mtu=mtu)

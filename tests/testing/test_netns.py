@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 
 import pytest
 from pyroute2 import IPRoute
@@ -71,3 +72,16 @@ def test_only_the_benchmarking_range_is_accepted():
         lab.veth(None, None, "x" * 16, "y")
     with pytest.raises(NetnsError, match="prefix"):
         NetLab(prefix="has space")
+
+
+def test_a_namespace_without_ipv6_has_it_off_for_present_and_future_links():
+
+    def disabled(ns: str, key: str) -> str:
+        return subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-n", f"net.ipv6.conf.{key}.disable_ipv6"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    with NetLab("vxt6") as lab:
+        quiet, normal = lab.netns(ipv6=False), lab.netns()
+        pair = lab.veth(quiet, normal, "vx6a", "vx6b")  # created after: conf.default applies to it
+        assert [disabled(quiet, k) for k in ("all", "default", pair.a)] == ["1", "1", "1"]
+        assert [disabled(normal, k) for k in ("all", "default", pair.b)] == ["0", "0", "0"]

@@ -14,7 +14,6 @@ import errno
 import itertools
 import os
 import struct
-import subprocess
 import time
 from collections import Counter
 
@@ -68,10 +67,7 @@ def wire(handler: BpfCommandHandler, *, negotiated: bool = True, log: list | Non
 @pytest.fixture
 def port():
     with NetLab("vxg") as lab:
-        ns_a, ns_b = lab.netns(), lab.netns()
-        for ns in (ns_a, ns_b):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+        ns_a, ns_b = lab.netns(ipv6=False), lab.netns(ipv6=False)
         yield lab.veth(ns_a, ns_b, "vga", "vgb", addr_a="198.18.0.5/30", addr_b="198.18.0.6/30")
 
 

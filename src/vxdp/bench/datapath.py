@@ -112,12 +112,6 @@ def _ret(action: int) -> list[Insn]:
     return [Insn(0xB7, 0, 0, 0, int(action)), Insn(EXIT)]
 
 
-def _sysctl_no_ipv6(ns: str) -> None:
-    for key in ("all", "default"):
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
-                       check=True, capture_output=True)
-
-
 @dataclass
 class Lab:
     traffic: str
@@ -158,9 +152,8 @@ class Lab:
 def build_lab() -> Iterator[Lab]:
     with contextlib.ExitStack() as stack:
         lab = stack.enter_context(NetLab(prefix="vxbd"))
-        traffic, hostns, guest = lab.netns(), lab.netns(), lab.netns()
-        for ns in (traffic, hostns, guest):  # only the benchmark's frames on the links
-            _sysctl_no_ipv6(ns)
+        # IPv6 off: only the benchmark's frames on the links
+        traffic, hostns, guest = lab.netns(ipv6=False), lab.netns(ipv6=False), lab.netns(ipv6=False)
         pair = lab.veth(traffic, hostns, "vxt0", "vxp0", addr_a=f"{TRAFFIC_IP}/24")
         # vxt0 keeps the veth defaults (checksum offload, TSO/GSO on), as a user's would: the port
         # completes partial checksums and cuts TCP super-frames to MTU size (vxdp.netdev.gso).

@@ -62,10 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ok = False
     with NetLab("vxd") as lab:
         try:
-            traffic, hostns, guestns = lab.netns(), lab.netns(), lab.netns()
-            for ns in (traffic, guestns):
-                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
-                               check=True)
+            traffic, hostns, guestns = lab.netns(ipv6=False), lab.netns(), lab.netns(ipv6=False)
             lab.veth(traffic, hostns, "vxdt0", "vxdp0", addr_a=f"{TRAFFIC_IP}/24")
             sock = str(run_dir / "vhost.sock")
             print("vxdp demo: XDP offload for virtio-net")

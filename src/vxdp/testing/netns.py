@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypeVar
@@ -85,8 +86,13 @@ class NetLab:
         self.namespaces: list[str] = []
         self._links_here: list[str] = []  # veth ends we left in the caller's namespace
 
-    def netns(self, name: str | None = None) -> str:
-        """Create a namespace (a unique name unless given) with ``lo`` up; return its name."""
+    def netns(self, name: str | None = None, *, ipv6: bool = True) -> str:
+        """Create a namespace (a unique name unless given) with ``lo`` up; return its name.
+
+        ``ipv6=False`` turns IPv6 off for every interface in it, present and future
+        (``conf.all`` and ``conf.default``), so the kernel sends nothing of its own
+        (router solicitations, MLD, DAD) on the links a test counts frames on.
+        """
         name = name or f"{self.prefix}-{self._tag}-{next(self._count)}"
         try:
             pr_netns.create(name)
@@ -95,6 +101,10 @@ class NetLab:
         self.namespaces.append(name)
         with _ipr(name) as ip:
             ip.link("set", index=_index(ip, "lo", name), state="up")
+        if not ipv6:
+            for key in ("all", "default"):
+                subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
+                               check=True, capture_output=True)
         return name
 
     def veth(self, ns_a: str | None, ns_b: str | None, a: str = "vxa", b: str = "vxb", *,

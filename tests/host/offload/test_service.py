@@ -11,7 +11,6 @@ import errno
 import itertools
 import os
 import struct
-import subprocess
 import time
 from collections import Counter
 
@@ -47,10 +46,7 @@ def port():
     """A veth pair: ``a`` in a traffic netns (IPv6 off, so the kernel sends nothing of its own),
     ``b`` (the device's host port) in a port netns."""
     with NetLab("vxo") as lab:
-        ns_a, ns_b = lab.netns(), lab.netns()
-        for ns in (ns_a, ns_b):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+        ns_a, ns_b = lab.netns(ipv6=False), lab.netns(ipv6=False)
         pair = lab.veth(ns_a, ns_b, "vxa", "vxb", addr_a="198.18.0.1/30", addr_b="198.18.0.2/30")
         yield pair
 

@@ -14,7 +14,6 @@ import errno
 import itertools
 import os
 import struct
-import subprocess
 import time
 import zlib
 from dataclasses import replace
@@ -172,10 +171,7 @@ def pair():
     """A veth pair, each end in its own netns with IPv6 off (so the kernel sends nothing of its own
     that the attached programs would count)."""
     with NetLab("vxs") as lab:
-        ns_a, ns_b = lab.netns(), lab.netns()
-        for ns in (ns_a, ns_b):
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-                            "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+        ns_a, ns_b = lab.netns(ipv6=False), lab.netns(ipv6=False)
         yield lab.veth(ns_a, ns_b, "vsa", "vsb", addr_a="198.18.0.21/30", addr_b="198.18.0.22/30")
 
 
