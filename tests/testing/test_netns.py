@@ -75,7 +75,6 @@ def test_only_the_benchmarking_range_is_accepted():
 
 
 def test_a_namespace_without_ipv6_has_it_off_for_present_and_future_links():
-
     def disabled(ns: str, key: str) -> str:
         return subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-n", f"net.ipv6.conf.{key}.disable_ipv6"],
                               check=True, capture_output=True, text=True).stdout.strip()
