@@ -23,3 +23,15 @@ def bpffs() -> None:
     """Mount bpffs at /sys/fs/bpf when we are root and it is missing (a new machine has none)."""
     if os.geteuid() == 0 and subprocess.run(["mountpoint", "-q", "/sys/fs/bpf"], check=False).returncode != 0:
         subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], check=False)
+
+
+@pytest.fixture
+def service():
+    """An `OffloadService` on the kernel engine, closed (every device's kernel objects freed) after the test."""
+    from vxdp.host.offload import OffloadService
+
+    s = OffloadService()
+    try:
+        yield s
+    finally:
+        s.close()

@@ -71,15 +71,6 @@ def port():
         yield lab.veth(ns_a, ns_b, "vga", "vgb", addr_a="198.18.0.5/30", addr_b="198.18.0.6/30")
 
 
-@pytest.fixture
-def service():
-    s = OffloadService()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def _client(service: OffloadService, dev: str, **kw) -> OffloadClient:
     return OffloadClient(wire(BpfCommandHandler(service, dev)), **kw)
 

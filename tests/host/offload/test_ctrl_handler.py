@@ -89,15 +89,6 @@ class Wire:
 
 
 @pytest.fixture
-def service():
-    s = OffloadService()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def lo(service):
     dev = _dev()
     service.add_device(dev, "lo", negotiated=True)

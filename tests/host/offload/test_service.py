@@ -55,15 +55,6 @@ def _dev() -> str:
     return f"t{os.getpid() % 1000}{next(_seq)}"
 
 
-@pytest.fixture
-def service():
-    s = OffloadService()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def offload_object(s: OffloadService, dev: str, path, programs: list[str]) -> tuple[dict[str, int], dict[str, int]]:
     """Create the object's maps through the service, then load each program with guest handles."""
     obj = elf.load_object(path)

@@ -175,15 +175,6 @@ def pair():
         yield lab.veth(ns_a, ns_b, "vsa", "vsb", addr_a="198.18.0.21/30", addr_b="198.18.0.22/30")
 
 
-@pytest.fixture
-def service():
-    s = OffloadService()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def test_state_moves_maps_programs_prog_array_and_attachment_under_the_same_handles(pair, service):
     a, b = _dev(), _dev()
     service.add_device(a, pair.b, netns=pair.ns_b, negotiated=True)
