@@ -28,13 +28,11 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     dp.set_defaults(func=cmd_datapath)
 
 
-def cmd_engines(args: argparse.Namespace) -> int:
-    from ..bench import engines, report
+def _write(args: argparse.Namespace, name: str, doc: dict, md: str) -> int:
+    """Write ``name``.json and .md under ``--out``; print the JSON (``-j``) or the Markdown and where it went."""
+    from ..bench import report
 
-    doc = engines.run(engines.plan(args.samples, quick=args.quick))
-    command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    md = engines.to_markdown(doc, command)
-    json_path, md_path = report.write(args.out, "engines", doc, md)
+    json_path, md_path = report.write(args.out, name, doc, md)
     if args.json:
         emit_json(doc)
     else:
@@ -43,17 +41,18 @@ def cmd_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engines(args: argparse.Namespace) -> int:
+    from ..bench import engines
+
+    doc = engines.run(engines.plan(args.samples, quick=args.quick))
+    command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return _write(args, "engines", doc, engines.to_markdown(doc, command))
+
+
 def cmd_datapath(args: argparse.Namespace) -> int:
-    from ..bench import datapath, report
+    from ..bench import datapath
 
     doc = datapath.run(datapath.plan(quick=args.quick, profile_dir=args.profile))
     command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     doc["command"] = command
-    md = datapath.to_markdown(doc, command)
-    json_path, md_path = report.write(args.out, "datapath", doc, md)
-    if args.json:
-        emit_json(doc)
-    else:
-        print(md, end="")
-        print(f"\nwritten: {json_path} {md_path}")
-    return 0
+    return _write(args, "datapath", doc, datapath.to_markdown(doc, command))
