@@ -14,11 +14,16 @@ SOURCES  := $(wildcard $(SAMPLES)/*.c) $(wildcard $(SAMPLES)/corpus/*.c)
 OBJECTS  := $(patsubst $(SAMPLES)/%.c,$(BUILD)/%.o,$(SOURCES))
 PYTEST_ARGS ?=
 
-.PHONY: all setup apt venv samples test demo bpffs clean
+.PHONY: all setup apt venv samples compile test demo bpffs clean
 
 all: setup
 
-setup: apt venv samples bpffs
+setup: apt venv samples bpffs compile
+
+# the daemons' compiled datapath kernels (numba), built once so that no daemon compiles them on its first
+# run; they live in src/vxdp/**/__pycache__ (or $$NUMBA_CACHE_DIR); a no-op when the cache is current
+compile: venv
+	$(VENV)/bin/vxdp compile
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
@@ -54,3 +59,4 @@ demo: setup
 
 clean:
 	rm -rf $(BUILD) $(VENV)
+	find src -name '*.nbi' -o -name '*.nbc' | xargs -r rm -f

@@ -19,7 +19,7 @@ from pathlib import Path
 from testpaths import ROOT
 
 sys.path.insert(0, str(ROOT / "tests" / "guest"))  # the daemons' subprocess wrappers live there
-from guest_helpers import GuestProc, HostProc, poll
+from guest_helpers import GuestProc, HostProc, ping, poll
 
 from vxdp.testing.netns import NetLab
 
@@ -98,5 +98,6 @@ __all__ = [
     "HostProc",
     "OffloadTopo",
     "offload_topology",
+    "ping",
     "poll",
 ]

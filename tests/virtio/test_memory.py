@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from ring_helpers import MEM_SIZE
 
-from vxdp.virtio.memory import GPA_LIMIT, GuestMemory, GuestMemoryError, MemoryRegion
+from vxdp.virtio.memory import GPA_LIMIT, REGION_SLOTS, GuestMemory, GuestMemoryError, MemoryRegion
 
 
 def test_allocate_read_write_roundtrip(mem):
@@ -114,8 +114,11 @@ def test_empty_region_refused():
 
 def test_regions_table_for_kernels(mem2):
     arrays, starts = mem2.regions_table()
-    assert [a.size for a in arrays] == [0xA0000, MEM_SIZE - 0xC0000]
-    assert starts.dtype == np.int64 and list(starts) == [0, 0xC0000]
+    # padded to REGION_SLOTS with empty regions no address falls in: one kernel type for any table
+    assert len(arrays) == len(starts) == REGION_SLOTS
+    assert [a.size for a in arrays] == [0xA0000, MEM_SIZE - 0xC0000] + [0] * (REGION_SLOTS - 2)
+    assert starts.dtype == np.int64 and list(starts[:2]) == [0, 0xC0000]
+    assert all(s > 1 << 62 for s in starts[2:])
     mem2.write(0xC0001, b"\x7f")
     assert arrays[1][1] == 0x7F
 

@@ -78,7 +78,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  negotiated: offload {'yes' if g.get('offload') else 'NO'}, ctrl vq {g['ctrl_vq']}, "
                   f"guest MAC {g['mac']}")
 
-            print(f"\n1. ping {GUEST_IP} from the traffic netns: {_ping(traffic, GUEST_IP)}/3 replies")
+            replies = _ping(traffic, GUEST_IP)
+            print(f"\n1. ping {GUEST_IP} from the traffic netns: {replies}/3 replies")
+            if not replies:
+                raise CliError(f"demo: the guest did not answer ping before anything was offloaded: the datapath "
+                               f"(port {hostns}/vxdp0 -> backend -> driver -> tap {guestns}/vxdg0) moves no "
+                               f"frames; see `vxdp host show` and the daemon logs in {run_dir}")
 
             doc = guest.call("prog.load", path=str(obj), mode="offload", prog=None)
             (p,) = [p for p in doc["programs"] if p["attached"]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, demo, guest, host, map, offload, prog
+from . import bench, compile, demo, guest, host, map, offload, prog
 from .output import CliError
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_parser(objects)
     guest.add_parser(objects)
     offload.add_parser(objects)
+    compile.add_parser(objects)
     return parser
 
 

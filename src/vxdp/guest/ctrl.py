@@ -18,9 +18,30 @@ from __future__ import annotations
 import select
 import time
 
-from vxdp.virtio.ctrl import Ack, CtrlError, CtrlReply, CtrlRequest
+from vxdp.virtio.ctrl import Ack, CtrlClass, CtrlError, CtrlReply, CtrlRequest
+from vxdp.virtio.offload_wire import Command
 
 from .rings import CTRL, GuestRings
+
+# How long a command may take the device, on a slow machine: a PROG_LOAD runs the host kernel's
+# verifier (seconds for a large program) and a backend under load answers late. The driver's loop
+# waits that long for it at most, so this bounds the datapath stall a command can cause too.
+TIMEOUT_S = 10.0
+
+
+def describe(cls: int, cmd: int) -> str:
+    """A command as a log names it: ``class 0x40 (BPF) cmd 0x01 (MAP_CREATE)``."""
+    try:
+        cname = f" ({CtrlClass(cls).name})"
+    except ValueError:
+        cname = ""
+    mname = ""
+    if cls == CtrlClass.BPF:
+        try:
+            mname = f" ({Command(cmd).name})"
+        except ValueError:
+            pass
+    return f"class {cls:#04x}{cname} cmd {cmd:#04x}{mname}"
 
 
 class CtrlClientError(Exception):
@@ -42,7 +63,7 @@ class CtrlClient:
         self.broken: str | None = None
 
     def command(self, cls: int, cmd: int, data: bytes = b"", reply_capacity: int = 0,
-                timeout: float = 5.0) -> tuple[Ack, bytes]:
+                timeout: float = TIMEOUT_S) -> tuple[Ack, bytes]:
         """Send one command; return ``(ack, result bytes)`` as the device wrote them."""
         if self.broken:
             raise CtrlClientError(f"ctrl queue unusable: {self.broken}")
@@ -71,7 +92,9 @@ class CtrlClient:
                 break
             left = deadline - time.monotonic()
             if left <= 0:
-                self.broken = f"command class {cls} cmd {cmd} not answered within {timeout:g} s"
+                self.broken = (f"ctrl command {describe(cls, cmd)} not answered by the device within "
+                               f"{timeout:g} s: is the backend up and serving its ctrl ring (`vxdp host show`, "
+                               f"its log)? The ctrl ring stays unusable until the driver reconnects")
                 raise CtrlTimeout(self.broken)
             select.select([call], [], [], min(left, 0.05))
             self.rings.drain_call(CTRL)

@@ -52,6 +52,7 @@ from vxdp.virtio.net import NetConfig, NetError, mac_str
 from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
 from vxdp.virtio.virtqueue import VirtqueueError, check_queue_size
 
+from .ctrl import TIMEOUT_S as CTRL_TIMEOUT_S
 from .ctrl import CtrlClient, CtrlClientError
 from .rings import CTRL, RX, TX, GuestRings, GuestSetupError, buffer_size
 
@@ -467,7 +468,7 @@ class GuestDriver:
 
     # ------------------------------------------------------------------ control queue
     def ctrl_command(self, cls: int, cmd: int, data: bytes = b"", reply_capacity: int = 0,
-                     timeout: float = 5.0) -> tuple[Ack, bytes]:
+                     timeout: float = CTRL_TIMEOUT_S) -> tuple[Ack, bytes]:
         if not self.connected:
             raise GuestDriverError("not connected to a backend")
         if self.ctrl is None:
@@ -478,7 +479,7 @@ class GuestDriver:
             self.disconnect(f"device broke the ctrl ring: {e}")
             raise CtrlClientError(f"device broke the ctrl ring: {e}") from None
 
-    def set_promisc(self, on: bool, timeout: float = 5.0) -> Ack:
+    def set_promisc(self, on: bool, timeout: float = CTRL_TIMEOUT_S) -> Ack:
         """VIRTIO_NET_CTRL_RX_PROMISC (needs CTRL_RX): the smoke test of the ctrl queue."""
         if not vf.has(self.features, Feature.NET_CTRL_RX):
             raise CtrlClientError("the backend did not offer CTRL_RX")

@@ -21,11 +21,14 @@ import logging
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 
-from vxdp import rpc
+from vxdp import jitcache, rpc
 from vxdp.eventloop import Loop
+from vxdp.netdev import warmup as netdev_warmup
 from vxdp.netdev.tap import Tap
+from vxdp.virtio import warmup as virtio_warmup
 from vxdp.virtio.ctrl import Ack
 
+from .ctrl import TIMEOUT_S as CTRL_TIMEOUT_S
 from .driver import GuestDriver
 from .programs import GuestPrograms
 
@@ -45,6 +48,7 @@ class GuestDaemon:
         self.name = name or tap
         self.netns = netns
         self.created_netns = False
+        jitcache.prepare(log, f"guest {self.name}", [virtio_warmup.driver, netdev_warmup.tap], first_run_s=10)
         self.driver = GuestDriver(socket_path, mem_mb=mem_mb, queue_size=queue_size, mac=mac, server=server,
                                   mtu=mtu)
         self.loop = Loop()
@@ -93,13 +97,14 @@ class GuestDaemon:
                    tap_stats=vars(self.tap.stats()) if self.tap else None)
         return doc
 
-    def ctrl(self, cls: int, cmd: int, data: str = "", reply_capacity: int = 0, wait: float = 5.0) -> dict:
+    def ctrl(self, cls: int, cmd: int, data: str = "", reply_capacity: int = 0,
+             wait: float = CTRL_TIMEOUT_S) -> dict:
         """One ctrl-vq command (``data`` and the result in hex). Blocks the loop for at most ``wait`` s:
         commands are rare and a datapath stall of that bound is acceptable for them."""
         ack, result = self.driver.ctrl_command(cls, cmd, bytes.fromhex(data), reply_capacity, wait)
         return {"ack": Ack(ack).name, "result": result.hex()}
 
-    def promisc(self, on: bool = True, wait: float = 5.0) -> dict:
+    def promisc(self, on: bool = True, wait: float = CTRL_TIMEOUT_S) -> dict:
         return {"ack": Ack(self.driver.set_promisc(on, wait)).name}
 
     # -- benchmark hooks (vxdp bench datapath) ------------------------------------------------

@@ -28,13 +28,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vxdp import rpc
+from vxdp import jitcache, rpc
 from vxdp.eventloop import Loop
+from vxdp.netdev import warmup as netdev_warmup
 from vxdp.netdev.port import Port
 from vxdp.vhost_user import transport
 from vxdp.vhost_user.backend import BackendSession
 from vxdp.vhost_user.connection import Connection, Role
 from vxdp.vhost_user.errors import LocalProtocolError, RemoteProtocolError
+from vxdp.virtio import warmup as virtio_warmup
 
 from .ctrlq import CtrlTable
 from .datapath import Datapath
@@ -83,6 +85,7 @@ class HostDaemon:
         self._waiting_logged = False
         self.offload: DeviceOffload | None = None
         ctrl = ctrl or CtrlTable()
+        jitcache.prepare(log, cfg.name, [virtio_warmup.device, netdev_warmup.port], first_run_s=20)
         try:
             self.port = Port(cfg.port, netns=cfg.netns)
             extra = cfg.extra_features | (FEATURE_BIT if cfg.offload else 0)

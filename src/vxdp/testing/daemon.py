@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -30,7 +30,9 @@ from .proc import HarnessError, OutputLog, close_pipes, poll, spawn, stop_proces
 
 __all__ = ["Daemon", "DaemonError", "GuestDaemon", "HostDaemon"]
 
-START_S = 60.0  # a fresh checkout compiles the daemons' numba kernels before they listen
+# A daemon compiles (or loads) its datapath kernels before it creates a socket (vxdp.jitcache): from an
+# empty cache that is ~20 s on an idle 2-CPU machine, and two daemons starting together share the CPUs.
+START_S = 120.0
 STOP_GRACE_S = 10.0
 
 
@@ -41,16 +43,17 @@ class DaemonError(HarnessError):
 class Daemon:
     """``python -m vxdp.cli.main ARGV`` with its control socket ``run_dir/control``; a context
     manager that always stops it. ``cpu`` pins it before it starts threads (they inherit it);
-    ``log_file`` receives the whole output when it stops."""
+    ``log_file`` receives the whole output when it stops; ``env`` is added to the environment it
+    inherits (e.g. ``NUMBA_CACHE_DIR``)."""
 
     def __init__(self, argv: Sequence[str], run_dir: str | os.PathLike, control: str, *, what: str,
-                 cpu: int | None = None, log_file: Path | None = None) -> None:
+                 cpu: int | None = None, log_file: Path | None = None, env: Mapping[str, str] | None = None) -> None:
         self.what = what
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.control = self.run_dir / control
         self.log_file = log_file
-        self.env = {**os.environ, rpc.RUN_DIR_ENV: str(self.run_dir)}
+        self.env = {**os.environ, **(env or {}), rpc.RUN_DIR_ENV: str(self.run_dir)}
         self.proc = spawn([sys.executable, "-m", "vxdp.cli.main", *argv], env=self.env)
         self.log = OutputLog([self.proc.stdout, self.proc.stderr], what)
         if cpu is not None:
@@ -87,7 +90,9 @@ class Daemon:
             raise DaemonError(f"{self.what}: {e}; last output:\n{self.output(2000)}") from None
 
     def wait_control(self, timeout: float = START_S) -> None:
-        self.wait_path(self.control, "control socket", timeout)
+        """Until the daemon is ready: it makes its control socket only once its kernels are compiled."""
+        self.wait_path(self.control, "control socket (made once the daemon's datapath kernels are compiled "
+                       "or loaded from the cache; `vxdp compile` builds the cache)", timeout)
 
     def cpu_seconds(self) -> tuple[float, float]:
         """(user, system) CPU seconds the daemon used so far, from /proc/PID/stat."""
@@ -128,11 +133,12 @@ class HostDaemon(Daemon):
 
     def __init__(self, sock: str, port: str, netns: str | None, run_dir: str | os.PathLike, *, name: str,
                  mac: str | None = None, client: bool = False, extra: Sequence[str] = (),
-                 cpu: int | None = None, log_file: Path | None = None) -> None:
+                 cpu: int | None = None, log_file: Path | None = None, env: Mapping[str, str] | None = None) -> None:
         argv = ["host", "serve", "--socket", sock, "--port", port, "--name", name,
                 *(["--netns", netns] if netns else []), *(["--mac", mac] if mac else []),
                 *(["--client"] if client else []), *extra]
-        super().__init__(argv, run_dir, f"host-{name}.sock", what=f"vxdp host {name}", cpu=cpu, log_file=log_file)
+        super().__init__(argv, run_dir, f"host-{name}.sock", what=f"vxdp host {name}", cpu=cpu, log_file=log_file,
+                         env=env)
         self._started(*([] if client else [(sock, "vhost-user socket")]))
 
     def show(self) -> dict:
@@ -144,11 +150,11 @@ class GuestDaemon(Daemon):
 
     def __init__(self, sock: str, netns: str, tap: str, run_dir: str | os.PathLike, *, name: str,
                  addr: str | None = None, server: bool = False, extra: Sequence[str] = (),
-                 cpu: int | None = None, log_file: Path | None = None) -> None:
+                 cpu: int | None = None, log_file: Path | None = None, env: Mapping[str, str] | None = None) -> None:
         argv = ["guest", "run", "--socket", sock, "--netns", netns, "--tap", tap, "--name", name,
                 *(["--addr", addr] if addr else []), *(["--server"] if server else []), *extra]
         super().__init__(argv, run_dir, f"guest-{name}.sock", what=f"vxdp guest {name}", cpu=cpu,
-                         log_file=log_file)
+                         log_file=log_file, env=env)
         self._started()
 
     def show(self) -> dict:

@@ -28,6 +28,10 @@ from typing import Self
 import numpy as np
 
 GPA_LIMIT = 1 << 62
+# regions a compiled kernel takes (vhost-user's VHOST_MEMORY_BASELINE_NREGIONS); see `regions_table`
+REGION_SLOTS = 8
+_NO_REGION = np.zeros(0, np.uint8)  # an empty region: no address falls in it
+_NO_GPA = np.iinfo(np.int64).max
 U64_MAX = (1 << 64) - 1
 
 
@@ -223,13 +227,21 @@ class GuestMemory:
 
     # -- for compiled kernels -----------------------------------------------------------------
     def regions_table(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        """``(arrays, starts)``: a tuple of each region's uint8 array and an int64 array of their gpas.
+        """``(arrays, starts)``: a tuple of each region's uint8 array and an int64 array of their gpas,
+        padded to `REGION_SLOTS` entries with empty regions that hold no address.
 
         numba takes a homogeneous tuple of arrays as it is; a kernel finds the
         region whose ``[starts[i], starts[i] + arrays[i].size)`` holds a range.
+        Why the padding: the tuple's length is part of a kernel's type, so one
+        region (our driver) and two (QEMU) would be two compiles; at one fixed
+        length the kernels are compiled once, before a daemon serves
+        (`vxdp.jitcache`), whatever the frontend's memory table looks like.
         """
-        arrays = tuple(r.array for r in self.regions)
-        starts = np.array([r.guest_phys_addr for r in self.regions], dtype=np.int64)
+        if len(self.regions) > REGION_SLOTS:
+            raise GuestMemoryError(f"{len(self.regions)} memory regions (at most {REGION_SLOTS})")
+        pad = REGION_SLOTS - len(self.regions)
+        arrays = tuple(r.array for r in self.regions) + (_NO_REGION,) * pad
+        starts = np.array([r.guest_phys_addr for r in self.regions] + [_NO_GPA] * pad, dtype=np.int64)
         return arrays, starts
 
     def close(self) -> None:
