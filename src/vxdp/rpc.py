@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .sockpath import SocketClaim
+
 RUN_DIR_ENV = "VXDP_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/vxdp"
 MAX_LINE = 64 << 20  # a map dump or a program can be large; a line past this is refused
@@ -82,15 +84,23 @@ class _Conn:
 class Server:
     """A control socket served from an event loop (`attach`), or polled by hand (`filenos`, `process`)."""
 
-    def __init__(self, path: str | os.PathLike, handlers: dict[str, Handler]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | SocketClaim, handlers: dict[str, Handler], *,
+                 unknown: Callable[[str], RpcError] | None = None) -> None:
+        """Serve at ``path``, or at a `SocketClaim` taken earlier (`sockpath.PathBusy` if another daemon
+        serves the path; a stale socket there is replaced). The socket is 0600: the daemon's user only.
+        ``unknown(method)`` says why a method this daemon lacks is refused (default: unknown method)."""
+        self.claim = path if isinstance(path, SocketClaim) else SocketClaim.take(path)
+        self.path = self.claim.path
         self.handlers = handlers
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_socket():
-            self.path.unlink()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(self.path))
-        self.sock.listen(16)
+        self.unknown = unknown or (lambda method: RpcError("EOPNOTSUPP", f"unknown method {method!r}"))
+        old = os.umask(0o177)
+        try:
+            self.sock = self.claim.listen(16)
+        except BaseException:
+            self.claim.release()
+            raise
+        finally:
+            os.umask(old)
         self.sock.setblocking(False)
         self.conns: dict[int, _Conn] = {}
         self._loop: Any = None
@@ -147,7 +157,7 @@ class Server:
                 raise RpcError("EINVAL", 'a request is {"method": NAME, "params": {...}}')
             handler = self.handlers.get(req["method"])
             if handler is None:
-                raise RpcError("EOPNOTSUPP", f"unknown method {req['method']!r}")
+                raise self.unknown(req["method"])
             params = req.get("params") or {}
             if not isinstance(params, dict):
                 raise RpcError("EINVAL", "params must be an object")
@@ -182,10 +192,7 @@ class Server:
             self._loop.remove_reader(self.sock.fileno())
             self._loop = None
         self.sock.close()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        self.claim.release()
 
 
 def call(path: str | os.PathLike, method: str, /, *, timeout: float = 30.0, **params: Any) -> Any:

@@ -83,7 +83,7 @@ def test_server_mode_replaces_stale_socket_and_client_connects_first(tmp_path):
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(path)  # a socket file left by a dead server
     stale.close()
-    srv = listen(path)
+    srv, claim = listen(path)
     try:
         cli = connect(path)  # before accept: the backlog holds it
         peer, _ = srv.accept()
@@ -100,6 +100,8 @@ def test_server_mode_replaces_stale_socket_and_client_connects_first(tmp_path):
         peer.close()
     finally:
         srv.close()
+        claim.release()
+    assert not os.path.exists(path)  # ours, so removed
 
 
 def test_listen_leaves_non_socket_alone(tmp_path):
@@ -118,7 +120,7 @@ def test_client_mode_gives_clear_error(tmp_path):
 def test_client_mode_backend_connects_to_listening_frontend(tmp_path):
     """QEMU's server=on: the frontend listens and the backend connects (client mode)."""
     path = str(tmp_path / "qemu.sock")
-    srv = listen(path)
+    srv, claim = listen(path)
     try:
         backend_sock = connect(path, retries=3, interval=0)
         front_sock, _ = srv.accept()
@@ -132,3 +134,4 @@ def test_client_mode_backend_connects_to_listening_frontend(tmp_path):
         back.close()
     finally:
         srv.close()
+        claim.release()

@@ -32,7 +32,9 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
 
-    show = cmds.add_parser("show", help="devices served on this host, with their counters")
+    show = cmds.add_parser("show", help="devices served on this host, with their counters",
+                           description="Every device served on this host (each host-DEV.sock in the run "
+                           "directory), or only --name DEV. Exit status 1 if a device did not answer.")
     show.add_argument("--name", metavar="DEV", help="only this device (default: every host-*.sock)")
     show.add_argument("-j", "--json", action="store_true", help="JSON output")
     show.set_defaults(func=cmd_show)
@@ -51,13 +53,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 68 <= args.mtu <= 65535:
         raise CliError(f"--mtu {args.mtu} outside 68..65535")
     from ..host.offload import PolicyError
-    from ..host.server import HostDaemon, ServeConfig
+    from ..host.server import HostDaemon, ServeConfig, ServeError
 
     cfg = ServeConfig(socket_path=args.socket, port=args.port, name=args.name, netns=args.netns,
                       client=args.client, mac=mac, mtu=args.mtu, offload=args.offload, policy=args.policy)
     try:
         daemon = HostDaemon(cfg)
-    except (NetdevError, PolicyError) as e:
+    except (NetdevError, PolicyError, ServeError) as e:
         raise CliError(str(e)) from None
     except OSError as e:
         raise CliError(f"{args.socket}: {e.strerror or e}") from None
@@ -80,30 +82,37 @@ def _devices(name: str | None) -> list[tuple[str, Any]]:
     for p in paths:
         dev = p.name[len("host-"):-len(".sock")]
         try:
-            out.append((dev, rpc.call(p, "device.show", timeout=5.0)))
+            out.append((dev, rpc.call(p, "device.show", timeout=10.0)))
         except rpc.RpcError as e:
+            why = e.message
+            if e.code == "ENOENT":
+                why = (f"not running: nobody serves {p} (a daemon that died left it; the next "
+                       f"`vxdp host serve --name {dev}` replaces it)" if p.exists() else f"not running (no {p})")
             if name:
-                raise CliError(f"device {name}: {e.message}") from None
-            out.append((dev, {"name": dev, "error": e.message}))
+                raise CliError(f"device {name}: {why}") from None
+            out.append((dev, {"name": dev, "error": why}))
     return out
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """Every device (or ``--name DEV``); exit status 1 when one of them did not answer, as ``ip`` does
+    when it cannot show what it was asked for (with ``-j`` the device's entry says why)."""
     devs = _devices(args.name)
+    failed = any("error" in d for _, d in devs)
     if args.json:
         emit_json([doc for _, doc in devs])
-        return 0
+        return 1 if failed else 0
     if not devs:
         print("no devices")
     for dev, d in devs:
         if "error" in d:
-            print(f"{dev}: unreachable: {d['error']}")
+            print(f"{dev}: {d['error']}")
             continue
         port = d["port"]
         conn = "connected" if d["connected"] else "waiting for a frontend"
         print(f"{dev}: {d['socket']} ({d['mode']}), port {port['ifname']}"
               f"{' netns ' + port['netns'] if port['netns'] else ''}, {conn}, sessions {d['sessions']}")
-        print(f"  mac {d['mac']} mtu {d['mtu']} features {d['features']} "
+        print(f"  mac {d['mac']} mtu {d['mtu']} features {d['features']:#x} "
               f"({' '.join(d['features_negotiated']) or 'none'})")
         for vr in d["vrings"]:
             state = "broken: " + vr["error"] if vr["error"] else ("running" if vr["running"] else "stopped")
@@ -118,7 +127,7 @@ def cmd_show(args: argparse.Namespace) -> int:
               f"{port['gso_segments']} frames, {port['gso_refused']} refused; {port['tx_gro_frames']} "
               f"GRO super-frames sent of {port['tx_gro_segments']} frames")
         _print_offload(d.get("offload"))
-    return 0
+    return 1 if failed else 0
 
 
 def _print_offload(doc: dict | None) -> None:

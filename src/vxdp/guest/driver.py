@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 
 from vxdp.eventloop import Loop
 from vxdp.frames import FrameBatch
+from vxdp.sockpath import PathBusy, SocketClaim
 from vxdp.vhost_user import transport
 from vxdp.vhost_user.connection import Connection, Role
 from vxdp.vhost_user.errors import LocalProtocolError, RemoteProtocolError
@@ -65,6 +66,7 @@ WANTED_PROTOCOL = PF.MQ | PF.REPLY_ACK | PF.CONFIG
 MAX_ROUNDS = 8  # batches per event before yielding to the other fds
 BATCH = 256
 TICK_S = 0.1  # ring poll / reconnect period
+WAITING_LOG_S = 30.0  # while no backend answers, a warning this often
 
 
 class GuestDriverError(Exception):
@@ -143,6 +145,14 @@ class GuestDriver:
         self._txb = FrameBatch.allocate(BATCH, self.buf_size)
         self._port_paused = False
         self._listener: socket.socket | None = None
+        self._claim: SocketClaim | None = None
+        self._next_waiting_log = 0.0
+        if server:  # claimed now, bound when the loop runs: a second driver on the path is refused at once
+            try:
+                self._claim = SocketClaim.take(socket_path)
+            except OSError as e:
+                why = e.strerror if isinstance(e, PathBusy) else f"{socket_path}: {e.strerror or e}"
+                raise GuestDriverError(f"vhost-user socket {why}") from None
         self._retry = 0.1
         self._next_attempt = 0.0
         self._last_tick = 0.0
@@ -163,7 +173,7 @@ class GuestDriver:
     # ------------------------------------------------------------------ connecting
     def listen(self) -> None:
         """Server mode: listen on the socket path; the backend connects to us."""
-        self._listener = transport.listen(self.socket_path)
+        self._listener, self._claim = transport.listen(self._claim or self.socket_path)
         self._listener.setblocking(False)
         if self.loop is not None and not self.connected:
             self.loop.add_reader(self._listener.fileno(), self._on_accept)
@@ -229,7 +239,9 @@ class GuestDriver:
         self._retry = 0.1
         for index in (RX, TX):  # a device that waits for notifications learns of the full rx ring
             rings.kick(index)
-        log.info("connected to %s: features %s, mac %s", self.socket_path, vf.names(self.features), mac_str(self.mac))
+        # said as loudly as the "no backend yet" warnings were, so that whoever read those reads this too
+        log.log(logging.WARNING if self._next_waiting_log else logging.INFO, "connected to %s: features %s, mac %s",
+                self.socket_path, vf.names(self.features), mac_str(self.mac))
         if self._listener is not None and self.loop is not None:
             self.loop.remove_reader(self._listener.fileno())
         if self.loop is not None:
@@ -274,10 +286,9 @@ class GuestDriver:
                 self.loop.remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
-            try:
-                os.unlink(self.socket_path)
-            except OSError:
-                pass
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     # ------------------------------------------------------------------ event handlers
     def _on_accept(self) -> None:
@@ -348,6 +359,11 @@ class GuestDriver:
             self.last_error = str(e)
             self._retry = min(self._retry * 2, self.retry_max)
             self._next_attempt = time.monotonic() + self._retry
+            if now >= self._next_waiting_log:  # said at once, then every WAITING_LOG_S: never silent
+                log.warning("no backend on %s yet (%s); retrying every %g s", self.socket_path, e, self.retry_max)
+                self._next_waiting_log = now + WAITING_LOG_S
+        else:
+            self._next_waiting_log = 0.0
 
     # ------------------------------------------------------------------ datapath
     def poll_rx(self) -> int:

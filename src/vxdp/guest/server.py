@@ -25,6 +25,7 @@ from vxdp import jitcache, rpc
 from vxdp.eventloop import Loop
 from vxdp.netdev import warmup as netdev_warmup
 from vxdp.netdev.tap import Tap
+from vxdp.sockpath import PathBusy, SocketClaim
 from vxdp.virtio import warmup as virtio_warmup
 from vxdp.virtio.ctrl import Ack
 
@@ -48,9 +49,22 @@ class GuestDaemon:
         self.name = name or tap
         self.netns = netns
         self.created_netns = False
-        jitcache.prepare(log, f"guest {self.name}", [virtio_warmup.driver, netdev_warmup.tap], first_run_s=10)
-        self.driver = GuestDriver(socket_path, mem_mb=mem_mb, queue_size=queue_size, mac=mac, server=server,
-                                  mtu=mtu)
+        path = rpc.guest_socket(self.name)
+        try:  # claimed before anything is set up, bound last (`vxdp.sockpath`)
+            claim = SocketClaim.take(path)
+        except PathBusy as e:
+            raise GuestDaemonError(f"guest {self.name} is already served by "
+                                   f"{f'pid {e.pid}' if e.pid else 'another process'} (control socket {path})") from None
+        except OSError as e:
+            raise GuestDaemonError(f"guest {self.name}: control socket {path}: {e.strerror or e}") from None
+        self._claim = claim
+        try:
+            jitcache.prepare(log, f"guest {self.name}", [virtio_warmup.driver, netdev_warmup.tap], first_run_s=10)
+            self.driver = GuestDriver(socket_path, mem_mb=mem_mb, queue_size=queue_size, mac=mac, server=server,
+                                      mtu=mtu)
+        except BaseException:
+            claim.release()
+            raise
         self.loop = Loop()
         self.tap: Tap | None = None
         self.control: rpc.Server | None = None
@@ -63,7 +77,7 @@ class GuestDaemon:
                     ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
             self.tap = Tap(tap, netns=netns, mtu=mtu, addr=addr, up=False, gro=gro)
             self._set_tap_mac(self.driver.mac, up=True)
-            self.control = rpc.Server(rpc.guest_socket(self.name), {
+            self.control = rpc.Server(claim, {
                 "guest.show": self.show,
                 "guest.ctrl": self.ctrl,
                 "guest.promisc": self.promisc,
@@ -133,6 +147,7 @@ class GuestDaemon:
         if self.control is not None:
             self.control.close()
             self.control = None
+        self._claim.release()  # idempotent: the control socket's close released it already
         if self.tap is not None:
             self.tap.close()
             self.tap = None

@@ -268,8 +268,8 @@ class NetDevice(DeviceModel):
         return {
             "mac": ":".join(f"{b:02x}" for b in self.mac),
             "mtu": self.mtu,
-            "features_offered": f"{self.offered:#x}",
-            "features": f"{self.features:#x}",
+            "features_offered": self.offered,  # integers in JSON, as bpftool and `vxdp guest show` give them
+            "features": self.features,
             "features_negotiated": feature_names(self.features),
             "vrings": [{"index": vr.index, "name": vr.name, "size": vr.num, "enabled": vr.enabled,
                         "running": vr.running, "error": vr.error or None,

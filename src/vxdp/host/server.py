@@ -32,6 +32,7 @@ from vxdp import jitcache, rpc
 from vxdp.eventloop import Loop
 from vxdp.netdev import warmup as netdev_warmup
 from vxdp.netdev.port import Port
+from vxdp.sockpath import PathBusy, SocketClaim
 from vxdp.vhost_user import transport
 from vxdp.vhost_user.backend import BackendSession
 from vxdp.vhost_user.connection import Connection, Role
@@ -65,6 +66,10 @@ class ServeConfig:
     policy: str | None = None  # offload policy file (TOML); None: the safe defaults
 
 
+class ServeError(Exception):
+    """The daemon cannot start as asked (its device or socket is served already, a missing netns)."""
+
+
 class HostDaemon:
     """A running backend (see the module docstring). Construct, then `run()`; `close()` always."""
 
@@ -85,8 +90,15 @@ class HostDaemon:
         self._waiting_logged = False
         self.offload: DeviceOffload | None = None
         ctrl = ctrl or CtrlTable()
-        jitcache.prepare(log, cfg.name, [virtio_warmup.device, netdev_warmup.port], first_run_s=20)
+        self.control_path = Path(cfg.control_socket) if cfg.control_socket else rpc.host_socket(cfg.name)
+        self._claims: list[SocketClaim] = []
         try:
+            # claimed first (a second daemon for this device or socket is refused at once), bound last
+            control = self._claim(self.control_path, cfg.name)
+            vhost = None if cfg.client else self._claim(Path(cfg.socket_path), None)
+            if cfg.netns is not None and not Path("/run/netns", cfg.netns).exists():
+                raise ServeError(f"--netns {cfg.netns}: no such network namespace (`ip netns list` shows them)")
+            jitcache.prepare(log, cfg.name, [virtio_warmup.device, netdev_warmup.port], first_run_s=20)
             self.port = Port(cfg.port, netns=cfg.netns)
             extra = cfg.extra_features | (FEATURE_BIT if cfg.offload else 0)
             self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu, extra_features=extra)
@@ -95,19 +107,39 @@ class HostDaemon:
                 self.offload = DeviceOffload(OffloadService(policy=policy), cfg.name, cfg.port, cfg.netns,
                                              lambda: self.device.features, ctrl)
             self.datapath = Datapath(self.device, self.port, self.loop, ctrl)
-            if not cfg.client:
-                self.listen_sock = transport.listen(cfg.socket_path)
+            if vhost is not None:
+                self.listen_sock, _ = transport.listen(vhost)
                 self.listen_sock.setblocking(False)
                 self.loop.add_reader(self.listen_sock.fileno(), self._on_accept)
-            self.control_path = Path(cfg.control_socket) if cfg.control_socket else rpc.host_socket(cfg.name)
             handlers = {"device.show": self.show, **(self.offload.handlers() if self.offload else {})}
-            self.rpc = rpc.Server(self.control_path, handlers)
+            self.rpc = rpc.Server(control, handlers, unknown=self._unknown_method)
             self.rpc.attach(self.loop)
         except BaseException:
             self.close()
             raise
         log.info("%s: serving %s on %s (%s mode), port %s%s", cfg.name, "virtio-net", cfg.socket_path,
                  "client" if cfg.client else "server", cfg.port, f" in netns {cfg.netns}" if cfg.netns else "")
+
+    def _claim(self, path: Path, device: str | None) -> SocketClaim:
+        """`SocketClaim.take`; refused as ``device DEV is already served by pid N`` for the control
+        socket (``device`` given), as ``PATH is already served by pid N`` for the vhost-user one."""
+        try:
+            claim = SocketClaim.take(path)
+        except PathBusy as e:
+            if device is None:
+                raise ServeError(e.strerror) from None
+            who = f"pid {e.pid}" if e.pid else "another process"
+            raise ServeError(f"device {device} is already served by {who} (control socket {path})") from None
+        except OSError as e:
+            raise ServeError(f"{path}: {e.strerror or e}") from None
+        self._claims.append(claim)
+        return claim
+
+    def _unknown_method(self, method: str) -> rpc.RpcError:
+        if self.offload is None and method.split(".")[0] in ("prog", "map", "offload"):
+            return rpc.RpcError("EOPNOTSUPP", f"device {self.cfg.name} does not offer XDP offload (it was started "
+                                              f"with --no-offload): nothing can be loaded on it")
+        return rpc.RpcError("EOPNOTSUPP", f"unknown method {method!r}")
 
     # ------------------------------------------------------------------ running
     def run(self) -> None:
@@ -212,7 +244,7 @@ class HostDaemon:
             "connected": s is not None,
             "sessions": self.connections,
             "refused": self.refused,
-            "protocol_features": f"{s.acked_protocol:#x}" if s else None,
+            "protocol_features": int(s.acked_protocol) if s else 0,
             "port": {"ifname": self.cfg.port, "netns": self.cfg.netns, "packets": pst.packets, "drops": pst.drops,
                      "oversize": pst.oversize, "tx_rejected": pst.tx_rejected, "csum_completed": pst.csum_completed,
                      "gso_frames": pst.gso_frames, "gso_segments": pst.gso_segments, "gso_refused": pst.gso_refused,
@@ -237,14 +269,12 @@ class HostDaemon:
             self.loop.remove_reader(self.listen_sock.fileno())
             self.listen_sock.close()
             self.listen_sock = None
-            try:
-                if Path(self.cfg.socket_path).is_socket():
-                    os.unlink(self.cfg.socket_path)
-            except OSError:
-                pass
         if self.rpc is not None:
             self.rpc.close()
             self.rpc = None
+        for claim in self._claims:  # only the paths we bound, and only if they are still ours
+            claim.release()
+        self._claims = []
         if self.port is not None:
             self.port.close()
             self.port = None

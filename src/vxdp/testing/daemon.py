@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,16 @@ from typing import Any, Self
 
 from vxdp import rpc
 
-from .proc import HarnessError, OutputLog, close_pipes, poll, spawn, stop_process, wait_for_path
+from .proc import (
+    HarnessError,
+    HarnessTimeout,
+    OutputLog,
+    close_pipes,
+    poll,
+    spawn,
+    stop_process,
+    wait_for_path,
+)
 
 __all__ = ["Daemon", "DaemonError", "GuestDaemon", "HostDaemon"]
 
@@ -90,9 +100,26 @@ class Daemon:
             raise DaemonError(f"{self.what}: {e}; last output:\n{self.output(2000)}") from None
 
     def wait_control(self, timeout: float = START_S) -> None:
-        """Until the daemon is ready: it makes its control socket only once its kernels are compiled."""
-        self.wait_path(self.control, "control socket (made once the daemon's datapath kernels are compiled "
-                       "or loaded from the cache; `vxdp compile` builds the cache)", timeout)
+        """Until the daemon is ready: it listens on its control socket only once its kernels are compiled
+        and its other sockets are bound. Connecting is the test, not the path: a daemon killed earlier
+        may have left the path behind."""
+        what = ("its control socket (it listens once its datapath kernels are compiled or loaded from the "
+                "cache; `vxdp compile` builds the cache)")
+
+        def listening() -> bool:
+            self._check_alive()
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.control))
+                return True
+            except OSError:
+                return False
+            finally:
+                s.close()
+        try:
+            poll(listening, bool, timeout=timeout, what=f"{self.what} listening on {what}")
+        except HarnessTimeout as e:
+            raise DaemonError(f"{e}; last output:\n{self.output(2000)}") from None
 
     def cpu_seconds(self) -> tuple[float, float]:
         """(user, system) CPU seconds the daemon used so far, from /proc/PID/stat."""

@@ -11,10 +11,10 @@ connection error) are closed here.
 from __future__ import annotations
 
 import errno
-import os
 import socket
-import stat
 import time
+
+from vxdp.sockpath import SocketClaim
 
 from . import messages as m
 from .connection import CLOSED, NEED_DATA, Connection, close_fds
@@ -54,21 +54,16 @@ def send_message(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, .
         sock.sendall(data[sent:])
 
 
-def listen(path: str, backlog: int = 4) -> socket.socket:
-    """Server mode: remove a stale socket file at ``path``, bind and listen."""
+def listen(path: str | SocketClaim, backlog: int = 4) -> tuple[socket.socket, SocketClaim]:
+    """Server mode: claim ``path`` (`vxdp.sockpath`: refused if a live process serves it, a stale socket
+    replaced), bind and listen. The caller closes the socket, then releases the claim, which removes
+    the path only if it is still ours."""
+    claim = path if isinstance(path, SocketClaim) else SocketClaim.take(path)
     try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        s.bind(path)
-        s.listen(backlog)
-    except OSError:
-        s.close()
+        return claim.listen(backlog), claim
+    except BaseException:
+        claim.release()
         raise
-    return s
 
 
 def connect(path: str, retries: int = 0, interval: float = 0.1) -> socket.socket:
