@@ -89,6 +89,7 @@ class HostDaemon:
         self._next_connect = 0.0
         self._waiting_logged = False
         self.offload: DeviceOffload | None = None
+        self._acked_ever = 0  # every feature bit the current session acked at some point
         ctrl = ctrl or CtrlTable()
         self.control_path = Path(cfg.control_socket) if cfg.control_socket else rpc.host_socket(cfg.name)
         self._claims: list[SocketClaim] = []
@@ -191,6 +192,7 @@ class HostDaemon:
         self.session = BackendSession(self.device, features=self.device.offered, num_vrings=NUM_VRINGS,
                                       queue_num=QUEUE_PAIRS, name=self.cfg.name)
         self.connections += 1
+        self._acked_ever = 0
         self.loop.add_reader(sock.fileno(), self._on_frontend)
         log.info("%s: frontend connected (session %d)", self.cfg.name, self.connections)
 
@@ -206,6 +208,7 @@ class HostDaemon:
             self._detach(str(e))
             return
         out, close = self.session.process(self.conn)
+        self._acked_ever |= self.device.features
         try:
             for b in out:
                 transport.send_message(self.sock, b)
@@ -220,7 +223,9 @@ class HostDaemon:
             return
         log.info("%s: frontend session %d ended: %s; device reset", self.cfg.name, self.connections, why)
         self.loop.remove_reader(self.sock.fileno())
-        negotiated = self.offload is not None and self.offload.negotiated()
+        # what the session ever acked, not its last feature word: a guest that negotiated offload, made
+        # objects, then cleared the bit before leaving must not leave them to the next guest
+        negotiated = self.offload is not None and bool(self._acked_ever & FEATURE_BIT)
         try:
             self.session.disconnect()
             if self.offload is not None:

@@ -1,0 +1,64 @@
+"""Hostile guests against the real daemon's offload state (issue: "a hostile guest must not ...").
+
+The frontend is our guest driver's own classes, in this process, so a test can do what a stock
+driver never would (clear a feature bit it negotiated, then leave) while the BPF commands travel
+over a real ctrl virtqueue to a real ``vxdp host serve``. Each test ends with what a good guest
+must still get.
+"""
+
+from __future__ import annotations
+
+import pytest
+from host_helpers import Daemon, poll, quiet_lab
+
+from vxdp.bpf.mapspec import MapType
+from vxdp.testing.netns import NetLab
+from vxdp.guest.driver import GuestDriver
+from vxdp.vhost_user.frontend import run
+from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
+from vxdp.virtio.offload_client import OffloadClient, OffloadRefused, ctrl_transport
+from vxdp.virtio.offload_wire import Errno
+
+pytestmark = [pytest.mark.privileged, pytest.mark.slow]
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    with NetLab("vxh") as lab:
+        pair = quiet_lab(lab)
+        sock = str(tmp_path / "vh.sock")
+        with Daemon(tmp_path / "run", sock, "vxp", netns=pair.ns_a, name="hz") as d:
+            d.sock = sock
+            yield d
+
+
+def _guest(sock: str) -> tuple[GuestDriver, OffloadClient]:
+    drv = GuestDriver(sock, mem_mb=16, queue_size=256)
+    drv.connect(timeout=30)
+    return drv, OffloadClient(ctrl_transport(drv.ctrl))
+
+
+def test_clearing_the_offload_bit_before_leaving_still_frees_the_sessions_objects(daemon):
+    drv, client = _guest(daemon.sock)
+    try:
+        assert drv.features >> FEATURE_BPF_OFFLOAD & 1
+        handle = client.map_create(MapType.ARRAY, 4, 8, 4, name="secret")
+        client.map_update(handle, b"\0\0\0\0", (0x5EC2E7).to_bytes(8, "little"))
+        # the hostile part: stop every ring, then SET_FEATURES without bit 58, then go away
+        for i in range(3):
+            run(drv.session.stop_vring(i), drv.channel.exchange)
+        drv.session.want_features = drv.features & ~(1 << FEATURE_BPF_OFFLOAD)
+        run(drv.session.set_features(), drv.channel.exchange)
+    finally:
+        drv.close()
+    dev = poll(daemon.show, lambda d: not d["connected"], timeout=30, what="the session ended")
+    assert dev["offload"]["device"]["maps"] == [], "the first guest's map outlived its session"
+    nxt, client2 = _guest(daemon.sock)
+    try:
+        with pytest.raises(OffloadRefused) as e:
+            client2.map_lookup(handle, b"\0\0\0\0")
+        assert e.value.code == Errno.EBADF
+        h2 = client2.map_create(MapType.ARRAY, 4, 8, 4, name="mine")  # the next guest works as usual
+        assert client2.map_lookup(h2, b"\0\0\0\0") == bytes(8)
+    finally:
+        nxt.close()
