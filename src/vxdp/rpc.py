@@ -20,6 +20,7 @@ import errno as errno_mod
 import json
 import os
 import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,26 +82,49 @@ class _Conn:
         self.buf = bytearray()
 
 
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_allowed(pid: int, uid: int, gid: int, group: int | None) -> bool:
+    """Root, our own user, or (with ``group``) a process whose primary or supplementary groups hold it."""
+    if uid in (0, os.geteuid()):
+        return True
+    if group is None:
+        return False
+    if gid == group:
+        return True
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return str(group) in line.split()[1:]
+    except OSError:
+        pass
+    return False
+
+
 class Server:
     """A control socket served from an event loop (`attach`), or polled by hand (`filenos`, `process`)."""
 
     def __init__(self, path: str | os.PathLike | SocketClaim, handlers: dict[str, Handler], *,
-                 unknown: Callable[[str], RpcError] | None = None) -> None:
+                 unknown: Callable[[str], RpcError] | None = None, group: int | None = None) -> None:
         """Serve at ``path``, or at a `SocketClaim` taken earlier (`sockpath.PathBusy` if another daemon
-        serves the path; a stale socket there is replaced). The socket is 0600: the daemon's user only.
-        ``unknown(method)`` says why a method this daemon lacks is refused (default: unknown method)."""
+        serves the path; a stale socket there is replaced). ``unknown(method)`` says why a method this
+        daemon lacks is refused (default: unknown method).
+
+        Who may ask: the socket is 0600 (0660 and owned by ``group`` when given), and each connection's
+        peer is checked again with SO_PEERCRED (`peer_allowed`): root, the daemon's own user, or a member
+        of ``group``. The file mode alone is not enough: a path can be chmod'ed, or opened before."""
         self.claim = path if isinstance(path, SocketClaim) else SocketClaim.take(path)
         self.path = self.claim.path
         self.handlers = handlers
         self.unknown = unknown or (lambda method: RpcError("EOPNOTSUPP", f"unknown method {method!r}"))
-        old = os.umask(0o177)
+        self.group = group
         try:
-            self.sock = self.claim.listen(16)
+            self.sock = self.claim.listen(16, group=group)
         except BaseException:
             self.claim.release()
             raise
-        finally:
-            os.umask(old)
         self.sock.setblocking(False)
         self.conns: dict[int, _Conn] = {}
         self._loop: Any = None
@@ -121,6 +145,16 @@ class Server:
             try:
                 sock, _ = self.sock.accept()
             except BlockingIOError:
+                return
+            refused = self._refusal(sock)
+            if refused is not None:
+                sock.setblocking(True)
+                sock.settimeout(1.0)
+                try:
+                    sock.sendall(json.dumps({"error": refused.to_json()}).encode() + b"\n")
+                except OSError:
+                    pass
+                sock.close()
                 return
             fd = sock.fileno()
             self.conns[fd] = _Conn(sock)
@@ -148,6 +182,13 @@ class Server:
             if not self._reply(conn, self.dispatch(line)):
                 self._drop(fd)
                 return
+
+    def _refusal(self, sock: socket.socket) -> RpcError | None:
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        if peer_allowed(pid, uid, gid, self.group):
+            return None
+        return RpcError("EACCES", f"uid {uid} (pid {pid}) may not use this daemon: root, uid {os.geteuid()}"
+                                  + (f" or group {self.group}" if self.group is not None else "") + " only")
 
     def dispatch(self, line: bytes) -> dict[str, Any]:
         """One request line to one reply object; never raises."""

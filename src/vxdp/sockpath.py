@@ -120,17 +120,33 @@ class SocketClaim:
             raise PathBusy(self.path, pid, " (a program that holds no vxdp claim on it: left as it is)")
         os.unlink(self.path)
 
-    def listen(self, backlog: int) -> socket.socket:
-        """Bind and listen at the path (non-blocking is the caller's choice); remember what we bound."""
+    def listen(self, backlog: int, *, group: int | None = None) -> socket.socket:
+        """Bind and listen at the path (non-blocking is the caller's choice); remember what we bound.
+
+        The socket is created 0600 whatever the process's umask (the umask is what bind(2) applies,
+        so it is set around the call: no moment exists where the path is more open); with ``group``
+        (a gid) it is then given to that group and opened to it, 0660.
+        """
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
         try:
             s.bind(str(self.path))
-            s.listen(backlog)
-            st = os.lstat(self.path)
         except OSError:
             s.close()
             raise
-        self._bound = (st.st_dev, st.st_ino)
+        finally:
+            os.umask(old)
+        try:
+            st = os.lstat(self.path)
+            self._bound = (st.st_dev, st.st_ino)
+            if group is not None:
+                os.chown(self.path, -1, group)
+                os.chmod(self.path, 0o660)
+            s.listen(backlog)
+        except OSError:
+            s.close()
+            self.release()
+            raise
         return s
 
     def release(self) -> None:

@@ -29,6 +29,9 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     serve.add_argument("--policy", metavar="FILE", help="offload policy (TOML; default: the safe built-in one)")
     serve.add_argument("--no-offload", dest="offload", action="store_false",
                        help="plain virtio-net: do not offer XDP offload (feature bit 58)")
+    serve.add_argument("--group", metavar="GROUP",
+                       help="operator group: both sockets 0660 and owned by GROUP, whose members may use the "
+                            "control socket (default: both 0600, root and this daemon's user only)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
 
@@ -56,7 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..host.server import HostDaemon, ServeConfig, ServeError
 
     cfg = ServeConfig(socket_path=args.socket, port=args.port, name=args.name, netns=args.netns,
-                      client=args.client, mac=mac, mtu=args.mtu, offload=args.offload, policy=args.policy)
+                      client=args.client, mac=mac, mtu=args.mtu, offload=args.offload, policy=args.policy,
+                      group=args.group)
     try:
         daemon = HostDaemon(cfg)
     except (NetdevError, PolicyError, ServeError) as e:

@@ -64,10 +64,22 @@ class ServeConfig:
     extra_features: int = 0  # offered on top of NetDevice's
     offload: bool = True  # offer XDP offload (feature bit 58, the BPF ctrl class, the operator path)
     policy: str | None = None  # offload policy file (TOML); None: the safe defaults
+    group: str | None = None  # operator group: both sockets 0660 and its members may use the control socket
 
 
 class ServeError(Exception):
     """The daemon cannot start as asked (its device or socket is served already, a missing netns)."""
+
+
+def _group_id(name: str | None) -> int | None:
+    if name is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ServeError(f"--group {name}: no such group") from None
 
 
 class HostDaemon:
@@ -95,6 +107,7 @@ class HostDaemon:
         self._claims: list[SocketClaim] = []
         try:
             # claimed first (a second daemon for this device or socket is refused at once), bound last
+            gid = _group_id(cfg.group)
             control = self._claim(self.control_path, cfg.name)
             vhost = None if cfg.client else self._claim(Path(cfg.socket_path), None)
             if cfg.netns is not None and not Path("/run/netns", cfg.netns).exists():
@@ -109,11 +122,11 @@ class HostDaemon:
                                              lambda: self.device.features, ctrl)
             self.datapath = Datapath(self.device, self.port, self.loop, ctrl)
             if vhost is not None:
-                self.listen_sock, _ = transport.listen(vhost)
+                self.listen_sock, _ = transport.listen(vhost, group=gid)
                 self.listen_sock.setblocking(False)
                 self.loop.add_reader(self.listen_sock.fileno(), self._on_accept)
             handlers = {"device.show": self.show, **(self.offload.handlers() if self.offload else {})}
-            self.rpc = rpc.Server(control, handlers, unknown=self._unknown_method)
+            self.rpc = rpc.Server(control, handlers, unknown=self._unknown_method, group=gid)
             self.rpc.attach(self.loop)
         except BaseException:
             self.close()

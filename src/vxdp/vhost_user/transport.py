@@ -54,13 +54,14 @@ def send_message(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, .
         sock.sendall(data[sent:])
 
 
-def listen(path: str | SocketClaim, backlog: int = 4) -> tuple[socket.socket, SocketClaim]:
+def listen(path: str | SocketClaim, backlog: int = 4, *, group: int | None = None) -> tuple[socket.socket,
+                                                                                            SocketClaim]:
     """Server mode: claim ``path`` (`vxdp.sockpath`: refused if a live process serves it, a stale socket
-    replaced), bind and listen. The caller closes the socket, then releases the claim, which removes
-    the path only if it is still ours."""
+    replaced), bind (0600, or 0660 for ``group``) and listen. The caller closes the socket, then
+    releases the claim, which removes the path only if it is still ours."""
     claim = path if isinstance(path, SocketClaim) else SocketClaim.take(path)
     try:
-        return claim.listen(backlog), claim
+        return claim.listen(backlog, group=group), claim
     except BaseException:
         claim.release()
         raise
