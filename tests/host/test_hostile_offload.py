@@ -12,8 +12,8 @@ import pytest
 from host_helpers import Daemon, poll, quiet_lab
 
 from vxdp.bpf.mapspec import MapType
-from vxdp.testing.netns import NetLab
 from vxdp.guest.driver import GuestDriver
+from vxdp.testing.netns import NetLab
 from vxdp.vhost_user.frontend import run
 from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
 from vxdp.virtio.offload_client import OffloadClient, OffloadRefused, ctrl_transport
