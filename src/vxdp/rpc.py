@@ -247,6 +247,9 @@ def call(path: str | os.PathLike, method: str, /, *, timeout: float = 30.0, **pa
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise RpcError("ENOENT", f"no daemon listening on {path}") from None
+        except PermissionError:
+            raise RpcError("EACCES", f"{path}: permission denied (the daemon's sockets are 0600, or 0660 for "
+                                     f"its --group)") from None
         sock.sendall(json.dumps({"method": method, "params": params}).encode() + b"\n")
         buf = bytearray()
         while b"\n" not in buf:
@@ -257,7 +260,9 @@ def call(path: str | os.PathLike, method: str, /, *, timeout: float = 30.0, **pa
             if len(buf) > MAX_LINE:
                 raise RpcError("E2BIG", f"{path}: reply too long")
     except TimeoutError:
-        raise RpcError("ETIMEDOUT", f"{path}: no reply within {timeout:g} s") from None
+        raise RpcError("ETIMEDOUT", f"{path}: no reply to {method} within {timeout:g} s: the daemon is busy or "
+                                    f"stuck (its log says which; `vxdp host show` / `vxdp guest show` answer "
+                                    f"while it serves)") from None
     finally:
         sock.close()
     doc = json.loads(bytes(buf).partition(b"\n")[0])
