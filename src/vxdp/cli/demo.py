@@ -69,6 +69,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  traffic netns {traffic} ({TRAFFIC_IP}) --veth-- port vxdp0 in {hostns}")
             print(f"  host:  vxdp host serve --socket {sock} --port vxdp0 --name demo0")
             print(f"  guest: vxdp guest run --netns {guestns} --tap vxdg0 --addr {GUEST_IP}/24 --name demo")
+            print("  waiting for both daemons: each loads its compiled datapath kernels (or compiles them, "
+                  "on a first run) before it serves", flush=True)
             host = HostDaemon(sock, "vxdp0", hostns, run_dir, name="demo0", log_file=run_dir / "host.log")
             daemons.append(host)
             guest = GuestDaemon(sock, guestns, "vxdg0", run_dir, name="demo", addr=f"{GUEST_IP}/24",
