@@ -26,6 +26,7 @@ from typing import Any
 from .. import packets, rpc
 from ..testing.daemon import GuestDaemon, HostDaemon
 from ..testing.proc import HarnessError, HarnessTimeout, poll
+from .objects import SAMPLES_DIR, read_object, sample
 from .output import CliError
 
 TRAFFIC_IP, GUEST_IP = "198.18.30.1", "198.18.30.2"
@@ -34,7 +35,7 @@ PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
     demo = objects.add_parser("demo", help="offload xdp1 from a guest and show it work (builds its own topology)")
-    demo.add_argument("--object", default=None, metavar="FILE.o", help="default: samples/build/xdp1.o")
+    demo.add_argument("--object", default=None, metavar="FILE.o", help=f"default: {SAMPLES_DIR}/xdp1.o")
     demo.add_argument("--frames", type=int, default=256, metavar="N", help="frames of the traffic mix (256)")
     demo.set_defaults(func=cmd_demo)
 
@@ -54,9 +55,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..netdev.port import Port
     from ..testing.netns import NetLab
 
-    obj = Path(args.object or Path(__file__).resolve().parents[3] / "samples/build/xdp1.o")
-    if not obj.exists():
-        raise CliError(f"{obj}: no such file (run `make samples`)")
+    obj = Path(args.object).resolve() if args.object else sample("xdp1.o")
+    read_object(obj)  # a bad object is refused before any namespace or daemon is made
     run_dir = Path(tempfile.mkdtemp(prefix="vxdp-demo-"))
     daemons: list[HostDaemon | GuestDaemon] = []
     ok = False

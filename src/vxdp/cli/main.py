@@ -2,7 +2,10 @@
 
 Conventions follow bpftool and iproute2: ``vxdp OBJECT COMMAND``, ``-j`` for
 JSON on stdout, human text otherwise, exit status 0 on success, 1 on an error
-the user can act on (the message says what and where), 2 on bad usage.
+the user can act on (the message says what and where), 2 on bad usage. With
+``-j`` an error is a JSON object ``{"error": ...}`` on stdout (bpftool's form),
+with its detail (a verifier log, a policy rule) as more fields; the exit status
+is the same.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ import argparse
 import sys
 
 from . import bench, demo, guest, host, map, offload, prog
-from .output import CliError
+from .output import CliError, print_error
+
+EPILOG = """exit status: 0 success; 1 an error, one line on stderr saying what and where (with -j: a JSON
+object {"error": MESSAGE, ...} on stdout); 2 bad usage; 130 interrupted."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vxdp",
         description="XDP offload for virtio-net: run a guest's XDP program on the host.",
+        epilog=EPILOG,
     )
     objects = parser.add_subparsers(dest="object", metavar="OBJECT", required=True)
     prog.add_parser(objects)
@@ -36,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except CliError as e:
-        print(f"vxdp: {e}", file=sys.stderr)
-        if e.detail:
-            print(e.detail.rstrip(), file=sys.stderr)
+        print_error(e, as_json=bool(getattr(args, "json", False)))
         return 1
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        # a file or socket error no command turned into a message: still one line, never a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print_error(CliError(f"{where}{e.strerror or e}"), as_json=bool(getattr(args, "json", False)))
+        return 1
     except KeyboardInterrupt:
         return 130
 

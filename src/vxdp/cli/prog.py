@@ -9,7 +9,8 @@ from typing import Any
 
 from ..bpf.isa import XdpAction
 from .daemons import add_target, call
-from .output import CliError, emit_json, print_map
+from .objects import pick_program, read_object
+from .output import CliError, emit_json, print_map, show_tag
 
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
@@ -70,17 +71,6 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     detach.set_defaults(func=cmd_detach)
 
 
-def _load_object(path: str):
-    from ..bpf.elf import ObjectError, load_object
-
-    if not os.path.exists(path):
-        raise CliError(f"{path}: no such file")
-    try:
-        return load_object(path)
-    except ObjectError as e:
-        raise CliError(str(e)) from None
-
-
 def _packets(args: argparse.Namespace) -> list[bytes]:
     from .. import packets
 
@@ -116,12 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise CliError("--repeat must be at least 1")
-    obj = _load_object(args.file)
+    obj = read_object(args.file)
     frames = _packets(args)
-    try:
-        prog_name = obj.program(args.prog).name
-    except KeyError as e:
-        raise CliError(e.args[0]) from None
+    prog_name = pick_program(obj, args.prog)
     engine = make_engine(args.engine)
     try:
         with load_object(engine, obj) as loaded:
@@ -142,7 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     except OSError as e:
         # the kernel engine's refusals carry the verifier log
-        raise CliError(f"{args.file}: {e}", getattr(e, "log", "")) from None
+        log = getattr(e, "log", "") or ""
+        raise CliError(f"{args.file}: {e}", log, **({"log": log} if log else {})) from None
     doc = {
         "object": os.path.basename(args.file),
         "program": prog_name,
@@ -181,11 +169,8 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     from ..bpf.disasm import format_insn, insn_width
     from ..bpf.link import link
 
-    obj = _load_object(args.file)
-    try:
-        names = [obj.program(args.prog).name] if args.prog else list(obj.programs)
-    except KeyError as e:
-        raise CliError(e.args[0]) from None
+    obj = read_object(args.file)
+    names = [pick_program(obj, args.prog)] if args.prog else list(obj.programs)
     docs = []
     for name in names:
         linked = link(obj, name)
@@ -221,7 +206,7 @@ def cmd_disasm(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.file)
-    _load_object(path)  # a bad object is refused here, before any daemon sees it
+    pick_program(read_object(args.file), args.prog)  # a bad object is refused here, before any daemon sees it
     mode = args.mode or ("offload" if args.device else None)
     if mode is None:
         raise CliError("say where the program runs: --offload (on the host) or --native (in the guest)")
@@ -233,7 +218,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         return 0
     for p in result["programs"]:
         attached = "  attached" if p.get("attached") else ""
-        print(f"{p['handle']}: {p['name']}  {mode}  tag {p.get('tag', '-')}  {p.get('insns', '?')} insns{attached}")
+        insns = f"  {p['insns']} insns" if p.get("insns") is not None else ""
+        print(f"{p['handle']}: {p['name']}  {mode}  {show_tag(p.get('tag'))}{insns}{attached}")
     for m in result["maps"]:
         print(f"   map {m['handle']}: {m['name']}  {m['type']}  max_entries {m['max_entries']}")
     return 0
@@ -248,7 +234,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("no programs loaded")
     for p in result["programs"]:
         where = p.get("attach") or ("attached" if p.get("attached") else "loaded")
-        print(f"{p['handle']}: {p['name']}  {p['mode']}  tag {p.get('tag', '-')}  {where}")
+        print(f"{p['handle']}: {p['name']}  {p['mode']}  {show_tag(p.get('tag'))}  {where}")
         counters = p.get("counters") or {}
         if counters:
             print("    " + "  ".join(f"{k} {v}" for k, v in counters.items()))
@@ -256,9 +242,33 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
+    before = call(args, "prog.show")  # what is there, to say what was detached and freed
     result = call(args, "prog.detach", mode=args.mode)
+    slots = [args.mode] if args.mode else ["offload", "native"]
+    freed = {
+        mode: ([p for p in before.get("programs", []) if p.get("mode") == mode],
+               [m for m in before.get("maps", []) if m.get("mode") == mode])
+        for mode in slots
+    }
+    freed = {mode: pm for mode, pm in freed.items() if pm[0] or pm[1]}
+    doc = {
+        "detached": result.get("detached", 0),
+        "programs": sum(len(p) for p, _ in freed.values()),
+        "maps": sum(len(m) for _, m in freed.values()),
+    }
     if args.json:
-        emit_json(result)
-    else:
-        print(f"detached {result.get('detached', 0)} program(s)")
+        emit_json(doc)
+        return 0
+    if not doc["detached"]:
+        print("nothing to detach: no programs loaded" + (f" in the {args.mode} slot" if args.mode else ""))
+        return 0
+    for mode, (progs, maps) in freed.items():
+        attached = [p["name"] for p in progs if p.get("attached")]
+        what = f"detached {', '.join(attached)}; " if attached else ""
+        map_names = f" ({', '.join(m['name'] for m in maps)})" if maps else ""
+        print(f"{mode}: {what}freed {_count(len(progs), 'program')} and {_count(len(maps), 'map')}{map_names}")
     return 0
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
