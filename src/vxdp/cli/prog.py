@@ -64,7 +64,15 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     show.add_argument("-j", "--json", action="store_true", help="JSON output")
     show.set_defaults(func=cmd_show)
 
-    detach = cmds.add_parser("detach", help="detach and free programs (and their maps)")
+    detach = cmds.add_parser(
+        "detach",
+        help="detach and free programs (and their maps)",
+        description="Detach the program attached from each slot (offload, native) and free the object "
+        "it came from: all its programs and maps. Prints what it detached and freed; -j gives the counts "
+        '{"detached": OBJECTS, "programs": N, "maps": N}. When nothing is loaded it says so and exits '
+        "with exit status 0, as `ip link set dev DEV xdp off` does with nothing attached; exit status 1 "
+        "only when something loaded could not be detached or freed.",
+    )
     detach.add_argument("--mode", choices=("offload", "native"), help="only this one (default: both)")
     add_target(detach)
     detach.add_argument("-j", "--json", action="store_true", help="JSON output")
@@ -130,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as e:
         # the kernel engine's refusals carry the verifier log
         log = getattr(e, "log", "") or ""
-        raise CliError(f"{args.file}: {e}", log, **({"log": log} if log else {})) from None
+        first = str(e).partition("\n")[0] if log else str(e)  # the log is the detail, printed once
+        raise CliError(f"{args.file}: {first}", log, **({"log": log} if log else {})) from None
     doc = {
         "object": os.path.basename(args.file),
         "program": prog_name,
