@@ -135,3 +135,16 @@ def test_help_says_the_defaults_and_the_exit_status():
     assert f"default: {SAMPLES_BUILD}/xdp1.o" in demo
     detach = " ".join(vxdp("prog", "detach", "--help").stdout.split())
     assert "nothing is loaded" in detach and "exit status 0" in detach
+
+
+def test_other_files_and_numbers_are_one_line(tmp_path: Path, samples_built):
+    missing = tmp_path / "missing"
+    assert one_line_error(vxdp("prog", "run", XDP1, "--pcap", str(tmp_path))) == f"{tmp_path}: is a directory"
+    assert one_line_error(vxdp("prog", "run", XDP1, "--pcap", str(missing))) == f"{missing}: no such file"
+    for n in ("0", "-3"):
+        assert one_line_error(vxdp("prog", "run", XDP1, "--mix", n)) == "--mix must be at least 1"
+    # offload import reads its file before it asks the device
+    assert one_line_error(vxdp("offload", "import", str(tmp_path), "--device", "nodev0")) == \
+        f"{tmp_path}: is a directory"
+    assert one_line_error(vxdp("offload", "import", str(missing), "--device", "nodev0")) == \
+        f"{missing}: no such file"

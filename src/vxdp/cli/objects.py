@@ -24,7 +24,8 @@ SOURCE_ROOT = Path(__file__).resolve().parents[3]
 SAMPLES_DIR = SOURCE_ROOT / "samples" / "build"
 
 
-def _file_error(path: str | os.PathLike, e: OSError) -> CliError:
+def file_error(path: str | os.PathLike, e: OSError) -> CliError:
+    """An OSError on a file the user named, as one line in the words of the rest of the CLI."""
     if e.errno == errno.ENOENT:
         return CliError(f"{path}: no such file")
     if e.errno == errno.EISDIR:
@@ -32,17 +33,35 @@ def _file_error(path: str | os.PathLike, e: OSError) -> CliError:
     return CliError(f"{path}: {e.strerror or e}")
 
 
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a file the user named (``offload import FILE``); any failure is one `CliError` line."""
+    if os.path.isdir(path):
+        raise CliError(f"{path}: is a directory")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise file_error(path, e) from None
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Refuse a directory or a missing file by name before a reader that words it worse sees it."""
+    if os.path.isdir(path):
+        raise CliError(f"{path}: is a directory")
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file")
+
+
 def read_object(path: str | os.PathLike, *, programs: bool = True) -> BpfObject:
     """Parse the object at ``path``; ``programs``: it must have at least one (every command runs or
     shows one). Any failure is a `CliError` naming ``path``."""
     from ..bpf.elf import ObjectError, load_object
 
-    if os.path.isdir(path):
-        raise CliError(f"{path}: is a directory")
+    check_readable(path)
     try:
         obj = load_object(path)
     except OSError as e:
-        raise _file_error(path, e) from None
+        raise file_error(path, e) from None
     except ObjectError as e:
         # the parser names the file by its base name; the user named it by path
         msg, base = str(e), os.path.basename(path)

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..bpf.isa import XdpAction
 from .daemons import add_target, call
-from .objects import pick_program, read_object
+from .objects import check_readable, pick_program, read_object
 from .output import CliError, emit_json, print_map, show_tag
 
 
@@ -89,11 +89,14 @@ def _packets(args: argparse.Namespace) -> list[bytes]:
         except ValueError:
             raise CliError(f"--packet {text[:40]!r}: not hex") from None
     if args.pcap:
+        check_readable(args.pcap)
         try:
             frames.extend(packets.read_pcap(args.pcap))
         except ValueError as e:
             raise CliError(str(e)) from None
-    if args.mix:
+    if args.mix is not None:
+        if args.mix < 1:
+            raise CliError("--mix must be at least 1")
         frames.extend(packets.mix(args.mix))
     if not frames:
         raise CliError("no packets: give --packet HEX, --pcap FILE or --mix N")
