@@ -81,6 +81,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(maps)
         return 0
+    if not maps:
+        print("no maps loaded")
     for m in maps:
         print(
             f"{m['handle']}: {m['name']}  {m['type']}  key {m['key_size']}B  value {m['value_size']}B"
