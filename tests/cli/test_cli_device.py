@@ -80,6 +80,10 @@ def test_map_commands_refuse_bad_keys_values_and_names(topo):
         (rxcnt,) = topo.ok("map", "show", *target)
         err = failed(topo.vxdp("map", "update", "rxcnt", "6", "hex:01", *target))
         assert err == f"value of 1 bytes; this map takes {rxcnt['value_bytes']}"
+        # and good ones do what they say
+        r = topo.vxdp("map", "update", "rxcnt", "6", "41", *target)
+        assert (r.code, r.out, r.err) == (0, "", "")
+        assert topo.vxdp("map", "lookup", "rxcnt", "hex:06000000", *target).out == "[6] = 41\n"
         for cmd in (("dump",), ("lookup", "1"), ("update", "1", "1"), ("delete", "1"), ("freeze",)):
             err = failed(topo.vxdp("map", cmd[0], "nomap", *cmd[1:], *target))
             assert "no map named 'nomap'" in err, (cmd, err)
@@ -103,8 +107,20 @@ def test_json_refusal_names_the_policy_rule(topo, tmp_path):
         assert doc["error"] == text and doc["rule"] == "helpers.never" and doc["errno"] in ("EPERM", "EACCES")
 
 
-def test_native_program_text_never_says_none(topo):
+PERCPU = """
+struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __type(key, __u32); __type(value, __u32); __uint(max_entries, 4); }
+hits SEC(".maps");
+SEC("xdp") int p(struct xdp_md *ctx) { __u32 k = 0; __u32 *v = bpf_map_lookup_elem(&hits, &k); if (v) *v += 1;
+  return XDP_PASS; }
+char _l[] SEC("license") = "GPL";
+"""
+
+
+def test_native_program_text_never_says_none(topo, tmp_path):
     """The interpreter computes no tag: text says `tag unknown`, never Python's None."""
+    from bpf.bpf_cc import compile_bpf
+
+    percpu = str(compile_bpf(tmp_path, PERCPU, "percpu"))
     host, g = started(topo)
     with host, g:
         g.wait_connected()
@@ -120,3 +136,14 @@ def test_native_program_text_never_says_none(topo):
         assert (r.code, r.out) == (0, "native: detached xdp_prog1; freed 1 program and 1 map (rxcnt)\n"), r
         r = topo.vxdp("prog", "detach", "--mode", "native", *target)
         assert (r.code, r.out) == (0, "nothing to detach: no programs loaded in the native slot\n"), r
+        # a per-CPU value reads one field per CPU, as map dump and bpftool show it
+        assert topo.vxdp("prog", "load", percpu, "--native", *target).code == 0
+        (hits,) = topo.ok("map", "show", *target)
+        ncpus = hits["value_bytes"] // 8
+        value = b"".join(int.to_bytes(cpu + 1, 8, "little") for cpu in range(ncpus))
+        assert topo.vxdp("map", "update", "hits", "0", f"hex:{value.hex()}", *target).code == 0
+        r = topo.vxdp("map", "lookup", "hits", "0", *target)
+        assert r.out == "[0] = " + " ".join(f"cpu{cpu}:{cpu + 1}" for cpu in range(ncpus)) + "\n", r
+        # a device has no native slot
+        r = topo.vxdp("prog", "detach", "--mode", "native", "--device", DEVICE)
+        assert failed(r) == "--device runs programs offloaded: --mode native needs --guest"

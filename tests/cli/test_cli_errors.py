@@ -135,6 +135,14 @@ def test_help_says_the_defaults_and_the_exit_status():
     assert f"default: {SAMPLES_BUILD}/xdp1.o" in demo
     detach = " ".join(vxdp("prog", "detach", "--help").stdout.split())
     assert "nothing is loaded" in detach and "exit status 0" in detach
+    update = " ".join(vxdp("map", "update", "--help").stdout.split())
+    assert "(default: any)" in update
+    load = " ".join(vxdp("prog", "load", "--help").stdout.split())
+    assert "the default, and the only mode, with --device" in load
+    for command in (("prog", "run"), ("prog", "load"), ("map", "lookup"), ("offload", "import"), ("demo",),
+                    ("bench", "engines"), ("host", "show")):
+        r = vxdp(*command, "--help")
+        assert r.returncode == 0 and "exit status: 0 success; 1 an error" in " ".join(r.stdout.split()), command
 
 
 def test_other_files_and_numbers_are_one_line(tmp_path: Path, samples_built):
@@ -143,6 +151,8 @@ def test_other_files_and_numbers_are_one_line(tmp_path: Path, samples_built):
     assert one_line_error(vxdp("prog", "run", XDP1, "--pcap", str(missing))) == f"{missing}: no such file"
     for n in ("0", "-3"):
         assert one_line_error(vxdp("prog", "run", XDP1, "--mix", n)) == "--mix must be at least 1"
+        # no frames would "pass" the demo without showing anything
+        assert one_line_error(vxdp("demo", "--frames", n)) == "--frames must be at least 1"
     # offload import reads its file before it asks the device
     assert one_line_error(vxdp("offload", "import", str(tmp_path), "--device", "nodev0")) == \
         f"{tmp_path}: is a directory"

@@ -55,6 +55,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..netdev.port import Port
     from ..testing.netns import NetLab
 
+    if args.frames < 1:
+        raise CliError("--frames must be at least 1")  # no frames would pass the demo on nothing
     obj = Path(args.object).resolve() if args.object else sample("xdp1.o")
     read_object(obj)  # a bad object is refused before any namespace or daemon is made
     run_dir = Path(tempfile.mkdtemp(prefix="vxdp-demo-"))

@@ -34,7 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_parser(objects)
     guest.add_parser(objects)
     offload.add_parser(objects)
+    _exit_status_in_every_help(parser)
     return parser
+
+
+def _exit_status_in_every_help(parser: argparse.ArgumentParser) -> None:
+    """Every ``--help`` ends with the exit status, the same for every command (one place says it)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.epilog = f"{sub.epilog} {EPILOG}" if sub.epilog else EPILOG
+                _exit_status_in_every_help(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,8 +52,10 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     )
     load.add_argument("file", metavar="FILE.o")
     mode = load.add_mutually_exclusive_group()
-    mode.add_argument("--offload", dest="mode", action="store_const", const="offload", help="run on the host")
-    mode.add_argument("--native", dest="mode", action="store_const", const="native", help="run in the guest")
+    mode.add_argument("--offload", dest="mode", action="store_const", const="offload",
+                      help="run on the host (the default, and the only mode, with --device)")
+    mode.add_argument("--native", dest="mode", action="store_const", const="native",
+                      help="run in the guest (with --guest, give --offload or --native)")
     load.add_argument("--prog", metavar="NAME", help="the program to attach (default: the first)")
     add_target(load)
     load.add_argument("-j", "--json", action="store_true", help="JSON output")
@@ -254,6 +256,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
+    if args.device and args.mode == "native":
+        raise CliError("--device runs programs offloaded: --mode native needs --guest")
     before = call(args, "prog.show")  # what is there, to say what was detached and freed
     result = call(args, "prog.detach", mode=args.mode)
     slots = [args.mode] if args.mode else ["offload", "native"]
