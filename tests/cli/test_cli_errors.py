@@ -153,6 +153,17 @@ def test_other_files_and_numbers_are_one_line(tmp_path: Path, samples_built):
         assert one_line_error(vxdp("prog", "run", XDP1, "--mix", n)) == "--mix must be at least 1"
         # no frames would "pass" the demo without showing anything
         assert one_line_error(vxdp("demo", "--frames", n)) == "--frames must be at least 1"
+    # frames both engines' test runs would refuse
+    for frame in ("", "00" * 13):
+        for engine in ("interp", "kernel"):
+            err = one_line_error(vxdp("prog", "run", XDP1, "--engine", engine, "--packet", frame))
+            assert err.startswith(f"packet 0: {len(frame) // 2} bytes; a frame is 14 to "), err
+    # bench refuses an --out that cannot be a directory before it runs, not after
+    not_dir = tmp_path / "file"
+    not_dir.write_text("")
+    for bench in ("engines", "datapath"):
+        assert one_line_error(vxdp("bench", bench, "--quick", "--out", str(not_dir))) == \
+            f"--out {not_dir}: not a directory"
     # offload import reads its file before it asks the device
     assert one_line_error(vxdp("offload", "import", str(tmp_path), "--device", "nodev0")) == \
         f"{tmp_path}: is a directory"

@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from .objects import SAMPLES_DIR, read_object, sample
-from .output import emit_json
+from .output import CliError, emit_json
 
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
@@ -43,9 +43,16 @@ def _write(args: argparse.Namespace, name: str, doc: dict, md: str) -> int:
     return 0
 
 
+def _check_out(out: str) -> None:
+    """Refuse an ``--out`` that cannot be a directory before the benchmark runs, not after."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CliError(f"--out {out}: not a directory")
+
+
 def cmd_engines(args: argparse.Namespace) -> int:
     from ..bench import engines
 
+    _check_out(args.out)
     plan = engines.plan(str(args.samples or SAMPLES_DIR), quick=args.quick)
     for path in plan.objects:  # each one there and an object, or one clear line before any run
         read_object(sample(os.path.basename(path), args.samples))
@@ -56,6 +63,8 @@ def cmd_engines(args: argparse.Namespace) -> int:
 
 def cmd_datapath(args: argparse.Namespace) -> int:
     from ..bench import datapath
+
+    _check_out(args.out)
 
     doc = datapath.run(datapath.plan(quick=args.quick, profile_dir=args.profile))
     command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])

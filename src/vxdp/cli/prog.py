@@ -102,6 +102,11 @@ def _packets(args: argparse.Namespace) -> list[bytes]:
         frames.extend(packets.mix(args.mix))
     if not frames:
         raise CliError("no packets: give --packet HEX, --pcap FILE or --mix N")
+    from ..engine.interp.xdp import ETH_HLEN, MAX_LINEAR
+
+    for i, frame in enumerate(frames):  # what both engines' test runs refuse, said before either runs
+        if not ETH_HLEN <= len(frame) <= MAX_LINEAR:
+            raise CliError(f"packet {i}: {len(frame)} bytes; a frame is {ETH_HLEN} to {MAX_LINEAR} bytes")
     return frames
 
 
