@@ -35,8 +35,6 @@ def file_error(path: str | os.PathLike, e: OSError) -> CliError:
 
 def read_file(path: str | os.PathLike) -> bytes:
     """The bytes of a file the user named (``offload import FILE``); any failure is one `CliError` line."""
-    if os.path.isdir(path):
-        raise CliError(f"{path}: is a directory")
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -52,9 +50,9 @@ def check_readable(path: str | os.PathLike) -> None:
         raise CliError(f"{path}: no such file")
 
 
-def read_object(path: str | os.PathLike, *, programs: bool = True) -> BpfObject:
-    """Parse the object at ``path``; ``programs``: it must have at least one (every command runs or
-    shows one). Any failure is a `CliError` naming ``path``."""
+def read_object(path: str | os.PathLike) -> BpfObject:
+    """Parse the object at ``path``, which must have a program (every command runs, loads or shows
+    one). Any failure is a `CliError` naming ``path``."""
     from ..bpf.elf import ObjectError, load_object
 
     check_readable(path)
@@ -66,7 +64,7 @@ def read_object(path: str | os.PathLike, *, programs: bool = True) -> BpfObject:
         # the parser names the file by its base name; the user named it by path
         msg, base = str(e), os.path.basename(path)
         raise CliError(f"{path}{msg[len(base):]}" if msg.startswith(f"{base}:") else f"{path}: {msg}") from None
-    if programs and not obj.programs:
+    if not obj.programs:
         raise CliError(f"{path}: no programs (no function in a SEC(\"xdp\") or other program section)")
     return obj
 

@@ -34,7 +34,8 @@ def print_error(e: CliError, *, as_json: bool) -> None:
 
 
 def show_tag(tag: str | None) -> str:
-    """A program's tag for humans; the interpreter computes none (bpftool prints no tag then)."""
+    """A program's tag for humans: the interpreter (a native program) computes none, and the text says
+    so rather than print Python's None."""
     return f"tag {tag}" if tag else "tag unknown"
 
 

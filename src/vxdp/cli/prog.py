@@ -271,7 +271,8 @@ def cmd_detach(args: argparse.Namespace) -> int:
                [m for m in before.get("maps", []) if m.get("mode") == mode])
         for mode in slots
     }
-    freed = {mode: pm for mode, pm in freed.items() if pm[0] or pm[1]}
+    # what the daemon said it unloaded is the truth; the listing before only names it
+    freed = {mode: pm for mode, pm in freed.items() if pm[0] or pm[1]} if result.get("detached") else {}
     doc = {
         "detached": result.get("detached", 0),
         "programs": sum(len(p) for p, _ in freed.values()),
