@@ -93,6 +93,13 @@ def test_json_errors_are_an_object_on_stdout(tmp_path: Path, samples_built):
     assert json.loads(r.stdout)["error"].startswith("device nodev0: not running")
     r = vxdp("map", "dump", "rxcnt", "--guest", "noguest0", "-j")
     assert r.returncode == 1 and json.loads(r.stdout)["error"].startswith("guest noguest0: not running")
+    # bad usage: exit 2, argparse's usage on stderr; with -j an error object on stdout
+    r = vxdp("map", "lookup", "rxcnt", "--device", "nodev0")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("usage: vxdp map lookup")
+    assert "vxdp map lookup: error: the following arguments are required: KEY" in r.stderr
+    r = vxdp("map", "lookup", "rxcnt", "--device", "nodev0", "-j")
+    assert (r.returncode, r.stderr) == (2, "")
+    assert json.loads(r.stdout) == {"error": "vxdp map lookup: the following arguments are required: KEY"}
 
 
 @pytest.mark.privileged
