@@ -77,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 log_file=run_dir / "guest.log")
             daemons.append(guest)
             g = guest.wait_connected()
-            print(f"  negotiated: offload {'yes' if g.get('offload') else 'NO'}, ctrl vq {g['ctrl_vq']}, "
+            print(f"  negotiated: offload {'yes' if g.get('offload') else 'NO'}, ctrl vq {'yes' if g['ctrl_vq'] else 'NO'}, "
                   f"guest MAC {g['mac']}")
 
             print(f"\n1. ping {GUEST_IP} from the traffic netns: {_ping(traffic, GUEST_IP)}/3 replies")
