@@ -87,6 +87,8 @@ def test_map_commands_refuse_bad_keys_values_and_names(topo):
         for cmd in (("dump",), ("lookup", "1"), ("update", "1", "1"), ("delete", "1"), ("freeze",)):
             err = failed(topo.vxdp("map", cmd[0], "nomap", *cmd[1:], *target))
             assert "no map named 'nomap'" in err, (cmd, err)
+        assert failed(topo.vxdp("map", "lookup", "rxcnt", "6", "--mode", "native", *target)) == \
+            "no map named 'rxcnt' in the native slot"
         # the same refusals with -j: one JSON object on stdout, exit 1
         r = topo.vxdp("map", "lookup", "nomap", "1", *target, "-j")
         assert (r.code, r.err) == (1, "") and r.json() == {"error": "no map named 'nomap'"}

@@ -75,7 +75,7 @@ def _map_info(args: argparse.Namespace) -> dict:
     for m in call(args, "map.show"):
         if m["name"] == args.map and args.mode in (None, m.get("mode")):
             return m
-    raise CliError(f"no map named {args.map!r}")
+    raise CliError(f"no map named {args.map!r}" + (f" in the {args.mode} slot" if args.mode else ""))
 
 
 def _show_value(info: dict, value: bytes) -> str:
