@@ -17,7 +17,11 @@ def server(tmp_path):
     def fail(**_):
         raise OSError(errno.ENOENT, "no such map")
 
-    srv = rpc.Server(tmp_path / "ctl.sock", {"echo": lambda **p: p, "fail": fail, "refuse": _refuse})
+    def missing(**_):
+        raise KeyError("x.o: no programs")
+
+    srv = rpc.Server(tmp_path / "ctl.sock", {"echo": lambda **p: p, "fail": fail, "refuse": _refuse,
+                                             "missing": missing})
     loop = Loop()
     srv.attach(loop)
     t = threading.Thread(target=loop.run, kwargs={"tick": 0.05}, daemon=True)
@@ -47,6 +51,12 @@ def test_errors_carry_code_errno_and_data(server):
     with pytest.raises(rpc.RpcError) as e:
         rpc.call(server.path, "nope")
     assert e.value.code == "EOPNOTSUPP"
+
+
+def test_a_key_error_is_its_message_without_quotes(server):
+    with pytest.raises(rpc.RpcError) as e:
+        rpc.call(server.path, "missing")
+    assert e.value.message == "x.o: no programs"
 
 
 def test_garbage_gets_an_error_and_the_server_keeps_serving(server):

@@ -73,7 +73,9 @@ class RpcError(Exception):
         if isinstance(e, OSError) and e.errno:
             data = getattr(e, "log", None) or None
             return cls(errno_mod.errorcode.get(e.errno, "EIO"), e.strerror or str(e), data=data)
-        return cls("EINVAL", str(e))
+        # str() of a KeyError is its repr, quotes and all: the message is its argument
+        message = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+        return cls("EINVAL", message)
 
 
 class _Conn:

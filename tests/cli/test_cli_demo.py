@@ -21,7 +21,8 @@ def test_demo_passes_and_leaves_nothing_behind(samples_built):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    assert "negotiated: offload yes" in out
+    assert "negotiated: offload yes, ctrl vq yes" in out
+    assert "None" not in out and "True" not in out and "False" not in out  # words, not Python's values
     assert "guest reads rxcnt over the ctrl vq: ICMP 8, TCP 16, UDP 24, ICMPv6 8" in out
     assert "frames that crossed the virtio ring to the guest meanwhile: 0" in out
     assert "drop 64" in out and "offloaded prog" in out  # the host's own view (vxdp host show)

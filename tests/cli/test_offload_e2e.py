@@ -354,7 +354,7 @@ def test_operator_loads_on_the_device_without_a_guest(topo):
         assert got == want
         (prog,) = device_offload(topo)["programs"]
         assert prog["actions"].get("drop") == 80
-        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1}
+        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1, "programs": 1, "maps": 1}
         dev = device_offload(topo)
         assert dev["programs"] == [] and dev["maps"] == []
         assert prog["kernel_name"] not in kernel_names(topo, "prog")

@@ -242,6 +242,23 @@ def test_reset_frees_everything_and_close_after_reset_is_quiet(port, service):
     assert engine.maps == [] and engine.programs == []
 
 
+def test_detach_of_an_attach_point_the_device_cleared_is_not_an_error(port, service):
+    """`vxdp prog detach` must exit 0 when it freed everything, even if the device had already
+    detached the program (another one replaced it, then went): nothing attached is what it wants."""
+    dev = _dev()
+    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    engine = OffloadEngine(_client(service, dev))
+    loaded = load_object(engine, elf.load_object(SAMPLES_BUILD / "xdp_pass.o"))
+    try:
+        engine.attach(loaded.program_handle("xdp_pass"))
+        service.prog_detach(dev)  # behind the engine's back
+        engine.detach()
+        assert engine.attached is None and query_xdp(port.b, netns=port.ns_b) is None
+    finally:
+        loaded.close()
+    assert service.show()[0]["programs"] == [] and service.show()[0]["maps"] == []
+
+
 # -- refusals, each reaching the client with its message -------------------------------------------
 
 def _calls(helper: int) -> list[Insn]:

@@ -8,9 +8,12 @@ from typing import Any
 
 
 def markdown_table(columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> str:
-    """``columns`` are (key, heading) pairs; floats print with 3 significant figures, big ones whole."""
+    """``columns`` are (key, heading) pairs; floats print with 3 significant figures, big ones whole;
+    a figure not measured (None) prints as ``-``, never as Python's ``None``."""
 
     def cell(v: Any) -> str:
+        if v is None:
+            return "-"
         if isinstance(v, float):
             return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
         return str(v)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
-from .output import emit_json
+from .objects import SAMPLES_DIR, read_object, sample
+from .output import CliError, emit_json
 
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
     bench = objects.add_parser("bench", help="benchmarks (results to JSON and Markdown)")
     cmds = bench.add_subparsers(dest="command", metavar="COMMAND", required=True)
     engines = cmds.add_parser("engines", help="ns per program run of xdp1 and xdp2 on each engine")
-    engines.add_argument("--samples", default="samples/build", metavar="DIR", help="default: samples/build")
+    engines.add_argument("--samples", metavar="DIR", help=f"where xdp1.o and xdp2.o are (default: {SAMPLES_DIR})")
     engines.add_argument("--quick", action="store_true", help="fewer frames and runs")
     engines.add_argument("--out", default="bench-results", metavar="DIR", help="default: bench-results")
     engines.add_argument("-j", "--json", action="store_true", help="JSON output")
@@ -41,16 +43,28 @@ def _write(args: argparse.Namespace, name: str, doc: dict, md: str) -> int:
     return 0
 
 
+def _check_out(out: str) -> None:
+    """Refuse an ``--out`` that cannot be a directory before the benchmark runs, not after."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CliError(f"--out {out}: not a directory")
+
+
 def cmd_engines(args: argparse.Namespace) -> int:
     from ..bench import engines
 
-    doc = engines.run(engines.plan(args.samples, quick=args.quick))
+    _check_out(args.out)
+    plan = engines.plan(str(args.samples or SAMPLES_DIR), quick=args.quick)
+    for path in plan.objects:  # each one there and an object, or one clear line before any run
+        read_object(sample(os.path.basename(path), args.samples))
+    doc = engines.run(plan)
     command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return _write(args, "engines", doc, engines.to_markdown(doc, command))
 
 
 def cmd_datapath(args: argparse.Namespace) -> int:
     from ..bench import datapath
+
+    _check_out(args.out)
 
     doc = datapath.run(datapath.plan(quick=args.quick, profile_dir=args.profile))
     command = "vxdp " + " ".join(shlex.quote(a) for a in sys.argv[1:])

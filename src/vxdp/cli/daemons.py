@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 from .. import rpc
 from .output import CliError
+
+_RULE = re.compile(r"\(rule ([\w.]+)\)")
 
 
 def add_target(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
@@ -36,11 +39,14 @@ def call(args: argparse.Namespace, method: str, **params: Any) -> Any:
     except rpc.RpcError as e:
         if e.code == "ENOENT" and "no daemon listening" in e.message:
             raise CliError(f"{who}: not running ({e.message})") from None
-        detail = ""
+        detail, fields = "", {}
         if isinstance(e.data, dict):
-            detail = e.data.get("log") or e.data.get("rule") or ""
+            detail, fields = e.data.get("log") or e.data.get("rule") or "", e.data
         elif isinstance(e.data, str):
-            detail = e.data
+            detail, fields = e.data, {"log": e.data}  # a verifier log travels as the bare string
         elif e.data is not None:
-            detail = json.dumps(e.data)
-        raise CliError(f"{who}: {e.message} ({e.code})", detail) from None
+            detail, fields = json.dumps(e.data), {"data": e.data}
+        rule = _RULE.search(e.message)  # a policy refusal names its rule in the message: "(rule helpers.never)"
+        if rule and "rule" not in fields:
+            fields = {**fields, "rule": rule.group(1)}
+        raise CliError(f"{who}: {e.message} ({e.code})", detail, errno=e.code, **fields) from None

@@ -26,6 +26,7 @@ from typing import Any
 from .. import packets, rpc
 from ..testing.daemon import GuestDaemon, HostDaemon
 from ..testing.proc import HarnessError, HarnessTimeout, poll
+from .objects import SAMPLES_DIR, read_object, sample
 from .output import CliError
 
 TRAFFIC_IP, GUEST_IP = "198.18.30.1", "198.18.30.2"
@@ -34,7 +35,7 @@ PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
     demo = objects.add_parser("demo", help="offload xdp1 from a guest and show it work (builds its own topology)")
-    demo.add_argument("--object", default=None, metavar="FILE.o", help="default: samples/build/xdp1.o")
+    demo.add_argument("--object", default=None, metavar="FILE.o", help=f"default: {SAMPLES_DIR}/xdp1.o")
     demo.add_argument("--frames", type=int, default=256, metavar="N", help="frames of the traffic mix (256)")
     demo.set_defaults(func=cmd_demo)
 
@@ -54,9 +55,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..netdev.port import Port
     from ..testing.netns import NetLab
 
-    obj = Path(args.object or Path(__file__).resolve().parents[3] / "samples/build/xdp1.o")
-    if not obj.exists():
-        raise CliError(f"{obj}: no such file (run `make samples`)")
+    if args.frames < 1:
+        raise CliError("--frames must be at least 1")  # no frames would pass the demo on nothing
+    obj = Path(args.object).resolve() if args.object else sample("xdp1.o")
+    read_object(obj)  # a bad object is refused before any namespace or daemon is made
     run_dir = Path(tempfile.mkdtemp(prefix="vxdp-demo-"))
     daemons: list[HostDaemon | GuestDaemon] = []
     ok = False
@@ -77,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 log_file=run_dir / "guest.log")
             daemons.append(guest)
             g = guest.wait_connected()
-            print(f"  negotiated: offload {'yes' if g.get('offload') else 'NO'}, ctrl vq {g['ctrl_vq']}, "
+            print(f"  negotiated: offload {'yes' if g.get('offload') else 'NO'}, ctrl vq {'yes' if g['ctrl_vq'] else 'NO'}, "
                   f"guest MAC {g['mac']}")
 
             replies = _ping(traffic, GUEST_IP)

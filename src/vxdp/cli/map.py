@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..bpf.mapspec import percpu_value_stride
 from .daemons import add_target, call
 from .output import CliError, emit_json, print_map, show_bytes
 
@@ -26,7 +27,8 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
             p.add_argument("key", metavar="KEY", help="an integer, or hex bytes (hex:06000000)")
         if value:
             p.add_argument("value", metavar="VALUE", help="an integer, or hex bytes")
-            p.add_argument("--flags", choices=("any", "noexist", "exist"), default="any")
+            p.add_argument("--flags", choices=("any", "noexist", "exist"), default="any",
+                           help="BPF_ANY, BPF_NOEXIST or BPF_EXIST (default: any)")
         if named:
             p.add_argument("--mode", choices=("offload", "native"),
                            help="the map of this slot when both have one of that name (default: offload first)")
@@ -73,7 +75,17 @@ def _map_info(args: argparse.Namespace) -> dict:
     for m in call(args, "map.show"):
         if m["name"] == args.map and args.mode in (None, m.get("mode")):
             return m
-    raise CliError(f"no map named {args.map!r}")
+    raise CliError(f"no map named {args.map!r}" + (f" in the {args.mode} slot" if args.mode else ""))
+
+
+def _show_value(info: dict, value: bytes) -> str:
+    """A looked-up value for humans: one field per CPU for a per-CPU map (as ``map dump`` and bpftool
+    show them), not the slots of every CPU run together."""
+    size = info["value_size"]
+    if "percpu" not in info["type"] or len(value) == size:
+        return show_bytes(value)
+    stride = percpu_value_stride(size)
+    return " ".join(f"cpu{i}:{show_bytes(value[off : off + size])}" for i, off in enumerate(range(0, len(value), stride)))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -81,6 +93,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(maps)
         return 0
+    if not maps:
+        print("no maps loaded")
     for m in maps:
         print(
             f"{m['handle']}: {m['name']}  {m['type']}  key {m['key_size']}B  value {m['value_size']}B"
@@ -105,7 +119,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(doc)
     else:
-        print(f"[{show_bytes(bytes.fromhex(doc['key']))}] = {show_bytes(bytes.fromhex(doc['value']))}")
+        print(f"[{show_bytes(bytes.fromhex(doc['key']))}] = {_show_value(info, bytes.fromhex(doc['value']))}")
     return 0
 
 

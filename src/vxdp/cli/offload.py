@@ -11,7 +11,8 @@ import os
 import sys
 
 from .daemons import add_target, call
-from .output import CliError, emit_json
+from .objects import file_error, read_file
+from .output import emit_json
 
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         with open(args.output, "wb") as f:
             f.write(blob)
     except OSError as e:
-        raise CliError(f"{args.output}: {e.strerror or e}") from None
+        raise file_error(args.output, e) from None
     doc = {"file": os.path.abspath(args.output), "bytes": len(blob)}
     if args.json:
         emit_json(doc)
@@ -52,11 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    try:
-        with open(args.file, "rb") as f:
-            blob = f.read()
-    except OSError as e:
-        raise CliError(f"{args.file}: {e.strerror or e}") from None
+    blob = read_file(args.file)
     result = call(args, "offload.import", state=base64.b64encode(blob).decode("ascii"))
     if args.json:
         emit_json(result)

@@ -8,11 +8,35 @@ from typing import Any
 
 
 class CliError(Exception):
-    """An error the user can act on: one line, plus an optional detail block (a verifier log)."""
+    """An error the user can act on: one line, plus an optional detail block (a verifier log).
 
-    def __init__(self, message: str, detail: str = "") -> None:
+    ``fields`` are the detail as JSON (``log``, ``rule``): with ``-j`` the error is printed as
+    ``{"error": message, **fields}`` on stdout, as bpftool does."""
+
+    def __init__(self, message: str, detail: str = "", **fields: Any) -> None:
         super().__init__(message)
         self.detail = detail
+        self.fields = fields
+
+
+def print_error(e: CliError, *, as_json: bool) -> None:
+    """The one place an error is printed: a line on stderr (and its detail), or a JSON object on stdout."""
+    if as_json:
+        doc: dict[str, Any] = {"error": str(e), **e.fields}
+        if e.detail and not e.fields:
+            doc["detail"] = e.detail
+        emit_json(doc)
+        sys.stdout.flush()
+        return
+    print(f"vxdp: {e}", file=sys.stderr)
+    if e.detail:
+        print(e.detail.rstrip(), file=sys.stderr)
+
+
+def show_tag(tag: str | None) -> str:
+    """A program's tag for humans: the interpreter (a native program) computes none, and the text says
+    so rather than print Python's None."""
+    return f"tag {tag}" if tag else "tag unknown"
 
 
 def emit_json(doc: Any) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..bpf.isa import XdpAction
 from .daemons import add_target, call
-from .output import CliError, emit_json, print_map
+from .objects import check_readable, pick_program, read_object
+from .output import CliError, emit_json, print_map, show_tag
 
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
@@ -51,8 +52,10 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     )
     load.add_argument("file", metavar="FILE.o")
     mode = load.add_mutually_exclusive_group()
-    mode.add_argument("--offload", dest="mode", action="store_const", const="offload", help="run on the host")
-    mode.add_argument("--native", dest="mode", action="store_const", const="native", help="run in the guest")
+    mode.add_argument("--offload", dest="mode", action="store_const", const="offload",
+                      help="run on the host (the default, and the only mode, with --device)")
+    mode.add_argument("--native", dest="mode", action="store_const", const="native",
+                      help="run in the guest (with --guest, give --offload or --native)")
     load.add_argument("--prog", metavar="NAME", help="the program to attach (default: the first)")
     add_target(load)
     load.add_argument("-j", "--json", action="store_true", help="JSON output")
@@ -63,22 +66,19 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     show.add_argument("-j", "--json", action="store_true", help="JSON output")
     show.set_defaults(func=cmd_show)
 
-    detach = cmds.add_parser("detach", help="detach and free programs (and their maps)")
+    detach = cmds.add_parser(
+        "detach",
+        help="detach and free programs (and their maps)",
+        description="Detach the program attached from each slot (offload, native) and free the object "
+        "it came from: all its programs and maps. Prints what it detached and freed; -j gives the counts "
+        '{"detached": OBJECTS, "programs": N, "maps": N}. When nothing is loaded it says so and exits '
+        "with exit status 0, as `ip link set dev DEV xdp off` does with nothing attached; exit status 1 "
+        "only when something loaded could not be detached or freed.",
+    )
     detach.add_argument("--mode", choices=("offload", "native"), help="only this one (default: both)")
     add_target(detach)
     detach.add_argument("-j", "--json", action="store_true", help="JSON output")
     detach.set_defaults(func=cmd_detach)
-
-
-def _load_object(path: str):
-    from ..bpf.elf import ObjectError, load_object
-
-    if not os.path.exists(path):
-        raise CliError(f"{path}: no such file")
-    try:
-        return load_object(path)
-    except ObjectError as e:
-        raise CliError(str(e)) from None
 
 
 def _packets(args: argparse.Namespace) -> list[bytes]:
@@ -91,14 +91,22 @@ def _packets(args: argparse.Namespace) -> list[bytes]:
         except ValueError:
             raise CliError(f"--packet {text[:40]!r}: not hex") from None
     if args.pcap:
+        check_readable(args.pcap)
         try:
             frames.extend(packets.read_pcap(args.pcap))
         except ValueError as e:
             raise CliError(str(e)) from None
-    if args.mix:
+    if args.mix is not None:
+        if args.mix < 1:
+            raise CliError("--mix must be at least 1")
         frames.extend(packets.mix(args.mix))
     if not frames:
         raise CliError("no packets: give --packet HEX, --pcap FILE or --mix N")
+    from ..engine.interp.xdp import ETH_HLEN, MAX_LINEAR
+
+    for i, frame in enumerate(frames):  # what both engines' test runs refuse, said before either runs
+        if not ETH_HLEN <= len(frame) <= MAX_LINEAR:
+            raise CliError(f"packet {i}: {len(frame)} bytes; a frame is {ETH_HLEN} to {MAX_LINEAR} bytes")
     return frames
 
 
@@ -116,12 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.repeat < 1:
         raise CliError("--repeat must be at least 1")
-    obj = _load_object(args.file)
+    obj = read_object(args.file)
     frames = _packets(args)
-    try:
-        prog_name = obj.program(args.prog).name
-    except KeyError as e:
-        raise CliError(e.args[0]) from None
+    prog_name = pick_program(obj, args.prog)
     engine = make_engine(args.engine)
     try:
         with load_object(engine, obj) as loaded:
@@ -142,7 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     except OSError as e:
         # the kernel engine's refusals carry the verifier log
-        raise CliError(f"{args.file}: {e}", getattr(e, "log", "")) from None
+        log = getattr(e, "log", "") or ""
+        first = str(e).partition("\n")[0] if log else str(e)  # the log is the detail, printed once
+        raise CliError(f"{args.file}: {first}", log, **({"log": log} if log else {})) from None
     doc = {
         "object": os.path.basename(args.file),
         "program": prog_name,
@@ -181,11 +188,8 @@ def cmd_disasm(args: argparse.Namespace) -> int:
     from ..bpf.disasm import format_insn, insn_width
     from ..bpf.link import link
 
-    obj = _load_object(args.file)
-    try:
-        names = [obj.program(args.prog).name] if args.prog else list(obj.programs)
-    except KeyError as e:
-        raise CliError(e.args[0]) from None
+    obj = read_object(args.file)
+    names = [pick_program(obj, args.prog)] if args.prog else list(obj.programs)
     docs = []
     for name in names:
         linked = link(obj, name)
@@ -221,7 +225,7 @@ def cmd_disasm(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.file)
-    _load_object(path)  # a bad object is refused here, before any daemon sees it
+    pick_program(read_object(args.file), args.prog)  # a bad object is refused here, before any daemon sees it
     mode = args.mode or ("offload" if args.device else None)
     if mode is None:
         raise CliError("say where the program runs: --offload (on the host) or --native (in the guest)")
@@ -233,7 +237,8 @@ def cmd_load(args: argparse.Namespace) -> int:
         return 0
     for p in result["programs"]:
         attached = "  attached" if p.get("attached") else ""
-        print(f"{p['handle']}: {p['name']}  {mode}  tag {p.get('tag', '-')}  {p.get('insns', '?')} insns{attached}")
+        insns = f"  {p['insns']} insns" if p.get("insns") is not None else ""
+        print(f"{p['handle']}: {p['name']}  {mode}  {show_tag(p.get('tag'))}{insns}{attached}")
     for m in result["maps"]:
         print(f"   map {m['handle']}: {m['name']}  {m['type']}  max_entries {m['max_entries']}")
     return 0
@@ -248,7 +253,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("no programs loaded")
     for p in result["programs"]:
         where = p.get("attach") or ("attached" if p.get("attached") else "loaded")
-        print(f"{p['handle']}: {p['name']}  {p['mode']}  tag {p.get('tag', '-')}  {where}")
+        print(f"{p['handle']}: {p['name']}  {p['mode']}  {show_tag(p.get('tag'))}  {where}")
         counters = p.get("counters") or {}
         if counters:
             print("    " + "  ".join(f"{k} {v}" for k, v in counters.items()))
@@ -256,9 +261,36 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_detach(args: argparse.Namespace) -> int:
+    if args.device and args.mode == "native":
+        raise CliError("--device runs programs offloaded: --mode native needs --guest")
+    before = call(args, "prog.show")  # what is there, to say what was detached and freed
     result = call(args, "prog.detach", mode=args.mode)
+    slots = [args.mode] if args.mode else ["offload", "native"]
+    freed = {
+        mode: ([p for p in before.get("programs", []) if p.get("mode") == mode],
+               [m for m in before.get("maps", []) if m.get("mode") == mode])
+        for mode in slots
+    }
+    # what the daemon said it unloaded is the truth; the listing before only names it
+    freed = {mode: pm for mode, pm in freed.items() if pm[0] or pm[1]} if result.get("detached") else {}
+    doc = {
+        "detached": result.get("detached", 0),
+        "programs": sum(len(p) for p, _ in freed.values()),
+        "maps": sum(len(m) for _, m in freed.values()),
+    }
     if args.json:
-        emit_json(result)
-    else:
-        print(f"detached {result.get('detached', 0)} program(s)")
+        emit_json(doc)
+        return 0
+    if not doc["detached"]:
+        print("nothing to detach: no programs loaded" + (f" in the {args.mode} slot" if args.mode else ""))
+        return 0
+    for mode, (progs, maps) in freed.items():
+        attached = [p["name"] for p in progs if p.get("attached")]
+        what = f"detached {', '.join(attached)}; " if attached else ""
+        map_names = f" ({', '.join(m['name'] for m in maps)})" if maps else ""
+        print(f"{mode}: {what}freed {_count(len(progs), 'program')} and {_count(len(maps), 'map')}{map_names}")
     return 0
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"

@@ -444,7 +444,14 @@ class OffloadEngine(Engine):
         self.attached = prog
 
     def detach(self) -> None:
-        self.client.prog_detach()
+        """Detach the attach point; one the device already cleared (ENOENT: a REPLACE by another
+        program was undone, the device was reset) is what detaching wants, not an error."""
+        try:
+            self.client.prog_detach()
+        except OffloadRefused as e:
+            if e.code != Errno.ENOENT:
+                raise
+            log.info("offload engine detach: %s (nothing to detach)", e.message)
         self.attached = None
 
     def query(self) -> ProgQueryReply | None:
