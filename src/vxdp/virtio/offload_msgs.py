@@ -565,14 +565,6 @@ class ObjInfo(Message):
     def frozen(self) -> bool:
         return bool(self.flags & ObjFlag.FROZEN)
 
-    @property
-    def origin_name(self) -> str:
-        """``driver``, ``operator``, ``import`` (or the number a later version added)."""
-        try:
-            return ObjOrigin(self.origin).name.lower()
-        except ValueError:
-            return str(self.origin)
-
 
 @dataclass(frozen=True)
 class ObjListReply(Message):
