@@ -95,6 +95,7 @@ Transport = Callable[[bytes, int], bytes]
 
 DEFAULT_CAPACITY = 4096  # enough for CAPS, a lookup of a 4 KiB value, a modest batch
 STATE_CHUNK = 64 << 10  # bytes of state per STATE_EXPORT / STATE_IMPORT when the transport has no limit
+LIST_CAPACITY = 64 << 10  # OBJ_LIST: the device fills the area, so offer what the transport allows
 LOAD_TEXT_ROOM = 1024  # room for a refusal message on top of the verifier log wanted
 _RULE = re.compile(r" \(rule ([\w.\-]+)\)$")
 
@@ -285,7 +286,7 @@ class OffloadClient:
         out: list[ObjInfo] = []
         token = b""
         for _ in range(1 << 20):
-            r: ObjListReply = self.call(ObjListRequest(0, token))  # type: ignore[assignment]
+            r: ObjListReply = self.call(ObjListRequest(0, token), LIST_CAPACITY)  # type: ignore[assignment]
             out.extend(r.objects)
             if not r.token:
                 return out
