@@ -12,15 +12,27 @@ from __future__ import annotations
 import json
 
 import pytest
-from offload_topology import DEVICE, GUEST, HOST_MAC, OffloadTopo, poll
-from test_offload_e2e import TAIL_CALLS, XDP1, device_offload, kernel_names, map_counts, retarget, send, started
-from test_offload_e2e import topo as topo  # noqa: F401 - the fixture
+from offload_topology import DEVICE, GUEST, HOST_MAC, OffloadTopo, offload_topology, poll
+from test_offload_e2e import (
+    TAIL_CALLS,
+    device_offload,
+    kernel_names,
+    map_counts,
+    retarget,
+    send,
+    started,
+)
 
 from vxdp import packets
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
 HOPS_AFTER_80 = {0: 40, 3: 30, 2: 10}  # tail_calls' hop counters after 80 frames of the mix
+
+
+@pytest.fixture
+def topo(tmp_path, samples_built):
+    yield from offload_topology(tmp_path, "vxv")
 
 
 def _u(hexed: str) -> int:
