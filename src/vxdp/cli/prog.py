@@ -58,12 +58,14 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     load.add_argument("-j", "--json", action="store_true", help="JSON output")
     load.set_defaults(func=cmd_load)
 
-    show = cmds.add_parser("show", help="programs loaded through a guest or on a device, with counters")
+    show = cmds.add_parser("show", help="programs of a guest or a device, with counters; offloaded ones as the "
+                           "device records them, whoever loaded them (origin guest, operator, import)")
     add_target(show)
     show.add_argument("-j", "--json", action="store_true", help="JSON output")
     show.set_defaults(func=cmd_show)
 
-    detach = cmds.add_parser("detach", help="detach and free programs (and their maps)")
+    detach = cmds.add_parser("detach", help="detach and free programs (and their maps); offloaded: everything "
+                             "the device holds, whoever loaded it (guest, operator, an import), as prog show lists")
     detach.add_argument("--mode", choices=("offload", "native"), help="only this one (default: both)")
     add_target(detach)
     detach.add_argument("-j", "--json", action="store_true", help="JSON output")
