@@ -164,3 +164,18 @@ def test_a_device_that_cannot_list_falls_back_to_the_own_slot_and_says_so(sample
     assert [r.getMessage() for r in caplog.records].count(f"offload slot: {reason}") == 1  # said once
     assert reg.map_info("rxcnt")["name"] == "rxcnt"
     assert reg.detach("offload") == 1 and reg.show()["programs"] == []
+
+
+def test_detach_with_a_record_does_not_trip_on_a_slot_somebody_else_already_freed(samples_built):
+    """The operator freed the device (or replaced our program): our slot's own detach would answer ENOENT;
+    detach frees what the device holds now and forgets the slot, without an error."""
+    rec = FakeRecord([], [])
+    reg = ProgramRegistry(record=lambda mode: rec if mode == "offload" else None)
+
+    def attach(loaded, handle):
+        def gone() -> None:
+            raise OSError(errno.ENOENT, "attach point RX: no program attached")
+        return gone, dict
+
+    reg.load("offload", InterpEngine(), XDP1, attach=attach)
+    assert reg.detach("offload") == 1 and rec.cleared == 1 and reg.slots == {}

@@ -198,11 +198,17 @@ class ProgramRegistry:
         modes = [mode] if mode is not None else list(dict.fromkeys(("offload", *self.slots)))
         n = 0
         for m in modes:
-            had = self.unload(m)
             rec = self.record(m)
-            if rec is not None and rec.clear():
-                had = 1
-            n += had
+            if rec is None:
+                n += self.unload(m)
+                continue
+            # the device's table is the truth: whatever runs on RX now (ours, the operator's, an
+            # import's) is detached and everything freed, then our slot's handles are forgotten quietly
+            cleared = rec.clear()
+            slot = self.slots.pop(m, None)
+            if slot is not None:
+                slot.loaded.close()
+            n += 1 if slot is not None or cleared else 0
         return n
 
     def forget(self, mode: str) -> None:
