@@ -9,8 +9,6 @@ daemons and the CLI as subprocesses).
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from offload_topology import DEVICE, GUEST, HOST_MAC, OffloadTopo, offload_topology, poll
 from test_offload_e2e import (
@@ -41,12 +39,6 @@ def _u(hexed: str) -> int:
 
 def _progs(topo: OffloadTopo, *target: str) -> list[tuple[int, str, str, bool]]:
     return [(p["handle"], p["name"], p["origin"], p["attached"]) for p in topo.ok("prog", "show", *target)["programs"]]
-
-
-def _xdp_on_port(topo: OffloadTopo) -> bool:
-    """Whether the port runs an XDP program, as iproute2 reports it (``ip -j link``'s ``xdp``)."""
-    (link,) = json.loads(topo.sh(topo.hostns, "ip", "-j", "link", "show", "vxp0"))
-    return "xdp" in link
 
 
 def _own_kernel_progs(topo: OffloadTopo) -> list[str]:
@@ -101,7 +93,7 @@ def test_imported_state_is_seen_used_detached_and_imported_again(topo, tmp_path)
         assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1}
         dev = device_offload(topo)
         assert dev["programs"] == [] and dev["maps"] == [] and dev["attached"] is None
-        assert not _xdp_on_port(topo) and _own_kernel_progs(topo) == []
+        assert not topo.xdp_on_port() and _own_kernel_progs(topo) == []
         assert topo.ok("prog", "show", "--guest", GUEST)["programs"] == []
 
         for round_ in (1, 2):
@@ -112,7 +104,7 @@ def test_imported_state_is_seen_used_detached_and_imported_again(topo, tmp_path)
                 assert {o for _, _, o, _ in shown} == {"import"}
                 assert [n for _, n, _, attached in shown if attached] == ["xdp_entry"]
                 assert map_counts(topo, "hops", *target) == HOPS_AFTER_80
-            assert _xdp_on_port(topo)
+            assert topo.xdp_on_port()
             assert _u(topo.ok("map", "lookup", "hops", "3", "--device", DEVICE)["value"]) == 30
             topo.ok("map", "update", "hops", "1", "77", "--device", DEVICE)
             assert _u(topo.ok("map", "lookup", "hops", "1", "--guest", GUEST)["value"]) == 77
@@ -125,7 +117,7 @@ def test_imported_state_is_seen_used_detached_and_imported_again(topo, tmp_path)
                  what="hop counters of the imported programs")
             assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1}
             dev = device_offload(topo)
-            assert dev["programs"] == [] and dev["maps"] == [] and not _xdp_on_port(topo)
+            assert dev["programs"] == [] and dev["maps"] == [] and not topo.xdp_on_port()
             poll(lambda: _own_kernel_progs(topo), lambda n: n == [], timeout=10, what="the kernel freeing them")
             assert topo.ok("prog", "show", "--device", DEVICE)["programs"] == []
 
