@@ -74,6 +74,11 @@ class OffloadTopo:
     def link_stat(self, ns: str, ifname: str, stat: str) -> int:
         return int(self.sh(ns, "cat", f"/sys/class/net/{ifname}/statistics/{stat}"))
 
+    def xdp_on_port(self) -> bool:
+        """Whether the backend's port ``vxp0`` runs an XDP program, as iproute2 reports it (``ip -j link``)."""
+        (link,) = json.loads(self.sh(self.hostns, "ip", "-j", "link", "show", "vxp0"))
+        return "xdp" in link
+
     def mac(self, ns: str, ifname: str) -> str:
         return self.sh(ns, "cat", f"/sys/class/net/{ifname}/address").strip()
 

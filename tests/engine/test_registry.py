@@ -7,8 +7,9 @@ import errno
 import pytest
 from testpaths import SAMPLES_BUILD
 
+from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.engine.interp import InterpEngine
-from vxdp.engine.registry import ProgramRegistry, RegistryError
+from vxdp.engine.registry import ProgramRegistry, RecordedMap, RecordedProgram, RegistryError
 
 XDP1 = str(SAMPLES_BUILD / "xdp1.o")
 
@@ -78,3 +79,103 @@ def test_map_freeze_request(samples_built):
         assert e.value.errno == errno.EPERM
     assert reg.map_lookup("rxcnt", key6)["value"] == (5).to_bytes(8, "little").hex()
     reg.unload()
+
+
+# -- the offload slot read from the device's record ------------------------------------------------
+
+class FakeRecord:
+    """A device's table: programs and maps whoever made them (`DeviceRecord`)."""
+
+    def __init__(self, progs: list[RecordedProgram], maps: list[RecordedMap]):
+        self.progs, self.maps, self.cleared = progs, maps, 0
+
+    def objects(self):
+        return list(self.progs), list(self.maps)
+
+    def counters(self):
+        return {"pass": 5}
+
+    def clear(self) -> int:
+        n = len(self.progs) + len(self.maps)
+        self.progs, self.maps = [], []
+        self.cleared += 1
+        return n
+
+
+def _array(engine: InterpEngine, name: str):
+    return engine.create_map(MapSpec(name, MapType.ARRAY, 4, 8, 4))
+
+
+def test_offload_views_read_the_device_record_whoever_made_the_objects(samples_built):
+    device = InterpEngine()
+    rec = FakeRecord([], [])
+    reg = ProgramRegistry(record=lambda mode: rec if mode == "offload" else None)
+    loaded = reg.load("offload", InterpEngine(), XDP1, attach=_attach([]))
+    (own,) = loaded["programs"]
+    imported = _array(device, "seen")
+    rec.progs = [RecordedProgram(own["handle"], "xdp_prog1", False, 20, "aa" * 8, "guest"),
+                 RecordedProgram(90, "xdp_entry", True, 12, "bb" * 8, "import")]
+    rec.maps = [RecordedMap("seen", imported, "import")]
+    shown = reg.show()
+    assert [(p["handle"], p["origin"], p["attached"], p.get("object")) for p in shown["programs"]] == [
+        (own["handle"], "guest", False, XDP1), (90, "import", True, None)]
+    assert shown["programs"][1]["counters"] == {"pass": 5}  # the attached one's, from the device
+    assert [(m["name"], m["origin"], m["mode"]) for m in shown["maps"]] == [("seen", "import", "offload")]
+    # maps by name are the device's: the registry's own rxcnt is not in the record, so not found
+    key = (1).to_bytes(4, "little").hex()
+    reg.map_update("seen", key, (7).to_bytes(8, "little").hex())
+    assert imported.lookup(bytes.fromhex(key)) == (7).to_bytes(8, "little")
+    assert reg.map_dump("seen")["entries"][1]["value"] == (7).to_bytes(8, "little").hex()
+    with pytest.raises(RegistryError) as e:
+        reg.map_dump("rxcnt")
+    assert e.value.errno == errno.ENOENT
+    # detach frees what the device holds, so the device is empty (a re-import works)
+    assert reg.detach() == 1 and rec.cleared == 1 and reg.show() == {"programs": [], "maps": []}
+    assert reg.detach() == 0
+
+
+def test_two_maps_of_one_name_on_the_device_are_ambiguous_until_named_by_handle():
+    device = InterpEngine()
+    a, b = _array(device, "rxcnt"), _array(device, "rxcnt")
+    rec = FakeRecord([], [RecordedMap("rxcnt", a, "guest"), RecordedMap("rxcnt", b, "operator")])
+    reg = ProgramRegistry(record=lambda mode: rec if mode == "offload" else None)
+    for call_ in (lambda: reg.map_dump("rxcnt"), lambda: reg.map_info("rxcnt"),
+                  lambda: reg.map_update("rxcnt", "00" * 4, "00" * 8)):
+        with pytest.raises(RegistryError) as e:
+            call_()
+        assert e.value.errno == errno.EINVAL
+        assert f"handles {a.handle}, {b.handle}" in str(e.value) and "id:" in str(e.value)
+    reg.map_update(f"id:{b.handle}", "01000000", (3).to_bytes(8, "little").hex())
+    assert b.lookup((1).to_bytes(4, "little")) == (3).to_bytes(8, "little") and not any(
+        a.lookup((1).to_bytes(4, "little")))
+    assert reg.map_info(f"id:{a.handle}")["handle"] == a.handle
+    with pytest.raises(RegistryError, match="no map with handle 999"):
+        reg.map_dump("id:999")
+
+
+def test_a_device_that_cannot_list_falls_back_to_the_own_slot_and_says_so(samples_built, caplog):
+    reason = "the device speaks offload protocol 1.1, which cannot list its objects"
+    reg = ProgramRegistry(record=lambda mode: reason if mode == "offload" else None)
+    reg.load("offload", InterpEngine(), XDP1, attach=_attach([]))
+    with caplog.at_level("WARNING"):
+        shown = reg.show()
+        reg.show()
+    assert [p["name"] for p in shown["programs"]] == ["xdp_prog1"] and shown["notes"] == [f"offload: {reason}"]
+    assert [r.getMessage() for r in caplog.records].count(f"offload slot: {reason}") == 1  # said once
+    assert reg.map_info("rxcnt")["name"] == "rxcnt"
+    assert reg.detach("offload") == 1 and reg.show()["programs"] == []
+
+
+def test_detach_with_a_record_does_not_trip_on_a_slot_somebody_else_already_freed(samples_built):
+    """The operator freed the device (or replaced our program): our slot's own detach would answer ENOENT;
+    detach frees what the device holds now and forgets the slot, without an error."""
+    rec = FakeRecord([], [])
+    reg = ProgramRegistry(record=lambda mode: rec if mode == "offload" else None)
+
+    def attach(loaded, handle):
+        def gone() -> None:
+            raise OSError(errno.ENOENT, "attach point RX: no program attached")
+        return gone, dict
+
+    reg.load("offload", InterpEngine(), XDP1, attach=attach)
+    assert reg.detach("offload") == 1 and rec.cleared == 1 and reg.slots == {}

@@ -475,3 +475,20 @@ def test_rodata_left_unfrozen_gets_the_program_refused_offloaded(service):
         assert "invalid access to packet" in e.value.log
     finally:
         engine.close()
+
+
+def test_obj_list_walks_the_device_table_in_areas_the_transport_allows(service):
+    """OBJ_LIST (1.2) through the client: every object once, in handle order, however small the ctrl
+    buffer (here two records a reply): the client offers all the transport allows, the device fills it."""
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    calls: list[tuple[int, int]] = []
+    c = OffloadClient(wire(BpfCommandHandler(service, dev), log=calls), capacity=64,
+                      max_capacity=1 + 16 + 16 + 2 * 56)
+    maps = [c.map_create(MapType.ARRAY, 4, 8, 1, name=f"m{i}") for i in range(5)]
+    prog, tag = c.prog_load([Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="p")
+    calls.clear()
+    objs = c.obj_list()
+    assert [(o.handle, o.is_map) for o in objs] == [(h, True) for h in maps] + [(prog, False)]
+    assert objs[-1].tag == tag and objs[-1].insns == 2 and [o.name for o in objs[:5]] == [f"m{i}" for i in range(5)]
+    assert calls == [(0x30, 145)] * 3  # 2 + 2 + 2 records

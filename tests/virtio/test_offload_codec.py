@@ -37,6 +37,12 @@ from vxdp.virtio.offload import (
     MapUpdateBatchReply,
     MapUpdateBatchRequest,
     MapUpdateRequest,
+    ObjFlag,
+    ObjInfo,
+    ObjKind,
+    ObjListReply,
+    ObjListRequest,
+    ObjOrigin,
     OffloadEncodeError,
     OffloadProtocolError,
     ProgAttachRequest,
@@ -98,6 +104,8 @@ REQUEST_SAMPLES = [
     StateExportRequest(b"\x01\x02"),
     StateImportRequest(b"chunk" * 100, 1),
     MapFreezeRequest(MAP),
+    ObjListRequest(),
+    ObjListRequest(64, b"\x05\x00\x00\x00"),
 ]
 
 REPLY_SAMPLES = [
@@ -114,6 +122,11 @@ REPLY_SAMPLES = [
     (Command.PROG_LOAD, ProgLoadReply(3, bytes.fromhex("0123456789abcdef"))),
     (Command.PROG_QUERY, ProgQueryReply(3, b"\xaa" * 8, (0, 1000, 20, 3, 0))),
     (Command.STATE_EXPORT, StateExportReply(b"", b"state" * 10)),
+    (Command.OBJ_LIST, ObjListReply((
+        ObjInfo(MAP, ObjKind.MAP, "rxcnt", ObjOrigin.IMPORT, ObjFlag.FROZEN, MapType.PERCPU_ARRAY, 4, 8, 256, 0),
+        ObjInfo(8, ObjKind.PROG, "xdp_prog1", ObjOrigin.OPERATOR, ObjFlag.ATTACHED, 6, insns=22,
+                tag=bytes.fromhex("0123456789abcdef"))), b"\x09\x00\x00\x00")),
+    (Command.OBJ_LIST, ObjListReply(())),
 ]
 
 EMPTY_REPLY_COMMANDS = [c for c in Command if c not in REPLIES]
@@ -456,3 +469,82 @@ def test_error_reply_carries_code_and_field(data, code, text):
 def test_unknown_command_cannot_get_a_success_reply():
     with pytest.raises(OffloadEncodeError, match="can only get a payload-less error"):
         encode_reply(0x7F, Reply())
+
+
+# --- OBJ_LIST (protocol 1.2): the device's record of its objects ---------------------------------
+
+
+def test_obj_list_layout():
+    """Command 0x30; the request is max_count and a token blob; each reply record is 56 bytes in 1.2."""
+    assert Command.OBJ_LIST == 0x30
+    assert encode_request(ObjListRequest(3, b"\x07\x00\x00\x00")) == bytes([0x40, 0x30]) + struct.pack(
+        "<II", 3, 4) + b"\x07\x00\x00\x00"
+    rec = ObjInfo(5, ObjKind.PROG, "p", ObjOrigin.IMPORT, ObjFlag.ATTACHED, 6, insns=9, tag=b"T" * 8)
+    data = encode_reply(Command.OBJ_LIST, Reply(payload=ObjListReply((rec,))))
+    payload = data[1 + 16:]
+    want = (struct.pack("<I", 0) + struct.pack("<II", 1, 56) + struct.pack("<IBBH", 5, 2, 2, 1)
+            + b"p".ljust(16, b"\0") + struct.pack("<6I", 6, 0, 0, 0, 0, 9) + b"T" * 8)
+    assert payload == want and len(want) - 12 == 56
+
+
+def test_obj_list_longer_records_of_a_later_version_are_read_to_their_known_fields():
+    rec = ObjInfo(5, ObjKind.MAP, "m", type=1, key_size=4, value_size=8, max_entries=1)
+    raw = encode_reply(Command.OBJ_LIST, Reply(payload=ObjListReply((rec, rec))))
+    body = raw[1 + 16 + 12:]
+    longer = body[:56] + b"future!!" + body[56:] + b"future!!"
+    hdr = struct.pack("<iIII", 0, 0, 12 + len(longer), 0)
+    reply = decode_reply(Command.OBJ_LIST, b"\x00" + hdr + struct.pack("<III", 0, 2, 64) + longer)
+    assert reply.payload.objects == (rec, rec)
+
+
+@pytest.mark.parametrize("rec_size,kind,match", [
+    (55, 1, "reply payload rec_size: 55 is outside 56..256"),
+    (257, 1, "reply payload rec_size: 257 is outside 56..256"),
+    (56, 3, r"reply payload objects\[0\] kind: 3 is not MAP \(1\) or PROG \(2\)"),
+])
+def test_obj_list_bad_records_are_refused_by_field(rec_size, kind, match):
+    rec = struct.pack("<IBBH", 1, kind, 0, 0) + bytes(16) + bytes(24) + bytes(8)
+    payload = struct.pack("<III", 0, 1, rec_size) + rec.ljust(rec_size, b"\0")
+    data = b"\x00" + struct.pack("<iIII", 0, 0, len(payload), 0) + payload
+    with pytest.raises(OffloadProtocolError, match=match):
+        decode_reply(Command.OBJ_LIST, data)
+
+
+def test_obj_list_refuses_to_encode_an_unknown_kind():
+    with pytest.raises(OffloadEncodeError, match=r"objects\[0\].kind"):
+        encode_reply(Command.OBJ_LIST, Reply(payload=ObjListReply((ObjInfo(1, 0),))))
+
+
+_u32 = st.integers(0, 2**32 - 1)
+_obj = st.builds(ObjInfo, _u32, st.sampled_from(list(ObjKind)),
+                 st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=15),
+                 st.integers(0, 255), st.integers(0, 2**16 - 1), _u32, _u32, _u32, _u32, _u32, _u32,
+                 st.binary(min_size=8, max_size=8))
+
+
+@given(st.lists(_obj, max_size=12), st.binary(max_size=16))
+def test_fuzz_obj_list_reply_round_trips(objects, token):
+    """Property: any list of records with any token decodes to exactly what was encoded, and a
+    reply cut anywhere is a named refusal, never a shorter list."""
+    reply = Reply(payload=ObjListReply(tuple(objects), token))
+    data = encode_reply(Command.OBJ_LIST, reply)
+    assert decode_reply(Command.OBJ_LIST, data) == reply
+    cut = len(data) - 1
+    with pytest.raises(OffloadProtocolError, match="OBJ_LIST: reply"):
+        decode_reply(Command.OBJ_LIST, data[:cut])
+
+
+@given(st.lists(_obj, min_size=1, max_size=4), st.data())
+def test_fuzz_obj_list_mutated_replies_decode_or_refuse_by_field(objects, data):
+    """Property: a mutated OBJ_LIST reply either decodes to records that encode back to the same
+    bytes (the mutation hit a free field), or is refused naming the OBJ_LIST reply field."""
+    raw = bytearray(encode_reply(Command.OBJ_LIST, Reply(payload=ObjListReply(tuple(objects)))))
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(1, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        got = decode_reply(Command.OBJ_LIST, bytes(raw))
+    except OffloadProtocolError as e:
+        assert str(e).startswith("OBJ_LIST: reply"), e
+        return
+    if got.ok and got.payload is not None and not got.text:
+        assert encode_reply(Command.OBJ_LIST, got) == bytes(raw)

@@ -22,7 +22,8 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     def cmd(name: str, func, help: str, *, key: bool = False, value: bool = False, named: bool = True):
         p = cmds.add_parser(name, help=help)
         if named:
-            p.add_argument("map", metavar="MAP", help="the map's name in the object")
+            p.add_argument("map", metavar="MAP", help="the map's name in the object, or id:HANDLE (two maps "
+                           "of one name on a device are refused as ambiguous; name one by its handle)")
         if key:
             p.add_argument("key", metavar="KEY", help="an integer, or hex bytes (hex:06000000)")
         if value:
@@ -72,10 +73,8 @@ def _mode(args: argparse.Namespace) -> dict:
 
 
 def _map_info(args: argparse.Namespace) -> dict:
-    for m in call(args, "map.show"):
-        if m["name"] == args.map and args.mode in (None, m.get("mode")):
-            return m
-    raise CliError(f"no map named {args.map!r}" + (f" in the {args.mode} slot" if args.mode else ""))
+    """The map MAP names, resolved by the daemon as every other map request is (ambiguity refused)."""
+    return call(args, "map.info", map=args.map, **_mode(args))
 
 
 def _show_value(info: dict, value: bytes) -> str:

@@ -61,7 +61,8 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     load.add_argument("-j", "--json", action="store_true", help="JSON output")
     load.set_defaults(func=cmd_load)
 
-    show = cmds.add_parser("show", help="programs loaded through a guest or on a device, with counters")
+    show = cmds.add_parser("show", help="programs of a guest or a device, with counters; offloaded ones as the "
+                           "device records them, whoever loaded them (origin guest, operator, import)")
     add_target(show)
     show.add_argument("-j", "--json", action="store_true", help="JSON output")
     show.set_defaults(func=cmd_show)
@@ -70,10 +71,11 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
         "detach",
         help="detach and free programs (and their maps)",
         description="Detach the program attached from each slot (offload, native) and free the object "
-        "it came from: all its programs and maps. Prints what it detached and freed; -j gives the counts "
-        '{"detached": OBJECTS, "programs": N, "maps": N}. When nothing is loaded it says so and exits '
-        "with exit status 0, as `ip link set dev DEV xdp off` does with nothing attached; exit status 1 "
-        "only when something loaded could not be detached or freed.",
+        "it came from: all its programs and maps; offloaded, that is everything the device holds, whoever "
+        "loaded it (guest, operator, an import), as prog show lists it. Prints what it detached and freed; "
+        '-j gives the counts {"detached": OBJECTS, "programs": N, "maps": N}. When nothing is loaded it says '
+        "so and exits with exit status 0, as `ip link set dev DEV xdp off` does with nothing attached; exit "
+        "status 1 only when something loaded could not be detached or freed.",
     )
     detach.add_argument("--mode", choices=("offload", "native"), help="only this one (default: both)")
     add_target(detach)

@@ -10,19 +10,40 @@ requests over any engine, so both daemons share one implementation.
 Attaching is the engine's business (an offload engine attaches on the host, the
 guest driver puts a native program on its rx path), so the caller passes an
 ``attach``/``detach`` pair when it loads.
+
+One record, many views: an offloaded object lives in the device, which keeps
+the one table of what it holds, whoever made it (this daemon, the host's
+operator, a state import). So for a slot whose objects live in a device, the
+owner gives a `DeviceRecord` (``record``) and every view of that slot (``prog
+show``, ``map …`` by name, ``prog detach``) reads and acts on the device's
+table, not on what this registry loaded; the slot only adds which file its own
+programs came from. Without a record (the native slot, or a device too old to
+list its objects, which `record` says by returning the reason as a string) the
+registry's own slot is the view.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..bpf.elf import load_object as parse_object
 from ..bpf.mapspec import percpu_value_stride, possible_cpus
 from .base import Engine, Map
 from .loader import LoadedObject, load_object
+
+log = logging.getLogger(__name__)
+
+
+def _handle_form(name: str) -> int | None:
+    """The handle of ``id:N`` (a map named by handle), else None."""
+    head, sep, tail = name.partition(":")
+    if sep and head == "id" and tail.isdigit():
+        return int(tail)
+    return None
 
 
 def map_doc(name: str, m: Map, *, entries: bool = True, handle: bool = True) -> dict[str, Any]:
@@ -77,6 +98,46 @@ class Slot:
     counters: Callable[[], dict[str, int]] = field(default=dict)
 
 
+@dataclass(frozen=True)
+class RecordedProgram:
+    """A program as the device records it."""
+
+    handle: int
+    name: str
+    attached: bool
+    insns: int
+    tag: str
+    origin: str  # guest, operator, import
+
+
+@dataclass(frozen=True)
+class RecordedMap:
+    """A map as the device records it, and a `Map` that reads and writes it there."""
+
+    name: str
+    map: Map
+    origin: str
+
+
+class DeviceRecord(Protocol):
+    """The device's own table of the objects it holds (for the offload slot)."""
+
+    def objects(self) -> tuple[list[RecordedProgram], list[RecordedMap]]: ...
+
+    def counters(self) -> dict[str, int]:
+        """The attached program's verdict counts."""
+        ...
+
+    def clear(self) -> int:
+        """Detach and free everything the device holds; how many objects there were."""
+        ...
+
+
+RecordSource = Callable[[str], "DeviceRecord | str | None"]
+"""``mode -> record``: the device's record for that slot, None for a slot without one (native),
+or a string saying why the device cannot be asked (the registry falls back to its own slot)."""
+
+
 class RegistryError(OSError):
     """A request naming something not loaded; carries the errno a daemon replies with."""
 
@@ -85,8 +146,10 @@ class RegistryError(OSError):
 
 
 class ProgramRegistry:
-    def __init__(self) -> None:
+    def __init__(self, record: RecordSource | None = None) -> None:
         self.slots: dict[str, Slot] = {}
+        self._record = record or (lambda mode: None)
+        self._warned: set[str] = set()
 
     def load(
         self,
@@ -128,11 +191,45 @@ class ProgramRegistry:
                 slot.loaded.close()
         return n
 
+    def detach(self, mode: str | None = None) -> int:
+        """``prog detach``: detach and free the object in ``mode`` (every slot with None) and, for a
+        slot with a device record, everything else the device holds (an import's, the operator's),
+        so the device is empty after; how many slots had something."""
+        modes = [mode] if mode is not None else list(dict.fromkeys(("offload", *self.slots)))
+        n = 0
+        for m in modes:
+            rec = self.record(m)
+            if rec is None:
+                n += self.unload(m)
+                continue
+            # the device's table is the truth: whatever runs on RX now (ours, the operator's, an
+            # import's) is detached and everything freed, then our slot's handles are forgotten quietly
+            cleared = rec.clear()
+            slot = self.slots.pop(m, None)
+            if slot is not None:
+                slot.loaded.close()
+            n += 1 if slot is not None or cleared else 0
+        return n
+
     def forget(self, mode: str) -> None:
         """Drop a slot whose engine state is already gone (the device was reset), freeing nothing."""
         self.slots.pop(mode, None)
 
-    # -- views ---------------------------------------------------------------------------
+    # -- views ---------------------------------------------------------------------------------
+    def record(self, mode: str) -> DeviceRecord | None:
+        """The device's record for ``mode``, or None: the registry's own slot is the view then."""
+        return self._record_or_note(mode)[0]
+
+    def _record_or_note(self, mode: str) -> tuple[DeviceRecord | None, str | None]:
+        """(record, None), or (None, why the device cannot list its objects: logged once), or (None, None)."""
+        rec = self._record(mode)
+        if not isinstance(rec, str):
+            return rec, None
+        if mode not in self._warned:
+            self._warned.add(mode)
+            log.warning("%s slot: %s", mode, rec)
+        return None, rec
+
     def slot_doc(self, slot: Slot) -> dict[str, Any]:
         programs = [
             {
@@ -154,26 +251,77 @@ class ProgramRegistry:
             m["mode"] = slot.mode
         return {"programs": programs, "maps": maps}
 
+    def record_doc(self, mode: str, rec: DeviceRecord) -> dict[str, Any]:
+        """The device's table as `slot_doc` shows a slot, each object with its ``origin``; programs
+        this registry loaded name their ``object`` file."""
+        progs, maps = rec.objects()
+        slot = self.slots.get(mode)
+        files = {h: slot.path for h in slot.loaded.programs.values()} if slot else {}
+        programs = []
+        for p in progs:
+            doc: dict[str, Any] = {"name": p.name, "handle": p.handle, "mode": mode, "attached": p.attached,
+                                   "insns": p.insns, "tag": p.tag, "origin": p.origin}
+            if p.handle in files:
+                doc["object"] = files[p.handle]
+            if p.attached:
+                doc["counters"] = rec.counters()
+            programs.append(doc)
+        mdocs = [dict(map_doc(m.name, m.map, entries=False), mode=mode, origin=m.origin) for m in maps]
+        return {"programs": programs, "maps": mdocs}
+
     def show(self) -> dict[str, Any]:
-        docs = [self.slot_doc(s) for s in self.slots.values()]
-        return {
+        docs, notes = [], []
+        for mode in dict.fromkeys(("offload", *self.slots)):
+            rec, note = self._record_or_note(mode)
+            if note:
+                notes.append(f"{mode}: {note}")
+            if rec is not None:
+                docs.append(self.record_doc(mode, rec))
+            elif mode in self.slots:
+                docs.append(self.slot_doc(self.slots[mode]))
+        out: dict[str, Any] = {
             "programs": [p for d in docs for p in d["programs"]],
             "maps": [m for d in docs for m in d["maps"]],
         }
+        if notes:
+            out["notes"] = notes
+        return out
+
+    def _maps_of(self, mode: str) -> list[tuple[str, Map]]:
+        rec = self.record(mode)
+        if rec is not None:
+            return [(m.name, m.map) for m in rec.objects()[1]]
+        slot = self.slots.get(mode)
+        return list(slot.loaded.maps.items()) if slot is not None else []
 
     def find_map(self, name: str, mode: str | None = None) -> Map:
-        """A map by its name in the object; the offloaded one first when both slots have it,
-        unless ``mode`` names the slot (xdp_pass offloaded and xdp1 native both have ``rxcnt``)."""
+        """A map by its name, or by its handle as ``id:N`` (bpftool's ``id``); the offloaded one first
+        when both slots have the name, unless ``mode`` names the slot (xdp_pass offloaded and xdp1
+        native both have ``rxcnt``). Two maps of that name in one slot (a device holding the maps of
+        two objects) are ambiguous: refused, naming their handles, so the caller picks one by id."""
+        return self._find(name, mode)[1]
+
+    def _find(self, name: str, mode: str | None = None) -> tuple[str, Map]:
+        handle = _handle_form(name)
         for m in ("offload", "native", *self.slots) if mode is None else (mode,):
-            slot = self.slots.get(m)
-            if slot is not None and name in slot.loaded.maps:
-                return slot.loaded.maps[name]
+            found = [(n, mp) for n, mp in self._maps_of(m) if (mp.handle == handle if handle else n == name)]
+            if len(found) > 1:
+                hs = ", ".join(str(mp.handle) for _, mp in found)
+                raise RegistryError(errno.EINVAL, f"map name {name!r} is ambiguous in the {m} slot: handles {hs}; "
+                                                  f"name one as id:HANDLE")
+            if found:
+                return found[0]
         where = f" in the {mode} slot" if mode else ""
-        raise RegistryError(errno.ENOENT, f"no map named {name!r} is loaded{where}")
+        what = f"with handle {handle}" if handle else f"named {name!r}"
+        raise RegistryError(errno.ENOENT, f"no map {what} is loaded{where}")
 
     # -- map requests (keys and values travel as hex) ------------------------------------
     def map_dump(self, name: str, mode: str | None = None) -> dict[str, Any]:
-        return map_doc(name, self.find_map(name, mode))
+        return map_doc(*self._find(name, mode))
+
+    def map_info(self, name: str, mode: str | None = None) -> dict[str, Any]:
+        """The map ``name`` resolves to (sizes, handle), without its entries."""
+        return map_doc(*self._find(name, mode), entries=False)
 
     def map_lookup(self, name: str, key: str, mode: str | None = None) -> dict[str, Any]:
         value = self.find_map(name, mode).lookup(bytes.fromhex(key))
@@ -207,6 +355,7 @@ class ProgramRegistry:
         return {
             "map.show": lambda: self.show()["maps"],
             "map.dump": lambda map, mode=None: self.map_dump(map, mode),
+            "map.info": lambda map, mode=None: self.map_info(map, mode),
             "map.lookup": lambda map, key, mode=None: self.map_lookup(map, key, mode),
             "map.update": lambda map, key, value, flags="any", mode=None: self.map_update(map, key, value, flags,
                                                                                             mode),

@@ -13,6 +13,12 @@ with ``--guest``: the guest's "user programs" ask its "kernel" (the driver).
 A backend that goes away resets the device, which frees everything offloaded:
 the driver forgets its offload slot then (`on_disconnect`), so ``prog show``
 never lists programs the host no longer has.
+
+The offload slot's views (``prog show``, ``map …``, ``prog detach``) read the
+device's record of its objects over the ctrl vq (OBJ_LIST, protocol 1.2), so
+the guest sees what an import recreated and what the host's operator put there,
+not only what it loaded itself. A device of protocol 1.1 cannot list: the driver
+then shows what it loaded, and ``prog show`` says so in ``notes``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ..engine.loader import LoadedObject
 from ..engine.registry import ProgramRegistry, RegistryError
 from ..virtio.offload import FEATURE_BPF_OFFLOAD
 from ..virtio.offload_client import OffloadClient, OffloadEngine, ctrl_transport
+from ..virtio.offload_record import OffloadRecord
 from .native import NativeXdp
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,8 @@ MODES = ("offload", "native")
 class GuestPrograms:
     def __init__(self, driver: Any) -> None:
         self.driver = driver
-        self.registry = ProgramRegistry()
+        self.registry = ProgramRegistry(record=self._record)
+        self._lister: OffloadClient | None = None  # the device's record is read through it; per connection
 
     # -- engines ---------------------------------------------------------------------------
     def _transport(self, request: bytes, capacity: int) -> bytes:
@@ -55,6 +63,19 @@ class GuestPrograms:
         engine = OffloadEngine(OffloadClient(self._transport))
         return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(h))
 
+    def _record(self, mode: str) -> OffloadRecord | str | None:
+        """The device's record for the offload slot (`ProgramRegistry`'s ``record``); None without a
+        device that offloads (nothing is offloaded then), the reason for a device that cannot list."""
+        if mode != "offload" or not self.driver.connected or not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:
+            return None
+        if self._lister is None:
+            self._lister = self._state_client()
+        if not self._lister.can_list():
+            caps = self._lister.caps()
+            return (f"the device speaks offload protocol {caps.version_major}.{caps.version_minor}, which cannot "
+                    "list its objects (OBJ_LIST is 1.2): showing what this driver loaded, not the device's record")
+        return OffloadRecord(self._lister)
+
     def _state_client(self) -> OffloadClient:
         if self.driver.connected and not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:
             raise RegistryError(errno.EOPNOTSUPP, f"the device does not offer XDP offload (feature bit "
@@ -69,8 +90,8 @@ class GuestPrograms:
         return {"state": base64.b64encode(blob).decode("ascii"), "bytes": len(blob)}
 
     def state_import(self, state: str) -> dict[str, Any]:
-        """Recreate a state from `state_export` in the (empty) device. The objects are the device's
-        alone: ``prog show`` lists what this driver loaded, not what an import recreated."""
+        """Recreate a state from `state_export` in the (empty) device. The objects are the device's:
+        ``prog show`` and ``map …`` reach them through its record, ``prog detach`` frees them."""
         try:
             blob = base64.b64decode(state, validate=True)
         except (ValueError, TypeError) as e:
@@ -98,6 +119,7 @@ class GuestPrograms:
 
     def on_disconnect(self) -> None:
         self.registry.forget("offload")
+        self._lister = None
 
     # -- control-socket methods ------------------------------------------------------------
     def load(self, path: str, mode: str, prog: str | None = None) -> dict[str, Any]:
@@ -111,7 +133,7 @@ class GuestPrograms:
     def detach(self, mode: str | None = None) -> dict[str, Any]:
         if mode is not None and mode not in MODES:
             raise RegistryError(errno.EINVAL, f"mode {mode!r}: one of {', '.join(MODES)}")
-        return {"detached": self.registry.unload(mode)}
+        return {"detached": self.registry.detach(mode)}
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {

@@ -13,6 +13,11 @@ kernel objects. Each device registers there and gets:
   the command rate: that bucket is the guest's, and the operator's commands
   (through a handler of their own, ``operator=True``) take nothing from it.
 
+Views: ``prog show``, ``map …`` and ``prog detach`` with ``--device`` read the
+device's record (`OffloadRecord` over OBJ_LIST through the operator's handler),
+the same table ``host show`` lists and the guest's own views read, so they
+agree whoever loaded an object: the guest, the operator, a state import.
+
 Lifetimes: a frontend that negotiated offload and then went away (or reset the
 device) takes everything offloaded with it, as a device reset does; a frontend
 that never negotiated it (a stock guest) leaves the operator's program in place,
@@ -31,6 +36,7 @@ from vxdp.engine.registry import ProgramRegistry, RegistryError
 from vxdp.virtio.ctrl import CtrlClass
 from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
 from vxdp.virtio.offload_client import OffloadClient, OffloadEngine
+from vxdp.virtio.offload_record import OffloadRecord
 
 from .ctrlq import CtrlTable
 from .offload import OffloadService
@@ -47,13 +53,16 @@ class DeviceOffload:
         self.service = service
         self.name = name
         self._features = features
-        service.add_device(name, port, netns=netns)
+        service.add_device(name, port, netns=netns, negotiated=self.negotiated)
         self.handler = BpfCommandHandler(service, name)
         self.operator_handler = BpfCommandHandler(service, name, operator=True)
         ctrl.register(CtrlClass.BPF, self.handler.ctrl_handler(self.negotiated))
-        self.registry = ProgramRegistry()
+        record = OffloadRecord(OffloadClient(self._transport))
+        self.registry = ProgramRegistry(record=lambda mode: record if mode == "offload" else None)
 
     def negotiated(self) -> bool:
+        """Whether the frontend acked the offload bit: read from the device's negotiated features, the one
+        source the ctrl handler and ``host show`` (``offload_negotiated``) both use."""
         return bool(self._features() & FEATURE_BIT)
 
     def session_ended(self, negotiated: bool) -> None:
@@ -80,7 +89,8 @@ class DeviceOffload:
         return {"state": base64.b64encode(blob).decode("ascii"), "bytes": len(blob)}
 
     def state_import(self, state: str) -> dict[str, Any]:
-        """Recreate a state in the (empty) device; its objects are the device's, not the registry's."""
+        """Recreate a state in the (empty) device; the views (``prog show``, ``map …``) read it from the
+        device's record, and ``prog detach`` frees it."""
         try:
             blob = base64.b64decode(state, validate=True)
         except (ValueError, TypeError) as e:
@@ -89,14 +99,15 @@ class DeviceOffload:
         return {"imported": len(blob)}
 
     def show(self) -> dict[str, Any]:
-        """The operator's view: what was loaded here by file and name, and every object the device has."""
+        """The operator's view: the device's record (the operator's files named), and the device as
+        ``host show`` describes it."""
         doc = self.registry.show()
         (dev,) = [d for d in self.service.show() if d.get("name") == self.name] or [{}]
         doc["device"] = dev
         return doc
 
     def detach(self, mode: str | None = None) -> dict[str, Any]:
-        return {"detached": self.registry.unload(mode)}
+        return {"detached": self.registry.detach(mode)}
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
         return {

@@ -65,6 +65,9 @@ from .offload import (
     MapUpdateBatchRequest,
     MapUpdateRequest,
     Message,
+    ObjInfo,
+    ObjListReply,
+    ObjListRequest,
     OffloadProtocolError,
     ProgAttachRequest,
     ProgDetachRequest,
@@ -92,6 +95,7 @@ Transport = Callable[[bytes, int], bytes]
 
 DEFAULT_CAPACITY = 4096  # enough for CAPS, a lookup of a 4 KiB value, a modest batch
 STATE_CHUNK = 64 << 10  # bytes of state per STATE_EXPORT / STATE_IMPORT when the transport has no limit
+LIST_CAPACITY = 64 << 10  # OBJ_LIST: the device fills the area, so offer what the transport allows
 LOAD_TEXT_ROOM = 1024  # room for a refusal message on top of the verifier log wanted
 _RULE = re.compile(r" \(rule ([\w.\-]+)\)$")
 
@@ -269,6 +273,27 @@ class OffloadClient:
     def prog_query(self, attach_point: int = AttachPoint.RX) -> ProgQueryReply | None:
         """The attached program, its tag and per-action frame counts; ``None`` if nothing is attached."""
         return self.call(ProgQueryRequest(attach_point), none_on_enoent=True)  # type: ignore[return-value]
+
+    # -- the device's record (protocol 1.2) -----------------------------------------------------------
+    def can_list(self) -> bool:
+        """Whether the device lists its objects (OBJ_LIST: CAPS version 1.2 or later)."""
+        caps = self.caps()
+        return (caps.version_major, caps.version_minor) >= (1, 2)
+
+    def obj_list(self) -> list[ObjInfo]:
+        """Every map and program the device holds, whoever made them, in handle order: OBJ_LIST from
+        an empty token until the device answers an empty one (bounded: a token must move on)."""
+        out: list[ObjInfo] = []
+        token = b""
+        for _ in range(1 << 20):
+            r: ObjListReply = self.call(ObjListRequest(0, token), LIST_CAPACITY)  # type: ignore[assignment]
+            out.extend(r.objects)
+            if not r.token:
+                return out
+            if r.token == token or not r.objects:
+                raise OffloadTransportError(errno.EIO, "OBJ_LIST: the device's token did not move on")
+            token = r.token
+        raise OffloadTransportError(errno.EIO, "OBJ_LIST: the listing did not end")
 
     # -- state ---------------------------------------------------------------------------------
     def can_migrate(self) -> bool:

@@ -28,12 +28,17 @@ from .offload_wire import (
     MAX_INSNS,
     MAX_KEY,
     MAX_LICENSE,
+    MAX_OBJ_RECORD,
     MAX_REC_SIZE,
     MAX_VALUE,
+    OBJ_RECORD_SIZE,
     TAG_LEN,
     VERSION_MAJOR,
     VERSION_MINOR,
     Command,
+    ObjFlag,
+    ObjKind,
+    ObjOrigin,
     Reader,
     Writer,
 )
@@ -98,6 +103,7 @@ def _read_line_info(r: Reader, f: F) -> tuple[LineInfo, ...]:
 
 
 _READERS: dict[str, Callable[[Reader, F], Any]] = {
+    "u8": lambda r, f: r.u8(f.attr),
     "u16": lambda r, f: r.u16(f.attr),
     "u32": lambda r, f: r.u32(f.attr),
     "u64": lambda r, f: r.u64(f.attr),
@@ -151,6 +157,7 @@ def _write_line_info(w: Writer, v: tuple[LineInfo, ...], f: F) -> None:
 
 
 _WRITERS: dict[str, Callable[[Writer, Any, F], None]] = {
+    "u8": lambda w, v, f: w.u8(v, f.attr),
     "u16": lambda w, v, f: w.u16(v, f.attr),
     "u32": lambda w, v, f: w.u32(v, f.attr),
     "u64": lambda w, v, f: w.u64(v, f.attr),
@@ -394,12 +401,22 @@ class StateImportRequest(Message):
     WIRE = (F("flags", "u32"), F("chunk", "blob", MAX_CHUNK))
 
 
+@dataclass(frozen=True)
+class ObjListRequest(Message):
+    """OBJ_LIST (1.2): the device's record of its maps and programs, from ``token`` on."""
+
+    max_count: int = 0  # 0: as many as the writable area holds
+    token: bytes = b""  # empty: from the start
+    COMMAND = Command.OBJ_LIST
+    WIRE = (F("max_count", "u32"), F("token", "blob", MAX_KEY))
+
+
 REQUESTS: dict[Command, type[Message]] = {
     cls.COMMAND: cls
     for cls in (CapsRequest, MapCreateRequest, MapFreeRequest, MapLookupRequest, MapUpdateRequest,
                 MapDeleteRequest, MapGetNextKeyRequest, MapLookupBatchRequest, MapUpdateBatchRequest,
                 MapFreezeRequest, ProgLoadRequest, ProgFreeRequest, ProgAttachRequest, ProgDetachRequest, ProgQueryRequest,
-                StateExportRequest, StateImportRequest)
+                StateExportRequest, StateImportRequest, ObjListRequest)
 }
 
 # --- reply payloads -------------------------------------------------------------------------
@@ -514,9 +531,82 @@ class StateExportReply(Message):
     WIRE = (F("token", "blob", MAX_KEY), F("chunk", "blob", MAX_CHUNK))
 
 
+@dataclass(frozen=True)
+class ObjInfo(Message):
+    """One record of an OBJ_LIST reply (not a message by itself): a map (``kind`` MAP, the map fields
+    set) or a program (``kind`` PROG, ``insns`` and ``tag`` set) as the device records it."""
+
+    handle: int
+    kind: int  # ObjKind
+    name: str = ""
+    origin: int = ObjOrigin.DRIVER
+    flags: int = 0  # ObjFlag
+    type: int = 0  # enum bpf_map_type or enum bpf_prog_type
+    key_size: int = 0
+    value_size: int = 0
+    max_entries: int = 0
+    map_flags: int = 0
+    insns: int = 0
+    tag: bytes = bytes(TAG_LEN)
+    COMMAND = Command.OBJ_LIST
+    WIRE = (F("handle", "u32"), F("kind", "u8"), F("origin", "u8"), F("flags", "u16"), F("name", "name"),
+            F("type", "u32"), F("key_size", "u32"), F("value_size", "u32"), F("max_entries", "u32"),
+            F("map_flags", "u32"), F("insns", "u32"), F("tag", "tag"))
+
+    @property
+    def is_map(self) -> bool:
+        return self.kind == ObjKind.MAP
+
+    @property
+    def attached(self) -> bool:
+        return bool(self.flags & ObjFlag.ATTACHED)
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.flags & ObjFlag.FROZEN)
+
+
+@dataclass(frozen=True)
+class ObjListReply(Message):
+    """OBJ_LIST's records in handle order, and the token to continue from (empty: the list is complete)."""
+
+    objects: tuple[ObjInfo, ...]
+    token: bytes = b""
+    COMMAND = Command.OBJ_LIST
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objects", tuple(self.objects))
+
+    def write(self, w: Writer) -> None:
+        w.blob(self.token, "token", MAX_KEY)
+        w.count(len(self.objects), "count", MAX_BATCH)
+        w.u32(OBJ_RECORD_SIZE, "rec_size")
+        for i, o in enumerate(self.objects):
+            if o.kind not in tuple(ObjKind):
+                raise w.error(f"objects[{i}].kind", f"{o.kind!r} is not MAP (1) or PROG (2)")
+            o.write(w)
+
+    @classmethod
+    def read(cls, r: Reader) -> ObjListReply:
+        token = r.blob("token", MAX_KEY)
+        count = r.count("count", MAX_BATCH)
+        rec_size = r.u32("rec_size")
+        if not OBJ_RECORD_SIZE <= rec_size <= MAX_OBJ_RECORD:
+            raise r.error("rec_size", f"{rec_size} is outside {OBJ_RECORD_SIZE}..{MAX_OBJ_RECORD}")
+        raw = r.array("records", count, rec_size)
+        objects = []
+        for i in range(count):
+            rr = Reader(raw[i * rec_size : i * rec_size + OBJ_RECORD_SIZE], r.command, f"{r.what} objects[{i}]")
+            o = ObjInfo.read(rr)  # bytes past the 1.2 fields belong to a later version: skipped
+            if o.kind not in tuple(ObjKind):
+                raise rr.error("kind", f"{o.kind} is not MAP (1) or PROG (2)")
+            objects.append(o)
+        return cls(tuple(objects), token)  # type: ignore[arg-type]
+
+
 # Commands absent here answer an empty payload on success.
 REPLIES: dict[Command, type[Message]] = {
     cls.COMMAND: cls
     for cls in (CapsReply, MapCreateReply, MapLookupReply, MapGetNextKeyReply, MapLookupBatchReply,
-                MapUpdateBatchReply, ProgLoadReply, ProgQueryReply, StateExportReply)
+                MapUpdateBatchReply, ProgLoadReply, ProgQueryReply, StateExportReply, ObjListReply)
 }

@@ -18,7 +18,7 @@ from enum import IntEnum
 FEATURE_BPF_OFFLOAD = 58  # VIRTIO_NET_F_BPF_OFFLOAD: unassigned in virtio-v1.4-cs01, below 64 for vhost-user
 CTRL_CLASS_BPF = 0x40  # VIRTIO_NET_CTRL_BPF (same value as vxdp.virtio.ctrl.CtrlClass.BPF)
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1 added MAP_FREEZE
+VERSION_MINOR = 2  # 1.1 added MAP_FREEZE, 1.2 OBJ_LIST
 
 MIN_REPLY = 64  # VIRTIO_NET_BPF_MIN_REPLY: smallest writable area a device executes a command with
 REPLY_HEADER_SIZE = 16  # le32 code, flags, payload_len, text_len (after the u8 ack)
@@ -64,6 +64,7 @@ class Command(IntEnum):
     PROG_QUERY = 0x14
     STATE_EXPORT = 0x20
     STATE_IMPORT = 0x21
+    OBJ_LIST = 0x30  # since 1.2
 
 
 class Errno(IntEnum):
@@ -108,6 +109,30 @@ class CapsFlag(IntEnum):
 
 class StateImportFlag(IntEnum):
     LAST = 1 << 0
+
+
+class ObjKind(IntEnum):
+    """OBJ_LIST record ``kind``."""
+
+    MAP = 1
+    PROG = 2
+
+
+class ObjOrigin(IntEnum):
+    """OBJ_LIST record ``origin``: who created the object."""
+
+    DRIVER = 0  # the device's driver (the guest), over the ctrl vq
+    OPERATOR = 1  # the host's operator (``vxdp prog load --device``)
+    IMPORT = 2  # a STATE_IMPORT recreated it
+
+
+class ObjFlag(IntEnum):
+    ATTACHED = 1 << 0  # a program on attach point RX
+    FROZEN = 1 << 1  # a frozen map
+
+
+OBJ_RECORD_SIZE = 56  # an OBJ_LIST record in version 1.2; later versions may append fields
+MAX_OBJ_RECORD = 256
 
 
 def command_name(command: int) -> str:

@@ -41,6 +41,10 @@ from vxdp.virtio.offload import (
     MapUpdateBatchRequest,
     MapUpdateRequest,
     Message,
+    ObjFlag,
+    ObjKind,
+    ObjListRequest,
+    ObjOrigin,
     ProgAttachRequest,
     ProgDetachRequest,
     ProgFreeRequest,
@@ -357,3 +361,81 @@ def test_the_ctrl_table_shape(service):
     state["negotiated"] = True
     reply = answer(req, 256)
     assert reply.ok and decode_reply(req.command, reply.encode()).payload.map == 1
+
+
+# -- OBJ_LIST (1.2): the device's table, whoever made the objects -----------------------------------
+
+def _listing(w: Wire, cap: int = 4096, max_count: int = 0) -> list:
+    out, token = [], b""
+    for _ in range(100):
+        r = w.ok(ObjListRequest(max_count, token), cap)
+        out.extend(r.objects)
+        if not r.token:
+            return out
+        token = r.token
+    raise AssertionError("OBJ_LIST did not end")
+
+
+def test_caps_say_version_1_2(lo):
+    caps = lo.ok(CapsRequest())
+    assert (caps.version_major, caps.version_minor) == (1, 2)
+
+
+def test_obj_list_is_the_device_table_whoever_made_it(veth, service):
+    m = veth.ok(MapCreateRequest(MapType.HASH, 8, 16, 32, 0, "flows")).map
+    p = veth.ok(ProgLoadRequest(insns=RET2, name="pass2"))
+    veth.ok(ProgAttachRequest(p.prog))
+    with service.as_operator():
+        om = service.map_create(veth.handler.device, type=MapType.ARRAY, key_size=4, value_size=8,
+                                max_entries=4, name="op_stats")
+    veth.ok(MapFreezeRequest(om))
+    objs = _listing(veth)
+    assert [o.handle for o in objs] == sorted([m, p.prog, om])
+    by = {o.handle: o for o in objs}
+    assert (by[m].kind, by[m].name, by[m].origin, by[m].type, by[m].key_size, by[m].value_size,
+            by[m].max_entries, by[m].flags) == (ObjKind.MAP, "flows", ObjOrigin.DRIVER, MapType.HASH, 8, 16, 32, 0)
+    assert (by[p.prog].kind, by[p.prog].name, by[p.prog].insns, by[p.prog].tag, by[p.prog].type,
+            by[p.prog].flags) == (ObjKind.PROG, "pass2", 2, p.tag, 6, ObjFlag.ATTACHED)
+    assert (by[om].origin, by[om].flags, by[om].name) == (ObjOrigin.OPERATOR, ObjFlag.FROZEN, "op_stats")
+    # what host show lists is the same table
+    (dev,) = [d for d in service.show() if d["name"] == veth.handler.device]
+    assert {x["handle"]: x["origin"] for x in dev["programs"] + dev["maps"]} == {
+        m: "guest", p.prog: "guest", om: "operator"}
+    veth.ok(ProgDetachRequest())
+    assert not {o.handle: o for o in _listing(veth)}[p.prog].attached
+
+
+def test_obj_list_says_import_for_what_a_state_import_made(lo, service):
+    m = lo.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 2, 0, "seen")).map
+    p = lo.ok(ProgLoadRequest(insns=RET2, name="pass2")).prog
+    blob = service.state_export(lo.handler.device)
+    dest = _dev()
+    service.add_device(dest, "lo", negotiated=True)
+    w = Wire(service, dest)
+    service.state_import(dest, blob)
+    assert [(o.handle, o.kind, o.origin) for o in _listing(w)] == [
+        (m, ObjKind.MAP, ObjOrigin.IMPORT), (p, ObjKind.PROG, ObjOrigin.IMPORT)]
+
+
+def test_obj_list_fills_the_area_continues_with_a_token_and_refuses_a_foreign_one(lo):
+    handles = [lo.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 1, 0, f"m{i}")).map for i in range(5)]
+    two = 1 + 16 + 4 + 4 + 8 + 2 * 56  # ack, header, token blob, count, rec_size, two records
+    pages = []
+    token = b""
+    while True:
+        r = lo.ok(ObjListRequest(0, token), two)
+        pages.append([o.handle for o in r.objects])
+        if not r.token:
+            break
+        token = r.token
+    assert pages == [handles[0:2], handles[2:4], handles[4:5]]
+    assert [o.handle for o in lo.ok(ObjListRequest(1)).objects] == handles[:1]
+    assert _listing(lo, max_count=3) == _listing(lo)
+    # the smallest area cannot hold one record: ENOBUFS with the size one needs, never a partial answer
+    r = lo(ObjListRequest(), MIN_REPLY)
+    assert r.code == Errno.ENOBUFS and r.payload_omitted and r.needed == 4 + 4 + 8 + 56
+    r = lo(ObjListRequest(0, b"\x01\x02\x03"))
+    assert r.code == Errno.EINVAL and "token of 3 bytes" in r.text
+    # past the last handle: an empty, complete listing
+    r = lo.ok(ObjListRequest(0, (handles[-1]).to_bytes(4, "little")))
+    assert r.objects == () and r.token == b""

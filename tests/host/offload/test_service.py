@@ -129,7 +129,7 @@ def test_xdp1_offloaded_drops_and_counts_live_frames(port, service):
     assert shown["maps"][0] | {"kernel_id": 0} == {
         "handle": maps["rxcnt"], "name": "rxcnt", "kernel_name": f"{dev}_rxcnt", "type": "array", "key_size": 4,
         "value_size": 8, "max_entries": 256, "flags": 0, "memory": 256 * 16, "kernel_id": 0,
-        "frozen": False}
+        "frozen": False, "origin": "guest"}
     service.prog_detach(dev)
     assert query_xdp(port.b, netns=port.ns_b) is None
 

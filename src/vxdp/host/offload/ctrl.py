@@ -33,7 +33,10 @@ lookups that find nothing become ``ENOENT``. STATE_EXPORT fills the writable
 area: each chunk is as large as the area leaves room for after the header and the
 continuation token (so it never needs ENOBUFS); STATE_IMPORT hands chunks to the
 service, which recreates the objects at the LAST one (`vxdp.host.offload.state`).
-CAPS sets flag STATE.
+CAPS sets flag STATE. OBJ_LIST (1.2) reads the service's table of the device
+(`OffloadService.objects`), so the guest sees what the operator and an import made
+too; it puts as many 56-byte records as the writable area holds, its token is the
+le32 handle to continue after.
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ from ...virtio.offload import (
     MapLookupReply,
     MapUpdateBatchReply,
     Message,
+    ObjFlag,
+    ObjInfo,
+    ObjKind,
+    ObjListReply,
+    ObjOrigin,
     OffloadProtocolError,
     ProgLoadReply,
     ProgQueryReply,
@@ -69,8 +77,9 @@ from ...virtio.offload import (
     encode_reply,
     error_reply,
 )
-from ...virtio.offload_wire import MAX_BATCH, MAX_CHUNK, MAX_REQUEST, REPLY_HEADER_SIZE
-from .device import Device, MapObj
+from ...virtio.offload_client import wire_name
+from ...virtio.offload_wire import MAX_BATCH, MAX_CHUNK, MAX_REQUEST, OBJ_RECORD_SIZE, REPLY_HEADER_SIZE
+from .device import Device, MapObj, ProgObj
 from .errors import OffloadError
 from .handles import Kind
 from .service import OffloadService
@@ -80,6 +89,8 @@ log = logging.getLogger(__name__)
 XDP_ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # PROG_QUERY actions[i], i = XDP action
 BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP: the only expected_attach_type besides 0
 EXPORT_TOKEN_ROOM = 12  # the service's continuation token (snapshot serial, offset)
+LIST_TOKEN_SIZE = 4  # OBJ_LIST's token: le32, the handle to continue after
+ORIGINS = {"guest": ObjOrigin.DRIVER, "operator": ObjOrigin.OPERATOR, "import": ObjOrigin.IMPORT}
 
 
 def refusal_text(err: OffloadError, log_size: int = 0) -> tuple[str, bool]:
@@ -298,6 +309,34 @@ class BpfCommandHandler:
         self.service.state_import_chunk(self.device, req.chunk, bool(req.flags & StateImportFlag.LAST))
         return Reply()
 
+    def obj_list(self, req) -> Reply:
+        if len(req.token) not in (0, LIST_TOKEN_SIZE):
+            raise _Refused(Errno.EINVAL, f"OBJ_LIST: token of {len(req.token)} bytes was not issued by this device")
+        after = int.from_bytes(req.token, "little")
+        objs = self.service.objects(self.device, after)
+        dev = self._dev()
+        # ack, header, blob(token), count, rec_size, then records; at least one (else ENOBUFS, needed size)
+        room = self._capacity - 1 - REPLY_HEADER_SIZE - 4 - LIST_TOKEN_SIZE - 8
+        n = max(1, room // OBJ_RECORD_SIZE)
+        if req.max_count:
+            n = min(n, req.max_count)
+        page = objs[:n]
+        token = page[-1].handle.to_bytes(LIST_TOKEN_SIZE, "little") if len(objs) > n else b""
+        return Reply(payload=ObjListReply(tuple(_obj_info(o, dev) for o in page), token))
+
+
+def _obj_info(o: MapObj | ProgObj, dev: Device) -> ObjInfo:
+    """One OBJ_LIST record for an object of the service's table."""
+    origin = ORIGINS.get(o.origin, ObjOrigin.DRIVER)
+    if isinstance(o, MapObj):
+        s = o.spec
+        return ObjInfo(o.handle, ObjKind.MAP, wire_name(o.name), origin,
+                       ObjFlag.FROZEN if getattr(o.map, "frozen", False) else 0, int(s.type), s.key_size,
+                       s.value_size, s.max_entries, int(s.flags))
+    return ObjInfo(o.handle, ObjKind.PROG, wire_name(o.name), origin,
+                   ObjFlag.ATTACHED if dev.attached == o.handle else 0,
+                   o.source.prog_type if o.source else 6, insns=o.guest_insns, tag=bytes.fromhex(o.tag))
+
 
 class _Refused(Exception):
     """A refusal the handler itself decides (spec rules the service does not know)."""
@@ -339,5 +378,6 @@ _HANDLERS: dict[Command, Callable[[BpfCommandHandler, Message], Reply]] = {
     Command.PROG_QUERY: BpfCommandHandler.prog_query,
     Command.STATE_EXPORT: BpfCommandHandler.state_export,
     Command.STATE_IMPORT: BpfCommandHandler.state_import,
+    Command.OBJ_LIST: BpfCommandHandler.obj_list,
 }
 assert set(_HANDLERS) == set(Command), "every command of the class has a handler"

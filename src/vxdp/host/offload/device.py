@@ -7,6 +7,7 @@ module only says what a device *has*, and renders it for ``vxdp host show``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...bpf.isa import Insn
@@ -31,6 +32,7 @@ class MapObj:
     memory: int
     kernel_id: int = 0
     kernel_name: str = ""
+    origin: str = "guest"  # who made it: guest, operator, import
 
     @property
     def is_prog_array(self) -> bool:
@@ -43,7 +45,7 @@ class MapObj:
             "type": t.name.lower() if isinstance(t, MapType) else int(t), "key_size": self.spec.key_size,
             "value_size": self.spec.value_size, "max_entries": self.spec.max_entries, "flags": self.spec.flags,
             "memory": self.memory, "kernel_id": self.kernel_id,
-            "frozen": bool(getattr(self.map, "frozen", False)),
+            "frozen": bool(getattr(self.map, "frozen", False)), "origin": self.origin,
         }
 
 
@@ -75,6 +77,7 @@ class ProgObj:
     map_handles: tuple[int, ...]
     counters: Map  # host-owned PERCPU_ARRAY, one u64 per CPU per `ACTION_SLOTS` entry
     source: ProgSource | None = None  # the guest's load, for STATE_EXPORT
+    origin: str = "guest"  # who loaded it: guest, operator, import
 
     def action_counts(self) -> dict[str, int]:
         """Verdicts so far, summed over CPUs: aborted, drop, pass, tx, redirect, other."""
@@ -97,7 +100,8 @@ class Device:
     engine: object  # vxdp.engine.kernel.KernelEngine
     handles: HandleTable
     bucket: TokenBucket
-    negotiated: bool = False
+    # whether the frontend acked the offload bit: read from the device's negotiated features, never copied
+    negotiated_source: Callable[[], bool] = field(default=lambda: False)
     attached: int | None = None  # guest handle of the program on the port
     map_memory: int = 0
     # STATE_EXPORT's snapshot (serial, blob) from the start of a walk to its end; STATE_IMPORT's chunks so far
@@ -107,6 +111,10 @@ class Device:
     # commands: the guest's (rate-limited); operator_commands: the host operator's (not rate-limited)
     counters: dict[str, int] = field(default_factory=lambda: {"commands": 0, "refused": 0, "rate_limited": 0,
                                                               "operator_commands": 0})
+
+    @property
+    def negotiated(self) -> bool:
+        return bool(self.negotiated_source())
 
     def describe(self, maps: list[MapObj], progs: list[ProgObj]) -> dict:
         return {
@@ -121,7 +129,7 @@ class Device:
         return {
             "handle": p.handle, "name": p.name, "kernel_name": p.kernel_name, "tag": p.tag,
             "kernel_id": p.kernel_id, "insns": p.guest_insns, "host_insns": p.host_insns,
-            "maps": list(p.map_handles),
+            "maps": list(p.map_handles), "origin": p.origin,
             "attached": ({"ifname": self.ifname, "ifindex": self.ifindex, "netns": self.netns, "mode": "native"}
                          if self.attached == p.handle else None),
             "actions": p.action_counts(),

@@ -27,9 +27,17 @@ so no kernel map or program outlives it. A map a live program uses, and an
 attached program, cannot be freed (EBUSY): detach or free the user first.
 
 The feature bit: a guest that did not negotiate offload must get every BPF
-command refused; the codec handler checks `require_negotiated` before
-dispatching. The operator path offloads on behalf of stock guests, which never
-negotiate, so it skips that check and nothing else.
+command refused. The device's negotiated features are the one source of truth:
+`add_device` takes a callable reading them (`vxdp.host.offloading.DeviceOffload.negotiated`),
+``show`` reports it as ``offload_negotiated``, `require_negotiated` checks it,
+and the ctrl-vq handler (`vxdp.host.offload.ctrl`) is given the same callable's
+answer per command and refuses before decoding. The operator path offloads on
+behalf of stock guests, which never negotiate, so it skips that check and
+nothing else.
+
+Every object records who made it (``origin``: the guest, the operator, an
+import), so each view of the device's table (``host show``, OBJ_LIST for the
+guest's and the operator's ``prog show``) can say so.
 """
 
 from __future__ import annotations
@@ -101,8 +109,12 @@ class OffloadService:
             self._operator.active = before
 
     # -- devices -------------------------------------------------------------------------------
-    def add_device(self, name: str, ifname: str, *, netns: str | None = None, negotiated: bool = False) -> Device:
-        """Register device ``name`` whose host port is ``ifname`` (in ``netns``, else ours)."""
+    def add_device(self, name: str, ifname: str, *, netns: str | None = None,
+                   negotiated: bool | Callable[[], bool] = False) -> Device:
+        """Register device ``name`` whose host port is ``ifname`` (in ``netns``, else ours).
+
+        ``negotiated``: reads whether the frontend acked the offload bit (the backend's negotiated
+        features); a plain bool is a fixed answer (tests)."""
         with self._lock:
             if name in self.devices:
                 raise OffloadError(errno.EEXIST, f"device {name} already exists")
@@ -111,7 +123,7 @@ class OffloadService:
             dev = Device(name=name, ifname=ifname, ifindex=ifindex, netns=netns,
                          engine=self.engine_factory(kernel_prefix(name)), handles=HandleTable(name),
                          bucket=TokenBucket(q.commands_per_second, q.command_burst, self.clock),
-                         negotiated=negotiated)
+                         negotiated_source=negotiated if callable(negotiated) else (lambda: bool(negotiated)))
             self.devices[name] = dev
             self._maps[name], self._progs[name] = {}, {}
             return dev
@@ -125,11 +137,6 @@ class OffloadService:
             finally:
                 dev.engine.close()
                 del self.devices[name], self._maps[name], self._progs[name]
-
-    def set_negotiated(self, device: str, negotiated: bool) -> None:
-        """The guest's feature negotiation result for the offload bit (the backend calls this)."""
-        with self._lock:
-            self._device(device).negotiated = negotiated
 
     def require_negotiated(self, device: str) -> None:
         """Refuse (EOPNOTSUPP, rule ``feature``) unless the guest negotiated the offload feature bit."""
@@ -178,6 +185,7 @@ class OffloadService:
                     flags: int = 0, name: str = "", handle: int | None = None) -> int:
         """MAP_CREATE without the command rate; ``handle``: take that one (a state import)."""
         device = dev.name
+        handle_given = handle is not None
         try:
             if handle is not None and dev.handles.kind(handle) is not None:
                 raise OffloadError(errno.EEXIST, f"device {device}: handle {handle} is already in use")
@@ -201,7 +209,8 @@ class OffloadService:
             raise
         handle = dev.handles.add(Kind.MAP, None, handle)
         info = m.info() if hasattr(m, "info") else None
-        obj = MapObj(handle, name, spec, m, memory, info.id if info else 0, info.name if info else name)
+        obj = MapObj(handle, name, spec, m, memory, info.id if info else 0, info.name if info else name,
+                     origin=self._origin(handle_given))
         dev.handles.bind(handle, obj)
         self._maps[device][handle] = obj
         dev.map_memory += memory
@@ -307,6 +316,7 @@ class OffloadService:
         """PROG_LOAD without the command rate; ``handle``: take that one (a state import)."""
         p, q = self.policy, self.policy.quota
         p.check_prog_type(prog_type)
+        origin = self._origin(handle is not None)
         if handle is not None and dev.handles.kind(handle) is not None:
             raise OffloadError(errno.EEXIST, f"device {dev.name}: handle {handle} is already in use")
         source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
@@ -346,7 +356,8 @@ class OffloadService:
         handle = dev.handles.add(Kind.PROG, None, handle)
         obj = ProgObj(handle=handle, name=name, kernel_name=info.name, engine_handle=fd, tag=info.tag,
                       kernel_id=info.id, guest_insns=len(insns), host_insns=len(counted.insns),
-                      map_handles=tuple(sorted(refs.map_handles)), counters=counters, source=source)
+                      map_handles=tuple(sorted(refs.map_handles)), counters=counters, source=source,
+                      origin=origin)
         dev.handles.bind(handle, obj)
         progs[handle] = obj
         return handle, info.tag
@@ -452,6 +463,13 @@ class OffloadService:
             return progs, maps
 
     # -- visibility ----------------------------------------------------------------------------
+    def objects(self, device: str, after: int = 0) -> list[MapObj | ProgObj]:
+        """The device's maps and programs with a handle above ``after``, in handle order (OBJ_LIST):
+        the one table every view of the device reads, whoever made the objects."""
+        with self._lock:
+            dev = self._begin(device)
+            return [e.obj for e in dev.handles.entries() if e.handle > after and e.obj is not None]
+
     def show(self) -> list[dict]:
         """Every device with its programs (name, tag, insns, maps, attach point, action counters) and maps."""
         with self._lock:
@@ -477,6 +495,10 @@ class OffloadService:
             raise OffloadError(errno.EAGAIN, f"policy: device {name} sent more than {q.commands_per_second:g} "
                                f"commands a second (burst {q.command_burst})", "rate")
         return dev
+
+    def _origin(self, imported: bool) -> str:
+        """Who is making an object now: ``import`` (a state import), ``operator`` or ``guest``."""
+        return "import" if imported else "operator" if getattr(self._operator, "active", False) else "guest"
 
     def _map(self, dev: Device, handle: int) -> MapObj:
         return dev.handles.get(handle, Kind.MAP)  # type: ignore[return-value]

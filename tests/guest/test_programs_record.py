@@ -1,0 +1,87 @@
+"""The guest's offload views read the device's record (OBJ_LIST, protocol 1.2) over the ctrl vq, and a
+driver facing a 1.1 device falls back to what it loaded itself, saying so.
+
+`GuestPrograms` on a stand-in driver whose ctrl vq is the real device handler (`BpfCommandHandler` of
+a real `OffloadService`, loopback port, kernel engine); a 1.1 device is that handler with its CAPS
+answering version 1.1, which is all a 1.1 device differs in for a driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from vxdp.bpf.mapspec import MapType
+from vxdp.guest.programs import GuestPrograms
+from vxdp.host.offload.ctrl import BpfCommandHandler
+from vxdp.virtio.ctrl import Ack
+from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD, Command, Reply, decode_reply, encode_reply
+
+pytestmark = pytest.mark.privileged
+
+DEV = "grec0"
+
+
+class Ctrl:
+    """The driver's ctrl-vq client shape (``command(cls, cmd, data, capacity) -> (ack, result)``) over a
+    device handler; ``minor``: what CAPS says the protocol's minor version is (None: as the device)."""
+
+    def __init__(self, handler: BpfCommandHandler, minor: int | None = None):
+        self.handler, self.minor, self.commands = handler, minor, []
+
+    def command(self, cls: int, cmd: int, data: bytes, capacity: int):
+        self.commands.append(cmd)
+        out = self.handler.handle(cmd, data, capacity + 1, negotiated=True)
+        if cmd == Command.CAPS and self.minor is not None:
+            r = decode_reply(cmd, out)
+            out = encode_reply(cmd, Reply(payload=dataclasses.replace(r.payload, version_minor=self.minor)),
+                               capacity + 1)
+        return Ack(out[0]), out[1:]
+
+
+class Driver:
+    connected = True
+    features = 1 << FEATURE_BPF_OFFLOAD
+    rings = None
+    rx_program = None
+
+    def __init__(self, ctrl: Ctrl):
+        self.ctrl = ctrl
+
+
+@pytest.fixture
+def device(service):
+    service.add_device(DEV, "lo", negotiated=True)
+    with service.as_operator():  # what the host's operator put on the device, not the guest
+        m = service.map_create(DEV, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=4, name="op_stats")
+    service.map_update(DEV, m, (2).to_bytes(4, "little"), (9).to_bytes(8, "little"))
+    return service, m
+
+
+def test_the_guest_sees_the_operators_objects_and_detach_frees_them(device):
+    service, m = device
+    ctrl = Ctrl(BpfCommandHandler(service, DEV))
+    g = GuestPrograms(Driver(ctrl))
+    shown = g.show()
+    assert [(x["handle"], x["name"], x["origin"]) for x in shown["maps"]] == [(m, "op_stats", "operator")]
+    assert "notes" not in shown and Command.OBJ_LIST in ctrl.commands
+    h = g.handlers()
+    assert h["map.lookup"](map="op_stats", key="02000000") == {"key": "02000000", "value": (9).to_bytes(8, "little").hex()}
+    h["map.update"](map=f"id:{m}", key="01000000", value=(4).to_bytes(8, "little").hex())
+    assert service.map_lookup(DEV, m, (1).to_bytes(4, "little")) == (4).to_bytes(8, "little")
+    assert g.detach("offload") == {"detached": 1}
+    assert service.objects(DEV) == [] and g.show() == {"programs": [], "maps": []}
+
+
+def test_a_driver_facing_a_1_1_device_falls_back_to_its_own_slot_and_says_so(device, caplog):
+    service, _ = device
+    ctrl = Ctrl(BpfCommandHandler(service, DEV), minor=1)
+    g = GuestPrograms(Driver(ctrl))
+    with caplog.at_level("WARNING"):
+        shown = g.show()
+    assert shown["programs"] == [] and shown["maps"] == []  # it loaded nothing itself
+    (note,) = shown["notes"]
+    assert "protocol 1.1" in note and "OBJ_LIST" in note and "what this driver loaded" in note
+    assert any("protocol 1.1" in r.getMessage() for r in caplog.records)
+    assert Command.OBJ_LIST not in ctrl.commands  # never sent to a device that does not know it
