@@ -15,7 +15,7 @@ SRC = ROOT / "src" / "vxdp"
 
 # lowest first; modules of one rank may import each other's rank only where listed as peers
 RANKS: dict[str, int] = {
-    "frames": 0, "packets": 0, "rpc": 0, "eventloop": 0, "jitcache": 0,
+    "frames": 0, "packets": 0, "rpc": 0, "eventloop": 0, "jitcache": 0, "sockpath": 0,
     "bpf": 1,
     "bpf.kernel": 2,
     "engine": 3,

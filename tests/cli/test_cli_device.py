@@ -98,7 +98,7 @@ def test_map_commands_refuse_bad_keys_values_and_names(topo):
             err = failed(topo.vxdp("map", cmd[0], "nomap", *cmd[1:], *target))
             assert "no map named 'nomap'" in err, (cmd, err)
         assert failed(topo.vxdp("map", "lookup", "rxcnt", "6", "--mode", "native", *target)) == \
-            "no map named 'rxcnt' in the native slot"
+            f"device {DEVICE}: no map named 'rxcnt' is loaded in the native slot (ENOENT)"
         # the same refusals with -j: one JSON object on stdout, exit 1
         r = topo.vxdp("map", "lookup", "nomap", "1", *target, "-j")
         assert (r.code, r.err) == (1, "") and r.json() == {"error": "no map named 'nomap'"}

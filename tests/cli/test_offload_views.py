@@ -90,7 +90,7 @@ def test_imported_state_is_seen_used_detached_and_imported_again(topo, tmp_path)
         assert out["bytes"] == state.stat().st_size > 0 and state.read_bytes().startswith(b"VXDPSTAT")
 
         # detach on the device frees the guest's objects too: the device is empty, the port bare
-        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1}
+        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1, "programs": 3, "maps": 2}
         dev = device_offload(topo)
         assert dev["programs"] == [] and dev["maps"] == [] and dev["attached"] is None
         assert not topo.xdp_on_port() and _own_kernel_progs(topo) == []
@@ -115,7 +115,7 @@ def test_imported_state_is_seen_used_detached_and_imported_again(topo, tmp_path)
             send(topo, retarget([f for f in packets.mix(8) if f[12:14] == b"\x86\xdd"], HOST_MAC))
             poll(lambda: map_counts(topo, "hops", "--device", DEVICE).get(3), lambda n: n == 33, timeout=20,
                  what="hop counters of the imported programs")
-            assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1}
+            assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1, "programs": 3, "maps": 2}
             dev = device_offload(topo)
             assert dev["programs"] == [] and dev["maps"] == [] and not topo.xdp_on_port()
             poll(lambda: _own_kernel_progs(topo), lambda n: n == [], timeout=10, what="the kernel freeing them")
