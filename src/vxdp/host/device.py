@@ -25,7 +25,8 @@ Why the pieces are where they are:
 - Fds from the frontend are hostile too. Kick, call and err fds must be eventfds (the anon
   inode ``[eventfd]``; a regular file would make epoll refuse the kick with EPERM) and are
   made non-blocking (O_NONBLOCK on the received fd: that changes the file description the
-  frontend shares, harmless for an eventfd it only writes or polls), so a call or err eventfd
+  frontend shares, harmless for an eventfd it only writes or polls; QEMU's event notifiers
+  and KVM's irqfds/ioeventfds are EFD_NONBLOCK or kernel-side already), so a call or err eventfd
   the peer filled to 2**64-2 makes our write fail with EAGAIN, counted in ``eventfd_full``,
   instead of blocking the loop forever. Memory fds are checked by `GuestMemory.from_regions`
   (size, seals); a peer that shrinks an unsealable one under us causes a SIGBUS that

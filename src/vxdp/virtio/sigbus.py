@@ -8,7 +8,10 @@ between bytecodes (never, since the faulting instruction is inside numba code or
 and ``faulthandler`` only prints and dies. So:
 
 1. Refused up front (`vxdp.virtio.memory`): a region whose fd is smaller than
-   ``mmap_offset + size`` (fstat) or is not a regular file (memfd, tmpfs, hugetlbfs are).
+   ``mmap_offset + size`` (fstat), whose offset + size does not fit 63 bits, or whose fd is not
+   a regular file. memfds, /dev/shm (tmpfs) and hugetlbfs files are regular files and fstat
+   gives their size; what it cannot size (character devices such as /dev/zero or DAX devices,
+   eventfds, sockets) is refused: no frontend we know hands those over as guest RAM.
 2. Sealed where the fd allows it: a memfd created with MFD_ALLOW_SEALING and not yet sealed gets
    F_SEAL_SHRINK from us (the peer can no longer shrink it, SIGBUS is then impossible). QEMU's
    memory-backend-memfd seals by default (``seal=on``: F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)
