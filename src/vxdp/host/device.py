@@ -122,7 +122,7 @@ class NetDevice(DeviceModel):
     fault: str = ""  # why this session's guest memory is unusable (SIGBUS absorbed), "" if it is not
 
     def __post_init__(self) -> None:
-        sigbus.install()  # compiled now, not at the first SET_MEM_TABLE under the event loop
+        sigbus.install()  # a no-op after the daemon's warm-up; never at a SET_MEM_TABLE under the event loop
         self.config = NetConfig(mac=self.mac, status=LinkStatus.LINK_UP, max_virtqueue_pairs=QUEUE_PAIRS,
                                 mtu=self.mtu)
         self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
