@@ -239,9 +239,14 @@ class NetDevice(DeviceModel):
         except (GuestMemoryError, VirtqueueError) as e:
             raise DeviceError(f"vring {index} ({vr.name}): {e}", errno.EFAULT) from None
         vr.state, vr.fast, vr.error = state, fast, ""
-        log.info("%s: %s ring started (size %d, base %d)", self.name, vr.name, vr.num, vr.base)
         if self.listener is not None:
-            self.listener.ring_started(index)
+            try:
+                self.listener.ring_started(index)
+            except OSError as e:  # epoll refused the kick fd: the ring is not started, the frontend told
+                vr.state = vr.fast = None
+                raise DeviceError(f"vring {index} ({vr.name}): cannot watch its kick fd: {e.strerror}",
+                                  errno.EINVAL) from None
+        log.info("%s: %s ring started (size %d, base %d)", self.name, vr.name, vr.num, vr.base)
 
     def stop_vring(self, index: int) -> int:
         vr = self.vrings[index]

@@ -225,7 +225,12 @@ class HostDaemon:
                 return
             if not data or self.reader.since is None:
                 break  # end of stream, or a message is complete: handle it before reading on
-        out, close = self.session.process(self.conn)
+        try:
+            out, close = self.session.process(self.conn)
+        except Exception as e:  # a message we failed to handle ends its session, not more
+            log.exception("%s: handling a frontend message failed", self.cfg.name)
+            self._detach(f"internal error handling a message: {type(e).__name__}: {e}")
+            return
         try:
             for b in out:
                 transport.send_message(self.sock, b)
