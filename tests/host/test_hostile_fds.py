@@ -18,7 +18,7 @@ import time
 
 import pytest
 from host_helpers import poll
-from test_hostile import MEM, Guest, _still_serves, hostile_daemon
+from test_hostile import MEM, Guest, _err_signalled, _still_serves, hostile_daemon
 
 from vxdp.frames import FrameBatch
 from vxdp.host.server import ServeConfig
@@ -119,6 +119,7 @@ def test_memory_shrunk_under_the_daemon_ends_that_session_only(env):
                               start=start, timeout=20)
         assert "hx" in line.group(0)
         assert d.alive()
+        assert _err_signalled(g.fds["e1"])  # the rings were stopped as NEEDS_RESET first
         g.ch.sock.settimeout(10)
         assert g.ch.sock.recv(64) == b""  # the daemon closed this session
     finally:
