@@ -29,7 +29,7 @@ from vxdp.vhost_user.frontend import FrontendSession, RegionSpec, VringSpec
 from vxdp.vhost_user.messages import FrontendReq as R
 from vxdp.vhost_user.transport import Channel, send_message
 from vxdp.virtio.features import Feature
-from vxdp.virtio.memory import GuestMemory
+from vxdp.virtio.memory import QEMU_SEALS, GuestMemory
 from vxdp.virtio.virtqueue import DESC_F_NEXT, DriverQueue
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
@@ -43,6 +43,11 @@ _DESC = struct.Struct("<QIHH")
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """ONE daemon for the whole module: every test's hostile frontend hits the same process."""
+    yield from hostile_daemon(tmp_path_factory)
+
+
+def hostile_daemon(tmp_path_factory):
+    """(daemon ``hx``, its vhost-user socket, the veth peer ``vxq``): `env`'s, for other modules too."""
     tmp = tmp_path_factory.mktemp("hostile")
     with NetLab(prefix="vxx") as lab:
         pair = quiet_lab(lab)
@@ -55,8 +60,8 @@ def env(tmp_path_factory):
 class Guest:
     """A frontend of ours: memfd guest memory, rx (0) and tx (1) rings, eventfds, a channel."""
 
-    def __init__(self, sock_path: str):
-        self.mem = GuestMemory.allocate(MEM)
+    def __init__(self, sock_path: str, seals: int | None = QEMU_SEALS):
+        self.mem = GuestMemory.allocate(MEM, seals=seals)
         self.rx = DriverQueue.create(self.mem, NUM, 0)
         self.tx = DriverQueue.create(self.mem, NUM, (self.rx.end_gpa + 4095) & ~4095)
         self.buf = (self.tx.end_gpa + 4095) & ~4095

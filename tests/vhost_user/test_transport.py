@@ -12,7 +12,14 @@ from vxdp.vhost_user import messages as m
 from vxdp.vhost_user.connection import Connection, Role
 from vxdp.vhost_user.errors import LocalProtocolError, RemoteProtocolError
 from vxdp.vhost_user.messages import FrontendReq as R
-from vxdp.vhost_user.transport import Channel, connect, listen, recv_message_bytes, send_message
+from vxdp.vhost_user.transport import (
+    Channel,
+    MessageReader,
+    connect,
+    listen,
+    recv_message_bytes,
+    send_message,
+)
 
 
 @pytest.fixture
@@ -135,3 +142,46 @@ def test_client_mode_backend_connects_to_listening_frontend(tmp_path):
     finally:
         srv.close()
         claim.release()
+
+
+def test_message_reader_byte_by_byte_keeps_fds_with_the_header(sockpair):
+    """The backend's non-blocking reader: whatever the socket holds, never past the current
+    message, the fds with its first byte, and since when the message has been incomplete."""
+    a, b = sockpair
+    b.setblocking(False)
+    efd = os.eventfd(3)
+    kick = m.Message(R.SET_VRING_KICK, m.VringFd(1), fds=(efd,)).encode()
+    num = m.Message(R.SET_VRING_NUM, m.VringState(1, 256)).encode()
+    r, conn = MessageReader(), Connection(Role.BACKEND)
+    assert r.read(b) is None and r.since is None  # nothing there: no wait
+    socket.send_fds(a, [kick[:1]], [efd])
+    data, fds = r.read(b, clock=lambda: 100.0)
+    assert data == kick[:1] and len(fds) == 1  # the fds come with the first byte
+    conn.receive_data(data, fds)
+    assert r.since == 100.0 and not r.overdue(2.0, 101.0) and r.overdue(2.0, 102.5)
+    for byte in kick[1:] + num:
+        a.send(bytes([byte]))
+    while (chunk := r.read(b)) is not None:
+        assert not chunk[1]
+        conn.receive_data(*chunk)
+    assert r.since is None  # between messages
+    msg = conn.next_event()
+    assert msg.request == R.SET_VRING_KICK and len(msg.fds) == 1
+    assert os.eventfd_read(msg.fds[0]) == 3
+    os.close(msg.fds[0])
+    assert conn.next_event() == m.Message(R.SET_VRING_NUM, m.VringState(1, 256))
+    os.close(efd)
+
+
+def test_message_reader_stops_at_message_boundaries(sockpair):
+    a, b = sockpair
+    b.setblocking(False)
+    two = m.Message(R.SET_OWNER).encode() + m.Message(R.SET_VRING_NUM, m.VringState(0, 8)).encode()
+    a.sendall(two)
+    r = MessageReader()
+    assert r.read(b)[0] == two[:m.HEADER_SIZE]  # SET_OWNER has no payload: its header is all of it
+    assert r.read(b)[0] == two[m.HEADER_SIZE:2 * m.HEADER_SIZE]
+    assert r.read(b)[0] == two[2 * m.HEADER_SIZE:]
+    assert r.read(b) is None
+    a.close()
+    assert r.read(b) == (b"", [])

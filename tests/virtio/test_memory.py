@@ -1,10 +1,21 @@
+import fcntl
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from ring_helpers import MEM_SIZE
 
-from vxdp.virtio.memory import GPA_LIMIT, REGION_SLOTS, GuestMemory, GuestMemoryError, MemoryRegion
+from vxdp.virtio.memory import (
+    GPA_LIMIT,
+    QEMU_SEALS,
+    REGION_SLOTS,
+    GuestMemory,
+    GuestMemoryError,
+    MemoryRegion,
+)
 
 
 def test_allocate_read_write_roundtrip(mem):
@@ -130,3 +141,92 @@ def test_close_closes_owned_fds():
     with pytest.raises(OSError):
         os.fstat(fd)
     m.close()  # idempotent
+
+
+# -- a peer's fds (from_regions): checked, sealed, guarded -------------------------------------
+def _memfd(size: int, sealable: bool = False) -> int:
+    fd = os.memfd_create("t", os.MFD_ALLOW_SEALING if sealable else 0)
+    os.ftruncate(fd, size)
+    return fd
+
+
+@pytest.mark.parametrize("offset", [1 << 63, (1 << 64) - 0x1000])
+def test_offset_overflowing_63_bits_refused_not_overflowerror(offset):
+    fd = _memfd(0x1000)
+    try:
+        with pytest.raises(GuestMemoryError, match="63-bit"):
+            GuestMemory.from_regions([(fd, 0, 0x1000, 0, offset)])
+    finally:
+        os.close(fd)
+
+
+def test_fd_smaller_than_region_refused():
+    fd = _memfd(0x1000)
+    try:
+        with pytest.raises(GuestMemoryError, match=r"holds 0x1000 bytes, the region needs 0x3000"):
+            GuestMemory.from_regions([(fd, 0, 0x2000, 0, 0x1000)])
+    finally:
+        os.close(fd)
+
+
+def test_fd_that_is_not_a_file_refused():
+    fd = os.eventfd(0)
+    try:
+        with pytest.raises(GuestMemoryError, match="not a memfd or a file"):
+            GuestMemory.from_regions([(fd, 0, 0x1000, 0, 0)])
+    finally:
+        os.close(fd)
+
+
+def test_sealable_memfd_sealed_against_shrinking_unsealable_guarded():
+    sealable, plain = _memfd(0x2000, sealable=True), _memfd(0x2000)
+    mem = GuestMemory.from_regions([(sealable, 0, 0x2000, 0, 0), (plain, 0x10000, 0x2000, 0, 0)])
+    try:
+        assert fcntl.fcntl(sealable, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+        with pytest.raises(PermissionError):
+            os.ftruncate(sealable, 0)
+        assert mem.unsealed == 1 and all(r.guard is not None for r in mem.regions)
+        assert mem.faults() == (0, 0)
+    finally:
+        mem.close()
+
+
+def test_allocate_seals_like_qemu_by_default():
+    m = GuestMemory.allocate(4096)
+    try:
+        assert fcntl.fcntl(m.fd, fcntl.F_GET_SEALS) == QEMU_SEALS
+    finally:
+        m.close()
+
+
+def test_shrunk_fd_fault_is_absorbed_and_counted():
+    """In a child process (a failure here is a SIGBUS, which must not take pytest down)."""
+    code = (
+        "import os\n"
+        "from vxdp.virtio.memory import GuestMemory\n"
+        "fd = os.memfd_create('t'); os.ftruncate(fd, 0x4000)\n"
+        "mem = GuestMemory.from_regions([(fd, 0, 0x4000, 0, 0)])\n"
+        "os.ftruncate(fd, 0)\n"
+        "mem.write(0x1000, b'x' * 0x2000)\n"
+        "assert mem.read(0x3000, 4) == bytes(4)  # an absorbed page reads as zeros\n"
+        "n, addr = mem.faults()\n"
+        "assert n >= 3 and mem.regions[0].array.ctypes.data <= addr, (n, addr)\n"
+        "mem.close()\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+def test_fault_outside_guarded_memory_still_kills():
+    """Only a peer's guarded mappings are absorbed: any other SIGBUS is the bug it was."""
+    code = (
+        "import mmap, os\n"
+        "from vxdp.virtio import sigbus\n"
+        "sigbus.install()\n"
+        "fd = os.memfd_create('t'); os.ftruncate(fd, 0x1000)\n"
+        "m = mmap.mmap(fd, 0x1000); os.ftruncate(fd, 0)\n"
+        "m[0]\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGBUS

@@ -47,6 +47,7 @@ import numpy as np
 from vxdp.eventloop import Loop
 from vxdp.frames import FrameBatch
 from vxdp.netdev.port import Port
+from vxdp.virtio import sigbus
 from vxdp.virtio.virtqueue import VirtqueueError
 
 from .ctrlq import CtrlTable, serve_ctrl
@@ -103,6 +104,7 @@ class Datapath:
         self._port_watched = False
         self._rx_rechecked = -1  # the avail idx of the last lost-kick re-check (see _deliver)
         self._kicks: dict[int, int] = {}  # vring index -> kick fd we watch
+        self._faults = sigbus.faults()  # SIGBUS faults absorbed so far (see `_check_memory`)
         self._more = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         loop.add_reader(self._more, self._on_more)
         device.listener = self
@@ -141,11 +143,20 @@ class Datapath:
     def _wake(self) -> None:
         os.eventfd_write(self._more, 1)
 
+    def _check_memory(self) -> None:
+        """After each wake-up: one load says whether a SIGBUS on a peer's memory was absorbed
+        (`vxdp.virtio.sigbus`); if so the device stops its rings and the daemon ends the session."""
+        n = sigbus.faults()
+        if n != self._faults:
+            self._faults = n
+            self.device.check_memory()
+
     def _on_more(self) -> None:
         _drain(self._more)
         self.retry_rx()
         self.pump_tx()
         self.pump_ctrl()
+        self._check_memory()
 
     def _on_kick(self, index: int, fd: int) -> None:
         _drain(fd)
@@ -157,15 +168,18 @@ class Datapath:
             self.pump_tx()
         elif index == CTRL:
             self.pump_ctrl()
+        self._check_memory()
 
     def _on_port(self) -> None:
         self.pump_rx()
+        self._check_memory()
 
     def tick(self) -> None:
         """Periodic safety net: retry the rx backlog, poll rings for missed kicks."""
         self.retry_rx()
         self.pump_tx()
         self.pump_ctrl()
+        self._check_memory()
 
     # ------------------------------------------------------------------ port -> guest
     def _rx_ready(self) -> bool:

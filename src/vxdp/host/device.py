@@ -22,6 +22,16 @@ Why the pieces are where they are:
   naming device, queue and error, and keeps the process and the other rings running. A
   new session starts clean (`reset`).
 - Every fd the session hands over is ours from then on: replaced or reset fds are closed.
+- Fds from the frontend are hostile too. Kick, call and err fds must be eventfds (the anon
+  inode ``[eventfd]``; a regular file would make epoll refuse the kick with EPERM) and are
+  made non-blocking (O_NONBLOCK on the received fd: that changes the file description the
+  frontend shares, harmless for an eventfd it only writes or polls; QEMU's event notifiers
+  and KVM's irqfds/ioeventfds are EFD_NONBLOCK or kernel-side already), so a call or err eventfd
+  the peer filled to 2**64-2 makes our write fail with EAGAIN, counted in ``eventfd_full``,
+  instead of blocking the loop forever. Memory fds are checked by `GuestMemory.from_regions`
+  (size, seals); a peer that shrinks an unsealable one under us causes a SIGBUS that
+  `vxdp.virtio.sigbus` absorbs: `check_memory` (the datapath calls it after every wake-up)
+  then stops every ring and sets ``fault``, and the daemon ends the session.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from typing import Protocol
 from vxdp.vhost_user import messages as m
 from vxdp.vhost_user.backend import DeviceError, DeviceModel
 from vxdp.vhost_user.connection import close_fds
+from vxdp.virtio import sigbus
 from vxdp.virtio.fastring import DeviceRing
 from vxdp.virtio.features import Feature, has
 from vxdp.virtio.features import names as feature_names
@@ -107,8 +118,11 @@ class NetDevice(DeviceModel):
     mem: GuestMemory | None = None
     vrings: list[Vring] = field(default_factory=list)
     sessions: int = 0  # resets seen (each frontend session ends with one)
+    eventfd_full: int = 0  # call/err signals not delivered: the frontend's eventfd was full
+    fault: str = ""  # why this session's guest memory is unusable (SIGBUS absorbed), "" if it is not
 
     def __post_init__(self) -> None:
+        sigbus.install()  # a no-op after the daemon's warm-up; never at a SET_MEM_TABLE under the event loop
         self.config = NetConfig(mac=self.mac, status=LinkStatus.LINK_UP, max_virtqueue_pairs=QUEUE_PAIRS,
                                 mtu=self.mtu)
         self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
@@ -137,15 +151,21 @@ class NetDevice(DeviceModel):
         if any(vr.state is not None for vr in self.vrings):
             close_fds(fds)
             raise DeviceError("memory table replaced under running rings", errno.EBUSY)
-        specs = [(fd, r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset)
-                 for r, fd in zip(regions, fds, strict=True)]
         try:
+            specs = [(fd, r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset)
+                     for r, fd in zip(regions, fds, strict=True)]
             mem = GuestMemory.from_regions(specs)
         except GuestMemoryError as e:
             close_fds(fds)
             raise DeviceError(f"memory table: {e}", errno.EFAULT) from None
+        except BaseException:
+            close_fds(fds)  # whatever went wrong, no fd of a refused table stays open
+            raise
         self._drop_memory()
         self.mem = mem
+        if mem.unsealed:
+            log.info("%s: %d memory region(s) cannot be sealed against shrinking (a file or "
+                     "memfd,seal=off): guarded against SIGBUS instead", self.name, mem.unsealed)
 
     def set_vring_num(self, index: int, num: int) -> None:
         self.vrings[index].num = num
@@ -163,7 +183,23 @@ class NetDevice(DeviceModel):
         if old is not None and old != fd:
             close_fds([old])
 
+    def _eventfd(self, index: int, kind: str, fd: int | None) -> None:
+        """Refuse (and close) an fd that is not an eventfd; make an eventfd non-blocking."""
+        if fd is None:
+            return
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target == "anon_inode:[eventfd]":
+                os.set_blocking(fd, False)
+                return
+        except OSError as e:
+            target = f"({e.strerror})"
+        close_fds([fd])
+        log.warning("%s: vring %d: refused a %s fd that is not an eventfd: %s", self.name, index, kind, target)
+        raise DeviceError(f"vring {index} {kind} fd is not an eventfd ({target})", errno.EINVAL)
+
     def set_vring_kick(self, index: int, fd: int | None) -> None:
+        self._eventfd(index, "kick", fd)
         running = self.vrings[index].state is not None
         if running and self.listener is not None:
             self.listener.ring_stopped(index)  # unregister the old fd before it is closed
@@ -172,9 +208,11 @@ class NetDevice(DeviceModel):
             self.listener.ring_started(index)
 
     def set_vring_call(self, index: int, fd: int | None) -> None:
+        self._eventfd(index, "call", fd)
         self._swap_fd(index, "call", fd)
 
     def set_vring_err(self, index: int, fd: int | None) -> None:
+        self._eventfd(index, "err", fd)
         self._swap_fd(index, "err", fd)
 
     def set_vring_enable(self, index: int, enabled: bool) -> None:
@@ -201,9 +239,14 @@ class NetDevice(DeviceModel):
         except (GuestMemoryError, VirtqueueError) as e:
             raise DeviceError(f"vring {index} ({vr.name}): {e}", errno.EFAULT) from None
         vr.state, vr.fast, vr.error = state, fast, ""
-        log.info("%s: %s ring started (size %d, base %d)", self.name, vr.name, vr.num, vr.base)
         if self.listener is not None:
-            self.listener.ring_started(index)
+            try:
+                self.listener.ring_started(index)
+            except OSError as e:  # epoll refused the kick fd: the ring is not started, the frontend told
+                vr.state = vr.fast = None
+                raise DeviceError(f"vring {index} ({vr.name}): cannot watch its kick fd: {e.strerror}",
+                                  errno.EINVAL) from None
+        log.info("%s: %s ring started (size %d, base %d)", self.name, vr.name, vr.num, vr.base)
 
     def stop_vring(self, index: int) -> int:
         vr = self.vrings[index]
@@ -223,6 +266,7 @@ class NetDevice(DeviceModel):
         self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
         self._drop_memory()
         self.features = 0
+        self.fault = ""
         self.sessions += 1
 
     def get_config(self, offset: int, size: int) -> bytes:
@@ -244,19 +288,36 @@ class NetDevice(DeviceModel):
         if vr.state is not None:
             vr.state.broken = True
         if vr.err is not None:
-            try:
-                os.eventfd_write(vr.err, 1)
-            except OSError:
-                pass
+            self._write_eventfd(vr.err)
 
     def signal(self, index: int) -> None:
         """Interrupt the driver about ring ``index`` (its call eventfd)."""
         fd = self.vrings[index].call
         if fd is not None:
-            try:
-                os.eventfd_write(fd, 1)
-            except OSError:
-                pass
+            self._write_eventfd(fd)
+
+    def _write_eventfd(self, fd: int) -> None:
+        try:
+            os.eventfd_write(fd, 1)
+        except BlockingIOError:
+            self.eventfd_full += 1  # the frontend let it fill up: its loss, never our wait
+        except OSError:
+            pass
+
+    def check_memory(self) -> str:
+        """After a SIGBUS was absorbed somewhere: if it was in our guest memory, stop every ring and
+        set ``fault`` (the daemon ends the session). Returns ``fault``."""
+        if self.fault or self.mem is None:
+            return self.fault
+        n, addr = self.mem.faults()
+        if n:
+            self.fault = (f"guest memory fault (SIGBUS) at {addr:#x}: the frontend shrank a memory fd "
+                          f"under our mapping")
+            log.error("%s: %s; stopping every ring", self.name, self.fault)
+            for vr in self.vrings:
+                if vr.state is not None:
+                    self.ring_failed(vr.index, self.fault)
+        return self.fault
 
     def _drop_memory(self) -> None:
         if self.mem is not None:
@@ -276,4 +337,6 @@ class NetDevice(DeviceModel):
                         "last_avail": vr.state.last_avail_idx if vr.state else None,
                         "used": vr.state.used_idx if vr.state else None} for vr in self.vrings],
             "memory_regions": len(self.mem.regions) if self.mem else 0,
+            "eventfd_full": self.eventfd_full,
+            "fault": self.fault or None,
         }

@@ -14,8 +14,14 @@ Lifetimes, and why:
   memory unmapped, every fd closed) and the daemon waits for the next frontend. In
   client mode it reconnects every ``reconnect_s`` (QEMU with ``server=on`` restarted,
   or started after us). The daemon itself is never restarted for that.
-- A frontend that stalls in the middle of a message would block the loop: the socket
-  has a timeout (``io_timeout_s``); hitting it ends the session like an error.
+- A frontend that stalls in the middle of a message must not block the loop: its socket is
+  non-blocking and read incrementally (`transport.MessageReader`: what is there, fed to the
+  sans-IO `Connection`), with one deadline per message: a message not complete within
+  ``io_timeout_s`` of its first byte ends the session (checked on every tick). Replies are
+  written non-blocking too: a frontend that does not read them until its socket buffer is
+  full (hundreds of KiB of replies) has its session ended as a send failure.
+- A frontend that shrinks its memory under our mapping (SIGBUS, absorbed: `vxdp.virtio.sigbus`)
+  has its session ended on the next tick (`NetDevice.fault`).
 - SIGTERM: the loop stops, the session is closed, the sockets we created are unlinked.
 """
 
@@ -94,6 +100,7 @@ class HostDaemon:
         self.datapath: Datapath | None = None
         self.sock: socket.socket | None = None
         self.conn: Connection | None = None
+        self.reader: transport.MessageReader | None = None
         self.session: BackendSession | None = None
         self.connections = 0
         self.refused = 0
@@ -172,6 +179,10 @@ class HostDaemon:
             self._try_connect()
         if self.datapath is not None:
             self.datapath.tick()
+        if self.session is not None and self.device.fault:
+            self._detach(self.device.fault)
+        elif self.session is not None and self.reader.overdue(self.cfg.io_timeout_s, now):
+            self._detach(f"a message was not complete within {self.cfg.io_timeout_s:g} s of its first byte")
 
     # ------------------------------------------------------------------ frontends
     def _on_accept(self) -> None:
@@ -198,9 +209,9 @@ class HostDaemon:
         self._attach(sock)
 
     def _attach(self, sock: socket.socket) -> None:
-        sock.setblocking(True)
-        sock.settimeout(self.cfg.io_timeout_s)
+        sock.setblocking(False)
         self.sock = sock
+        self.reader = transport.MessageReader()
         self.conn = Connection(Role.BACKEND)
         self.session = BackendSession(self.device, features=self.device.offered, num_vrings=NUM_VRINGS,
                                       queue_num=QUEUE_PAIRS, name=self.cfg.name)
@@ -209,18 +220,32 @@ class HostDaemon:
         self.loop.add_reader(sock.fileno(), self._on_frontend)
         log.info("%s: frontend connected (session %d)", self.cfg.name, self.connections)
 
+    _READS = 64  # reads per wake-up at most: a chatty frontend yields to the other fds
+
     def _on_frontend(self) -> None:
+        data = b"?"
+        for _ in range(self._READS):
+            try:
+                got = self.reader.read(self.sock)
+            except (RemoteProtocolError, OSError) as e:
+                self._detach(f"receive failed: {e}")
+                return
+            if got is None:
+                break
+            data, fds = got
+            try:
+                self.conn.receive_data(data, fds)
+            except LocalProtocolError as e:
+                self._detach(str(e))
+                return
+            if not data or self.reader.since is None:
+                break  # end of stream, or a message is complete: handle it before reading on
         try:
-            data, fds = transport.recv_message_bytes(self.sock)
-        except (RemoteProtocolError, OSError) as e:
-            self._detach(f"receive failed: {e}")
+            out, close = self.session.process(self.conn)
+        except Exception as e:  # a message we failed to handle ends its session, not more
+            log.exception("%s: handling a frontend message failed", self.cfg.name)
+            self._detach(f"internal error handling a message: {type(e).__name__}: {e}")
             return
-        try:
-            self.conn.receive_data(data, fds)
-        except LocalProtocolError as e:
-            self._detach(str(e))
-            return
-        out, close = self.session.process(self.conn)
         self._acked_ever |= self.device.features
         try:
             for b in out:
@@ -246,7 +271,7 @@ class HostDaemon:
         finally:
             self.conn.close()
             self.sock.close()
-            self.session = self.conn = self.sock = None
+            self.session = self.conn = self.sock = self.reader = None
             self._next_connect = time.monotonic() + self.cfg.reconnect_s
 
     # ------------------------------------------------------------------ control socket

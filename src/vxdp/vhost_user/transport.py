@@ -6,6 +6,13 @@ fds that do not fit the control buffer are closed by the kernel (MSG_CTRUNC is s
 the 12-byte header with ``recvmsg`` (taking any fds) and then the payload, so each read lies
 inside one message. Fds that arrive but are not handed on (truncated control data, a
 connection error) are closed here.
+
+Two readers: `recv_message_bytes` blocks until one message is read (a frontend's `Channel`, which
+waits for its reply anyway); `MessageReader` never blocks (a backend's event loop): it reads what
+the socket has, at most up to the end of the current message's header or payload (so the rule
+above still holds: a message's fds come with its header's first byte), and says since when a
+message has been incomplete, so the caller can end a session whose peer stalls inside one with
+one deadline per message rather than a timeout per read.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from dataclasses import dataclass
 
 from vxdp.sockpath import SocketClaim
 
@@ -43,6 +51,47 @@ def recv_message_bytes(sock: socket.socket) -> tuple[bytes, list[int]]:
             break
         body += chunk
     return data + body, fds
+
+
+@dataclass
+class MessageReader:
+    """Incremental, non-blocking reads of a socket for a ``Connection`` (see the module docstring)."""
+
+    have: int = 0  # bytes of the current message read so far
+    need: int = m.HEADER_SIZE  # bytes the current message has in all (known once its header is)
+    header: bytes = b""
+    since: float | None = None  # monotonic time of the current message's first byte; None between messages
+
+    def read(self, sock: socket.socket, clock=time.monotonic) -> tuple[bytes, list[int]] | None:
+        """One non-blocking read: ``(data, fds)`` (``b""`` at end of stream), or None if the socket
+        has nothing now. Fds beyond ``MAX_FDS`` raise a fatal RemoteProtocolError (closed here)."""
+        want = self.need - self.have
+        try:
+            data, fds, flags, _addr = socket.recv_fds(sock, want, m.MAX_FDS, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+        fds = list(fds)
+        if flags & socket.MSG_CTRUNC:
+            close_fds(fds)
+            raise RemoteProtocolError(f"more than {m.MAX_FDS} fds with one message", fatal=True)
+        if not data:
+            return data, fds
+        if self.have == 0:
+            self.since = clock()
+        self.have += len(data)
+        if self.have <= m.HEADER_SIZE:
+            self.header += data
+            if self.have == m.HEADER_SIZE:
+                _req, _flags, size = m.HEADER.unpack(self.header)
+                # an oversize header is the Connection's to report: read no payload for it
+                self.need = m.HEADER_SIZE + (size if 0 < size <= m.MAX_PAYLOAD else 0)
+        if self.have >= self.need:
+            self.have, self.need, self.header, self.since = 0, m.HEADER_SIZE, b"", None
+        return data, fds
+
+    def overdue(self, timeout_s: float, now: float) -> bool:
+        """A message has been incomplete for longer than ``timeout_s``."""
+        return self.since is not None and now - self.since > timeout_s
 
 
 def send_message(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:

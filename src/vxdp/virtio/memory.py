@@ -15,17 +15,29 @@ regions are built. The compiled kernels rely on that: any 64-bit descriptor
 address at or above the limit is out of memory, and every other one fits an
 int64 with room for a 32-bit length on top, so the bounds arithmetic can never
 wrap.
+
+A peer's fd is checked before it is mapped (`MemoryRegion.map`, ``peer=True``): it must be a
+regular file (memfd, tmpfs, hugetlbfs: fstat tells their size) holding at least
+``mmap_offset + size`` bytes, offsets and sizes are checked to fit a 63-bit file offset (no
+OverflowError can reach the caller), and a sealable memfd gets F_SEAL_SHRINK. A peer can still
+shrink an fd it did not let us seal: `vxdp.virtio.sigbus` absorbs the SIGBUS that follows and
+`GuestMemory.faults` tells the device to end the session (see that module for why).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import itertools
 import mmap
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Self
 
 import numpy as np
+
+from . import sigbus
 
 GPA_LIMIT = 1 << 62
 # regions a compiled kernel takes (vhost-user's VHOST_MEMORY_BASELINE_NREGIONS); see `regions_table`
@@ -33,6 +45,9 @@ REGION_SLOTS = 8
 _NO_REGION = np.zeros(0, np.uint8)  # an empty region: no address falls in it
 _NO_GPA = np.iinfo(np.int64).max
 U64_MAX = (1 << 64) - 1
+OFF_MAX = (1 << 63) - 1  # off_t and Py_ssize_t: an mmap's offset + length must fit
+# what our driver seals its memory with, as QEMU's memory-backend-memfd does (seal=on)
+QEMU_SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 
 
 class GuestMemoryError(Exception):
@@ -55,23 +70,77 @@ class MemoryRegion:
     fd: int | None
     mapping: mmap.mmap | None = field(default=None, repr=False)
     array: np.ndarray | None = field(default=None, repr=False)
+    guard: int | None = field(default=None, repr=False)  # `sigbus` slot of a peer's mapping
+    sealed: bool = False  # the fd cannot shrink (F_SEAL_SHRINK, ours or the peer's)
 
     @property
     def end(self) -> int:
         return self.guest_phys_addr + self.size
 
-    def map(self) -> None:
-        """mmap the region's fd shared and read-write (the device writes rx buffers and used rings)."""
+    def _what(self) -> str:
+        return f"region gpa {self.guest_phys_addr:#x} size {self.size:#x} offset {self.mmap_offset:#x}"
+
+    def check_fd(self) -> None:
+        """A peer's fd: a regular file at least ``mmap_offset + size`` long, sealed against
+        shrinking when it can be (see the module docstring)."""
+        need = self.mmap_offset + self.size
+        if need > OFF_MAX:
+            raise GuestMemoryError(f"{self._what()}: offset + size beyond a 63-bit file offset")
+        try:
+            st = os.fstat(self.fd)
+        except OSError as e:
+            raise GuestMemoryError(f"{self._what()}: fd {self.fd}: {e.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise GuestMemoryError(f"{self._what()}: fd {self.fd} is not a memfd or a file "
+                                   f"(mode {stat.filemode(st.st_mode)}): its size cannot be checked")
+        if st.st_size < need:
+            raise GuestMemoryError(f"{self._what()}: the fd holds {st.st_size:#x} bytes, the region "
+                                   f"needs {need:#x} (mapping it would fault on access)")
+        try:
+            seals = fcntl.fcntl(self.fd, fcntl.F_GET_SEALS)
+            if not seals & fcntl.F_SEAL_SHRINK and not seals & fcntl.F_SEAL_SEAL:
+                fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+                seals |= fcntl.F_SEAL_SHRINK
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM):  # not a memfd / sealing not allowed
+                raise GuestMemoryError(f"{self._what()}: sealing fd {self.fd}: {e.strerror}") from None
+            seals = 0
+        self.sealed = bool(seals & fcntl.F_SEAL_SHRINK)
+        if os.fstat(self.fd).st_size < need:  # shrunk between the check and the seal
+            raise GuestMemoryError(f"{self._what()}: the fd shrank while it was being checked")
+
+    def map(self, peer: bool = False) -> None:
+        """mmap the region's fd shared and read-write (the device writes rx buffers and used rings).
+        ``peer``: the fd is another party's (`check_fd` first; the mapping is guarded against SIGBUS)."""
         if self.fd is None:
             raise GuestMemoryError(f"region at gpa {self.guest_phys_addr:#x} has no fd to map")
+        if peer:
+            self.check_fd()
         try:
             self.mapping = mmap.mmap(self.fd, self.size + self.mmap_offset, mmap.MAP_SHARED,
                                      mmap.PROT_READ | mmap.PROT_WRITE)
-        except (OSError, ValueError) as e:
-            raise GuestMemoryError(
-                f"cannot map region gpa {self.guest_phys_addr:#x} size {self.size:#x} "
-                f"offset {self.mmap_offset:#x} of fd {self.fd}: {e}") from None
+        except (OSError, ValueError, OverflowError) as e:
+            raise GuestMemoryError(f"cannot map {self._what()} of fd {self.fd}: {e}") from None
         self.array = np.frombuffer(self.mapping, np.uint8, count=self.size, offset=self.mmap_offset)
+        if peer:
+            start = self.array.__array_interface__["data"][0]
+            try:
+                self.guard = sigbus.register(start, start + self.size)
+            except sigbus.GuardFull as e:
+                self.unmap()
+                raise GuestMemoryError(f"cannot guard {self._what()}: {e}") from None
+
+    def unmap(self) -> None:
+        self.array = None
+        if self.guard is not None:
+            sigbus.unregister(self.guard)
+            self.guard = None
+        if self.mapping is not None:
+            try:
+                self.mapping.close()
+            except BufferError:
+                pass  # a view is still exported; the mapping goes when it does
+            self.mapping = None
 
 
 def _check_regions(regions: list[MemoryRegion]) -> None:
@@ -81,6 +150,9 @@ def _check_regions(regions: list[MemoryRegion]) -> None:
     for i, r in enumerate(regions):
         if r.size <= 0 or r.guest_phys_addr < 0 or r.mmap_offset < 0 or r.userspace_addr < 0:
             raise GuestMemoryError(f"region {i}: negative or empty ({r})")
+        if r.mmap_offset + r.size > OFF_MAX:
+            raise GuestMemoryError(f"region {i}: mmap offset {r.mmap_offset:#x} + size {r.size:#x} "
+                                   f"beyond a 63-bit file offset")
         if r.end > GPA_LIMIT:
             raise GuestMemoryError(f"region {i}: gpa end {r.end:#x} beyond the supported limit {GPA_LIMIT:#x}")
         if r.userspace_addr + r.size > U64_MAX + 1:
@@ -95,28 +167,33 @@ def _check_regions(regions: list[MemoryRegion]) -> None:
 class GuestMemory:
     """The regions of one guest's memory; every access is bounds-checked against them."""
 
-    def __init__(self, regions: list[MemoryRegion]):
+    def __init__(self, regions: list[MemoryRegion], peer: bool = False):
         _check_regions(regions)
         for r in regions:
             if r.array is None:
-                r.map()
+                r.map(peer)
         self.regions = regions
         self._owned_fds: list[int] = []
         self._closed = False
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def allocate(cls, size: int, gpa: int = 0, name: str = "vxdp-guest") -> GuestMemory:
+    def allocate(cls, size: int, gpa: int = 0, name: str = "vxdp-guest",
+                 seals: int | None = QEMU_SEALS) -> GuestMemory:
         """Driver side: one fresh memfd of ``size`` bytes at guest-physical ``gpa``.
 
         The fd (``fd`` property) is what the frontend sends in SET_MEM_TABLE;
         ``userspace_addr`` is our own mapping's address, as QEMU reports its own.
+        ``seals``: added to the memfd (QEMU's defaults); 0 leaves it sealable by the device,
+        None makes an unsealable memfd (QEMU's ``seal=off``).
         """
         if size <= 0:
             raise GuestMemoryError(f"cannot allocate {size} bytes of guest memory")
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | (0 if seals is None else os.MFD_ALLOW_SEALING))
         try:
             os.ftruncate(fd, size)
+            if seals:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
             region = MemoryRegion(gpa, size, 0, 0, fd)
             region.map()
             region.userspace_addr = region.array.__array_interface__["data"][0]
@@ -133,19 +210,33 @@ class GuestMemory:
 
         The memory takes ownership of the fds and closes them in :meth:`close`
         (the mappings would survive closing them, but keeping them lets a
-        reconnecting peer be compared and makes ownership plain).
+        reconnecting peer be compared and makes ownership plain). The fds are the
+        peer's: checked, sealed where possible and guarded (module docstring).
         """
         regions = [MemoryRegion(gpa, size, uva, off, fd) for fd, gpa, size, uva, off in specs]
         try:
-            mem = cls(regions)
+            mem = cls(regions, peer=True)
         except BaseException:
             for r in regions:
-                if r.mapping is not None:
-                    r.array = None
-                    r.mapping.close()
+                r.unmap()
             raise
         mem._owned_fds.extend(fd for fd, *_ in specs)
         return mem
+
+    def faults(self) -> tuple[int, int]:
+        """(SIGBUS faults absorbed in our mappings, the last faulting address): non-zero means the
+        peer shrank a region's fd under us and the session must end (`vxdp.virtio.sigbus`)."""
+        n, last = 0, 0
+        for r in self.regions:
+            if r.guard is not None:
+                k, a = sigbus.slot_faults(r.guard)
+                n, last = n + k, (a if k else last)
+        return n, last
+
+    @property
+    def unsealed(self) -> int:
+        """Regions whose fd the peer can still shrink (neither it nor we could seal it)."""
+        return sum(1 for r in self.regions if r.guard is not None and not r.sealed)
 
     @property
     def fd(self) -> int:
@@ -250,13 +341,7 @@ class GuestMemory:
             return
         self._closed = True
         for r in self.regions:
-            r.array = None
-            if r.mapping is not None:
-                try:
-                    r.mapping.close()
-                except BufferError:
-                    pass  # a view is still exported; the mapping goes when it does
-                r.mapping = None
+            r.unmap()
         for fd in self._owned_fds:
             try:
                 os.close(fd)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import sigbus
 from .fastring import DeviceRing, DriverRing
 from .memory import GuestMemory
 from .virtqueue import DriverQueue
@@ -42,7 +43,9 @@ def _batch() -> tuple[np.ndarray, np.ndarray]:
 
 
 def device() -> None:
-    """`DeviceRing.deliver`, `collect` and `pop_chains` (the backend's rx, tx and ctrl rings)."""
+    """`DeviceRing.deliver`, `collect` and `pop_chains` (the backend's rx, tx and ctrl rings), and the
+    backend's SIGBUS guard (`vxdp.virtio.sigbus`: compiled at install, never cached)."""
+    sigbus.install()
     with _rings() as (mem, rx, tx, _):
         data, lens = _batch()
         DeviceRing(rx.state(), mem, mrg=True).deliver(data, lens, 1)
