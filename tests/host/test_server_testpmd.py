@@ -41,8 +41,8 @@ def _txonly_frame(f: bytes) -> bool:
 # while testpmd's lcore spins one of the two CPUs and the daemon the other; when that thread is
 # off-CPU the kernel drops (and counts, tp_drops) what the ring cannot hold. Those drops are
 # load, not a bug: every other frame is accounted for exactly (`Counter.settle`). Observed: 0
-# drops in 12 runs here (one of them beside two CPU-bound hogs; the ring holds ~50 k small frames); the bound leaves
-# room for a machine four other engineers are loading.
+# drops in 12 runs here, one of them beside two CPU-bound hogs (the ring holds ~50 k small
+# frames); the bound leaves room for a machine four other engineers are loading.
 PEER_LOSS_BOUND = 0.10
 
 
