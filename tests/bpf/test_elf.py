@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from vxdp.bpf.btf import Kind
 from vxdp.bpf.elf import ObjectError, load_object, parse_object
 from vxdp.bpf.isa import PseudoCall, PseudoSrc
-from vxdp.bpf.link import link
+from vxdp.bpf.link import LinkError, link
 from vxdp.bpf.mapspec import MapFlag, MapOrigin, MapType
 from vxdp.bpf.obj import BpfObject, RelocKind
 
@@ -235,16 +235,34 @@ def test_unsupported_constructs(objdir):
 
 
 def _parse_or_object_error(data: bytes) -> None:
+    """What parses is a coherent object that links, or whose link is refused by name (`LinkError`,
+    naming the object); anything else, a bare KeyError from a dict included, is a crash."""
     try:
         obj = parse_object(data, "fuzz.o")
-    except ObjectError:
+    except ObjectError as e:
+        assert str(e).startswith("fuzz.o"), e
         return
     assert isinstance(obj, BpfObject)
-    for name in obj.programs:  # whatever parsed must also link or fail cleanly
+    for name in obj.programs:
         try:
-            link(obj, name)
-        except KeyError:
-            pass
+            prog = link(obj, name)
+        except LinkError as e:
+            assert type(e) is LinkError and str(e).startswith("fuzz.o: "), repr(e)
+            continue
+        _check_linked(obj, prog)
+
+
+def _check_linked(obj: BpfObject, prog) -> None:
+    """The linker's output invariants: map references at lddw slots naming the object's maps,
+    every bpf-to-bpf call and function address landing on an instruction of the program."""
+    n = len(prog.insns)
+    assert n and prog.name in obj.programs
+    for r in prog.map_refs:
+        assert 0 <= r.insn < n and prog.insns[r.insn].is_lddw and r.target in obj.maps, r
+    for i, insn in enumerate(prog.insns):
+        if insn.is_subprog_call or (insn.is_lddw and insn.src == PseudoSrc.FUNC):
+            assert 0 <= i + 1 + insn.imm < n, (i, insn)
+    assert all(0 <= fi.insn < n for fi in prog.func_info) and all(0 <= li.insn < n for li in prog.line_info)
 
 
 @functools.cache

@@ -8,13 +8,14 @@ import select
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from vxdp.bpf.kernel.netns import run_in_netns
 from vxdp.testing.daemon import GuestDaemon, HostDaemon
 from vxdp.testing.proc import poll
 
-__all__ = ["GuestProc", "HostProc", "ping", "poll", "tcp_transfer"]
+__all__ = ["GuestProc", "HostProc", "PingResult", "ping", "ping_all", "ping_checked", "poll", "tcp_transfer"]
 
 
 def _csum(data: bytes) -> int:
@@ -63,6 +64,108 @@ def ping(netns: str, dst: str, count: int = 5, *, timeout: float = 2.0, size: in
          interval: float = 0.0) -> int:
     """Echo requests from ``netns`` to ``dst``; returns how many intact replies came back (bounded)."""
     return run_in_netns(netns, _ping, dst, count, timeout, size, interval)
+
+
+@dataclass(frozen=True)
+class PingResult:
+    """What `ping_checked` saw. ``corrupt`` and ``duplicates`` are bugs whatever the load (a reply
+    whose payload differs, a second reply to one request); ``first_try`` is what load decides."""
+
+    count: int  # echoes asked for
+    answered: int  # echoes that got an intact reply, on the first request or a retry
+    first_try: int  # echoes answered on their first request, within its timeout
+    requests: int  # echo requests sent, retries included
+    corrupt: int  # replies with our id and a sequence we sent, but another payload
+    duplicates: int  # replies to a request already answered
+    late: int  # intact replies to an earlier, timed-out request
+    missed: tuple[int, ...] = ()  # the echoes (0-based) that got no intact reply at all
+
+
+def _ping_checked(dst: str, count: int, timeout: float, retries: int, retry_timeout: float,
+                  size: int) -> PingResult:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    ident = (os.getpid() + 1) & 0xFFFF
+    payload = (bytes(range(256)) * (size // 256 + 1))[:size]
+    seq_echo: dict[int, int] = {}  # request sequence -> echo index
+    answered_seqs: set[int] = set()
+    answered: set[int] = set()
+    first = corrupt = dup = late = 0
+    seq = 0
+
+    def take(data: bytes, addr: tuple) -> int | None:
+        """Account one received datagram; the request sequence it answers intact, if any."""
+        nonlocal corrupt, dup
+        ihl = (data[0] & 0xF) * 4
+        t, _c, _ck, rid, rseq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+        if t != 0 or rid != ident or addr[0] != dst or rseq not in seq_echo:
+            return None
+        if data[ihl + 8:] != payload:
+            corrupt += 1
+            return None
+        if rseq in answered_seqs:
+            dup += 1
+            return None
+        answered_seqs.add(rseq)
+        return rseq
+
+    try:
+        for echo in range(count):
+            for attempt in range(1 + retries):
+                seq = (seq + 1) & 0xFFFF
+                seq_echo[seq] = echo
+                hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+                s.sendto(struct.pack("!BBHHH", 8, 0, _csum(hdr + payload), ident, seq) + payload, (dst, 0))
+                deadline = time.monotonic() + (timeout if attempt == 0 else retry_timeout)
+                while echo not in answered:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([s], [], [], left)[0]:
+                        break
+                    rseq = take(*s.recvfrom(65536))
+                    if rseq is None:
+                        continue
+                    if rseq != seq:
+                        late += 1  # the reply to an earlier, timed-out request
+                    if seq_echo[rseq] == echo:
+                        answered.add(echo)
+                        first += rseq == seq and attempt == 0
+                if echo in answered:
+                    break
+        # a short drain: a duplicate of the last reply would land now
+        while select.select([s], [], [], 0.2)[0]:
+            take(*s.recvfrom(65536))
+    finally:
+        s.close()
+    return PingResult(count, len(answered), first, len(seq_echo), corrupt, dup, late,
+                      tuple(e for e in range(count) if e not in answered))
+
+
+def ping_checked(netns: str, dst: str, count: int = 5, *, timeout: float = 2.0, retries: int = 3,
+                 retry_timeout: float = 5.0, size: int = 56) -> PingResult:
+    """Echo requests from ``netns`` to ``dst``, each retried (a new sequence number) up to ``retries``
+    times with ``retry_timeout`` when its reply is not back within ``timeout``; every reply checked."""
+    return run_in_netns(netns, _ping_checked, dst, count, timeout, retries, retry_timeout, size)
+
+
+# Echoes answered on the first request (2 s), as a fraction, that `ping_all` asks for. A reply
+# later than that is load (a daemon or the busy-polling peer starved of the 2 CPUs), and the
+# retries (3 x 5 s) absorb it; what no load explains (a corrupt or duplicated reply, an echo
+# never answered in 17 s) fails exactly. Observed beside testpmd: every echo on its first try in
+# 8 of 9 runs of test_driver_testpmd.py; the ninth, the first run from a new checkout, had 18/20
+# on the first try, 2 late replies and one echo never answered in 17 s. Reproduced with
+# NUMBA_CACHE_DIR at an empty folder (the first 20 echoes took 29 s, echo 0 never answered): the
+# driver compiles its kernels on first use after saying it is ready (issue 8 §1), a bug, so
+# failing there is right.
+FIRST_TRY_RATIO = 0.75
+
+
+def ping_all(netns: str, dst: str, count: int = 5, *, size: int = 56) -> PingResult:
+    """`ping_checked`, asserting: no corrupt or duplicated reply, every echo answered (bounded
+    retries), at least `FIRST_TRY_RATIO` of them on the first try."""
+    r = ping_checked(netns, dst, count, size=size)
+    assert r.corrupt == 0 and r.duplicates == 0, r
+    assert r.answered == count, r
+    assert r.first_try >= FIRST_TRY_RATIO * count, r
+    return r
 
 
 class GuestProc(GuestDaemon):

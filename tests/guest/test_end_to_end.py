@@ -93,7 +93,7 @@ def test_tcp_transfer_checked(topo, direction):
 
 
 def _iperf3(topo: Topo, *extra: str) -> dict:
-    server = subprocess.Popen(["ip", "netns", "exec", topo.traffic, "iperf3", "-s", "-1", "-B", TRAFFIC_IP],
+    server = subprocess.Popen(["ip", "netns", "exec", topo.traffic, "iperf3", "-s", "-1", "-J", "-B", TRAFFIC_IP],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         poll(lambda: subprocess.run(["ip", "netns", "exec", topo.traffic, "ss", "-ltn"], check=False,
@@ -122,13 +122,50 @@ def test_iperf3_tcp(topo):
         assert end["sum_received"]["bytes"] <= end["sum_sent"]["bytes"]
 
 
+def _snmp(ns: str) -> dict[str, int]:
+    """The ``Ip:``/``Udp:`` counters of /proc/net/snmp in ``ns``, as ``"Udp.InCsumErrors"``..."""
+    lines = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], check=True, capture_output=True,
+                           text=True).stdout.splitlines()
+    out: dict[str, int] = {}
+    for head, values in zip(lines[::2], lines[1::2]):
+        proto, names = head.split(":", 1)
+        out.update({f"{proto}.{n}": int(v) for n, v in zip(names.split(), values.split(":", 1)[1].split())})
+    return out
+
+
+# UDP loss allowed through the userspace path, in percent. Where loss may come from at 10 Mbit/s
+# (~900 datagrams/s): the guest stack's queue to the tap (1000 frames) when the driver is starved,
+# and the iperf3 server's socket buffer when iperf3 is; the rings and the port do not drop (they
+# push back: datapath.py), and that is checked exactly below. Observed here: 0 lost in 6 runs
+# (one beside two CPU-bound hogs). The bound is what a starved daemon may cost, not a tolerance
+# for a datapath that drops.
+UDP_LOSS_PERCENT = 5.0
+
+
 def test_iperf3_udp(topo):
-    with topo.host(), topo.guest_proc() as g:
+    with topo.host() as host, topo.guest_proc() as g:
         g.wait_connected()
-        doc = _iperf3(topo, "-u", "-b", "10M", "-l", "1400", "-t", "2")
+        snmp0 = _snmp(topo.traffic)
+        doc = _iperf3(topo, "-u", "-b", "10M", "-l", "1400", "-t", "2", "--get-server-output")
         s = doc["end"]["sum"]
+        server = doc["server_output_json"]["end"]  # the receiver's own view (the client's says 0)
         assert s["packets"] > 1000
-        assert s["lost_packets"] == 0, s
+        # Exact: nothing reordered on a single FIFO path, nothing corrupted (a bad byte would fail
+        # the UDP or IP checksum at the receiver), and every frame a ring took came out of it.
+        assert server["streams"][0]["udp"]["out_of_order"] == 0, server
+        snmp = _snmp(topo.traffic)
+        for name in ("Udp.InCsumErrors", "Ip.InHdrErrors"):
+            assert snmp[name] == snmp0[name], name
+
+        def rings() -> tuple[int, int, int, int]:
+            h, c = host.show()["counters"], g.show()["counters"]
+            return c["tx_frames"], h["tx"]["frames"] + h["tx"]["drops"], h["rx"]["frames"], c["rx_frames"]
+        r = poll(rings, lambda v: v[0] == v[1] and v[2] == v[3], timeout=20, what="ring counters settled")
+        assert r[0] > s["packets"], r  # the datagrams went through the guest's tx ring
+        hc = host.show()["counters"]
+        assert hc["tx"]["drops"] == hc["tx"]["errors"] == hc["rx"]["errors"] == 0, hc
+        # Bounded: loss, which only load explains.
+        assert s["lost_percent"] <= UDP_LOSS_PERCENT, s
 
 
 def test_guest_killed_and_restarted(topo):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vxdp.frames import FrameBatch
-from vxdp.netdev.port import Port
+from vxdp.netdev.port import Port, PortStats
 from vxdp.testing.daemon import HostDaemon
 from vxdp.testing.netns import NetLab, VethPair
 from vxdp.testing.proc import poll
@@ -37,12 +37,16 @@ class Daemon(HostDaemon):
 
 
 class Counter:
-    """Counts frames arriving on a Port (in a thread) that pass ``accept``; `stop` returns the total."""
+    """Reads every frame arriving on a Port (in a thread): ``count``/``bytes`` of those that pass
+    ``accept``, ``rejected`` of those that do not, and ``distinct`` (up to 16 different frames
+    that passed, to check their contents). `settle` pairs this with the kernel's own count."""
 
     def __init__(self, port: Port, accept: Callable[[bytes], bool]):
         self.port, self.accept = port, accept
         self.count = 0
         self.bytes = 0
+        self.rejected = 0
+        self.distinct: set[bytes] = set()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -55,9 +59,24 @@ class Counter:
             select.select([self.port.fileno()], [], [], 0.05)
             while self.port.recv_batch(b):
                 for f in b.frames():
-                    if self.accept(f):
-                        self.count += 1
-                        self.bytes += len(f)
+                    if not self.accept(f):
+                        self.rejected += 1
+                        continue
+                    self.count += 1
+                    self.bytes += len(f)
+                    if len(self.distinct) < 16:
+                        self.distinct.add(bytes(f))
+
+    def settle(self, sent: int, timeout: float = 30.0) -> PortStats:
+        """Wait (bounded) until the port's kernel counters account for ``sent`` frames and this
+        thread has read every frame the ring took; return those counters.
+
+        What is then exact: ``packets + drops == sent`` (each frame was put in the peer's ring
+        or dropped there because the ring was full, counted by the kernel: nothing vanished
+        unseen, nothing was duplicated) and ``count + rejected == packets``."""
+        return poll(self.port.stats,
+                    until=lambda st: st.packets + st.drops >= sent and self.count + self.rejected >= st.packets,
+                    timeout=timeout, what=f"peer counters for {sent} frames (count {self.count})")
 
     def stop(self) -> int:
         self._stop.set()

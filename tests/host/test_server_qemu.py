@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 from host_helpers import Daemon, poll, quiet_lab
 
+from vxdp.rpc import RpcError
 from vxdp.testing.netns import NetLab
 from vxdp.testing.vm import Vm, build_image
 
@@ -99,21 +101,55 @@ def test_qemu_guest_ping_and_checked_transfers(vm_image, lab, tmp_path):
         assert d.alive()
 
 
-def test_backend_restarted_qemu_server_mode_reconnects(vm_image, lab, tmp_path):
-    """QEMU listens (server=on); the daemon runs with --client. Kill the daemon, start a new one:
-    the guest's traffic flows again without touching QEMU."""
+def _carrier(vm: Vm) -> str:
+    """What the guest's stock virtio_net says of its link: QEMU sets it down when the backend goes."""
+    return vm.run("cat /sys/class/net/eth0/carrier", timeout=30)[1].strip()
+
+
+def _show_once_up(d: Daemon) -> dict:
+    """The new daemon's ``device.show`` once it answers: after a kill -9 the old control socket is
+    still on disk (nobody unlinked it), so the path alone does not say the new daemon is up."""
+    def get() -> dict | None:
+        try:
+            return d.show()
+        except RpcError as e:
+            if not e.message.startswith("no daemon listening"):
+                raise
+            return None
+    return poll(get, until=lambda doc: doc is not None and doc["connected"], timeout=30,
+                what="the restarted daemon connected to QEMU")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_backend_restarted_qemu_server_mode_reconnects(vm_image, lab, tmp_path, sig):
+    """QEMU listens (server=on); the daemon runs with --client. The daemon is killed (SIGKILL: no
+    clean-up at all) or stopped (SIGTERM: a clean exit); either way the guest sees its link go down,
+    and once a new daemon runs, the link come back and traffic flow both ways, without touching QEMU."""
     _, pair = lab
     sock = str(tmp_path / "vh.sock")
+    run = tmp_path / "run"
     with Vm(sock, image=vm_image, addr=f"{GUEST}/24", server=True) as vm:
         vm.wait_socket()
-        with Daemon(tmp_path / "run", sock, "vxp", netns=pair.ns_a, client=True) as d1:
+        d1 = Daemon(run, sock, "vxp", netns=pair.ns_a, client=True)
+        try:
             vm.wait_ready(timeout=120)
             _pings(vm, pair.ns_b)
             pid1 = d1.show()["pid"]
-        with Daemon(tmp_path / "run", sock, "vxp", netns=pair.ns_a, client=True) as d2:
-            poll(lambda: d2.show()["connected"], timeout=30, what="reconnect to QEMU")
-            assert d2.show()["pid"] != pid1
+            assert _carrier(vm) == "1"
+        finally:
+            rc = d1.stop(sig=sig)
+        assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
+        # a killed daemon leaves its control socket behind; a stopped one removes it
+        assert (run / "host-t0.sock").exists() == (sig == signal.SIGKILL)
+        poll(lambda: _carrier(vm), until=lambda c: c == "0", timeout=60, what="guest link down after the backend went")
+        assert vm.run(f"ping -c 1 -W 2 {PEER}", timeout=30)[0] != 0  # nothing answers meanwhile
+        with Daemon(run, sock, "vxp", netns=pair.ns_a, client=True) as d2:
+            show = _show_once_up(d2)
+            assert show["pid"] != pid1 and d2.alive()
+            poll(lambda: _carrier(vm), until=lambda c: c == "1", timeout=60, what="guest link up again")
             # The first pings may race the guest's link coming back: retry the first one, bounded.
             poll(lambda: vm.run(f"ping -c 1 -W 2 {PEER}", timeout=30)[0], until=lambda rc: rc == 0, timeout=60,
                  what="guest ping after the backend restarted")
             _pings(vm, pair.ns_b)
+            c = d2.show()["counters"]  # the guest's traffic went through the new daemon
+            assert c["rx"]["frames"] > 0 and c["tx"]["frames"] > 0 and c["rx"]["errors"] == c["tx"]["errors"] == 0

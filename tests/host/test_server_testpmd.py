@@ -35,6 +35,31 @@ def _txonly_frame(f: bytes) -> bool:
     return len(f) == 64 and f[12:14] == b"\x08\x00" and f[23] == 17  # testpmd txonly: IPv4/UDP, 64 bytes
 
 
+# Peer-side loss allowed, as a fraction of the frames sent. Where it comes from: the daemon sends
+# with back-pressure (a full veth answers ENOBUFS and the frame is retried, DESIGN: tx direction),
+# so the only place a frame may go is the *peer's* AF_PACKET ring, which a Python thread drains
+# while testpmd's lcore spins one of the two CPUs and the daemon the other; when that thread is
+# off-CPU the kernel drops (and counts, tp_drops) what the ring cannot hold. Those drops are
+# load, not a bug: every other frame is accounted for exactly (`Counter.settle`). Observed: 0
+# drops in 12 runs here, one of them beside two CPU-bound hogs (the ring holds ~50 k small
+# frames); the bound leaves room for a machine four other engineers are loading.
+PEER_LOSS_BOUND = 0.10
+
+
+def _check_txonly_at_peer(counter: Counter, sent: int, sessions: int = 1) -> None:
+    """Exact: each frame the daemon sent reached the peer's ring or was dropped there by the kernel
+    (counted); each one read is testpmd's txonly frame, intact: 64 bytes of IPv4/UDP, and one
+    content per testpmd (txonly repeats one frame; each testpmd draws its own source MAC).
+    Bounded: the drops (`PEER_LOSS_BOUND`)."""
+    st = counter.settle(sent)
+    counter.stop()
+    assert st.packets + st.drops == sent, st  # nothing vanished unseen, nothing duplicated
+    assert counter.rejected == 0 and counter.count == st.packets, (counter.rejected, counter.count, st)
+    assert counter.bytes == 64 * counter.count
+    assert len(counter.distinct) == sessions, counter.distinct  # a corrupted frame would be one more
+    assert st.drops <= PEER_LOSS_BOUND * sent, f"peer ring dropped {st.drops} of {sent} frames"
+
+
 def _testpmd(sock: str, mode: str, tag: str) -> Testpmd:
     # cq=1: virtio_user then negotiates CTRL_VQ/CTRL_RX and emulates the ctrl queue itself (it
     # never hands it to the backend); without it, enabling promiscuous mode fails and testpmd's
@@ -66,11 +91,9 @@ def test_testpmd_txonly_frames_all_reach_the_port(lab, tmp_path):
             _link_up(pmd)
             sent = _txonly_burst(pmd, d, 20_000)
             assert sent >= 20_000
-            poll(lambda: counter.count, until=lambda n: n >= sent, what="frames at the peer")
+            _check_txonly_at_peer(counter, sent)  # before the session ends: then show is the session's
             show = d.show()
-        assert counter.stop() == sent  # every frame, no more
-        assert counter.bytes == 64 * sent
-        tx = show["counters"]["tx"]
+        tx = show["counters"]["tx"]  # the ring took every frame testpmd enqueued, and sent each once
         assert tx["frames"] == sent and tx["bytes"] == 64 * sent and tx["drops"] == 0 and tx["errors"] == 0
         assert show["connected"] and show["vrings"][1]["running"] and not show["vrings"][2]["running"]
         assert "NET_MRG_RXBUF" in show["features_negotiated"] and "VERSION_1" in show["features_negotiated"]
@@ -112,9 +135,9 @@ def test_frontend_goes_away_and_a_new_one_is_served(lab, tmp_path):
             poll(lambda: d.show()["connected"], until=lambda c: not c, what="session end")
             show = d.show()
             assert show["memory_regions"] == 0 and not any(v["running"] for v in show["vrings"])
-        poll(lambda: counter.count, until=lambda n: n >= total, what="frames at the peer")
-        assert counter.stop() == total
+        _check_txonly_at_peer(counter, total, sessions=2)
         show = d.show()
+        assert show["counters"]["tx"]["frames"] == total and show["counters"]["tx"]["drops"] == 0
         assert show["sessions"] == 2 and d.alive()
         d.log.wait_for("frontend session 1 ended", timeout=10)
 

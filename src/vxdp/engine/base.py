@@ -25,11 +25,22 @@ class XdpMd:
     """The fields of ``struct xdp_md`` a caller may set for a run (BPF_PROG_TEST_RUN's ctx_in).
 
     The defaults are what the kernel's test run uses without a context: the
-    loopback device of the running namespace, receive queue 0.
+    loopback device of the running namespace, receive queue 0. What the kernel
+    accepts (``xdp_convert_md_to_buff``, ``bpf_prog_test_run_xdp``), and so every
+    engine: ``ingress_ifindex`` 0 keeps that default device (a program reads the
+    loopback's index, 1), otherwise it names a device of the caller's namespace
+    (ENODEV if none) whose ``rx_queue_index`` must exist (EINVAL); a non-zero
+    ``rx_queue_index`` needs a non-zero ``ingress_ifindex``; ``egress_ifindex``
+    must be 0 (a test run has no egress device). ``meta_len`` is ctx_in's
+    ``data``: the first ``meta_len`` bytes of the packet given are metadata
+    (``data_meta`` .. ``data``), a multiple of 4 of at most 216 bytes (the headroom
+    beside a ``struct xdp_frame``), and an Ethernet header must follow them.
     """
 
     ingress_ifindex: int = 1
     rx_queue_index: int = 0
+    meta_len: int = 0
+    egress_ifindex: int = 0
 
 
 @dataclass

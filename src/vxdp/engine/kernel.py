@@ -86,14 +86,10 @@ class KernelEngine(Engine):
     def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> RunResult:
         ctx_in = None
         if ctx is not None:
-            ctx_in = (
-                (0).to_bytes(4, "little")
-                + len(packet).to_bytes(4, "little")
-                + (0).to_bytes(4, "little")
-                + ctx.ingress_ifindex.to_bytes(4, "little")
-                + ctx.rx_queue_index.to_bytes(4, "little")
-                + (0).to_bytes(4, "little")
-            )
+            # struct xdp_md: data (= the metadata length), data_end, data_meta (always 0), ingress_ifindex,
+            # rx_queue_index, egress_ifindex
+            ctx_in = b"".join(int(v).to_bytes(4, "little") for v in (
+                ctx.meta_len, len(packet), 0, ctx.ingress_ifindex, ctx.rx_queue_index, ctx.egress_ifindex))
         result = self.programs[prog].test_run(packet, repeat=repeat, ctx_in=ctx_in)
         return RunResult(result.retval, result.data_out, float(result.duration_ns))
 

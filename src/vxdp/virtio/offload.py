@@ -328,7 +328,11 @@ def decode_reply(command: int, data: bytes) -> Reply:
         pr = Reader(raw, cmd, "reply payload")
         payload = cls.read(pr)
         pr.end()
-    text = r.take(text_len, "text").decode("utf-8", "replace")
+    raw_text = r.take(text_len, "text")
+    try:  # UTF-8 (§3): a device that cut its text mid-character, or wrote other bytes, is refused
+        text = raw_text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise r.error("text", f"is not UTF-8 (byte {e.start} of {text_len})") from None
     r.end()
     return Reply(_errno(code), payload, text, bool(flags & ReplyFlag.TEXT_TRUNCATED), omitted,
                  payload_len if omitted else 0)

@@ -98,6 +98,22 @@ def test_ctx_argument_sets_ingress_fields(interp):
     assert res.action == 5 | 2 << 8
 
 
+def test_ctx_without_a_device_reads_the_loopback(interp):
+    """Regression (found by the differential test's ctx strategy): ctx_in's ingress_ifindex 0 keeps the
+    test run's default device, so the program reads 1 (the loopback), as the kernel gives, not 0."""
+    insns = prog(ldx(4, 0, 1, 12), exit_())
+    assert interp.run(interp.load_program("c", insns), bytes(64), ctx=XdpMd(ingress_ifindex=0)).action == 1
+
+
+def test_ctx_metadata_comes_first_in_the_packet(interp):
+    """ctx_in's data (meta_len): the first bytes given are metadata, data_meta..data; the run returns them too."""
+    insns = prog(ldx(4, 2, 1, 0), ldx(4, 3, 1, 8), alu(AluOp.SUB, 2, src=3), mov(0, src=2), exit_())  # data - data_meta
+    p = interp.load_program("m", insns)
+    packet = bytes(range(8)) + bytes(60)
+    res = interp.run(p, packet, ctx=XdpMd(meta_len=8))
+    assert res.action == 8 and res.packet == packet
+
+
 def test_speed_of_a_forty_instruction_program(interp):
     """Not a timing assertion: the run must finish and count all instructions; ns/packet is reported."""
     body = [alu(AluOp.ADD, 3, imm=1) for _ in range(32)]

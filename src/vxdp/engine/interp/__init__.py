@@ -2,6 +2,6 @@
 
 from .engine import InterpEngine, InterpError, InterpLoadError, InterpRunResult
 from .memory import Fault
-from .xdp import PacketSizeError
+from .xdp import PacketSizeError, XdpContextError
 
-__all__ = ["Fault", "InterpEngine", "InterpError", "InterpLoadError", "InterpRunResult", "PacketSizeError"]
+__all__ = ["Fault", "InterpEngine", "InterpError", "InterpLoadError", "InterpRunResult", "PacketSizeError", "XdpContextError"]

@@ -86,7 +86,8 @@ class InterpEngine(Engine):
             raise InterpError(f"no program with handle {prog}")
         ctx = ctx or XdpMd()
         machine, mem = self.machine, self.mem
-        machine.xdp = XdpBuff(mem, bytes(packet), ctx.ingress_ifindex, ctx.rx_queue_index)
+        machine.xdp = XdpBuff(mem, bytes(packet), ctx.ingress_ifindex, ctx.rx_queue_index, ctx.meta_len,
+                              ctx.egress_ifindex)
         machine.cpu = self.cpu
         for m in self.maps.values():
             m.cpu = self.cpu

@@ -4,8 +4,10 @@
 PAGE_SIZE): ``XDP_PACKET_HEADROOM`` (256) bytes of headroom, the packet, then
 room up to the ``skb_shared_info`` tailroom at the end of the page. At most
 ``PAGE - HEADROOM - TAILROOM`` bytes are linear and a packet shorter than an
-Ethernet header is refused. ``data_meta`` starts equal to ``data`` and the test
-run returns the bytes from ``data_meta`` to ``data_end``.
+Ethernet header is refused. ``data_meta`` starts equal to ``data``, or ``meta_len``
+bytes below it when the context gives metadata (the first bytes of the packet given,
+taken from the headroom), and the test run returns the bytes from ``data_meta`` to
+``data_end``.
 
 The limits of ``bpf_xdp_adjust_head/tail/meta`` below are the kernel's
 (net/core/filter.c), measured against this host's kernel in the tests:
@@ -38,23 +40,53 @@ class PacketSizeError(ValueError):
     """A packet the kernel's test run would refuse (shorter than ETH_HLEN, or not linear)."""
 
 
+class XdpContextError(ValueError):
+    """A ``struct xdp_md`` the kernel's test run refuses with EINVAL (`vxdp.engine.base.XdpMd`)."""
+
+    errno = errno.EINVAL
+
+
+LOOPBACK_IFINDEX = 1  # what ingress_ifindex reads when the context names no device
+# The metadata a test run's ctx_in may give: what the headroom holds beside a struct xdp_frame.
+# Measured against this host's kernel (6.18): 216 accepted, 220 refused (EINVAL).
+META_CTX_MAX = XDP_PACKET_HEADROOM - XDP_FRAME_SIZE
+
+
+def check_context(size: int, ingress_ifindex: int, rx_queue_index: int, meta_len: int, egress_ifindex: int) -> None:
+    """The kernel's checks of ctx_in that do not depend on its devices (EINVAL): whether
+    ``ingress_ifindex`` names a device with that many queues only the kernel can say."""
+    if egress_ifindex:
+        raise XdpContextError(f"egress_ifindex {egress_ifindex}: a test run has no egress device")
+    if rx_queue_index and not ingress_ifindex:
+        raise XdpContextError(f"rx_queue_index {rx_queue_index} without an ingress_ifindex")
+    if meta_len % 4 or not 0 <= meta_len <= META_CTX_MAX:
+        raise XdpContextError(f"metadata of {meta_len} bytes: a multiple of 4 of at most {META_CTX_MAX}")
+    if meta_len > size:
+        raise XdpContextError(f"metadata of {meta_len} bytes in a packet of {size}")
+
+
 class XdpBuff:
     """``struct xdp_buff`` over one page, kept in step with the memory's packet region and ctx."""
 
-    def __init__(self, mem: Memory, packet: bytes, ingress_ifindex: int = 1, rx_queue_index: int = 0):
-        if len(packet) < ETH_HLEN:
-            raise PacketSizeError(f"packet of {len(packet)} bytes is shorter than an Ethernet header ({ETH_HLEN})")
-        if len(packet) > MAX_LINEAR:
+    def __init__(self, mem: Memory, packet: bytes, ingress_ifindex: int = 1, rx_queue_index: int = 0,
+                 meta_len: int = 0, egress_ifindex: int = 0):
+        check_context(len(packet), ingress_ifindex, rx_queue_index, meta_len, egress_ifindex)
+        if len(packet) - meta_len < ETH_HLEN:  # the metadata does not count (kernel: EINVAL)
+            raise PacketSizeError(f"packet of {len(packet) - meta_len} bytes after {meta_len} of metadata is "
+                                  f"shorter than an Ethernet header ({ETH_HLEN})")
+        if len(packet) > MAX_LINEAR + meta_len:  # the metadata comes out of the headroom
             raise PacketSizeError(f"packet of {len(packet)} bytes exceeds the {MAX_LINEAR} linear bytes of a frame")
         self.mem = mem
         self.frame = bytearray(PAGE_SIZE)
-        self.data = self.data_meta = XDP_PACKET_HEADROOM
-        self.data_end = XDP_PACKET_HEADROOM + len(packet)
-        self.frame[self.data:self.data_end] = packet
+        self.data_meta = XDP_PACKET_HEADROOM - meta_len
+        self.data = XDP_PACKET_HEADROOM
+        self.data_end = self.data_meta + len(packet)
+        self.frame[self.data_meta:self.data_end] = packet
         region = mem.regions[PKT_RID]
         region.buf = self.frame
         fields = mem.ctx_fields
-        fields[3], fields[4], fields[5] = ingress_ifindex & 0xFFFFFFFF, rx_queue_index & 0xFFFFFFFF, 0
+        fields[3] = (ingress_ifindex or LOOPBACK_IFINDEX) & 0xFFFFFFFF
+        fields[4], fields[5] = rx_queue_index & 0xFFFFFFFF, 0
         self._sync()
 
     def _sync(self) -> None:
