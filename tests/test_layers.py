@@ -15,8 +15,8 @@ SRC = ROOT / "src" / "vxdp"
 
 # lowest first; modules of one rank may import each other's rank only where listed as peers
 RANKS: dict[str, int] = {
-    "frames": 0, "packets": 0, "rpc": 0, "eventloop": 0, "jitcache": 0, "sockpath": 0,
-    "bpf": 1,
+    "frames": 0, "packets": 0, "eventloop": 0, "jitcache": 0, "sockpath": 0,
+    "rpc": 1, "bpf": 1,  # rpc binds its socket through sockpath
     "bpf.kernel": 2,
     "engine": 3,
     "virtio": 4, "netdev": 4,
