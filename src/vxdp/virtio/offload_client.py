@@ -443,30 +443,46 @@ class OffloadEngine(Engine):
         self.client.prog_attach(prog, replace=replace)
         self.attached = prog
 
+    def runs(self, prog: int) -> bool:
+        """Whether the device's attach point runs ``prog`` now (PROG_QUERY)."""
+        q = self.query()
+        return q is not None and q.prog == prog
+
     def detach(self) -> None:
-        self.client.prog_detach()
+        """Detach this engine's program if the device still runs it. A program that replaced it (the
+        next load of the same slot, or an operator's ``--replace``) is somebody else's: left attached."""
+        if self.attached is not None and self.runs(self.attached):
+            self.client.prog_detach()
         self.attached = None
 
     def query(self) -> ProgQueryReply | None:
         return self.client.prog_query()
 
-    def attachment(self, prog: int) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
-        """Attach ``prog`` (replacing what the device ran) and return (detach, counters) callables,
-        the shape `vxdp.engine.registry.ProgramRegistry.load` takes."""
-        self.attach(prog, replace=True)
+    def attachment(self, prog: int, *, replace: bool = False,
+                   replaces: int | None = None) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
+        """Attach ``prog`` and return (detach, counters) callables, the shape
+        `vxdp.engine.registry.ProgramRegistry.load` takes.
+
+        The attach carries REPLACE (an atomic swap on the device) when ``replace`` (the user asked)
+        or when the device runs ``replaces``, the program of the load this one replaces: the owner
+        of a slot replaces its own program without asking. Otherwise an occupied attach point is
+        EBUSY, naming the program it runs. ``counters`` reads ``prog``'s verdict counts while the
+        device runs it, nothing (``{}``) once another program replaced it.
+        """
+        self.attach(prog, replace=replace or (replaces is not None and self.runs(replaces)))
 
         def counters() -> dict[str, int]:
             q = self.query()
-            return {} if q is None else dict(zip(ACTION_NAMES, q.actions))
+            return {} if q is None or q.prog != prog else dict(zip(ACTION_NAMES, q.actions))
 
         return self.detach, counters
 
     def close(self) -> None:
-        """Detach (if this engine attached), free programs, then maps; never raises (a device that was
+        """Detach (if the device still runs what this engine attached), free programs, then maps; never raises (a device that was
         reset already forgot the handles). Failures are logged."""
         steps: list[tuple[str, Callable[[], None]]] = []
         if self.attached is not None:
-            steps.append(("detach", self.client.prog_detach))
+            steps.append(("detach", self.detach))
         steps += [(f"free program {h}", lambda h=h: self.client.prog_free(h)) for h in reversed(self.programs)]
         steps += [(f"free map {m.handle}", m.close) for m in reversed(self.maps)]
         for what, step in steps:

@@ -26,7 +26,8 @@ raised out of `handle`, whatever the bytes (spec §6: the device never fails as 
 whole because of a request).
 
 Where the service and the spec differ, the handler bridges: the spec's ATTACH
-without REPLACE on an occupied port is ``EBUSY`` and DETACH/QUERY with nothing
+without REPLACE on an occupied port is ``EBUSY`` (naming who loaded the running
+program, its handle and name) and DETACH/QUERY with nothing
 attached ``ENOENT`` (the service replaces and detaches silently); MAP_FREE and
 PROG_FREE check the handle's kind (the service's ``free`` takes either);
 lookups that find nothing become ``ENOENT``. STATE_EXPORT fills the writable
@@ -266,7 +267,10 @@ class BpfCommandHandler:
         self._expect(req.prog, Kind.PROG)
         attached = self._dev().attached
         if attached is not None and not req.flags & AttachFlag.REPLACE:
-            raise _Refused(Errno.EBUSY, f"attach point RX already runs program {attached}; set REPLACE to swap")
+            running = self._expect(attached, Kind.PROG)
+            raise _Refused(Errno.EBUSY, f"attach point RX already runs program {attached} "
+                           f"({running.name!r}, loaded by the {running.owner}); set REPLACE to "  # type: ignore[attr-defined]
+                           "replace it (vxdp prog load --replace)")
         self.service.prog_attach(self.device, req.prog)
         return Reply()
 
