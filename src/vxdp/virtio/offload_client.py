@@ -390,6 +390,7 @@ class OffloadEngine(Engine):
     """
 
     name = "offload"
+    prog_types = None  # every type goes to the device; its policy refuses what it does not run (rule prog_type)
 
     def __init__(self, client: OffloadClient):
         self.client = client
@@ -423,13 +424,22 @@ class OffloadEngine(Engine):
     def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:
         """Offload resolved instructions (guest map handles in the lddw immediates); the guest program handle.
 
-        ``extra``: ``btf``, ``func_info``, ``line_info`` go with the program; ``log_size``
-        bounds the verifier log a refusal brings back (`OffloadRefused.log`).
+        ``extra``: ``btf``, ``func_info``, ``line_info`` and ``prog_type`` (from the section; XDP by
+        default) go with the program; the device's policy refuses any type but XDP (rule ``prog_type``),
+        and the refusal is given back naming ``section``. ``log_size`` bounds the verifier log a
+        refusal brings back (`OffloadRefused.log`).
         """
-        handle, tag = self.client.prog_load(
-            insns, name=name, license=license, btf=extra.get("btf") or None,  # type: ignore[arg-type]
-            func_info=extra.get("func_info") or (), line_info=extra.get("line_info") or (),  # type: ignore[arg-type]
-            log_size=int(extra.get("log_size", 64 << 10)))  # type: ignore[call-overload]
+        try:
+            handle, tag = self.client.prog_load(
+                insns, name=name, license=license, btf=extra.get("btf") or None,  # type: ignore[arg-type]
+                func_info=extra.get("func_info") or (), line_info=extra.get("line_info") or (),  # type: ignore[arg-type]
+                prog_type=int(extra.get("prog_type", 6)),  # type: ignore[call-overload]
+                log_size=int(extra.get("log_size", 64 << 10)))  # type: ignore[call-overload]
+        except OffloadRefused as e:
+            if e.rule != "prog_type" or not extra.get("section"):
+                raise
+            text = f'program {name!r} from section "{extra["section"]}": {e.reply.text}'
+            raise OffloadRefused(e.command, Reply.error(e.code, text)) from None
         self.programs.append(handle)
         self.tags[handle] = tag.hex() if isinstance(tag, bytes) else str(tag)
         return handle
