@@ -33,7 +33,7 @@ from vxdp.bpf.kernel import (
     send_live_frames_in,
 )
 from vxdp.bpf.mapspec import MapType, possible_cpus
-from vxdp.engine.kernel import KernelEngine
+from vxdp.engine.kernel import KERNEL_NAME_SHOWN, KernelEngine
 from vxdp.host.offload import OffloadError, OffloadService, Policy, Quota
 from vxdp.host.offload.service import kernel_prefix
 from vxdp.packets import frame
@@ -141,7 +141,7 @@ def test_xdp1_offloaded_drops_and_counts_live_frames(port, service):
 
 # -- attaching through a link: replace, what the port runs at start ------------------------------
 
-SERVICE_LOG = "vxdp.host.offload.service"
+SERVICE_LOG = "vxdp.host.offload.port"
 
 
 def test_replace_updates_the_one_link_and_the_replaced_program_stays_loaded(port, service):
@@ -179,7 +179,8 @@ def test_a_program_an_earlier_vxdp_left_on_the_port_is_detached_at_start(port, s
         service.add_device(dev, port.b, netns=port.ns_b)
     assert query_xdp(port.b, netns=port.ns_b) is None
     (msg,) = [r.getMessage() for r in caplog.records if r.name == SERVICE_LOG]
-    assert f"detached XDP program '{kernel_prefix(dev)}xdp_prog1' (id {left_id})" in msg and "earlier vxdp" in msg
+    name = (kernel_prefix(dev) + "xdp_prog1")[:KERNEL_NAME_SHOWN]
+    assert f"detached XDP program '{name}' (id {left_id})" in msg and "earlier vxdp" in msg, msg
 
 
 def test_a_foreign_program_on_the_port_is_left_with_a_warning_and_our_attach_is_ebusy(port, service, caplog):

@@ -26,18 +26,13 @@ went away) and `remove_device` detach and close everything the device made,
 so no kernel map or program outlives it. A map a live program uses, and an
 attached program, cannot be freed (EBUSY): detach or free the user first.
 
-Attaching: through a bpf_link whose fd this process holds (`XdpLink`, native
-mode), never through netlink, so a program never outlives the daemon that owns
-it: killed, even with SIGKILL, the daemon's fds close and the kernel takes the
-program off the port. Replacing the attached program is ``BPF_LINK_UPDATE``
-(checked against the program we attached): the port runs the old program, then
-the new one, never nothing. The replaced program stays loaded (not attached)
-until its owner frees it, as ``bpftool`` leaves a replaced program. At
-`add_device` the port is looked at once: a program left attached the old
-(netlink) way by an earlier vxdp of this device (its kernel name starts with
-`kernel_prefix`) is detached, saying so in the log; anything else is left
-alone with a warning that names it, and our attach then fails with EBUSY
-naming it too. Keeping state across a crash on purpose (pinning) is not done.
+Attaching (`port`): through a bpf_link this process holds, never netlink, so a
+program never outlives the daemon that owns it, even one killed with SIGKILL;
+replacing is an atomic ``BPF_LINK_UPDATE``, and the replaced program stays
+loaded, no longer attached, until its owner frees it (as with ``bpftool``). At
+`add_device` a program an earlier vxdp of the device left on the port (netlink)
+is detached, saying so in the log; a foreign one is kept with a warning, and our
+attach is then EBUSY naming it.
 
 The feature bit: a guest that did not negotiate offload must get every BPF
 command refused; the codec handler checks `require_negotiated` before
@@ -48,7 +43,6 @@ negotiate, so it skips that check and nothing else.
 from __future__ import annotations
 
 import errno
-import logging
 import struct
 import threading
 import time
@@ -59,31 +53,18 @@ from pyroute2 import IPRoute
 
 from ...bpf.helpers import Helper
 from ...bpf.isa import Insn
-from ...bpf.kernel import (
-    BpfError,
-    KernelProgram,
-    MapError,
-    VerifierError,
-    XdpError,
-    XdpLink,
-    XdpMode,
-    detach_xdp,
-    prog_get_fd_by_id,
-    query_xdp,
-)
+from ...bpf.kernel import BpfError, MapError, VerifierError, XdpLink
 from ...bpf.kernel.maps import sanitize_name
 from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
-from . import state
+from . import port, state
 from .device import Device, MapObj, ProgObj, ProgSource
 from .errors import OffloadError
 from .handles import HandleTable, Kind
 from .policy import PROG_TYPES, Policy, TokenBucket
 from .rewrite import ACTION_SLOTS, add_action_counters, check_program, rewrite_map_handles
 from .verifier_log import EpilogueMap, guest_log
-
-log = logging.getLogger(__name__)
 
 _U32 = struct.Struct("<I")
 ALLOWED_MAP_FLAGS = MapFlag.NO_PREALLOC | MapFlag.NO_COMMON_LRU | MapFlag.RDONLY_PROG | MapFlag.WRONLY_PROG
@@ -142,31 +123,8 @@ class OffloadService:
                          negotiated=negotiated)
             self.devices[name] = dev
             self._maps[name], self._progs[name] = {}, {}
-            self._clear_port(dev)
+            port.clear_port(dev, kernel_prefix(name))
             return dev
-
-    def _clear_port(self, dev: Device) -> None:
-        """What the port runs at start: an earlier vxdp's program of this device (attached by netlink, so
-        it outlived its daemon) is detached; a foreign one is left, with a warning naming it."""
-        for mode in (XdpMode.NATIVE, XdpMode.GENERIC):
-            found = _port_program(dev, mode)
-            if found is None:
-                continue
-            prog_id, name = found
-            if not name.startswith(kernel_prefix(dev.name)):
-                log.warning("device %s: port %s runs XDP program %r (id %d), not this daemon's; left alone: "
-                            "offloads to it are refused (EBUSY) until it is detached", dev.name, dev.ifname,
-                            name, prog_id)
-                continue
-            try:
-                detach_xdp(dev.ifindex, mode, netns=dev.netns)
-            except XdpError as e:  # EBUSY: a live link holds it (a daemon of this device still runs)
-                log.warning("device %s: port %s runs %r (id %d) of an earlier vxdp of this device and it cannot "
-                            "be detached (%s); left alone", dev.name, dev.ifname, name, prog_id, e)
-                continue
-            log.warning("device %s: detached XDP program %r (id %d) that an earlier vxdp left attached to port "
-                        "%s (%s mode, netlink attach); nothing is offloaded now", dev.name, name, prog_id,
-                        dev.ifname, mode.name.lower())
 
     def remove_device(self, name: str) -> None:
         """Detach and free everything ``name`` offloaded, then forget the device."""
@@ -411,21 +369,10 @@ class OffloadService:
 
     def _attach(self, dev: Device, handle: int) -> None:
         """Attach through the device's link: a new link, or an atomic update of the one that runs ours."""
-        device = dev.name
         obj = self._prog(dev, handle)
-        link = self._links.get(device)
-        try:
-            if link is None:
-                self._links[device] = XdpLink.create(dev.ifindex, obj.engine_handle, XdpMode.NATIVE,
-                                                     netns=dev.netns, label=dev.ifname)
-            else:
-                old = self._progs[device].get(dev.attached) if dev.attached is not None else None
-                link.update(obj.engine_handle, old_prog_fd=old.engine_handle if old is not None else None)
-        except XdpError as e:
-            found = _port_program(dev, XdpMode.AUTO) if e.errno == errno.EBUSY and link is None else None
-            what = (f"port {dev.ifname} already runs XDP program {found[1]!r} (id {found[0]}), not attached by "
-                    "this device; detach it first" if found else f"{e.strerror or e}")
-            raise OffloadError(e.errno or errno.EINVAL, f"device {device}: attach to {dev.ifname}: {what}") from None
+        old = self._progs[dev.name].get(dev.attached) if dev.attached is not None else None
+        self._links[dev.name] = port.attach(dev, self._links.get(dev.name), obj.engine_handle,
+                                            old.engine_handle if old is not None else None)
         dev.attached = handle
 
     def prog_detach(self, device: str) -> None:
@@ -579,15 +526,10 @@ class OffloadService:
 
     def _detach(self, dev: Device) -> None:
         link = self._links.pop(dev.name, None)
-        if link is None:
-            dev.attached = None
-            return
         try:
-            link.detach()  # the port being gone already detached it: no error
-        except XdpError as e:
-            raise OffloadError(e.errno or errno.EIO, f"device {dev.name}: detach: {e.strerror or e}") from None
+            if link is not None:
+                port.detach(dev, link)
         finally:
-            link.close()
             dev.attached = None
 
     def _close_prog(self, dev: Device, obj: ProgObj) -> None:
@@ -614,22 +556,6 @@ class OffloadService:
 def _map_id(m) -> int:
     info = getattr(m, "info", None)
     return info().id if info is not None else 0
-
-
-def _port_program(dev: Device, mode: XdpMode) -> tuple[int, str] | None:
-    """(id, kernel name) of the XDP program the device's port runs in ``mode`` (AUTO: any), or ``None``."""
-    try:
-        prog_id = query_xdp(dev.ifindex, mode, netns=dev.netns)
-    except XdpError as e:
-        log.warning("device %s: cannot query port %s: %s", dev.name, dev.ifname, e)
-        return None
-    if prog_id is None:
-        return None
-    try:
-        with KernelProgram.from_fd(prog_get_fd_by_id(prog_id)) as p:
-            return prog_id, p.name
-    except OSError:  # gone meanwhile
-        return prog_id, "?"
 
 
 def _ifindex(ifname: str, netns: str | None) -> int:
