@@ -154,6 +154,7 @@ def test_kill_9_of_the_host_daemon_takes_its_program_off_the_port(topo):
     with g:
         try:
             g.wait_connected()
+            host.log.wait_for("through a bpf_link this daemon holds", timeout=10, proc=host.proc)  # says the choice
             load(topo, XDP1, "--device", DEVICE)  # xdp1 drops everything: the guest is cut off
             assert port_prog_id(topo) is not None
             assert ping(topo.traffic, GUEST_IP, 2, timeout=1.0) == 0
