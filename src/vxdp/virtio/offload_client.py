@@ -386,7 +386,8 @@ class OffloadEngine(Engine):
 
     Programs run on the device's port as frames arrive, not on demand, so `run` is not
     available; `attach`, `detach` and `query` put a program on the RX path and read its
-    verdict counts. `close` detaches what it attached and frees every object it made.
+    verdict counts. `close` detaches what it attached (unless another program replaced it since)
+    and frees every object it made.
     """
 
     name = "offload"
