@@ -64,6 +64,29 @@ def test_a_failed_attach_frees_the_object_and_keeps_the_old_one(samples_built):
     assert reg.show()["programs"][0]["attached"]
 
 
+def test_a_replacing_load_attaches_first_and_stands_even_if_freeing_the_old_one_fails(samples_built):
+    """The new object is attached before the old one is retired (its detach, then its free), and an
+    error while retiring the old one does not lose the new one, which is loaded and attached."""
+    reg, events = ProgramRegistry(), []
+
+    def attach_then_fail_on_detach(loaded, handle):
+        events.append(("attach", handle))
+
+        def detach():
+            events.append(("detach", handle))
+            raise OSError(errno.EIO, "device gone")
+
+        return detach, dict
+
+    reg.load("offload", InterpEngine(), XDP1, attach=attach_then_fail_on_detach)
+    old = reg.attached_handle("offload")
+    doc = reg.load("offload", InterpEngine(), XDP1, attach=_attach(events))
+    (new,) = [p["handle"] for p in doc["programs"] if p["attached"]]
+    assert events == [("attach", old), ("attach", new), ("detach", old)]
+    assert reg.attached_handle("offload") == new and reg.show()["programs"][0]["handle"] == new
+    assert reg.attached_handle("native") is None
+
+
 def test_map_freeze_request(samples_built):
     """``map.freeze`` (``vxdp map freeze``): later updates are EPERM, reads go on, a second freeze EPERM."""
     reg = ProgramRegistry()

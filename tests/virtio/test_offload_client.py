@@ -259,6 +259,34 @@ def test_detach_of_an_attach_point_the_device_cleared_is_not_an_error(port, serv
     assert service.show()[0]["programs"] == [] and service.show()[0]["maps"] == []
 
 
+def test_an_attachment_replaces_only_its_own_slots_program_and_detaches_only_its_own(port, service):
+    """Two loads into one slot (two engines, one device): the second replaces the first without being
+    asked because the device runs the program it replaces; the first's detach and close then leave the
+    second attached. A third engine that replaces nothing is refused (EBUSY naming the program) unless
+    ``replace``."""
+    dev = _dev()
+    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    engines = [OffloadEngine(_client(service, dev)) for _ in range(3)]
+    first, second, third = (load_object(e, elf.load_object(SAMPLES_BUILD / "xdp_pass.o")) for e in engines)
+    h1, h2, h3 = (lo.programs["xdp_pass"] for lo in (first, second, third))
+    detach1, counters1 = engines[0].attachment(h1)
+    _, counters2 = engines[1].attachment(h2, replaces=h1)
+    ids = {p["handle"]: p["kernel_id"] for p in service.show()[0]["programs"]}
+    assert query_xdp(port.b, netns=port.ns_b) == ids[h2]
+    assert counters1() == {} and set(counters2()) >= {"pass", "drop"}  # each reads its own program only
+    detach1()
+    first.close()
+    assert query_xdp(port.b, netns=port.ns_b) == ids[h2] and service.prog_query(dev)["attached"] == h2
+    e = _refused(engines[2].attachment, h3, replaces=h1, code=errno.EBUSY, match=f"runs program {h2}")
+    assert "'xdp_pass', loaded by the guest" in e.message
+    engines[2].attachment(h3, replace=True)
+    assert query_xdp(port.b, netns=port.ns_b) == ids[h3]
+    second.close()  # replaced: closing frees it and leaves the third attached
+    assert query_xdp(port.b, netns=port.ns_b) == ids[h3]
+    third.close()
+    assert query_xdp(port.b, netns=port.ns_b) is None
+
+
 # -- refusals, each reaching the client with its message -------------------------------------------
 
 def _calls(helper: int) -> list[Insn]:

@@ -15,6 +15,7 @@ from enum import Enum
 
 from .isa import Insn
 from .mapspec import MapSpec
+from .sections import ProgType, section_prog_type
 
 
 class RelocKind(Enum):
@@ -111,6 +112,11 @@ class LinkedProgram:
     func_info: list[FuncInfo]
     line_info: list[LineInfo]
     license: str
+
+    @property
+    def prog_type(self) -> ProgType:
+        """The program type its section declares (`vxdp.bpf.sections`): XDP unless the name says otherwise."""
+        return section_prog_type(self.section)
 
 
 @dataclass

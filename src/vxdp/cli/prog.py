@@ -57,6 +57,12 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     mode.add_argument("--native", dest="mode", action="store_const", const="native",
                       help="run in the guest (with --guest, give --offload or --native)")
     load.add_argument("--prog", metavar="NAME", help="the program to attach (default: the first)")
+    load.add_argument("--replace", action="store_true",
+                      help="offloaded: replace the program another loader attached to the device (the guest's, "
+                      "for --device; the operator's, for --guest), atomically; without it that is refused "
+                      "(EBUSY). The replaced program stays loaded, no longer attached, until its owner frees "
+                      "it. A second load through the same --guest or --device replaces its own program "
+                      "without --replace.")
     add_target(load)
     load.add_argument("-j", "--json", action="store_true", help="JSON output")
     load.set_defaults(func=cmd_load)
@@ -233,7 +239,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         raise CliError("say where the program runs: --offload (on the host) or --native (in the guest)")
     if args.device and mode != "offload":
         raise CliError("--device loads on the host: --native needs --guest")
-    result = call(args, "prog.load", path=path, mode=mode, prog=args.prog)
+    result = call(args, "prog.load", path=path, mode=mode, prog=args.prog, **({"replace": True} if args.replace else {}))
     if args.json:
         emit_json(result)
         return 0

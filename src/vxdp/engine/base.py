@@ -56,6 +56,9 @@ class Engine(abc.ABC):
     """An execution engine: makes maps, loads programs, runs them on packets."""
 
     name: str
+    prog_types: frozenset[int] | None = frozenset({6})
+    """The program types (``enum bpf_prog_type``) it runs: XDP for every local engine. ``None``: the
+    engine passes the type on and its far side decides (the offload device, under its policy)."""
 
     @abc.abstractmethod
     def create_map(self, spec: MapSpec) -> Map:
@@ -67,7 +70,7 @@ class Engine(abc.ABC):
         """Load resolved instructions; return the program handle prog_array values carry.
 
         ``extra`` passes what an engine may use and others ignore (BTF, func_info,
-        line_info for the kernel). A refused program raises the engine's error,
+        line_info for the kernel; ``prog_type`` and ``section``, which the offload sends on). A refused program raises the engine's error,
         with the verifier log where there is one.
         """
 

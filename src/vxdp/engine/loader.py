@@ -1,5 +1,10 @@
 """Loading a whole object into an engine, the way libbpf's ``bpf_object__load`` does.
 
+A program's type comes from its section (``SEC("tc")`` is SCHED_CLS, see
+`vxdp.bpf.sections`): an engine that runs only XDP refuses any other type by
+name before anything is created; the offload engine passes it on to the device,
+whose policy refuses it (rule ``prog_type``).
+
 The steps run in a straight line, once: create every map (an engine's
 ``create_map`` writes a global-data map's initial bytes and freezes
 ``.rodata``, as the spec asks), link and resolve each
@@ -18,6 +23,7 @@ from typing import Self
 
 from ..bpf.link import link, resolve_maps
 from ..bpf.obj import BpfObject
+from ..bpf.sections import prog_type_name, section_prog_type
 from .base import Engine, Map, RunResult, XdpMd
 
 _U32 = struct.Struct("<I")
@@ -59,10 +65,11 @@ def load_object(engine: Engine, obj: BpfObject, programs: Iterable[str] | None =
 
     On any failure everything made so far is released before the error propagates.
     """
+    names = list(obj.programs) if programs is None else list(programs)
+    _check_prog_types(engine, obj, names)
     loaded = LoadedObject(obj, engine)
     try:
         _create_maps(loaded)
-        names = list(obj.programs) if programs is None else list(programs)
         handles = {name: m.handle for name, m in loaded.maps.items()}
         for name in names:
             linked = link(obj, name)
@@ -74,12 +81,27 @@ def load_object(engine: Engine, obj: BpfObject, programs: Iterable[str] | None =
                 btf=obj.btf_raw,
                 func_info=linked.func_info,
                 line_info=linked.line_info,
+                prog_type=int(linked.prog_type),
+                section=linked.section,
             )
         _fill_prog_arrays(loaded)
     except BaseException:
         engine.close()
         raise
     return loaded
+
+
+def _check_prog_types(engine: Engine, obj: BpfObject, names: list[str]) -> None:
+    accepted = getattr(engine, "prog_types", None)
+    if accepted is None:
+        return
+    for name in names:
+        prog = obj.programs[name]
+        prog_type = section_prog_type(prog.section)
+        if prog_type not in accepted:
+            raise LoadError(f'{obj.path}: program {name!r} in section "{prog.section}" is a '
+                            f"{prog_type_name(prog_type)} program; the {engine.name} engine runs XDP programs "
+                            f"only (sections xdp, xdp.frags, xdp/...)")
 
 
 def _create_maps(loaded: LoadedObject) -> None:

@@ -162,7 +162,12 @@ class ProgramRegistry:
     ) -> dict[str, Any]:
         """Load ``path`` on ``engine`` into slot ``mode`` (replacing what was there) and attach ``prog``.
 
-        ``attach(loaded, handle)`` attaches and returns (detach, counters) callables.
+        ``attach(loaded, handle)`` attaches and returns (detach, counters) callables. Replacing a
+        slot: the new program is attached *first*, over the old one (its attach replaces the old
+        program where it runs, atomically for an offload: see `attached_handle`), and only then is
+        the old object retired: its ``detach`` leaves alone a program that is not its own any more
+        (each engine's detach does), and it is freed. A refused attach frees the new object and
+        keeps the old slot as it was.
         """
         obj = parse_object(path)
         name = obj.program(prog).name
@@ -172,9 +177,20 @@ class ProgramRegistry:
         except BaseException:
             loaded.close()
             raise
-        self.unload(mode)
+        old = self.slots.pop(mode, None)
         self.slots[mode] = Slot(mode, path, loaded, name, detach, counters)
+        if old is not None:
+            try:
+                self._retire(old)
+            except Exception as e:  # noqa: BLE001 -- the new program is loaded and attached; say, don't fail
+                log.warning("slot %s: freeing the replaced object %s: %s", mode, old.path, e)
         return self.slot_doc(self.slots[mode])
+
+    def attached_handle(self, mode: str) -> int | None:
+        """The engine handle of the program attached from slot ``mode`` (``None`` if the slot is empty):
+        what a load into the same slot replaces without being asked (the slot is its owner's)."""
+        slot = self.slots.get(mode)
+        return None if slot is None else slot.loaded.programs.get(slot.attached)
 
     def unload(self, mode: str | None = None) -> int:
         """Detach and free the object in ``mode`` (every slot with None); how many were there."""
@@ -185,11 +201,15 @@ class ProgramRegistry:
             if slot is None:
                 continue
             n += 1
-            try:
-                slot.detach()
-            finally:
-                slot.loaded.close()
+            self._retire(slot)
         return n
+
+    @staticmethod
+    def _retire(slot: Slot) -> None:
+        try:
+            slot.detach()
+        finally:
+            slot.loaded.close()
 
     def detach(self, mode: str | None = None) -> int:
         """``prog detach``: detach and free the object in ``mode`` (every slot with None) and, for a

@@ -55,13 +55,14 @@ class GuestPrograms:
             raise RegistryError(errno.ENOTCONN, "the driver has no device (not connected, or no ctrl vq)")
         return ctrl_transport(ctrl)(request, capacity)
 
-    def _offload(self, path: str, prog: str | None) -> dict[str, Any]:
+    def _offload(self, path: str, prog: str | None, replace: bool = False) -> dict[str, Any]:
         if self.driver.connected and not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:
             # a device without the bit has no BPF class: its ctrl vq would answer a bare ERR
             raise RegistryError(errno.EOPNOTSUPP, f"the device does not offer XDP offload (feature bit "
                                                   f"{FEATURE_BPF_OFFLOAD} not negotiated)")
         engine = OffloadEngine(OffloadClient(self._transport))
-        return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(h))
+        return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(
+            h, replace=replace, replaces=self.registry.attached_handle("offload")))
 
     def _record(self, mode: str) -> OffloadRecord | str | None:
         """The device's record for the offload slot (`ProgramRegistry`'s ``record``); None without a
@@ -122,10 +123,10 @@ class GuestPrograms:
         self._lister = None
 
     # -- control-socket methods ------------------------------------------------------------
-    def load(self, path: str, mode: str, prog: str | None = None) -> dict[str, Any]:
+    def load(self, path: str, mode: str, prog: str | None = None, replace: bool = False) -> dict[str, Any]:
         if mode not in MODES:
             raise RegistryError(errno.EINVAL, f"mode {mode!r}: one of {', '.join(MODES)}")
-        return self._offload(path, prog) if mode == "offload" else self._native(path, prog)
+        return self._offload(path, prog, replace) if mode == "offload" else self._native(path, prog)
 
     def show(self) -> dict[str, Any]:
         return self.registry.show()

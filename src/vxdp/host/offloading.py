@@ -77,11 +77,12 @@ class DeviceOffload:
     def _transport(self, request: bytes, capacity: int) -> bytes:
         return self.operator_handler.handle(request[1], request[2:], capacity, negotiated=True)
 
-    def load(self, path: str, mode: str = "offload", prog: str | None = None) -> dict[str, Any]:
+    def load(self, path: str, mode: str = "offload", prog: str | None = None, replace: bool = False) -> dict[str, Any]:
         if mode != "offload":
             raise RegistryError(errno.EINVAL, "a device runs programs offloaded; --native needs --guest")
         engine = OffloadEngine(OffloadClient(self._transport))
-        return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(h))
+        return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(
+            h, replace=replace, replaces=self.registry.attached_handle("offload")))
 
     def state_export(self) -> dict[str, Any]:
         """The device's offloaded state (STATE_EXPORT through the operator's handler), base64."""

@@ -411,10 +411,12 @@ class OffloadEngine(Engine):
 
     Programs run on the device's port as frames arrive, not on demand, so `run` is not
     available; `attach`, `detach` and `query` put a program on the RX path and read its
-    verdict counts. `close` detaches what it attached and frees every object it made.
+    verdict counts. `close` detaches what it attached (unless another program replaced it since)
+    and frees every object it made.
     """
 
     name = "offload"
+    prog_types = None  # every type goes to the device; its policy refuses what it does not run (rule prog_type)
 
     def __init__(self, client: OffloadClient):
         self.client = client
@@ -448,13 +450,22 @@ class OffloadEngine(Engine):
     def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:
         """Offload resolved instructions (guest map handles in the lddw immediates); the guest program handle.
 
-        ``extra``: ``btf``, ``func_info``, ``line_info`` go with the program; ``log_size``
-        bounds the verifier log a refusal brings back (`OffloadRefused.log`).
+        ``extra``: ``btf``, ``func_info``, ``line_info`` and ``prog_type`` (from the section; XDP by
+        default) go with the program; the device's policy refuses any type but XDP (rule ``prog_type``),
+        and the refusal is given back naming ``section``. ``log_size`` bounds the verifier log a
+        refusal brings back (`OffloadRefused.log`).
         """
-        handle, tag = self.client.prog_load(
-            insns, name=name, license=license, btf=extra.get("btf") or None,  # type: ignore[arg-type]
-            func_info=extra.get("func_info") or (), line_info=extra.get("line_info") or (),  # type: ignore[arg-type]
-            log_size=int(extra.get("log_size", 64 << 10)))  # type: ignore[call-overload]
+        try:
+            handle, tag = self.client.prog_load(
+                insns, name=name, license=license, btf=extra.get("btf") or None,  # type: ignore[arg-type]
+                func_info=extra.get("func_info") or (), line_info=extra.get("line_info") or (),  # type: ignore[arg-type]
+                prog_type=int(extra.get("prog_type", 6)),  # type: ignore[call-overload]
+                log_size=int(extra.get("log_size", 64 << 10)))  # type: ignore[call-overload]
+        except OffloadRefused as e:
+            if e.rule != "prog_type" or not extra.get("section"):
+                raise
+            text = f'program {name!r} from section "{extra["section"]}": {e.reply.text}'
+            raise OffloadRefused(e.command, Reply.error(e.code, text)) from None
         self.programs.append(handle)
         self.tags[handle] = tag.hex() if isinstance(tag, bytes) else str(tag)
         return handle
@@ -468,37 +479,53 @@ class OffloadEngine(Engine):
         self.client.prog_attach(prog, replace=replace)
         self.attached = prog
 
+    def runs(self, prog: int) -> bool:
+        """Whether the device's attach point runs ``prog`` now (PROG_QUERY)."""
+        q = self.query()
+        return q is not None and q.prog == prog
+
     def detach(self) -> None:
-        """Detach the attach point; one the device already cleared (ENOENT: a REPLACE by another
-        program was undone, the device was reset) is what detaching wants, not an error."""
-        try:
-            self.client.prog_detach()
-        except OffloadRefused as e:
-            if e.code != Errno.ENOENT:
-                raise
-            log.info("offload engine detach: %s (nothing to detach)", e.message)
+        """Detach this engine's program if the device still runs it. A program that replaced it (the
+        next load of the same slot, or an operator's ``--replace``) is somebody else's: left attached.
+        An attach point the device already cleared (ENOENT: the device was reset meanwhile) is what
+        detaching wants, not an error."""
+        if self.attached is not None and self.runs(self.attached):
+            try:
+                self.client.prog_detach()
+            except OffloadRefused as e:
+                if e.code != Errno.ENOENT:
+                    raise
+                log.info("offload engine detach: %s (nothing to detach)", e.message)
         self.attached = None
 
     def query(self) -> ProgQueryReply | None:
         return self.client.prog_query()
 
-    def attachment(self, prog: int) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
-        """Attach ``prog`` (replacing what the device ran) and return (detach, counters) callables,
-        the shape `vxdp.engine.registry.ProgramRegistry.load` takes."""
-        self.attach(prog, replace=True)
+    def attachment(self, prog: int, *, replace: bool = False,
+                   replaces: int | None = None) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
+        """Attach ``prog`` and return (detach, counters) callables, the shape
+        `vxdp.engine.registry.ProgramRegistry.load` takes.
+
+        The attach carries REPLACE (an atomic swap on the device) when ``replace`` (the user asked)
+        or when the device runs ``replaces``, the program of the load this one replaces: the owner
+        of a slot replaces its own program without asking. Otherwise an occupied attach point is
+        EBUSY, naming the program it runs. ``counters`` reads ``prog``'s verdict counts while the
+        device runs it, nothing (``{}``) once another program replaced it.
+        """
+        self.attach(prog, replace=replace or (replaces is not None and self.runs(replaces)))
 
         def counters() -> dict[str, int]:
             q = self.query()
-            return {} if q is None else dict(zip(ACTION_NAMES, q.actions))
+            return {} if q is None or q.prog != prog else dict(zip(ACTION_NAMES, q.actions))
 
         return self.detach, counters
 
     def close(self) -> None:
-        """Detach (if this engine attached), free programs, then maps; never raises (a device that was
+        """Detach (if the device still runs what this engine attached), free programs, then maps; never raises (a device that was
         reset already forgot the handles). Failures are logged."""
         steps: list[tuple[str, Callable[[], None]]] = []
         if self.attached is not None:
-            steps.append(("detach", self.client.prog_detach))
+            steps.append(("detach", self.detach))
         steps += [(f"free program {h}", lambda h=h: self.client.prog_free(h)) for h in reversed(self.programs)]
         steps += [(f"free map {m.handle}", m.close) for m in reversed(self.maps)]
         for what, step in steps:

@@ -10,6 +10,7 @@ from kernel_asm import ret_insns
 from vxdp.bpf.kernel import (
     KernelProgram,
     XdpError,
+    XdpLink,
     XdpMode,
     attach_xdp,
     detach_xdp,
@@ -77,3 +78,52 @@ def test_errors_name_the_interface_and_netns(veth_pair):
         with pytest.raises(XdpError) as e:
             query_xdp("vxa", netns="vxk-no-such-netns")
         assert "vxk-no-such-netns" in str(e.value)
+
+
+# -- XDP through a bpf_link (XdpLink) -------------------------------------------------------------
+
+def test_link_attaches_in_the_ports_netns_and_closing_it_detaches(veth_pair):
+    """The port is in another netns than the test: the link is created from a thread that entered it."""
+    ns, dev, index = veth_pair.ns_a, veth_pair.a, veth_pair.a_index
+    with KernelProgram.load(ret_insns(2), name="xdp_pass") as p:
+        link = XdpLink.create(index, p.fd, XdpMode.NATIVE, netns=ns, label=dev)
+        try:
+            assert query_xdp(dev, XdpMode.NATIVE, netns=ns) == p.info().id
+            info = link.info()
+            assert info.prog_id == p.info().id and info.ifindex == index and info.id > 0
+        finally:
+            link.close()
+        assert query_xdp(dev, netns=ns) is None  # the last fd closed: the kernel detached it
+
+
+def test_link_update_swaps_atomically_and_checks_the_old_program(veth_pair):
+    ns, dev, index = veth_pair.ns_a, veth_pair.a, veth_pair.a_index
+    with KernelProgram.load(ret_insns(2), name="first") as p1, \
+            KernelProgram.load(ret_insns(1), name="second") as p2, \
+            XdpLink.create(index, p1.fd, netns=ns, label=dev) as link:
+        link.update(p2.fd, old_prog_fd=p1.fd)
+        assert query_xdp(dev, netns=ns) == p2.info().id
+        with pytest.raises(XdpError) as e:
+            link.update(p1.fd, old_prog_fd=p1.fd)  # it runs p2 now: the kernel refuses
+        assert e.value.errno == errno.EPERM and dev in str(e.value)
+        assert query_xdp(dev, netns=ns) == p2.info().id
+        link.detach()
+        assert query_xdp(dev, netns=ns) is None
+        link.detach()  # a second detach of a defunct link is fine
+
+
+def test_link_and_netlink_attachments_exclude_each_other(veth_pair):
+    ns, dev, index = veth_pair.ns_a, veth_pair.a, veth_pair.a_index
+    with KernelProgram.load(ret_insns(2), name="first") as p1, KernelProgram.load(ret_insns(1), name="second") as p2:
+        attach_xdp(dev, p1.fd, XdpMode.NATIVE, netns=ns)
+        try:
+            with pytest.raises(XdpError) as e:
+                XdpLink.create(index, p2.fd, netns=ns, label=dev)
+            assert e.value.errno == errno.EBUSY and "already attached" in str(e.value) and dev in str(e.value)
+        finally:
+            detach_xdp(dev, XdpMode.NATIVE, netns=ns)
+        with XdpLink.create(index, p2.fd, netns=ns, label=dev):
+            with pytest.raises(XdpError) as e:
+                attach_xdp(dev, p1.fd, XdpMode.NATIVE, netns=ns)
+            assert e.value.errno == errno.EBUSY
+            assert query_xdp(dev, netns=ns) == p2.info().id

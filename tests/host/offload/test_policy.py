@@ -135,7 +135,11 @@ def test_prog_type():
     Policy().check_prog_type(6)
     with pytest.raises(OffloadError) as e:
         Policy().check_prog_type(3)
-    assert e.value.rule == "prog_type"
+    assert e.value.rule == "prog_type" and e.value.errno == errno.EPERM
+    assert str(e.value).startswith("policy: program type SCHED_CLS (3) is not allowed"), str(e.value)
+    with pytest.raises(OffloadError) as e:
+        Policy().check_prog_type(99)
+    assert "program type 99 (not a known type) is not allowed" in str(e.value)
 
 
 def test_token_bucket_with_an_injected_clock():

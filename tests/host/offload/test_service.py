@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import struct
 import time
@@ -23,6 +24,8 @@ from vxdp.bpf.isa import EXIT, Insn, PseudoCall, PseudoSrc, XdpAction, lddw
 from vxdp.bpf.kernel import (
     KernelProgram,
     XdpMode,
+    attach_xdp,
+    detach_xdp,
     map_ids,
     prog_get_fd_by_id,
     prog_ids,
@@ -30,7 +33,9 @@ from vxdp.bpf.kernel import (
     send_live_frames_in,
 )
 from vxdp.bpf.mapspec import MapType, possible_cpus
+from vxdp.engine.kernel import KERNEL_NAME_SHOWN, KernelEngine
 from vxdp.host.offload import OffloadError, OffloadService, Policy, Quota
+from vxdp.host.offload.service import kernel_prefix
 from vxdp.packets import frame
 from vxdp.testing.netns import NetLab
 
@@ -132,6 +137,68 @@ def test_xdp1_offloaded_drops_and_counts_live_frames(port, service):
         "frozen": False, "origin": "guest"}
     service.prog_detach(dev)
     assert query_xdp(port.b, netns=port.ns_b) is None
+
+
+# -- attaching through a link: replace, what the port runs at start ------------------------------
+
+SERVICE_LOG = "vxdp.host.offload.port"
+
+
+def test_replace_updates_the_one_link_and_the_replaced_program_stays_loaded(port, service):
+    """A second attach is BPF_LINK_UPDATE on the same link (never detach, then attach): the link's id
+    does not change, the port runs the new program, the old one is loaded, no longer attached."""
+    dev = _dev()
+    service.add_device(dev, port.b, netns=port.ns_b)
+    _, first = offload_object(service, dev, SAMPLES_BUILD / "xdp1.o", ["xdp_prog1"])
+    _, second = offload_object(service, dev, SAMPLES_BUILD / "xdp_pass.o", ["xdp_pass"])
+    h1, h2 = first["xdp_prog1"], second["xdp_pass"]
+    service.prog_attach(dev, h1)
+    link_id = service._links[dev].info().id
+    service.prog_attach(dev, h2)
+    ids = {p["handle"]: p["kernel_id"] for p in service.show()[0]["programs"]}
+    assert query_xdp(port.b, XdpMode.NATIVE, netns=port.ns_b) == ids[h2]
+    assert service._links[dev].info().id == link_id and service._links[dev].info().prog_id == ids[h2]
+    assert service.prog_query(dev)["attached"] == h2
+    service.free(dev, h1)  # replaced: no longer attached, so it can go
+    _refused(service.free, dev, h2, rule="handles", err=errno.EBUSY, match="attached")
+    service.remove_device(dev)
+    assert query_xdp(port.b, netns=port.ns_b) is None
+
+
+def test_a_program_an_earlier_vxdp_left_on_the_port_is_detached_at_start(port, service, caplog):
+    """A program of this device's kernel prefix, attached the old (netlink) way, outlived its daemon:
+    the next add_device takes it off the port and says so."""
+    dev = _dev()
+    left = KernelEngine(name_prefix=kernel_prefix(dev))
+    fd = left.load_program("xdp_prog1", [Insn(0xB7, 0, 0, 0, XdpAction.DROP), Insn(EXIT)])
+    left_id = left.program(fd).info().id
+    attach_xdp(port.b_index, fd, XdpMode.NATIVE, netns=port.ns_b)
+    left.close()  # the port holds it now, as after a killed daemon of before
+    assert query_xdp(port.b, netns=port.ns_b) == left_id
+    with caplog.at_level(logging.WARNING, logger=SERVICE_LOG):
+        service.add_device(dev, port.b, netns=port.ns_b)
+    assert query_xdp(port.b, netns=port.ns_b) is None
+    (msg,) = [r.getMessage() for r in caplog.records if r.name == SERVICE_LOG]
+    name = (kernel_prefix(dev) + "xdp_prog1")[:KERNEL_NAME_SHOWN]
+    assert f"detached XDP program '{name}' (id {left_id})" in msg and "earlier vxdp" in msg, msg
+
+
+def test_a_foreign_program_on_the_port_is_left_with_a_warning_and_our_attach_is_ebusy(port, service, caplog):
+    dev = _dev()
+    with KernelProgram.load([Insn(0xB7, 0, 0, 0, XdpAction.PASS), Insn(EXIT)], name="foreign_xdp") as p:
+        attach_xdp(port.b_index, p.fd, XdpMode.NATIVE, netns=port.ns_b)
+        try:
+            with caplog.at_level(logging.WARNING, logger=SERVICE_LOG):
+                service.add_device(dev, port.b, netns=port.ns_b)
+            assert query_xdp(port.b, netns=port.ns_b) == p.info().id  # left alone
+            (msg,) = [r.getMessage() for r in caplog.records if r.name == SERVICE_LOG]
+            assert "'foreign_xdp'" in msg and "left alone" in msg and port.b in msg
+            _, progs = offload_object(service, dev, SAMPLES_BUILD / "xdp1.o", ["xdp_prog1"])
+            err = _refused(service.prog_attach, dev, progs["xdp_prog1"], rule=None, err=errno.EBUSY)
+            assert f"already runs XDP program 'foreign_xdp' (id {p.info().id})" in str(err), str(err)
+            assert service.prog_query(dev)["attached"] is None
+        finally:
+            detach_xdp(port.b_index, XdpMode.NATIVE, netns=port.ns_b)
 
 
 def test_reset_and_remove_free_every_kernel_object(port, service):

@@ -32,6 +32,7 @@ from .prog import (
 )
 from .syscall import BpfError, Cmd, sys_bpf
 from .xdp import XdpError, XdpMode, attach_xdp, detach_xdp, query_xdp, query_xdp_attrs
+from .xdp_link import XdpLink
 
 __all__ = [
     "BPF_F_TEST_XDP_LIVE_FRAMES",
@@ -51,6 +52,7 @@ __all__ = [
     "TestRunResult",
     "VerifierError",
     "XdpError",
+    "XdpLink",
     "XdpMode",
     "attach_xdp",
     "detach_xdp",

@@ -26,7 +26,8 @@ raised out of `handle`, whatever the bytes (spec §6: the device never fails as 
 whole because of a request).
 
 Where the service and the spec differ, the handler bridges: the spec's ATTACH
-without REPLACE on an occupied port is ``EBUSY`` and DETACH/QUERY with nothing
+without REPLACE on an occupied port is ``EBUSY`` (naming who loaded the running
+program, its handle and name) and DETACH/QUERY with nothing
 attached ``ENOENT`` (the service replaces and detaches silently); MAP_FREE and
 PROG_FREE check the handle's kind (the service's ``free`` takes either);
 lookups that find nothing become ``ENOENT``. STATE_EXPORT fills the writable
@@ -91,6 +92,7 @@ BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP: the only expected_atta
 EXPORT_TOKEN_ROOM = 12  # the service's continuation token (snapshot serial, offset)
 LIST_TOKEN_SIZE = 4  # OBJ_LIST's token: le32, the handle to continue after
 ORIGINS = {"guest": ObjOrigin.DRIVER, "operator": ObjOrigin.OPERATOR, "import": ObjOrigin.IMPORT}
+_WHO = {"guest": "the guest", "operator": "the operator", "import": "a state import"}  # for refusals
 
 
 def refusal_text(err: OffloadError, log_size: int = 0) -> tuple[str, bool]:
@@ -277,7 +279,10 @@ class BpfCommandHandler:
         self._expect(req.prog, Kind.PROG)
         attached = self._dev().attached
         if attached is not None and not req.flags & AttachFlag.REPLACE:
-            raise _Refused(Errno.EBUSY, f"attach point RX already runs program {attached}; set REPLACE to swap")
+            running = self._expect(attached, Kind.PROG)
+            raise _Refused(Errno.EBUSY, f"attach point RX already runs program {attached} "
+                           f"({running.name!r}, loaded by {_WHO.get(running.origin, running.origin)}); set REPLACE to "
+                           "replace it (vxdp prog load --replace)")
         self.service.prog_attach(self.device, req.prog)
         return Reply()
 

@@ -77,7 +77,7 @@ class ProgObj:
     map_handles: tuple[int, ...]
     counters: Map  # host-owned PERCPU_ARRAY, one u64 per CPU per `ACTION_SLOTS` entry
     source: ProgSource | None = None  # the guest's load, for STATE_EXPORT
-    origin: str = "guest"  # who loaded it: guest, operator, import
+    origin: str = "guest"  # who loaded it: guest (the ctrl vq), operator (`vxdp prog load --device`), import
 
     def action_counts(self) -> dict[str, int]:
         """Verdicts so far, summed over CPUs: aborted, drop, pass, tx, redirect, other."""

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from ...bpf.helpers import Helper
 from ...bpf.mapspec import PERCPU_TYPES, MapType, possible_cpus
+from ...bpf.sections import ProgType
 from .errors import OffloadError
 
 
@@ -155,10 +156,17 @@ class Policy:
         return map_memory(mt, key_size, value_size, max_entries)
 
     def check_prog_type(self, prog_type: int | str) -> None:
+        """EPERM (rule ``prog_type``) naming the type, e.g. ``program type SCHED_CLS (3)``, unless allowed."""
         names = {v: k for k, v in PROG_TYPES.items()}
-        name = prog_type if isinstance(prog_type, str) else names.get(prog_type, f"type {prog_type}")
-        if name not in self.prog_types:
-            raise OffloadError(errno.EPERM, f"policy: program {name} is not allowed; only "
+        name = prog_type if isinstance(prog_type, str) else names.get(prog_type)
+        if name is None or name not in self.prog_types:
+            if isinstance(prog_type, str):
+                what = repr(prog_type)
+            elif prog_type in ProgType._value2member_map_:
+                what = f"{ProgType(prog_type).name} ({prog_type})"
+            else:
+                what = f"{prog_type} (not a known type)"
+            raise OffloadError(errno.EPERM, f"policy: program type {what} is not allowed; only "
                                f"{', '.join(sorted(self.prog_types))} programs can be offloaded", "prog_type")
 
 

@@ -26,6 +26,14 @@ went away) and `remove_device` detach and close everything the device made,
 so no kernel map or program outlives it. A map a live program uses, and an
 attached program, cannot be freed (EBUSY): detach or free the user first.
 
+Attaching (`port`): through a bpf_link this process holds, never netlink, so a
+program never outlives the daemon that owns it, even one killed with SIGKILL;
+replacing is an atomic ``BPF_LINK_UPDATE``, and the replaced program stays
+loaded, no longer attached, until its owner frees it (as with ``bpftool``). At
+`add_device` a program an earlier vxdp of the device left on the port (netlink)
+is detached, saying so in the log; a foreign one is kept with a warning, and our
+attach is then EBUSY naming it.
+
 The feature bit: a guest that did not negotiate offload must get every BPF
 command refused. The device's negotiated features are the one source of truth:
 `add_device` takes a callable reading them (`vxdp.host.offloading.DeviceOffload.negotiated`),
@@ -53,12 +61,12 @@ from pyroute2 import IPRoute
 
 from ...bpf.helpers import Helper
 from ...bpf.isa import Insn
-from ...bpf.kernel import BpfError, MapError, VerifierError, XdpError, XdpMode, attach_xdp, detach_xdp
+from ...bpf.kernel import BpfError, MapError, VerifierError, XdpLink
 from ...bpf.kernel.maps import sanitize_name
 from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
-from . import state
+from . import port, state
 from .device import Device, MapObj, ProgObj, ProgSource
 from .errors import OffloadError
 from .handles import HandleTable, Kind
@@ -91,6 +99,7 @@ class OffloadService:
         self.devices: dict[str, Device] = {}
         self._maps: dict[str, dict[int, MapObj]] = {}
         self._progs: dict[str, dict[int, ProgObj]] = {}
+        self._links: dict[str, XdpLink] = {}  # device -> the link its attached program runs on
         self._lock = threading.RLock()
         self._operator = threading.local()  # .active: this thread runs the host operator's commands
 
@@ -126,6 +135,7 @@ class OffloadService:
                          negotiated_source=negotiated if callable(negotiated) else (lambda: bool(negotiated)))
             self.devices[name] = dev
             self._maps[name], self._progs[name] = {}, {}
+            port.clear_port(dev, kernel_prefix(name))
             return dev
 
     def remove_device(self, name: str) -> None:
@@ -368,13 +378,11 @@ class OffloadService:
             self._attach(self._begin(device), handle)
 
     def _attach(self, dev: Device, handle: int) -> None:
-        device = dev.name
+        """Attach through the device's link: a new link, or an atomic update of the one that runs ours."""
         obj = self._prog(dev, handle)
-        try:
-            attach_xdp(dev.ifindex, obj.engine_handle, XdpMode.NATIVE, netns=dev.netns)
-        except XdpError as e:
-            raise OffloadError(e.errno or errno.EINVAL, f"device {device}: attach to {dev.ifname}: "
-                               f"{e.strerror or e}") from None
+        old = self._progs[dev.name].get(dev.attached) if dev.attached is not None else None
+        self._links[dev.name] = port.attach(dev, self._links.get(dev.name), obj.engine_handle,
+                                            old.engine_handle if old is not None else None)
         dev.attached = handle
 
     def prog_detach(self, device: str) -> None:
@@ -538,14 +546,12 @@ class OffloadService:
             raise OffloadError(e.errno or errno.EIO, f"{what}: {e.strerror or e}") from None
 
     def _detach(self, dev: Device) -> None:
-        if dev.attached is None:
-            return
+        link = self._links.pop(dev.name, None)
         try:
-            detach_xdp(dev.ifindex, XdpMode.NATIVE, netns=dev.netns)
-        except XdpError as e:
-            if e.errno not in (errno.ENODEV, errno.ENOENT):  # the port is gone: nothing is attached
-                raise OffloadError(e.errno or errno.EIO, f"device {dev.name}: detach: {e.strerror or e}") from None
-        dev.attached = None
+            if link is not None:
+                port.detach(dev, link)
+        finally:
+            dev.attached = None
 
     def _close_prog(self, dev: Device, obj: ProgObj) -> None:
         dev.engine.free_program(obj.engine_handle)
