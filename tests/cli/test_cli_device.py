@@ -101,7 +101,8 @@ def test_map_commands_refuse_bad_keys_values_and_names(topo):
             f"device {DEVICE}: no map named 'rxcnt' is loaded in the native slot (ENOENT)"
         # the same refusals with -j: one JSON object on stdout, exit 1
         r = topo.vxdp("map", "lookup", "nomap", "1", *target, "-j")
-        assert (r.code, r.err) == (1, "") and r.json() == {"error": "no map named 'nomap'"}
+        assert (r.code, r.err) == (1, "") and r.json() == {"error": f"device {DEVICE}: no map named 'nomap' is loaded (ENOENT)",
+                                                    "errno": "ENOENT"}
         r = topo.vxdp("map", "dump", "nomap", *target, "-j")
         assert (r.code, r.err) == (1, "")
         assert r.json() == {"error": f"device {DEVICE}: no map named 'nomap' is loaded (ENOENT)", "errno": "ENOENT"}

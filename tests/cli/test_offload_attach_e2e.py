@@ -79,7 +79,7 @@ def test_a_second_load_on_the_same_slot_stays_attached_and_detaches(topo, target
 
         r = topo.vxdp("prog", "detach", *args, "-j")
         assert r.code == 0, (r.code, r.out, r.err)
-        assert r.json() == {"detached": 1}
+        assert r.json() == {"detached": 1, "programs": 1, "maps": 1}
         assert port_prog_id(topo) is None
         dev = device_offload(topo)
         assert dev["attached"] is None and dev["programs"] == []
@@ -112,18 +112,19 @@ def test_the_operator_is_refused_over_the_guests_program_unless_replace(topo):
         kept = {p["handle"]: p for p in dev["programs"]}
         assert set(kept) == {guest_h, op_h} and kept[guest_h]["attached"] is None  # kept loaded, not attached
 
-        # the guest's view carries no counters of the operator's program
-        (gp,) = topo.ok("prog", "show", "--guest", GUEST)["programs"]
-        assert gp["handle"] == guest_h and not gp.get("counters")
+        # the guest sees the truth: the device's record, its own program no longer attached, the operator's
+        shown = {p["handle"]: p for p in topo.ok("prog", "show", "--guest", GUEST)["programs"]}
+        assert set(shown) == {guest_h, op_h} and shown[op_h]["origin"] == "operator"
+        assert not shown[guest_h]["attached"] and shown[op_h]["attached"]
         # the guest's own second load does not take the attach point back without --replace
         r = topo.vxdp("prog", "load", XDP_PASS, "--offload", "--guest", GUEST)
         assert r.code == 1 and "EBUSY" in r.err and f"program {op_h} ('xdp_prog1', loaded by the operator)" in r.err
         # the guest's detach frees its program and leaves the operator's attached
-        assert topo.ok("prog", "detach", "--guest", GUEST) == {"detached": 1}
+        assert topo.ok("prog", "detach", "--guest", GUEST) == {"detached": 1, "programs": 1, "maps": 1}
         dev = device_offload(topo)
         assert [p["handle"] for p in dev["programs"]] == [op_h] and dev["attached"] == op_h
         assert port_prog_id(topo) == kernel_id(topo, op_h)
-        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1}
+        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1, "programs": 1, "maps": 1}
         assert port_prog_id(topo) is None
 
 
@@ -136,8 +137,13 @@ def test_the_guests_replace_takes_the_operators_place(topo):
         assert r.code == 1 and "EBUSY" in r.err and f"program {op_h} ('xdp_prog1', loaded by the operator)" in r.err
         guest_h = load(topo, XDP_PASS, "--offload", "--guest", GUEST, "--replace")
         assert port_prog_id(topo) == kernel_id(topo, guest_h)
-        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1}  # frees; leaves the guest's
-        assert port_prog_id(topo) == kernel_id(topo, guest_h)
+        # the guest's detach leaves the operator's replaced program loaded; the operator's empties the device
+        assert topo.ok("prog", "detach", "--guest", GUEST) == {"detached": 1, "programs": 1, "maps": 1}
+        assert port_prog_id(topo) is None
+        dev = device_offload(topo)
+        assert [p["handle"] for p in dev["programs"]] == [op_h] and dev["attached"] is None
+        assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1, "programs": 1, "maps": 1}
+        assert device_offload(topo)["programs"] == [] and device_offload(topo)["maps"] == []
 
 
 def test_replace_is_in_the_help(topo):

@@ -77,8 +77,10 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
         "detach",
         help="detach and free programs (and their maps)",
         description="Detach the program attached from each slot (offload, native) and free the object "
-        "it came from: all its programs and maps; offloaded, that is everything the device holds, whoever "
-        "loaded it (guest, operator, an import), as prog show lists it. Prints what it detached and freed; "
+        "it came from: all its programs and maps. Offloaded, that is what the device holds as prog show "
+        "lists it: with --device (the host's operator) everything, whoever loaded it, so the device is "
+        "empty after; with --guest what the guest loaded or imported, leaving what the operator put there. "
+        "Prints what it detached and freed; "
         '-j gives the counts {"detached": OBJECTS, "programs": N, "maps": N}. When nothing is loaded it says '
         "so and exits with exit status 0, as `ip link set dev DEV xdp off` does with nothing attached; exit "
         "status 1 only when something loaded could not be detached or freed.",
@@ -274,9 +276,11 @@ def cmd_detach(args: argparse.Namespace) -> int:
     before = call(args, "prog.show")  # what is there, to say what was detached and freed
     result = call(args, "prog.detach", mode=args.mode)
     slots = [args.mode] if args.mode else ["offload", "native"]
+    # a guest's detach leaves what the host's operator loaded on its device (the daemon does the same)
+    kept = {"operator"} if getattr(args, "guest", None) else set()
     freed = {
-        mode: ([p for p in before.get("programs", []) if p.get("mode") == mode],
-               [m for m in before.get("maps", []) if m.get("mode") == mode])
+        mode: ([p for p in before.get("programs", []) if p.get("mode") == mode and p.get("origin") not in kept],
+               [m for m in before.get("maps", []) if m.get("mode") == mode and m.get("origin") not in kept])
         for mode in slots
     }
     # what the daemon said it unloaded is the truth; the listing before only names it

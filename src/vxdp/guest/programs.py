@@ -75,7 +75,8 @@ class GuestPrograms:
             caps = self._lister.caps()
             return (f"the device speaks offload protocol {caps.version_major}.{caps.version_minor}, which cannot "
                     "list its objects (OBJ_LIST is 1.2): showing what this driver loaded, not the device's record")
-        return OffloadRecord(self._lister)
+        # the guest's detach leaves what the host's operator put on the device: that is the operator's to remove
+        return OffloadRecord(self._lister, keeps=frozenset({"operator"}))
 
     def _state_client(self) -> OffloadClient:
         if self.driver.connected and not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:

@@ -25,8 +25,11 @@ ORIGIN_NAMES = {ObjOrigin.DRIVER: "guest", ObjOrigin.OPERATOR: "operator", ObjOr
 class OffloadRecord:
     """A `DeviceRecord` over one device's OBJ_LIST (the caller checked `OffloadClient.can_list`)."""
 
-    def __init__(self, client: OffloadClient):
+    def __init__(self, client: OffloadClient, *, keeps: frozenset[str] = frozenset()):
+        """``keeps``: origins `clear` leaves alone. The guest's detach keeps what the host's operator put
+        on its device (the operator's to remove); the operator's clears everything (the host's admin)."""
         self.client = client
+        self.keeps = keeps
 
     def objects(self) -> tuple[list[RecordedProgram], list[RecordedMap]]:
         progs, maps = [], []
@@ -55,8 +58,9 @@ class OffloadRecord:
 
     def clear(self) -> int:
         """Detach what runs on RX, free every program, then every map (a map is busy while a program
-        uses it); objects somebody else freed meanwhile are fine. How many objects there were."""
-        objs = self.client.obj_list()
+        uses it), but for objects whose origin this record `keeps`; objects somebody else freed
+        meanwhile are fine. How many objects it freed."""
+        objs = [o for o in self.client.obj_list() if ORIGIN_NAMES.get(o.origin, str(o.origin)) not in self.keeps]
         if any(o.attached for o in objs):
             _quiet(self.client.prog_detach)
         for o in objs:
