@@ -107,13 +107,14 @@ def refusal_text(err: OffloadError, log_size: int = 0) -> tuple[str, bool]:
     """The reply text for a refusal, and whether the verifier log in it was cut to ``log_size``.
 
     Line one is the message (with `` (rule R)``); the verifier log, if any, follows
-    after one newline. ``log_size`` 0 means the log is bounded only by the reply area.
+    after one newline. ``log_size`` 0 means the log is bounded only by the reply area. A log cut
+    to ``log_size`` keeps its tail, as the kernel's rotating log does: the reason is at the end.
     """
     text, cut = str(err), False
     if err.log:
         body = err.log.encode("utf-8")
         if log_size and len(body) > log_size:
-            body, cut = body[:log_size], True
+            body, cut = body[-log_size:], True
         text += "\n" + body.decode("utf-8", "ignore")
     return text, cut
 

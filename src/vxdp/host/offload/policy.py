@@ -315,7 +315,7 @@ def policy_from_dict(data: dict, where: str = "<policy>") -> Policy:
     if quota:
         q = {}
         for key, value in quota.items():
-            want = float if key == "commands_per_second" else int
+            want = float if key in ("commands_per_second", "verifier_seconds_per_minute") else int
             if want is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             q[key] = _typed(value, want, f"quota.{key}", where)
