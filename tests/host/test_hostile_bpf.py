@@ -37,11 +37,8 @@ pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 # issue 9 §9: five instructions the verifier walks to its 1M-instruction limit
 LOOP = ["r1 = 0", "r1 += 1", "if r1 < 0x7fffffff goto -2", "r0 = 2", "exit"]
 PASS = ["r0 = 2", "exit"]
-TIGHT = """[quota]
-commands_per_second = 5.0
-command_burst = 5
-verifier_seconds_per_minute = 0.5
-"""
+RATE = "[quota]\ncommands_per_second = 5.0\ncommand_burst = 5\n"
+BUDGET = "[quota]\nverifier_seconds_per_minute = 0.5\n"
 ANSWER_S = 120.0  # bound on any one answer (a verifier pass of LOOP takes seconds)
 
 
@@ -66,9 +63,15 @@ def env(tmp_path_factory):
 
 
 @pytest.fixture
-def tight(tmp_path):
-    """A daemon whose policy allows 5 commands a second and half a verifier second a minute."""
-    yield from _serve(tmp_path, TIGHT)
+def slow(tmp_path):
+    """A daemon whose policy allows a guest 5 commands a second."""
+    yield from _serve(tmp_path, RATE)
+
+
+@pytest.fixture
+def budget(tmp_path):
+    """A daemon whose policy allows a guest half a second of host verifier time a minute."""
+    yield from _serve(tmp_path, BUDGET)
 
 
 @contextmanager
@@ -93,7 +96,7 @@ def _device(d: Daemon) -> dict:
 
 
 def _retry_rate(fn, *args, **kw):
-    """``fn(*args)``, waiting out the command rate (EAGAIN, rule rate) of a tight policy."""
+    """``fn(*args)``, waiting out the command rate (EAGAIN, rule rate) of a slow policy."""
     out: list = []
 
     def attempt() -> bool:
@@ -160,8 +163,8 @@ def test_a_looping_program_is_verified_once_off_the_loop_and_refused_e2big(env):
         _good(client)
 
 
-def test_the_verifier_budget_is_eagain_naming_its_rule_once_spent(tight):
-    d, _ = tight
+def test_the_verifier_budget_is_eagain_naming_its_rule_once_spent(budget):
+    d, _ = budget
     with _guest(d) as (_, client):
         with pytest.raises(OffloadRefused) as first:
             _retry_rate(client.prog_load, assemble(LOOP), name="loop")
@@ -186,8 +189,8 @@ def _catch(into: list, fn, *args, **kw) -> None:
 
 # -- §10: the command rate is paid before decoding -----------------------------------------------------
 
-def test_malformed_requests_pay_the_command_rate_before_decoding(tight):
-    d, _ = tight
+def test_malformed_requests_pay_the_command_rate_before_decoding(slow):
+    d, _ = slow
     with _guest(d) as (drv, client):
         codes = [_refusal(drv, Command.PROG_LOAD, b"\xff" * 64) for _ in range(50)]
         assert set(codes) <= {Errno.EINVAL, Errno.EAGAIN}
