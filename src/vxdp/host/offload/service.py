@@ -56,24 +56,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
 from ...bpf.helpers import Helper
 from ...bpf.isa import Insn
-from ...bpf.kernel import BpfError, MapError, VerifierError, XdpLink
+from ...bpf.kernel import MapError, XdpLink
 from ...bpf.kernel.maps import sanitize_name
 from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
-from . import port, state
-from .device import Device, MapObj, ProgObj, ProgSource
+from . import loading, port, state
+from .device import Device, MapObj, ProgObj
 from .errors import OffloadError
 from .handles import HandleTable, Kind
 from .policy import PROG_TYPES, Policy, TimeBudget, TokenBucket
-from .rewrite import ACTION_SLOTS, CountedProgram, add_action_counters, check_program, rewrite_map_handles
-from .verifier_log import EpilogueMap, guest_log
 
 _U32 = struct.Struct("<I")
 ALLOWED_MAP_FLAGS = MapFlag.NO_PREALLOC | MapFlag.NO_COMMON_LRU | MapFlag.RDONLY_PROG | MapFlag.WRONLY_PROG
@@ -347,7 +344,7 @@ class OffloadService:
                         prog_type: int | str = "xdp", btf: bytes | None = None,
                         func_info: Sequence[FuncInfo] | None = None,
                         line_info: Sequence[LineInfo] | None = None, log_level: int = 0,
-                        log_size: int = 0) -> PendingLoad:
+                        log_size: int = 0) -> loading.PendingLoad:
         """PROG_LOAD's checks and rewriting (under the lock, on the caller's thread); the verifier
         pass is `PendingLoad.run`, which a caller on an event loop runs on a worker thread: the
         kernel may verify for seconds, and the lock is not held meanwhile, so the datapath, ``host
@@ -357,121 +354,37 @@ class OffloadService:
             dev = self._begin(device)
             try:
                 budget = self._verifier_budget(dev)
-                if not budget.available():
-                    dev.counters["verifier_refused"] = dev.counters.get("verifier_refused", 0) + 1
-                    raise OffloadError(errno.EAGAIN, f"policy: device {dev.name} used its "
-                                       f"{self.policy.quota.verifier_seconds_per_minute:g} s of host verifier "
-                                       "time this minute; load again later", "quota.verifier_seconds_per_minute")
-                prep = self._prog_prepare(dev, list(insns), name, license, prog_type, btf, list(func_info or ()),
-                                          list(line_info or ()), None, log_level, log_size)
+                prep = loading.prepare(self, dev, list(insns), name, license, prog_type, btf,
+                                       list(func_info or ()), list(line_info or ()), None, log_level, log_size)
             except OffloadError:
                 dev.counters["refused"] += 1
                 raise
-        return PendingLoad(self, dev, prep, budget)
+        return loading.PendingLoad(self, dev, prep, budget)
 
     def _prog_load(self, dev: Device, insns: list[Insn], name: str, license: str, prog_type: int | str,
                    btf: bytes | None, func_info: list[FuncInfo], line_info: list[LineInfo],
                    handle: int | None = None) -> tuple[int, str]:
-        """PROG_LOAD without the command rate, all under the lock; ``handle``: take that one (a state import)."""
-        prep = self._prog_prepare(dev, insns, name, license, prog_type, btf, func_info, line_info, handle, 0, 0)
-        return self._prog_commit(dev, prep, self._prog_verify(dev, prep))
-
-    def _prog_prepare(self, dev: Device, insns: list[Insn], name: str, license: str, prog_type: int | str,
-                      btf: bytes | None, func_info: list[FuncInfo], line_info: list[LineInfo],
-                      handle: int | None, log_level: int, log_size: int) -> _Prepared:
-        """Everything before the verifier: policy, handles, the rewritten host copy, its counters map."""
-        p, q = self.policy, self.policy.quota
-        p.check_prog_type(prog_type)
-        origin = self._origin(handle is not None)
-        if handle is not None and dev.handles.kind(handle) is not None:
-            raise OffloadError(errno.EEXIST, f"device {dev.name}: handle {handle} is already in use")
-        source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
-                            else int(prog_type), bytes(btf or b""), tuple(func_info), tuple(line_info))
-        self._check_prog_room(dev, name, len(insns))
-        refs = check_program(insns, p, name=name)
-        for h in sorted(refs.map_handles):
-            self._map(dev, h)
-        host_insns = rewrite_map_handles(insns, lambda h: self._map(dev, h).map.handle)
-        counters = self._kernel("action counters", dev.engine.create_map,
-                                MapSpec("act", MapType.PERCPU_ARRAY, 4, 8, len(ACTION_SLOTS)))
+        """PROG_LOAD without the command rate, all under the lock; ``handle``: take that one (a state import).
+        Its verifier pass is charged to the device's budget like a guest's PROG_LOAD."""
+        budget = self._verifier_budget(dev)
+        prep = loading.prepare(self, dev, insns, name, license, prog_type, btf, func_info, line_info, handle, 0, 0)
+        start = time.monotonic()
         try:
-            counted = add_action_counters(host_insns, counters.handle, func_info=func_info, line_info=line_info)
-        except BaseException:
-            dev.engine.free_map(counters)
-            raise
-        cap = q.max_verifier_log
-        return _Prepared(name, license, btf, counted, len(host_insns), counters, refs.map_handles, len(insns),
-                         source, origin, handle, dev.engine, max(0, min(int(log_level), 7)),
-                         min(int(log_size), cap) if log_size else cap)
-
-    def _check_prog_room(self, dev: Device, name: str, n_insns: int) -> None:
-        q, progs = self.policy.quota, self._progs[dev.name]
-        if len(progs) >= q.max_progs:
-            raise OffloadError(errno.ENOSPC, f"policy: device {dev.name} already has {q.max_progs} programs",
-                               "quota.max_progs")
-        used = sum(o.guest_insns for o in progs.values())
-        if used + n_insns > q.max_total_insns:
-            raise OffloadError(errno.ENOSPC, f"policy: program {name!r} has {n_insns} instructions; device "
-                               f"{dev.name} has {used} of {q.max_total_insns} loaded", "quota.max_total_insns")
-
-    def _prog_verify(self, dev: Device, prep: _Prepared) -> int:
-        """The one verifier pass (no lock needed: it touches only ``prep``); frees the counters map
-        if the kernel refuses. A log the kernel cut (ENOSPC, ``log_true_size`` above the buffer) is
-        E2BIG naming the verifier's last words from the log's tail, never ENOSPC."""
-        name, counted = prep.name, prep.counted
-        with self._lock:
-            dev.counters["verifier_runs"] = dev.counters.get("verifier_runs", 0) + 1
-        try:
-            try:
-                return prep.engine.load_program(name, counted.insns, license=prep.license, btf=prep.btf,
-                                                func_info=counted.func_info, line_info=counted.line_info,
-                                                log_level=prep.log_level, log_size=prep.log_size)
-            except VerifierError as e:
-                log = guest_log(e.log, EpilogueMap(counted.epilogue_start, len(counted.insns) - prep.host_len))
-                last = next((ln for ln in reversed(log.splitlines())
-                             if ln.strip() and not ln.startswith(("processed ", "verification time", "stack depth"))),
-                            e.strerror or "")
-                code = e.errno or errno.EINVAL
-                if code == errno.ENOSPC and e.log_true_size > e.log_size > 0:
-                    raise OffloadError(errno.E2BIG, f"kernel verifier refused program {name!r}: {last} (its log "
-                                       f"of {e.log_true_size} bytes is longer than the {e.log_size} this load may "
-                                       "have; its tail follows)", "verifier", log) from None
-                raise OffloadError(code, f"kernel verifier refused program {name!r}: {last}", "verifier",
-                                   log) from None
-            except BpfError as e:
-                raise OffloadError(e.errno or errno.EINVAL, f"program {name!r}: {e}") from None
-        except BaseException:
-            prep.engine.free_map(prep.counters)
-            raise
-
-    def _prog_commit(self, dev: Device, prep: _Prepared, fd: int) -> tuple[int, str]:
-        """Give the verified program its handle; the lock is held. A device reset (or another load
-        that took the room) meanwhile: the program is freed and the load refused."""
-        try:
-            if self.devices.get(dev.name) is not dev or dev.engine is not prep.engine:
-                raise OffloadError(errno.ECANCELED, f"device {dev.name} was reset while program "
-                                   f"{prep.name!r} was being verified")
-            self._check_prog_room(dev, prep.name, prep.guest_insns)
-            for h in sorted(prep.map_handles):
-                self._map(dev, h)
-            info = prep.engine.program(fd).info()
-        except BaseException:
-            prep.engine.free_program(fd)
-            prep.engine.free_map(prep.counters)
-            raise
-        handle = dev.handles.add(Kind.PROG, None, prep.handle)
-        obj = ProgObj(handle=handle, name=prep.name, kernel_name=info.name, engine_handle=fd, tag=info.tag,
-                      kernel_id=info.id, guest_insns=prep.guest_insns, host_insns=len(prep.counted.insns),
-                      map_handles=tuple(sorted(prep.map_handles)), counters=prep.counters, source=prep.source,
-                      origin=prep.origin)
-        dev.handles.bind(handle, obj)
-        self._progs[dev.name][handle] = obj
-        return handle, info.tag
+            fd = loading.verify(self, dev, prep)
+        finally:
+            budget.spend(time.monotonic() - start)
+        return loading.commit(self, dev, prep, fd)
 
     def _verifier_budget(self, dev: Device) -> TimeBudget:
+        """The device's verifier time, which must have some left (else EAGAIN, naming the rule)."""
         budget = self._budgets.get(dev.name)
         if budget is None:
             budget = self._budgets[dev.name] = TimeBudget(self.policy.quota.verifier_seconds_per_minute, self.clock)
+        if not budget.available():
+            dev.counters["verifier_refused"] = dev.counters.get("verifier_refused", 0) + 1
+            raise OffloadError(errno.EAGAIN, f"policy: device {dev.name} used its "
+                               f"{self.policy.quota.verifier_seconds_per_minute:g} s of host verifier time this "
+                               "minute; load again later", "quota.verifier_seconds_per_minute")
         return budget
 
     def prog_attach(self, device: str, handle: int) -> None:
@@ -676,54 +589,6 @@ class OffloadService:
             dev.export_snapshot, dev.import_buffer = None, None
             dev.engine.close()  # BTF objects the engine cached
             dev.engine = self.engine_factory(kernel_prefix(dev.name))
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A program checked and rewritten, waiting for its verifier pass."""
-
-    name: str
-    license: str
-    btf: bytes | None
-    counted: CountedProgram
-    host_len: int  # slots before the epilogue was added
-    counters: object  # the host-owned action-counters map, freed if the load fails
-    map_handles: frozenset[int] | set[int]
-    guest_insns: int
-    source: ProgSource
-    origin: str
-    handle: int | None
-    engine: KernelEngine
-    log_level: int
-    log_size: int
-
-
-class PendingLoad:
-    """A PROG_LOAD between its checks and its verifier pass: `run` on any thread (once)."""
-
-    def __init__(self, service: OffloadService, dev: Device, prep: _Prepared, budget: TimeBudget):
-        self.service, self.dev, self.prep, self.budget = service, dev, prep, budget
-
-    def run(self) -> tuple[int, str]:
-        """Verify (without the service's lock; the time is charged to the device's budget), then
-        give the program its handle (with the lock)."""
-        svc, dev = self.service, self.dev
-        start = time.monotonic()
-        try:
-            fd = svc._prog_verify(dev, self.prep)
-        except OffloadError:
-            with svc._lock:
-                dev.counters["refused"] += 1
-            raise
-        finally:
-            with svc._lock:
-                self.budget.spend(time.monotonic() - start)
-        with svc._lock:
-            try:
-                return svc._prog_commit(dev, self.prep, fd)
-            except OffloadError:
-                dev.counters["refused"] += 1
-                raise
 
 
 def _map_id(m) -> int:
