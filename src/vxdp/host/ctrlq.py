@@ -11,7 +11,9 @@ Dispatch is a table keyed by class (`CtrlTable`): RX (promisc/allmulti/...) and 
 ANNOUNCE ACK is acked; the BPF class has an entry that answers ERR until the offload
 service plugs its handler in with `CtrlTable.register`; every other class, and any
 malformed request (under two bytes, no writable byte for the ack, a handler that
-raised), is answered VIRTIO_NET_ERR and counted. A hostile chain (outside memory, a
+raised, more than `MAX_REQUEST` readable bytes, which CAPS advertises), is answered
+VIRTIO_NET_ERR and counted. A handler may answer `Deferred` (PROG_LOAD's verifier pass on a
+worker thread): that chain and the ones after it wait, so chains still complete in order. A hostile chain (outside memory, a
 loop) breaks the ring like any other: the caller turns the `VirtqueueError` into
 NEEDS_RESET.
 """

@@ -11,10 +11,17 @@ test pair and any other transport.
 The order of checks is the spec's (docs/offload-protocol.md §2, §3, §6):
 
 1. offload feature not negotiated → ``EOPNOTSUPP``; the command is not looked at;
-2. writable area under ``MIN_REPLY`` → ``ENOBUFS``; the command is not executed;
-3. decode; a malformed request → ``EINVAL`` (``E2BIG`` for a field above a cap) with
+2. the guest's command rate is charged (`OffloadService.charged`: one token, one more per
+   64 KiB) → ``EAGAIN`` (rule ``rate``); before decoding, so malformed requests pay too;
+3. writable area under ``MIN_REPLY`` → ``ENOBUFS``; the command is not executed;
+4. decode; a malformed request → ``EINVAL`` (``E2BIG`` for a field above a cap) with
    the codec's message (command and field) as text;
-4. dispatch through `_HANDLERS` (one method per `Command`) to the service.
+5. dispatch through `_HANDLERS` (one method per `Command`) to the service. PROG_LOAD's
+   verifier pass comes back as a callable (`begin`): the ctrl queue runs it on this device's
+   worker thread and completes the chain when it is done (`vxdp.host.ctrlq.Deferred`).
+
+Refusal codes are Linux user-space errnos: a kernel-internal one (ENOTSUPP 524...) is mapped
+here (`errors.linux_errno`), the one place refusals become replies.
 
 Every refusal the service raises is an `OffloadError`; its reply text is one line,
 ``message`` followed by `` (rule R)`` when a policy rule refused, then, for a program
