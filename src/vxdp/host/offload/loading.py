@@ -6,7 +6,10 @@ lock), `verify` (the one kernel verifier pass: no lock, it touches only what `pr
 `PendingLoad` runs the last two on any thread, charging the pass to the device's verifier time
 budget. `OffloadService.prog_load_begin` makes one; `OffloadService.prog_load` runs it at once.
 
-One pass: the log is sized once (the guest's ``log_size`` capped by ``quota.max_verifier_log``).
+One pass: the log is sized once: ``quota.max_verifier_log``, or the guest's ``log_size`` below it
+when the guest asked for a log of success too (``log_level`` > 0). Without a log level,
+``log_size`` only bounds the text of a refusal (cut to its tail by the handler): sizing the
+kernel's buffer by it would refuse good programs whose walk logs more than that.
 The host kernel's log rotates (6.4+): a log too small keeps its tail, the kernel reports the
 whole length (``log_true_size``) and answers ENOSPC *instead of* the verifier's own result
 (``bpf_check`` lets the log's error win), so a cut log is E2BIG here, naming the verifier's last
@@ -110,7 +113,7 @@ def prepare(svc: OffloadService, dev: Device, insns: list[Insn], name: str, lice
     cap = q.max_verifier_log
     return Prepared(name, license, btf, counted, len(host_insns), counters, refs.map_handles, len(insns),
                      source, origin, handle, dev.engine, max(0, min(int(log_level), 7)),
-                     min(int(log_size), cap) if log_size else cap)
+                     min(int(log_size), cap) if log_size and log_level else cap)
 
 def check_room(svc: OffloadService, dev: Device, name: str, n_insns: int) -> None:
     q, progs = svc.policy.quota, svc._progs[dev.name]

@@ -101,7 +101,7 @@ class Quota:
     commands_per_second: float = 1000.0
     command_burst: int = 1000
     verifier_seconds_per_minute: float = 20.0  # host verifier time one device may use (PROG_LOAD), refilled evenly
-    max_verifier_log: int = 4 << 20  # bytes of the one kernel log a PROG_LOAD gets (the guest's log_size, capped)
+    max_verifier_log: int = 4 << 20  # bytes of the one kernel log a PROG_LOAD gets (less: the guest's log_size)
 
 
 @dataclass(frozen=True)
