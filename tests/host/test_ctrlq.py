@@ -4,10 +4,11 @@ answered, by class, and malformed or unknown requests get VIRTIO_NET_ERR, never 
 from __future__ import annotations
 
 import struct
+from concurrent.futures import Future
 
 import pytest
 
-from vxdp.host.ctrlq import CtrlTable, serve_ctrl
+from vxdp.host.ctrlq import CtrlTable, Deferred, serve_ctrl
 from vxdp.virtio.ctrl import Ack, CtrlClass, CtrlReply, CtrlRequest, MacCmd, RxCmd
 from vxdp.virtio.memory import GuestMemory
 from vxdp.virtio.virtqueue import DESC_F_NEXT, DriverQueue, VirtqueueError
@@ -108,3 +109,35 @@ def test_event_idx_driver_is_asked_to_kick_for_every_command():
             assert dq.get_used(mem) is not None
     finally:
         mem.close()
+
+
+def test_a_deferred_reply_holds_the_ring_in_order_until_it_completes(ring):
+    """A PROG_LOAD verified off the loop: its chain, and every chain after it, wait for the
+    result; then they complete in the order the driver posted them, and the worker woke the loop."""
+    mem, dq, state = ring
+    table = CtrlTable()
+    woken: list[int] = []
+    table.wake = lambda: woken.append(1)
+    fut: Future = Future()
+    seen: list[int] = []
+
+    def handler(req: CtrlRequest, capacity: int) -> CtrlReply | Deferred:
+        seen.append(req.command)
+        return Deferred(fut) if req.command == 1 else CtrlReply(Ack.OK, bytes([req.command]))
+
+    table.register(CtrlClass.BPF, handler)
+    heads = []
+    for cmd, off in ((1, 0), (2, 0x2000)):
+        mem.write(BUF + off, CtrlRequest(CtrlClass.BPF, cmd).encode())
+        heads.append(dq.add_buffers(mem, [(BUF + off, 2, False), (BUF + off + 0x1000, 8, True)]))
+    assert serve_ctrl(state, mem, table) == (0, False)
+    assert serve_ctrl(state, mem, table) == (0, False)  # a kick meanwhile: still waiting
+    assert seen == [1] and dq.get_used(mem) is None and woken == []
+    fut.set_result(CtrlReply(Ack.OK, b"load"))
+    assert woken == [1]
+    n, _notify = serve_ctrl(state, mem, table)
+    assert n == 2 and seen == [1, 2] and table.pending is None
+    (h1, l1), (h2, l2) = dq.get_used(mem), dq.get_used(mem)
+    assert [h1, h2] == heads  # in order
+    assert mem.read(BUF + 0x1000, l1) == b"\x00load" and mem.read(BUF + 0x3000, l2) == b"\x00\x02"
+    assert table.stats.ok == 2

@@ -64,6 +64,8 @@ class KernelEngine(Engine):
             btf_fd=btf_fd,
             func_info=extra.get("func_info") if btf_fd else None,  # type: ignore[arg-type]
             line_info=extra.get("line_info") if btf_fd else None,  # type: ignore[arg-type]
+            log_level=int(extra.get("log_level") or 0),  # type: ignore[call-overload]
+            log_size=extra.get("log_size"),  # type: ignore[arg-type]  # None: libbpf's retries
         )
         self.programs[prog.fd] = prog
         return prog.fd

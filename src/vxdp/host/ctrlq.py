@@ -11,7 +11,9 @@ Dispatch is a table keyed by class (`CtrlTable`): RX (promisc/allmulti/...) and 
 ANNOUNCE ACK is acked; the BPF class has an entry that answers ERR until the offload
 service plugs its handler in with `CtrlTable.register`; every other class, and any
 malformed request (under two bytes, no writable byte for the ack, a handler that
-raised), is answered VIRTIO_NET_ERR and counted. A hostile chain (outside memory, a
+raised, more than `MAX_REQUEST` readable bytes, which CAPS advertises), is answered
+VIRTIO_NET_ERR and counted. A handler may answer `Deferred` (PROG_LOAD's verifier pass on a
+worker thread): that chain and the ones after it wait, so chains still complete in order. A hostile chain (outside memory, a
 loop) breaks the ring like any other: the caller turns the `VirtqueueError` into
 NEEDS_RESET.
 """
@@ -20,18 +22,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from vxdp.virtio.ctrl import Ack, CtrlClass, CtrlError, CtrlReply, CtrlRequest, MacCmd, RxCmd, class_name
 from vxdp.virtio.memory import GuestMemory, GuestMemoryError
+from vxdp.virtio.offload_wire import DEVICE_MAX_REQUEST
 from vxdp.virtio.virtqueue import QueueState, VirtqueueError
 
 log = logging.getLogger("vxdp.host")
 
-CtrlHandler = Callable[[CtrlRequest, int], CtrlReply]
+@dataclass
+class Deferred:
+    """A reply still being made off the loop (a PROG_LOAD's verifier pass): ``future`` gives the
+    `CtrlReply`. The ring holds that chain and every later one until it is done: chains complete
+    in order, and a later command may use what this one makes (a program's handle)."""
+
+    future: Future
+
+
+CtrlHandler = Callable[[CtrlRequest, int], "CtrlReply | Deferred"]
 """``(request, capacity) -> reply``: capacity is the chain's writable bytes, the ack included, so a
 class with results (BPF) can size its reply to the room the driver gave it."""
-MAX_REQUEST = 1 << 20  # bytes of one request we are willing to gather (BPF programs are the big ones)
+MAX_REQUEST = DEVICE_MAX_REQUEST  # bytes of one request we gather (what CAPS.max_request says)
 
 OK = CtrlReply(Ack.OK)
 ERR = CtrlReply(Ack.ERR)
@@ -79,11 +92,15 @@ class CtrlTable:
         CtrlClass.BPF: _not_plugged,
     })
     stats: CtrlStats = field(default_factory=CtrlStats)
+    # the chain whose reply is `Deferred` (the ring waits for it), and how its end wakes the loop
+    # (called on the worker thread: the datapath's eventfd write)
+    pending: tuple[object, Deferred] | None = None
+    wake: Callable[[], None] = field(default=lambda: None)
 
     def register(self, cls: int, handler: CtrlHandler) -> None:
         self.handlers[int(cls)] = handler
 
-    def answer(self, raw: bytes, capacity: int) -> CtrlReply:
+    def answer(self, raw: bytes, capacity: int) -> CtrlReply | Deferred:
         """One request's readable bytes (and the writable room) -> its reply; never raises."""
         self.stats.requests += 1
         try:
@@ -97,7 +114,8 @@ class CtrlTable:
             log.info("ctrl: %s command %d not supported", class_name(req.cls), req.command)
             return self._count(ERR)
         try:
-            return self._count(handler(req, capacity))
+            reply = handler(req, capacity)
+            return reply if isinstance(reply, Deferred) else self._count(reply)
         except Exception as e:  # noqa: BLE001 - a handler's bug must not take the device down
             self.stats.malformed += 1
             log.warning("ctrl: %s command %d: handler failed: %s", class_name(req.cls), req.command, e)
@@ -119,6 +137,19 @@ def serve_ctrl(state: QueueState, mem: GuestMemory, table: CtrlTable, max_chains
     """
     limit = state.num if max_chains is None else max_chains
     answered = 0
+    if table.pending is not None:
+        chain, deferred = table.pending
+        if not deferred.future.done():
+            return 0, False  # the ring waits for it; its end wakes the loop
+        table.pending = None
+        try:
+            reply = table._count(deferred.future.result())
+        except Exception as e:  # noqa: BLE001 - the handler's worker never raises; belt and braces
+            log.warning("ctrl: deferred command failed: %s", e)
+            table.stats.malformed += 1
+            reply = table._count(ERR)
+        _complete(state, mem, chain, reply)
+        answered += 1
     for _ in range(limit):
         chain = state.pop_chain(mem)
         if chain is None:
@@ -139,11 +170,20 @@ def serve_ctrl(state: QueueState, mem: GuestMemory, table: CtrlTable, max_chains
             except GuestMemoryError as e:  # the walker checked every segment; belt and braces
                 raise VirtqueueError(f"ctrl chain: {e}") from None
             reply = table.answer(raw, chain.writable_len)
-        out = reply.encode(chain.writable_len)
-        written = chain.write_all(mem, out) if out else 0
-        if chain.writable_len == 0:
-            log.warning("ctrl: chain %d has no writable byte for the ack", chain.head)
-        state.push_used(mem, chain.head, written)
+            if isinstance(reply, Deferred):
+                table.pending = (chain, reply)
+                reply.future.add_done_callback(lambda _f: table.wake())
+                break
+        _complete(state, mem, chain, reply)
         answered += 1
     notify = state.needs_notification(mem) if answered else False
     return answered, notify
+
+
+def _complete(state: QueueState, mem: GuestMemory, chain, reply: CtrlReply) -> None:
+    """Write ``reply`` into the chain's writable part and return the chain to the driver."""
+    out = reply.encode(chain.writable_len)
+    written = chain.write_all(mem, out) if out else 0
+    if chain.writable_len == 0:
+        log.warning("ctrl: chain %d has no writable byte for the ack", chain.head)
+    state.push_used(mem, chain.head, written)

@@ -107,6 +107,7 @@ class Datapath:
         self._faults = sigbus.faults()  # SIGBUS faults absorbed so far (see `_check_memory`)
         self._more = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         loop.add_reader(self._more, self._on_more)
+        self.ctrl.wake = self._wake  # a deferred ctrl command (PROG_LOAD) finished on its worker
         device.listener = self
         self._watch_port(True)
 
@@ -131,6 +132,8 @@ class Datapath:
             s, e = self._tx_left
             self.tx.drops += e - s
             self._tx_left = None
+        if index == CTRL:
+            self.ctrl.pending = None  # the ring is gone: its deferred command has no chain to answer
 
     # ------------------------------------------------------------------ event handlers
     def _watch_port(self, on: bool) -> None:
@@ -324,6 +327,7 @@ class Datapath:
         for index in list(self._kicks):
             self.ring_stopped(index)
         self._watch_port(False)
+        self.ctrl.wake = lambda: None
         self.loop.remove_reader(self._more)
         os.close(self._more)
         if self.device.listener is self:

@@ -131,12 +131,16 @@ def _errno_name(code: int) -> str:
         return errno.errorcode.get(code, f"errno {code}")
 
 
-def ctrl_transport(ctrl: Any, cls: int | None = None) -> Transport:
+def ctrl_transport(ctrl: Any, cls: int | None = None, *, timeout: float | None = None) -> Transport:
     """A `Transport` over a ctrl-vq client whose ``command(cls, cmd, data, reply_capacity)`` returns
     ``(ack, result)`` with the capacity counting the result only (the guest driver's ``CtrlClient``).
-    Give the client ``max_capacity`` = the ctrl buffer's writable size so no area exceeds it."""
+    Give the client ``max_capacity`` = the ctrl buffer's writable size so no area exceeds it.
+    ``timeout``: seconds to wait for each answer (default: the ctrl client's own)."""
+    wait = {} if timeout is None else {"timeout": timeout}
+
     def send(request: bytes, capacity: int) -> bytes:
-        ack, result = ctrl.command(request[0] if cls is None else cls, request[1], request[2:], capacity - 1)
+        ack, result = ctrl.command(request[0] if cls is None else cls, request[1], request[2:], capacity - 1,
+                                   **wait)
         return bytes((int(ack),)) + bytes(result)
     return send
 

@@ -41,6 +41,9 @@ MAX_HELPERS = 1024
 MAX_ACTIONS = 16
 MAX_TEXT = 16 << 20
 MAX_CHUNK = MAX_REQUEST
+# What vxdp's device gathers of one request (class and command bytes included): its ctrl queue
+# refuses a longer chain unread, and CAPS.max_request says this number, so the two cannot differ.
+DEVICE_MAX_REQUEST = 1 << 20
 MAX_REPLY = 1 + REPLY_HEADER_SIZE + MAX_REQUEST + MAX_TEXT
 
 

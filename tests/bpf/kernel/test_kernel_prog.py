@@ -197,3 +197,17 @@ def test_syscall_number_per_machine():
 def test_none_func_info_means_none():
     with KernelProgram.load(ret_insns(2), name="no_fi", func_info=None, line_info=None) as p:
         assert p.info().nr_func_info == 0
+
+
+def test_one_pass_load_keeps_the_log_tail_and_says_how_long_it_was():
+    """``log_size``: one verifier pass. A log too small rotates (keeps its tail, where the reason
+    is), the kernel reports the whole length, and answers ENOSPC in place of the verifier's EACCES."""
+    insns = [Insn(0xB7, 1, 0, 0, i) for i in range(300)] + [Insn(EXIT)]  # r1 = i ...; exit with r0 unset
+    with pytest.raises(VerifierError) as cut:
+        KernelProgram.load(insns, name="onepass", log_size=1024)
+    e = cut.value
+    assert e.errno == errno.ENOSPC and e.log_size == 1024 and e.log_true_size > 1024
+    assert "R0 !read_ok" in e.log and len(e.log) < 1024
+    with pytest.raises(VerifierError) as whole:
+        KernelProgram.load(insns, name="onepass", log_size=e.log_true_size)
+    assert whole.value.errno == errno.EACCES and whole.value.log.endswith(e.log[-200:])

@@ -22,6 +22,8 @@ from vxdp.bpf.isa import EXIT, Insn
 from vxdp.bpf.mapspec import MapType, possible_cpus
 from vxdp.host.offload import OffloadService, Policy
 from vxdp.host.offload.ctrl import BpfCommandHandler
+from vxdp.host.offload.errors import linux_errno
+from vxdp.host.offload.policy import Quota
 from vxdp.testing.netns import NetLab
 from vxdp.virtio.ctrl import CtrlRequest
 from vxdp.virtio.offload import (
@@ -273,6 +275,7 @@ def test_verifier_log_is_cut_to_log_size_and_to_the_area(lo):
     assert len(log) == 12
     full = lo(ProgLoadRequest((Insn(EXIT),), name="bad"))
     assert not full.text_truncated and "R0 !read_ok" in full.text.partition("\n")[2]
+    assert full.text.endswith(log)  # the cut keeps the tail, where the verifier's reason is
     raw = lo.raw(ProgLoadRequest((Insn(EXIT),), name="bad"), 80)  # the area cuts it too
     assert len(raw) == 80 and struct.unpack_from("<I", raw, 5)[0] & ReplyFlag.TEXT_TRUNCATED
 
@@ -439,3 +442,29 @@ def test_obj_list_fills_the_area_continues_with_a_token_and_refuses_a_foreign_on
     # past the last handle: an empty, complete listing
     r = lo.ok(ObjListRequest(0, (handles[-1]).to_bytes(4, "little")))
     assert r.objects == () and r.token == b""
+
+
+def test_the_rate_is_charged_before_decoding_and_by_size():
+    """Malformed requests pay: one token plus one per 64 KiB, before decoding (issue 9 §10)."""
+    service = OffloadService(policy=Policy(quota=Quota(commands_per_second=1.0, command_burst=20)),
+                             clock=lambda: 0.0)
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    try:
+        h = BpfCommandHandler(service, dev)
+        big = b"\xff" * ((256 << 10) - 2)  # with class and command 256 KiB: 5 tokens
+        for _ in range(4):
+            r = decode_reply(Command.PROG_LOAD, h.handle(Command.PROG_LOAD, big, 256, negotiated=True))
+            assert r.code == Errno.EINVAL
+        r = decode_reply(Command.MAP_UPDATE, h.handle(Command.MAP_UPDATE, b"\xff", 256, negotiated=True))
+        assert r.code == Errno.EAGAIN and r.text.endswith("(rule rate)")  # not decoded: no field named
+        counters = service.show()[0]["counters"]
+        assert counters["commands"] == 5 and counters["rate_limited"] == 1
+    finally:
+        service.remove_device(dev)
+
+
+def test_kernel_internal_errnos_become_linux_ones():
+    assert linux_errno(524) == errno.EOPNOTSUPP  # ENOTSUPP, from the verifier and map code
+    assert linux_errno(512) == errno.EINTR and linux_errno(517) == errno.EAGAIN and linux_errno(520) == errno.EIO
+    assert linux_errno(errno.EACCES) == errno.EACCES and linux_errno(0) == 0

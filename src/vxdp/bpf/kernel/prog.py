@@ -31,6 +31,7 @@ from .syscall import BpfError, Cmd, FdOwner, buf_addr, call
 
 LOG_START = 256 * 1024
 LOG_MAX = 16 * 1024 * 1024
+LOG_MIN = 1024  # the kernel wants at least 128 bytes; a log this small says little anyway
 TEST_RUN_TAILROOM = 4096  # room for bpf_xdp_adjust_tail growth in data_out
 
 BPF_F_TEST_RUN_ON_CPU = 1 << 0
@@ -47,7 +48,12 @@ class ProgType(IntEnum):
 
 
 class VerifierError(BpfError):
-    """The kernel refused a program; ``.log`` holds the verifier's log (the reason is at its end)."""
+    """The kernel refused a program; ``.log`` holds the verifier's log (the reason is at its end).
+    A one-pass load (``log_size``) also sets ``log_size`` (the buffer) and ``log_true_size`` (what the
+    whole log needed, by the kernel's count; above ``log_size`` when the log was cut)."""
+
+    log_size: int = 0
+    log_true_size: int = 0
 
     def __str__(self) -> str:
         lines = self.log.rstrip().splitlines()
@@ -232,7 +238,8 @@ def _records(rec_type, rows) -> ctypes.Array | None:
     return (rec_type * len(rows))(*rows)
 
 
-def _load_once(a: _LoadArgs, log_level: int, log: ctypes.Array | None) -> int:
+def _load_once(a: _LoadArgs, log_level: int, log: ctypes.Array | None, true_size: list[int] | None = None) -> int:
+    """One BPF_PROG_LOAD (retried on EAGAIN); ``true_size`` gets the kernel's ``log_true_size``."""
     insns = ctypes.create_string_buffer(a.insns, len(a.insns))
     lic = ctypes.create_string_buffer(a.license)
     fi = _records(_FuncInfoRec, [_FuncInfoRec(f.insn, f.type_id) for f in a.func_info])
@@ -249,13 +256,17 @@ def _load_once(a: _LoadArgs, log_level: int, log: ctypes.Array | None) -> int:
         line_info_rec_size=ctypes.sizeof(_LineInfoRec) if li is not None else 0,
         line_info=buf_addr(li), line_info_cnt=len(a.line_info),
     )
-    for attempt in range(5):
-        try:
-            return call(Cmd.PROG_LOAD, attr, f"prog {a.name.decode()!r}")
-        except BpfError as e:
-            if e.errno != errno.EAGAIN or attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    try:
+        for attempt in range(5):
+            try:
+                return call(Cmd.PROG_LOAD, attr, f"prog {a.name.decode()!r}")
+            except BpfError as e:
+                if e.errno != errno.EAGAIN or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+    finally:
+        if true_size is not None:
+            true_size.append(attr.log_true_size)
 
 
 def _log_text(log: ctypes.Array) -> str:
@@ -286,12 +297,20 @@ class KernelProgram(FdOwner):
         expected_attach_type: int = 0,
         prog_flags: int = 0,
         kern_version: int = 0,
+        log_size: int | None = None,
     ) -> KernelProgram:
         """Load ``insns`` (one `Insn` per 8-byte slot, map fds already in place).
 
         ``log_level > 0`` keeps the verifier log of a successful load in
         ``.verifier_log``; a refused load always raises `VerifierError` with the log.
         func_info and line_info need ``btf_fd`` (the kernel checks them against that BTF).
+
+        ``log_size``: exactly one verifier pass, with a log of that many bytes (level
+        ``log_level`` or 1) and no retry. Since 6.4 the kernel's log rotates: a log too small
+        keeps its tail (where the reason is), the kernel says how long it was
+        (``log_true_size``, in `VerifierError.log_true_size`), and the load fails with ENOSPC
+        *instead of* the verifier's own error (``bpf_check`` lets the log's ENOSPC win), so the
+        caller must read a truncated log's ENOSPC as "log too small", not as the reason.
         """
         raw = insns if isinstance(insns, (bytes, bytearray)) else encode(list(insns))
         if not raw or len(raw) % 8:
@@ -303,6 +322,8 @@ class KernelProgram(FdOwner):
             license=license.encode(), btf_fd=btf_fd, expected_attach_type=expected_attach_type,
             prog_flags=prog_flags, kern_version=kern_version, func_info=list(func_info or ()), line_info=list(line_info or ()),
         )
+        if log_size is not None:
+            return cls._load_one_pass(args, name, prog_type, max(log_level, 1), log_size, log_level > 0)
         if log_level <= 0:
             try:
                 return cls(_load_once(args, 0, None), name, prog_type)
@@ -320,6 +341,20 @@ class KernelProgram(FdOwner):
                     continue
                 raise VerifierError(Cmd.PROG_LOAD, e.errno, f"prog {name!r}", _log_text(log)) from None
             return cls(fd, name, prog_type, _log_text(log) if log_level > 0 else "")
+
+    @classmethod
+    def _load_one_pass(cls, args: _LoadArgs, name: str, prog_type: int, level: int, size: int,
+                       keep: bool) -> KernelProgram:
+        log = ctypes.create_string_buffer(max(int(size), LOG_MIN))
+        true_size: list[int] = []
+        try:
+            fd = _load_once(args, level, log, true_size)
+        except BpfError as e:
+            err = VerifierError(Cmd.PROG_LOAD, e.errno, f"prog {name!r}", _log_text(log))
+            err.log_true_size = true_size[0] if true_size else 0
+            err.log_size = len(log)
+            raise err from None
+        return cls(fd, name, prog_type, _log_text(log) if keep else "")
 
     @classmethod
     def from_fd(cls, fd: int) -> KernelProgram:

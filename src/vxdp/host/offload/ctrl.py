@@ -11,10 +11,17 @@ test pair and any other transport.
 The order of checks is the spec's (docs/offload-protocol.md §2, §3, §6):
 
 1. offload feature not negotiated → ``EOPNOTSUPP``; the command is not looked at;
-2. writable area under ``MIN_REPLY`` → ``ENOBUFS``; the command is not executed;
-3. decode; a malformed request → ``EINVAL`` (``E2BIG`` for a field above a cap) with
+2. the guest's command rate is charged (`OffloadService.charged`: one token, one more per
+   64 KiB) → ``EAGAIN`` (rule ``rate``); before decoding, so malformed requests pay too;
+3. writable area under ``MIN_REPLY`` → ``ENOBUFS``; the command is not executed;
+4. decode; a malformed request → ``EINVAL`` (``E2BIG`` for a field above a cap) with
    the codec's message (command and field) as text;
-4. dispatch through `_HANDLERS` (one method per `Command`) to the service.
+5. dispatch through `_HANDLERS` (one method per `Command`) to the service. PROG_LOAD's
+   verifier pass comes back as a callable (`begin`): the ctrl queue runs it on this device's
+   worker thread and completes the chain when it is done (`vxdp.host.ctrlq.Deferred`).
+
+Refusal codes are Linux user-space errnos: a kernel-internal one (ENOTSUPP 524...) is mapped
+here (`errors.linux_errno`), the one place refusals become replies.
 
 Every refusal the service raises is an `OffloadError`; its reply text is one line,
 ``message`` followed by `` (rule R)`` when a policy rule refused, then, for a program
@@ -45,6 +52,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ...bpf.mapspec import MapType, percpu_value_stride, possible_cpus
 from ...virtio.ctrl import Ack, CtrlReply, CtrlRequest
@@ -79,9 +87,16 @@ from ...virtio.offload import (
     error_reply,
 )
 from ...virtio.offload_client import wire_name
-from ...virtio.offload_wire import MAX_BATCH, MAX_CHUNK, MAX_REQUEST, OBJ_RECORD_SIZE, REPLY_HEADER_SIZE
+from ...virtio.offload_wire import (
+    DEVICE_MAX_REQUEST,
+    MAX_BATCH,
+    MAX_CHUNK,
+    OBJ_RECORD_SIZE,
+    REPLY_HEADER_SIZE,
+)
+from ..ctrlq import Deferred
 from .device import Device, MapObj, ProgObj
-from .errors import OffloadError
+from .errors import OffloadError, linux_errno
 from .handles import Kind
 from .service import OffloadService
 
@@ -99,13 +114,14 @@ def refusal_text(err: OffloadError, log_size: int = 0) -> tuple[str, bool]:
     """The reply text for a refusal, and whether the verifier log in it was cut to ``log_size``.
 
     Line one is the message (with `` (rule R)``); the verifier log, if any, follows
-    after one newline. ``log_size`` 0 means the log is bounded only by the reply area.
+    after one newline. ``log_size`` 0 means the log is bounded only by the reply area. A log cut
+    to ``log_size`` keeps its tail, as the kernel's rotating log does: the reason is at the end.
     """
     text, cut = str(err), False
     if err.log:
         body = err.log.encode("utf-8")
         if log_size and len(body) > log_size:
-            body, cut = body[:log_size], True
+            body, cut = body[-log_size:], True
         text += "\n" + body.decode("utf-8", "ignore")
     return text, cut
 
@@ -120,26 +136,59 @@ class BpfCommandHandler:
         self.device = device
         self.operator = operator
         self._capacity = MIN_REPLY  # the writable area of the command being answered
+        self._executor: ThreadPoolExecutor | None = None  # PROG_LOAD's verifier passes (ctrl_handler)
 
     # -- the entry point -----------------------------------------------------------------------
     def handle(self, command: int, body: bytes, reply_capacity: int, *, negotiated: bool) -> bytes:
-        """The device-writable bytes (ack first, at most ``reply_capacity``) answering one command."""
+        """The device-writable bytes (ack first, at most ``reply_capacity``) answering one command,
+        on this thread (a PROG_LOAD's verifier pass included)."""
+        out = self.begin(command, body, reply_capacity, negotiated=negotiated)
+        return out if isinstance(out, bytes) else out()
+
+    def begin(self, command: int, body: bytes, reply_capacity: int, *,
+              negotiated: bool) -> bytes | Callable[[], bytes]:
+        """Like `handle`, but a command whose work may take long (PROG_LOAD: the host verifier) comes
+        back as a callable giving those bytes, to run on a worker thread; it never raises either."""
         try:
             if self.operator:
                 with self.service.as_operator():
-                    return self._handle(command, bytes(body), reply_capacity, negotiated)
-            return self._handle(command, bytes(body), reply_capacity, negotiated)
+                    out = self._handle(command, bytes(body), reply_capacity, negotiated)
+            else:
+                out = self._handle(command, bytes(body), reply_capacity, negotiated)
         except Exception as e:  # noqa: BLE001 -- a bug of ours: one line in the log, EIO to the guest
-            log.error("device %s: %s: internal error: %s: %s", self.device, command_name(command),
-                      type(e).__name__, e)
-            return self._encode_safely(command, Reply.error(Errno.EIO, f"{command_name(command)}: device "
-                                                            "internal error"), reply_capacity)
+            return self._internal_error(command, e, reply_capacity)
+        if isinstance(out, bytes):
+            return out
+        finish = out
 
-    def _handle(self, command: int, body: bytes, capacity: int, negotiated: bool) -> bytes:
+        def later() -> bytes:
+            try:
+                return finish()
+            except Exception as e:  # noqa: BLE001 -- as above, on the worker thread
+                return self._internal_error(command, e, reply_capacity)
+        return later
+
+    def _internal_error(self, command: int, e: Exception, capacity: int) -> bytes:
+        log.error("device %s: %s: internal error: %s: %s", self.device, command_name(command), type(e).__name__, e)
+        return self._encode_safely(command, Reply.error(Errno.EIO, f"{command_name(command)}: device "
+                                                        "internal error"), capacity)
+
+    def _handle(self, command: int, body: bytes, capacity: int,
+                negotiated: bool) -> bytes | Callable[[], bytes]:
         if not negotiated:
             return self._encode_safely(command, Reply.error(
                 Errno.EOPNOTSUPP, f"device {self.device}: VIRTIO_NET_F_BPF_OFFLOAD was not negotiated; "
                 "BPF commands are refused"), capacity)
+        if self.operator:
+            return self._decode_and_run(command, body, capacity)
+        try:
+            # charged before anything is looked at: a malformed request pays like a good one
+            with self.service.charged(self.device, len(body) + 2):
+                return self._decode_and_run(command, body, capacity)
+        except OffloadError as e:
+            return self._encode_safely(command, self._refusal(e, 0), capacity)
+
+    def _decode_and_run(self, command: int, body: bytes, capacity: int) -> bytes | Callable[[], bytes]:
         if capacity < MIN_REPLY:
             return self._encode_safely(command, Reply.error(
                 Errno.ENOBUFS, f"writable area of {capacity} bytes is below {MIN_REPLY}"), capacity)
@@ -148,23 +197,45 @@ class BpfCommandHandler:
         except OffloadProtocolError as e:
             return error_reply(e, capacity)
         self._capacity = capacity
-        try:
-            reply = _HANDLERS[req.COMMAND](self, req)
-        except OffloadError as e:
-            text, cut = refusal_text(e, getattr(req, "log_size", 0))  # PROG_LOAD's, for the verifier log
-            reply = Reply(code=e.errno or Errno.EIO, text=text, text_truncated=cut)
-        except _Refused as e:
-            reply = e.reply
+        reply = self._run(req, lambda: _HANDLERS[req.COMMAND](self, req))
+        if isinstance(reply, _Later):
+            run = reply.run
+            return lambda: encode_reply(req.COMMAND, self._run(req, run), capacity)
         return encode_reply(req.COMMAND, reply, capacity)
 
-    def ctrl_handler(self, negotiated: Callable[[], bool]) -> Callable[[CtrlRequest, int], CtrlReply]:
+    def _run(self, req: Message, fn: Callable[[], Reply | _Later]) -> Reply | _Later:
+        """``fn``'s reply, or its refusal as a reply: the one place service errors become replies."""
+        try:
+            return fn()
+        except OffloadError as e:
+            return self._refusal(e, getattr(req, "log_size", 0))  # PROG_LOAD's, for the verifier log
+        except _Refused as e:
+            return e.reply
+
+    @staticmethod
+    def _refusal(e: OffloadError, log_size: int) -> Reply:
+        text, cut = refusal_text(e, log_size)
+        return Reply(code=linux_errno(e.errno or Errno.EIO), text=text, text_truncated=cut)
+
+    def ctrl_handler(self, negotiated: Callable[[], bool]) -> Callable[[CtrlRequest, int], CtrlReply | Deferred]:
         """This handler in the ``(CtrlRequest, capacity) -> CtrlReply`` shape of
         ``vxdp.host.ctrlq.CtrlTable``: ``negotiated()`` reads the device's feature state per command;
-        the capacity is the chain's writable room, the ack included."""
-        def answer(req: CtrlRequest, capacity: int) -> CtrlReply:
-            out = self.handle(req.command, req.data, capacity, negotiated=negotiated())
-            return CtrlReply.decode(out) if out else CtrlReply(Ack.ERR)
+        the capacity is the chain's writable room, the ack included. A PROG_LOAD comes back
+        `Deferred`: its verifier pass runs on this handler's worker thread, and the ctrl ring
+        completes the chain (and those after it, in order) when it is done."""
+        def answer(req: CtrlRequest, capacity: int) -> CtrlReply | Deferred:
+            out = self.begin(req.command, req.data, capacity, negotiated=negotiated())
+            if isinstance(out, bytes):
+                return _ctrl_reply(out)
+            finish = out
+            return Deferred(self._worker().submit(lambda: _ctrl_reply(finish())))
         return answer
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """One thread per device: its ctrl ring has one command in flight at most."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"verify-{self.device}")
+        return self._executor
 
     @staticmethod
     def _encode_safely(command: int, reply: Reply, capacity: int) -> bytes:
@@ -197,7 +268,7 @@ class BpfCommandHandler:
             engine=str(c["engine"])[:32], map_types=map_types, helpers=tuple(c["helpers"]),
             max_maps=q["max_maps"], max_progs=q["max_progs"], max_map_memory=q["max_map_memory"],
             max_insns=q["max_insns"], max_key_size=q["max_key_size"], max_value_size=q["max_value_size"],
-            max_entries=q["max_entries"], max_batch=MAX_BATCH, max_request=MAX_REQUEST,
+            max_entries=q["max_entries"], max_batch=MAX_BATCH, max_request=DEVICE_MAX_REQUEST,
             cmd_rate=int(q["commands_per_second"]), ncpus=c["possible_cpus"],
             attach_points=1 << AttachPoint.RX, flags=CapsFlag.STATE))
 
@@ -262,10 +333,15 @@ class BpfCommandHandler:
         if req.expected_attach_type not in (0, BPF_XDP_ATTACH_TYPE):
             raise _Refused(Errno.EINVAL, f"PROG_LOAD: expected_attach_type {req.expected_attach_type} is not "
                            f"0 or BPF_XDP ({BPF_XDP_ATTACH_TYPE})")
-        h, tag = self.service.prog_load(self.device, req.insns, name=req.name or "prog", license=req.license,
-                                        prog_type=req.prog_type, btf=req.btf or None,
-                                        func_info=req.func_info, line_info=req.line_info)
-        return Reply(payload=ProgLoadReply(h, bytes.fromhex(tag)))
+        pending = self.service.prog_load_begin(
+            self.device, req.insns, name=req.name or "prog", license=req.license, prog_type=req.prog_type,
+            btf=req.btf or None, func_info=req.func_info, line_info=req.line_info, log_level=req.log_level,
+            log_size=req.log_size)
+
+        def verify() -> Reply:
+            h, tag = pending.run()
+            return Reply(payload=ProgLoadReply(h, bytes.fromhex(tag)))
+        return _Later(verify)  # type: ignore[return-value]
 
     def prog_free(self, req) -> Reply:
         self._expect(req.prog, Kind.PROG)
@@ -341,6 +417,17 @@ def _obj_info(o: MapObj | ProgObj, dev: Device) -> ObjInfo:
     return ObjInfo(o.handle, ObjKind.PROG, wire_name(o.name), origin,
                    ObjFlag.ATTACHED if dev.attached == o.handle else 0,
                    o.source.prog_type if o.source else 6, insns=o.guest_insns, tag=bytes.fromhex(o.tag))
+
+
+def _ctrl_reply(out: bytes) -> CtrlReply:
+    return CtrlReply.decode(out) if out else CtrlReply(Ack.ERR)
+
+
+class _Later:
+    """A command's reply that takes long to make (PROG_LOAD's verifier pass): ``run`` makes it."""
+
+    def __init__(self, run: Callable[[], Reply]):
+        self.run = run
 
 
 class _Refused(Exception):

@@ -27,3 +27,30 @@ class OffloadError(Exception):
 
     def __repr__(self) -> str:
         return f"OffloadError(errno={self.errno}, message={self.message!r}, rule={self.rule!r})"
+
+
+# Linux's kernel-internal errnos (include/linux/errno.h, 512..530) never reach user space from a
+# system call's own path, but bpf(2) passes some through (ENOTSUPP 524 from the verifier and map
+# code): a guest must see the Linux errno user space knows.
+_KERNEL_INTERNAL = {
+    512: 4, 513: 4, 514: 4, 516: 4,  # ERESTART* -> EINTR
+    515: 25,  # ENOIOCTLCMD -> ENOTTY
+    517: 11,  # EPROBE_DEFER -> EAGAIN
+    518: 116,  # EOPENSTALE -> ESTALE
+    519: 22,  # ENOPARAM -> EINVAL
+    521: 9,  # EBADHANDLE -> EBADF
+    522: 5,  # ENOTSYNC -> EIO
+    523: 22,  # EBADCOOKIE -> EINVAL
+    524: 95,  # ENOTSUPP -> EOPNOTSUPP
+    525: 22,  # ETOOSMALL -> EINVAL
+    526: 5,  # ESERVERFAULT -> EIO
+    527: 22,  # EBADTYPE -> EINVAL
+    528: 11,  # EJUKEBOX -> EAGAIN
+    529: 5,  # EIOCBQUEUED -> EIO
+    530: 11,  # ERECALLCONFLICT -> EAGAIN
+}
+
+
+def linux_errno(code: int) -> int:
+    """``code`` as user space knows it: a kernel-internal errno (512..530) mapped, any other kept."""
+    return _KERNEL_INTERNAL.get(code, 5 if 512 <= code <= 530 else code)

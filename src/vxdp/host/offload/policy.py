@@ -100,6 +100,8 @@ class Quota:
     max_entries: int = 65536
     commands_per_second: float = 1000.0
     command_burst: int = 1000
+    verifier_seconds_per_minute: float = 20.0  # host verifier time one device may use (PROG_LOAD), refilled evenly
+    max_verifier_log: int = 4 << 20  # bytes of the one kernel log a PROG_LOAD gets (less: the guest's log_size)
 
 
 @dataclass(frozen=True)
@@ -194,15 +196,43 @@ class TokenBucket:
         self.tokens = float(burst)
         self.last = clock()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens (at most the burst, so any request can pass once the bucket is full)."""
         now = self.clock()
         if now > self.last:
             self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
         self.last = max(self.last, now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        cost = min(float(cost), float(self.burst))
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
+
+
+class TimeBudget:
+    """``seconds`` of work a minute, refilled evenly, up to ``seconds``: `spend` charges what a run
+    really took (it may go below zero: the next runs wait until it refills), `available` says whether
+    a new run may start. The work is not known before it runs (a verifier pass), hence no take-first."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float]):
+        self.seconds = float(seconds)
+        self.clock = clock
+        self.left = self.seconds
+        self.last = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        if now > self.last:
+            self.left = min(self.seconds, self.left + (now - self.last) * self.seconds / 60.0)
+        self.last = max(self.last, now)
+
+    def available(self) -> bool:
+        self._refill()
+        return self.left > 0.0
+
+    def spend(self, seconds: float) -> None:
+        self._refill()
+        self.left -= max(0.0, seconds)
 
 
 # -- loading from TOML ------------------------------------------------------------------------------
@@ -285,7 +315,7 @@ def policy_from_dict(data: dict, where: str = "<policy>") -> Policy:
     if quota:
         q = {}
         for key, value in quota.items():
-            want = float if key == "commands_per_second" else int
+            want = float if key in ("commands_per_second", "verifier_seconds_per_minute") else int
             if want is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             q[key] = _typed(value, want, f"quota.{key}", where)

@@ -61,21 +61,20 @@ from pyroute2 import IPRoute
 
 from ...bpf.helpers import Helper
 from ...bpf.isa import Insn
-from ...bpf.kernel import BpfError, MapError, VerifierError, XdpLink
+from ...bpf.kernel import MapError, XdpLink
 from ...bpf.kernel.maps import sanitize_name
 from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
-from . import port, state
-from .device import Device, MapObj, ProgObj, ProgSource
+from . import loading, port, state
+from .device import Device, MapObj, ProgObj
 from .errors import OffloadError
 from .handles import HandleTable, Kind
-from .policy import PROG_TYPES, Policy, TokenBucket
-from .rewrite import ACTION_SLOTS, add_action_counters, check_program, rewrite_map_handles
-from .verifier_log import EpilogueMap, guest_log
+from .policy import PROG_TYPES, Policy, TimeBudget, TokenBucket
 
 _U32 = struct.Struct("<I")
 ALLOWED_MAP_FLAGS = MapFlag.NO_PREALLOC | MapFlag.NO_COMMON_LRU | MapFlag.RDONLY_PROG | MapFlag.WRONLY_PROG
+CHARGE_BYTES = 64 << 10  # a guest request costs one more command-rate token per this many bytes
 DEVICE_PREFIX_LEN = 7  # of the 15 characters of a kernel name, this many name the device
 
 
@@ -100,6 +99,7 @@ class OffloadService:
         self._maps: dict[str, dict[int, MapObj]] = {}
         self._progs: dict[str, dict[int, ProgObj]] = {}
         self._links: dict[str, XdpLink] = {}  # device -> the link its attached program runs on
+        self._budgets: dict[str, TimeBudget] = {}  # device -> its verifier time (PROG_LOAD)
         self._lock = threading.RLock()
         self._operator = threading.local()  # .active: this thread runs the host operator's commands
 
@@ -116,6 +116,29 @@ class OffloadService:
             yield
         finally:
             self._operator.active = before
+
+    @contextmanager
+    def charged(self, device: str, nbytes: int) -> Iterator[None]:
+        """Charge one guest request to the device's command rate *before* it is decoded (rule
+        ``rate``, EAGAIN): a malformed request costs what a good one does, so floods of garbage are
+        refused as fast as the bucket says. The cost is one token plus one per `CHARGE_BYTES` of the
+        request (decoding is linear in its bytes: a 1 MiB request is 17 commands' worth, a program
+        of 4096 instructions one), at most the burst. The commands run inside take no other token."""
+        with self._lock:
+            dev = self._device(device)
+            dev.counters["commands"] += 1
+            if not dev.bucket.take(1 + max(0, nbytes) // CHARGE_BYTES):
+                dev.counters["rate_limited"] += 1
+                q = self.policy.quota
+                raise OffloadError(errno.EAGAIN, f"policy: device {device} sent more than "
+                                   f"{q.commands_per_second:g} commands a second (burst {q.command_burst}; a "
+                                   f"request costs one more per {CHARGE_BYTES >> 10} KiB)", "rate")
+        before = getattr(self._operator, "prepaid", False)
+        self._operator.prepaid = True
+        try:
+            yield
+        finally:
+            self._operator.prepaid = before
 
     # -- devices -------------------------------------------------------------------------------
     def add_device(self, name: str, ifname: str, *, netns: str | None = None,
@@ -303,74 +326,66 @@ class OffloadService:
     def prog_load(self, device: str, insns: Sequence[Insn], *, name: str, license: str = "GPL",
                   prog_type: int | str = "xdp", btf: bytes | None = None,
                   func_info: Sequence[FuncInfo] | None = None,
-                  line_info: Sequence[LineInfo] | None = None) -> tuple[int, str]:
+                  line_info: Sequence[LineInfo] | None = None, log_level: int = 0,
+                  log_size: int = 0) -> tuple[int, str]:
         """Check, rewrite and load a program; return (guest handle, kernel tag as hex).
 
         A program the kernel verifier refuses raises `OffloadError` with rule
         ``verifier`` and the log in ``.log``. Its instruction numbers count the
         host's copy: the guest's slots, with the 16-slot counting epilogue
         inserted after the main function (subprogram slots are 16 further on).
+        This is `prog_load_begin` then `PendingLoad.run` on the caller's thread.
         """
+        return self.prog_load_begin(device, insns, name=name, license=license, prog_type=prog_type, btf=btf,
+                                    func_info=func_info, line_info=line_info, log_level=log_level,
+                                    log_size=log_size).run()
+
+    def prog_load_begin(self, device: str, insns: Sequence[Insn], *, name: str, license: str = "GPL",
+                        prog_type: int | str = "xdp", btf: bytes | None = None,
+                        func_info: Sequence[FuncInfo] | None = None,
+                        line_info: Sequence[LineInfo] | None = None, log_level: int = 0,
+                        log_size: int = 0) -> loading.PendingLoad:
+        """PROG_LOAD's checks and rewriting (under the lock, on the caller's thread); the verifier
+        pass is `PendingLoad.run`, which a caller on an event loop runs on a worker thread: the
+        kernel may verify for seconds, and the lock is not held meanwhile, so the datapath, ``host
+        show`` and other devices go on. The device's verifier time budget
+        (``quota.verifier_seconds_per_minute``) must have time left, else EAGAIN."""
         with self._lock:
             dev = self._begin(device)
             try:
-                return self._prog_load(dev, list(insns), name, license, prog_type, btf,
-                                       list(func_info or ()), list(line_info or ()))
+                budget = self._verifier_budget(dev)
+                prep = loading.prepare(self, dev, list(insns), name, license, prog_type, btf,
+                                       list(func_info or ()), list(line_info or ()), None, log_level, log_size)
             except OffloadError:
                 dev.counters["refused"] += 1
                 raise
+        return loading.PendingLoad(self, dev, prep, budget)
 
     def _prog_load(self, dev: Device, insns: list[Insn], name: str, license: str, prog_type: int | str,
                    btf: bytes | None, func_info: list[FuncInfo], line_info: list[LineInfo],
                    handle: int | None = None) -> tuple[int, str]:
-        """PROG_LOAD without the command rate; ``handle``: take that one (a state import)."""
-        p, q = self.policy, self.policy.quota
-        p.check_prog_type(prog_type)
-        origin = self._origin(handle is not None)
-        if handle is not None and dev.handles.kind(handle) is not None:
-            raise OffloadError(errno.EEXIST, f"device {dev.name}: handle {handle} is already in use")
-        source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
-                            else int(prog_type), bytes(btf or b""), tuple(func_info), tuple(line_info))
-        progs = self._progs[dev.name]
-        if len(progs) >= q.max_progs:
-            raise OffloadError(errno.ENOSPC, f"policy: device {dev.name} already has {q.max_progs} programs",
-                               "quota.max_progs")
-        refs = check_program(insns, p, name=name)
-        used = sum(o.guest_insns for o in progs.values())
-        if used + len(insns) > q.max_total_insns:
-            raise OffloadError(errno.ENOSPC, f"policy: program {name!r} has {len(insns)} instructions; device "
-                               f"{dev.name} has {used} of {q.max_total_insns} loaded", "quota.max_total_insns")
-        for h in sorted(refs.map_handles):
-            self._map(dev, h)
-        host_insns = rewrite_map_handles(insns, lambda h: self._map(dev, h).map.handle)
-        counters = self._kernel("action counters", dev.engine.create_map,
-                                MapSpec("act", MapType.PERCPU_ARRAY, 4, 8, len(ACTION_SLOTS)))
+        """PROG_LOAD without the command rate, all under the lock; ``handle``: take that one (a state import).
+        Its verifier pass is charged to the device's budget like a guest's PROG_LOAD."""
+        budget = self._verifier_budget(dev)
+        prep = loading.prepare(self, dev, insns, name, license, prog_type, btf, func_info, line_info, handle, 0, 0)
+        start = time.monotonic()
         try:
-            counted = add_action_counters(host_insns, counters.handle, func_info=func_info, line_info=line_info)
-            try:
-                fd = dev.engine.load_program(name, counted.insns, license=license, btf=btf,
-                                             func_info=counted.func_info, line_info=counted.line_info)
-            except VerifierError as e:
-                log = guest_log(e.log, EpilogueMap(counted.epilogue_start, len(counted.insns) - len(host_insns)))
-                last = next((ln for ln in reversed(log.splitlines())
-                             if ln.strip() and not ln.startswith(("processed ", "verification time", "stack depth"))),
-                            e.strerror or "")
-                raise OffloadError(e.errno or errno.EINVAL, f"kernel verifier refused program {name!r}: {last}",
-                                   "verifier", log) from None
-            except BpfError as e:
-                raise OffloadError(e.errno or errno.EINVAL, f"program {name!r}: {e}") from None
-        except BaseException:
-            dev.engine.free_map(counters)
-            raise
-        info = dev.engine.program(fd).info()
-        handle = dev.handles.add(Kind.PROG, None, handle)
-        obj = ProgObj(handle=handle, name=name, kernel_name=info.name, engine_handle=fd, tag=info.tag,
-                      kernel_id=info.id, guest_insns=len(insns), host_insns=len(counted.insns),
-                      map_handles=tuple(sorted(refs.map_handles)), counters=counters, source=source,
-                      origin=origin)
-        dev.handles.bind(handle, obj)
-        progs[handle] = obj
-        return handle, info.tag
+            fd = loading.verify(self, dev, prep)
+        finally:
+            budget.spend(time.monotonic() - start)
+        return loading.commit(self, dev, prep, fd)
+
+    def _verifier_budget(self, dev: Device) -> TimeBudget:
+        """The device's verifier time, which must have some left (else EAGAIN, naming the rule)."""
+        budget = self._budgets.get(dev.name)
+        if budget is None:
+            budget = self._budgets[dev.name] = TimeBudget(self.policy.quota.verifier_seconds_per_minute, self.clock)
+        if not budget.available():
+            dev.counters["verifier_refused"] = dev.counters.get("verifier_refused", 0) + 1
+            raise OffloadError(errno.EAGAIN, f"policy: device {dev.name} used its "
+                               f"{self.policy.quota.verifier_seconds_per_minute:g} s of host verifier time this "
+                               "minute; load again later", "quota.verifier_seconds_per_minute")
+        return budget
 
     def prog_attach(self, device: str, handle: int) -> None:
         """Attach the program natively (XDP driver mode) to the device's host port, replacing ours."""
@@ -496,6 +511,8 @@ class OffloadService:
         if getattr(self._operator, "active", False):
             dev.counters["operator_commands"] += 1
             return dev
+        if getattr(self._operator, "prepaid", False):
+            return dev  # counted and charged by `charged`, before the request was decoded
         dev.counters["commands"] += 1
         if not dev.bucket.take():
             dev.counters["rate_limited"] += 1
