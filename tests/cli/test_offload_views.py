@@ -14,7 +14,7 @@ from offload_topology import DEVICE, GUEST, HOST_MAC, OffloadTopo, offload_topol
 from test_offload_e2e import (
     TAIL_CALLS,
     device_offload,
-    kernel_names,
+    kernel_ids,
     map_counts,
     retarget,
     send,
@@ -41,8 +41,13 @@ def _progs(topo: OffloadTopo, *target: str) -> list[tuple[int, str, str, bool]]:
     return [(p["handle"], p["name"], p["origin"], p["attached"]) for p in topo.ok("prog", "show", *target)["programs"]]
 
 
-def _own_kernel_progs(topo: OffloadTopo) -> list[str]:
-    return [n for n in kernel_names(topo, "prog") if n.startswith(DEVICE + "_")]
+def _device_kernel_progs(topo: OffloadTopo) -> set[int]:
+    """The kernel ids of the device's programs now (ids, not names: another run may use the same device name)."""
+    return {p["kernel_id"] for p in device_offload(topo)["programs"]}
+
+
+def _still_in_kernel(ids: set[int]) -> set[int]:
+    return ids & kernel_ids("prog")
 
 
 def test_the_operator_sees_the_guests_program_and_its_maps(topo):
@@ -90,10 +95,12 @@ def test_imported_state_is_seen_used_detached_and_imported_again(topo, tmp_path)
         assert out["bytes"] == state.stat().st_size > 0 and state.read_bytes().startswith(b"VXDPSTAT")
 
         # detach on the device frees the guest's objects too: the device is empty, the port bare
+        ids = _device_kernel_progs(topo)
         assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1, "programs": 3, "maps": 2}
         dev = device_offload(topo)
         assert dev["programs"] == [] and dev["maps"] == [] and dev["attached"] is None
-        assert not topo.xdp_on_port() and _own_kernel_progs(topo) == []
+        assert not topo.xdp_on_port()
+        poll(lambda: _still_in_kernel(ids), lambda left: not left, timeout=10, what="the kernel freeing them")
         assert topo.ok("prog", "show", "--guest", GUEST)["programs"] == []
 
         for round_ in (1, 2):
@@ -115,10 +122,11 @@ def test_imported_state_is_seen_used_detached_and_imported_again(topo, tmp_path)
             send(topo, retarget([f for f in packets.mix(8) if f[12:14] == b"\x86\xdd"], HOST_MAC))
             poll(lambda: map_counts(topo, "hops", "--device", DEVICE).get(3), lambda n: n == 33, timeout=20,
                  what="hop counters of the imported programs")
+            ids = _device_kernel_progs(topo)
             assert topo.ok("prog", "detach", "--device", DEVICE) == {"detached": 1, "programs": 3, "maps": 2}
             dev = device_offload(topo)
             assert dev["programs"] == [] and dev["maps"] == [] and not topo.xdp_on_port()
-            poll(lambda: _own_kernel_progs(topo), lambda n: n == [], timeout=10, what="the kernel freeing them")
+            poll(lambda ids=ids: _still_in_kernel(ids), lambda left: not left, timeout=10, what="the kernel freeing them")
             assert topo.ok("prog", "show", "--device", DEVICE)["programs"] == []
 
 
