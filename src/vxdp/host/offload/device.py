@@ -33,6 +33,9 @@ class MapObj:
     kernel_id: int = 0
     kernel_name: str = ""
     origin: str = "guest"  # who made it: guest, operator, import
+    # a prog_array's filled slots (index -> guest program handle): only the service writes prog_arrays
+    # (programs cannot), so this is the kernel's content; PROG_FREE of a program in a slot is refused
+    prog_slots: dict[int, int] = field(default_factory=dict)
 
     @property
     def is_prog_array(self) -> bool:

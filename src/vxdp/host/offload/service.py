@@ -241,7 +241,8 @@ class OffloadService:
             dev = self._begin(device)
             obj = self._map(dev, handle)
             if obj.is_prog_array:
-                value = self._prog_value(dev, value)
+                self._prog_array_update(dev, obj, key, value, flags)
+                return
             self._kernel(f"map {handle}", obj.map.update, key, value, flags)
 
     def map_delete(self, device: str, handle: int, key: bytes) -> None:
@@ -249,6 +250,8 @@ class OffloadService:
             dev = self._begin(device)
             obj = self._map(dev, handle)
             self._kernel(f"map {handle}", obj.map.delete, key)
+            if obj.is_prog_array and len(key) == 4:
+                obj.prog_slots.pop(_U32.unpack(key)[0], None)
 
     def map_freeze(self, device: str, handle: int) -> None:
         """BPF_MAP_FREEZE the map: nobody in user space (guest or operator) writes it again, and a
@@ -291,11 +294,14 @@ class OffloadService:
         with self._lock:
             dev = self._begin(device)
             obj = self._map(dev, handle)
-            keys = [k for k, _ in items]
-            values = [self._prog_value(dev, v) if obj.is_prog_array else v for _, v in items]
-            if hasattr(obj.map, "update_batch") and not obj.is_prog_array:
+            if obj.is_prog_array:  # the kernel has no batch update for fd maps
+                for k, v in items:
+                    self._prog_array_update(dev, obj, k, v, flags)
+                return len(items)
+            keys, values = [k for k, _ in items], [v for _, v in items]
+            if hasattr(obj.map, "update_batch"):
                 return self._kernel(f"map {handle}", obj.map.update_batch, keys, values, flags)
-            for k, v in zip(keys, values):  # prog_array: the kernel has no batch update for fd maps
+            for k, v in zip(keys, values):
                 self._kernel(f"map {handle}", obj.map.update, k, v, flags)
             return len(keys)
 
@@ -441,6 +447,12 @@ class OffloadService:
                 if dev.attached == handle:
                     raise OffloadError(errno.EBUSY, f"program handle {handle} is attached to {dev.ifname}; "
                                        "detach it first", "handles")
+                for m in self._maps[device].values():
+                    slot = next((i for i, h in sorted(m.prog_slots.items()) if h == handle), None)
+                    if slot is not None:  # the kernel's array would keep it (and its maps) alive, uncounted
+                        raise OffloadError(errno.EBUSY, f"program handle {handle} is in prog_array handle "
+                                           f"{m.handle} ({m.name!r}) at index {slot}; delete that entry or free "
+                                           "the prog_array first", "handles")
                 obj = self._progs[device].pop(handle)
                 dev.handles.remove(handle)
                 self._close_prog(dev, obj)
@@ -520,6 +532,13 @@ class OffloadService:
             raise OffloadError(errno.EINVAL, f"prog_array value of {len(value)} bytes; expected a 4-byte "
                                "program handle")
         return _U32.pack(self._prog(dev, _U32.unpack(value)[0]).engine_handle)
+
+    def _prog_array_update(self, dev: Device, obj: MapObj, key: bytes, value: bytes, flags: int) -> None:
+        """Write one prog_array slot (a guest program handle in ``value``) and record who is in it."""
+        fd_value = self._prog_value(dev, value)
+        self._kernel(f"map {obj.handle}", obj.map.update, key, fd_value, flags)
+        if len(key) == 4:
+            obj.prog_slots[_U32.unpack(key)[0]] = _U32.unpack(value)[0]
 
     def _prog_handle_of_id(self, device: str, prog_id: int) -> int:
         for o in self._progs[device].values():

@@ -172,7 +172,8 @@ def _fill(svc: OffloadService, dev: Device, m: MapState) -> None:
                            f"device's are {want} (a per-CPU map needs the same number of CPUs)")
     for k, v in m.entries:
         if obj.is_prog_array:
-            v = svc._prog_value(dev, v)
-        svc._kernel(f"STATE_IMPORT: map {m.handle}", obj.map.update, k, v, UpdateFlag.ANY)
+            svc._prog_array_update(dev, obj, k, v, UpdateFlag.ANY)
+        else:
+            svc._kernel(f"STATE_IMPORT: map {m.handle}", obj.map.update, k, v, UpdateFlag.ANY)
     if m.frozen:
         svc._kernel(f"STATE_IMPORT: map {m.handle}: freeze", obj.map.freeze)
