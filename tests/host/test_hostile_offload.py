@@ -15,9 +15,9 @@ from host_helpers import Daemon, poll, quiet_lab
 
 from vxdp.bpf.isa import EXIT, Insn, XdpAction
 from vxdp.bpf.mapspec import MapType
+from vxdp.guest.driver import GuestDriver
 from vxdp.host.offload.policy import Quota
 from vxdp.host.offload.service import kernel_prefix
-from vxdp.guest.driver import GuestDriver
 from vxdp.testing.kobjects import prog_names
 from vxdp.testing.netns import NetLab
 from vxdp.vhost_user.frontend import run

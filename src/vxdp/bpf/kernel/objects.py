@@ -110,8 +110,8 @@ def obj_get_info(fd: int, info: ctypes.Structure, what: str = "") -> int:
 
 __all__ = [
     "BpfError",
-    "map_get_fd_by_id",
     "btf_ids",
+    "map_get_fd_by_id",
     "map_get_next_id",
     "map_ids",
     "obj_get",
