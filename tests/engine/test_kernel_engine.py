@@ -16,6 +16,7 @@ from vxdp.bpf.kernel import map_get_fd_by_id, map_ids
 from vxdp.bpf.kernel.objects import btf_ids
 from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.engine.kernel import KernelEngine
+from vxdp.testing.kobjects import btf_variant
 from vxdp.testing.proc import poll
 
 pytestmark = pytest.mark.privileged
@@ -51,19 +52,6 @@ def test_a_freed_prog_array_goes_even_when_opened_by_id_right_after():
     assert left == set()
 
 
-def _btf_variant(raw: bytes, n: int) -> bytes:
-    """``raw`` with one more string at the end of its string section: a different blob, the same types."""
-    hdr_len = struct.unpack_from("<I", raw, 4)[0]
-    str_len_at = 4 + 4 + 4 * 4  # magic, version, flags, hdr_len; type_off, type_len, str_off; str_len
-    str_len = struct.unpack_from("<I", raw, str_len_at)[0]
-    str_off = struct.unpack_from("<I", raw, 16)[0]
-    end = hdr_len + str_off + str_len
-    extra = f"vxdp_variant_{n}".encode() + b"\0"
-    out = bytearray(raw[:end] + extra + raw[end:])
-    struct.pack_into("<I", out, str_len_at, str_len + len(extra))
-    return bytes(out)
-
-
 def test_btf_goes_with_the_last_program_using_it_and_a_refused_blob_is_not_kept():
     obj = elf.load_object(SAMPLES_BUILD / "xdp1.o")
     linked = link.link(obj, "xdp_prog1")
@@ -85,7 +73,7 @@ def test_btf_goes_with_the_last_program_using_it_and_a_refused_blob_is_not_kept(
         eng.free_program(shared[2])
         assert btf_ids() - before == set()
         for n in range(30):  # a new blob every load, each program freed: nothing accumulates
-            eng.free_program(load(_btf_variant(obj.btf_raw, n)))
+            eng.free_program(load(btf_variant(obj.btf_raw, n)))
         assert btf_ids() - before == set() and eng._btf == {}
         bad = b"\x9f\xeb" + bytes(1 << 16)  # BTF magic, then nonsense: the kernel refuses it
         eng.free_program(load(bad))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 
 from ..bpf.kernel import KernelMap, KernelProgram, map_get_fd_by_id, map_ids, prog_get_fd_by_id, prog_ids
 from ..bpf.kernel.objects import btf_ids
 
-__all__ = ["btf_ids", "device_name", "map_names", "prog_names"]
+__all__ = ["btf_ids", "btf_variant", "device_name", "map_names", "prog_names"]
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _seq = itertools.count()
@@ -73,3 +74,15 @@ def map_names(prefix: str) -> dict[int, str]:
         if name.startswith(prefix):
             out[mid] = name
     return out
+
+
+def btf_variant(raw: bytes, n: int, pad: int = 0) -> bytes:
+    """``raw`` (a BTF blob) with one more string at the end of its string section: a blob that differs
+    for every ``n`` (``pad`` bytes longer) and describes the same types, so func_info and line_info
+    still fit it."""
+    hdr_len, _type_off, _type_len, str_off, str_len = struct.unpack_from("<IIIII", raw, 4)
+    end = hdr_len + str_off + str_len
+    extra = f"vxdp_variant_{n}".encode() + b"x" * pad + b"\0"
+    out = bytearray(raw[:end] + extra + raw[end:])
+    struct.pack_into("<I", out, 4 + 16, str_len + len(extra))
+    return bytes(out)

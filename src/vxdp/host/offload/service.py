@@ -51,11 +51,13 @@ guest's and the operator's ``prog show``) can say so.
 from __future__ import annotations
 
 import errno
+import hashlib
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
@@ -100,6 +102,7 @@ class OffloadService:
         self._maps: dict[str, dict[int, MapObj]] = {}
         self._progs: dict[str, dict[int, ProgObj]] = {}
         self._links: dict[str, XdpLink] = {}  # device -> the link its attached program runs on
+        self._btf: dict[str, dict[bytes, _BtfCharge]] = {}  # device -> BTF blobs its programs hold, by digest
         self._lock = threading.RLock()
         self._operator = threading.local()  # .active: this thread runs the host operator's commands
 
@@ -134,7 +137,7 @@ class OffloadService:
                          bucket=TokenBucket(q.commands_per_second, q.command_burst, self.clock),
                          negotiated_source=negotiated if callable(negotiated) else (lambda: bool(negotiated)))
             self.devices[name] = dev
-            self._maps[name], self._progs[name] = {}, {}
+            self._maps[name], self._progs[name], self._btf[name] = {}, {}, {}
             port.clear_port(dev, kernel_prefix(name))
             return dev
 
@@ -146,7 +149,7 @@ class OffloadService:
                 self._teardown(dev)
             finally:
                 dev.engine.close()
-                del self.devices[name], self._maps[name], self._progs[name]
+                del self.devices[name], self._maps[name], self._progs[name], self._btf[name]
 
     def require_negotiated(self, device: str) -> None:
         """Refuse (EOPNOTSUPP, rule ``feature``) unless the guest negotiated the offload feature bit."""
@@ -335,12 +338,13 @@ class OffloadService:
         origin = self._origin(handle is not None)
         if handle is not None and dev.handles.kind(handle) is not None:
             raise OffloadError(errno.EEXIST, f"device {dev.name}: handle {handle} is already in use")
-        source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
-                            else int(prog_type), bytes(btf or b""), tuple(func_info), tuple(line_info))
         progs = self._progs[dev.name]
         if len(progs) >= q.max_progs:
             raise OffloadError(errno.ENOSPC, f"policy: device {dev.name} already has {q.max_progs} programs",
                                "quota.max_progs")
+        btf_key, btf_blob, btf_charge = self._btf_charge(dev, name, btf)
+        source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
+                            else int(prog_type), btf_blob, tuple(func_info), tuple(line_info))
         refs = check_program(insns, p, name=name)
         used = sum(o.guest_insns for o in progs.values())
         if used + len(insns) > q.max_total_insns:
@@ -354,7 +358,7 @@ class OffloadService:
         try:
             counted = add_action_counters(host_insns, counters.handle, func_info=func_info, line_info=line_info)
             try:
-                fd = dev.engine.load_program(name, counted.insns, license=license, btf=btf,
+                fd = dev.engine.load_program(name, counted.insns, license=license, btf=btf_blob or None,
                                              func_info=counted.func_info, line_info=counted.line_info)
             except VerifierError as e:
                 log = guest_log(e.log, EpilogueMap(counted.epilogue_start, len(counted.insns) - len(host_insns)))
@@ -376,6 +380,9 @@ class OffloadService:
                       origin=origin)
         dev.handles.bind(handle, obj)
         progs[handle] = obj
+        if btf_key is not None:
+            self._btf[dev.name].setdefault(btf_key, _BtfCharge(btf_blob)).users += 1
+            dev.map_memory += btf_charge
         return handle, info.tag
 
     def prog_attach(self, device: str, handle: int) -> None:
@@ -575,6 +582,31 @@ class OffloadService:
     def _close_prog(self, dev: Device, obj: ProgObj) -> None:
         dev.engine.free_program(obj.engine_handle)
         dev.engine.free_map(obj.counters)
+        blob = obj.source.btf if obj.source is not None else b""
+        key = hashlib.sha256(blob).digest() if blob else None
+        charge = self._btf[dev.name].get(key) if key is not None else None
+        if charge is not None:
+            charge.users -= 1
+            if charge.users <= 0:  # the last program with this BTF: the engine closed it, the charge goes
+                del self._btf[dev.name][key]
+                dev.map_memory -= len(charge.blob)
+
+    def _btf_charge(self, dev: Device, name: str, btf: bytes | None) -> tuple[bytes | None, bytes, int]:
+        """(digest, the device's one copy of the blob, bytes to charge) for a load with ``btf``: a blob no
+        live program of the device holds is charged its size to the map-memory quota (the kernel's BTF
+        object and the copy kept for STATE_EXPORT), ENOSPC if that is more than is left."""
+        if not btf:
+            return None, b"", 0
+        key = hashlib.sha256(btf).digest()
+        held = self._btf[dev.name].get(key)
+        if held is not None:
+            return key, held.blob, 0
+        q = self.policy.quota
+        if dev.map_memory + len(btf) > q.max_map_memory:
+            raise OffloadError(errno.ENOSPC, f"policy: program {name!r}: BTF of {len(btf)} bytes; device "
+                               f"{dev.name} uses {dev.map_memory} of {q.max_map_memory} bytes of map memory "
+                               "(BTF is charged to it)", "quota.max_map_memory")
+        return key, bytes(btf), len(btf)
 
     def _teardown(self, dev: Device) -> None:
         try:
@@ -586,11 +618,20 @@ class OffloadService:
                 dev.engine.free_map(mobj.map)
             self._progs[dev.name].clear()
             self._maps[dev.name].clear()
+            self._btf[dev.name].clear()
             dev.handles.clear()
             dev.map_memory = 0
             dev.export_snapshot, dev.import_buffer = None, None
             dev.engine.close()  # BTF objects the engine cached
             dev.engine = self.engine_factory(kernel_prefix(dev.name))
+
+
+@dataclass
+class _BtfCharge:
+    """One BTF blob a device's programs hold: the one copy kept, and how many live programs use it."""
+
+    blob: bytes
+    users: int = 0
 
 
 def _map_id(m) -> int:
