@@ -23,8 +23,11 @@ and a lookup translates the kernel's answer (the program id) back.
 
 Lifetimes: `free` closes one object; `reset` (the guest reset the device or
 went away) and `remove_device` detach and close everything the device made,
-so no kernel map or program outlives it. A map a live program uses, and an
-attached program, cannot be freed (EBUSY): detach or free the user first.
+so no kernel map or program outlives it. A map a live program uses, an
+attached program, and a program in one of the device's prog_arrays cannot be
+freed (EBUSY): detach, delete the entry or free the user first, so every
+program the kernel holds for a device is one its quota counts. BTF is charged
+to the device's map memory (`btf_ledger`).
 
 Attaching (`port`): through a bpf_link this process holds, never netlink, so a
 program never outlives the daemon that owns it, even one killed with SIGKILL;
@@ -51,13 +54,11 @@ guest's and the operator's ``prog show``) can say so.
 from __future__ import annotations
 
 import errno
-import hashlib
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
@@ -69,7 +70,8 @@ from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
 from . import port, state
-from .device import Device, MapObj, ProgObj, ProgSource
+from .btf_ledger import BtfLedger
+from .device import Device, MapObj, ProgObj, ProgSource, in_prog_array
 from .errors import OffloadError
 from .handles import HandleTable, Kind
 from .policy import PROG_TYPES, Policy, TokenBucket
@@ -102,7 +104,7 @@ class OffloadService:
         self._maps: dict[str, dict[int, MapObj]] = {}
         self._progs: dict[str, dict[int, ProgObj]] = {}
         self._links: dict[str, XdpLink] = {}  # device -> the link its attached program runs on
-        self._btf: dict[str, dict[bytes, _BtfCharge]] = {}  # device -> BTF blobs its programs hold, by digest
+        self._btf: dict[str, BtfLedger] = {}  # device -> the BTF its live programs hold (charged)
         self._lock = threading.RLock()
         self._operator = threading.local()  # .active: this thread runs the host operator's commands
 
@@ -137,7 +139,7 @@ class OffloadService:
                          bucket=TokenBucket(q.commands_per_second, q.command_burst, self.clock),
                          negotiated_source=negotiated if callable(negotiated) else (lambda: bool(negotiated)))
             self.devices[name] = dev
-            self._maps[name], self._progs[name], self._btf[name] = {}, {}, {}
+            self._maps[name], self._progs[name], self._btf[name] = {}, {}, BtfLedger()
             port.clear_port(dev, kernel_prefix(name))
             return dev
 
@@ -342,7 +344,7 @@ class OffloadService:
         if len(progs) >= q.max_progs:
             raise OffloadError(errno.ENOSPC, f"policy: device {dev.name} already has {q.max_progs} programs",
                                "quota.max_progs")
-        btf_key, btf_blob, btf_charge = self._btf_charge(dev, name, btf)
+        btf_blob, btf_charge = self._btf[dev.name].charge(dev.name, name, btf, dev.map_memory, q)
         source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
                             else int(prog_type), btf_blob, tuple(func_info), tuple(line_info))
         refs = check_program(insns, p, name=name)
@@ -380,9 +382,8 @@ class OffloadService:
                       origin=origin)
         dev.handles.bind(handle, obj)
         progs[handle] = obj
-        if btf_key is not None:
-            self._btf[dev.name].setdefault(btf_key, _BtfCharge(btf_blob)).users += 1
-            dev.map_memory += btf_charge
+        self._btf[dev.name].hold(btf_blob)
+        dev.map_memory += btf_charge
         return handle, info.tag
 
     def prog_attach(self, device: str, handle: int) -> None:
@@ -454,12 +455,11 @@ class OffloadService:
                 if dev.attached == handle:
                     raise OffloadError(errno.EBUSY, f"program handle {handle} is attached to {dev.ifname}; "
                                        "detach it first", "handles")
-                for m in self._maps[device].values():
-                    slot = next((i for i, h in sorted(m.prog_slots.items()) if h == handle), None)
-                    if slot is not None:  # the kernel's array would keep it (and its maps) alive, uncounted
-                        raise OffloadError(errno.EBUSY, f"program handle {handle} is in prog_array handle "
-                                           f"{m.handle} ({m.name!r}) at index {slot}; delete that entry or free "
-                                           "the prog_array first", "handles")
+                held = in_prog_array(self._maps[device].values(), handle)
+                if held is not None:  # the kernel's array would keep it (and its maps) alive, uncounted
+                    raise OffloadError(errno.EBUSY, f"program handle {handle} is in prog_array handle "
+                                       f"{held[0].handle} ({held[0].name!r}) at index {held[1]}; delete that "
+                                       "entry or free the prog_array first", "handles")
                 obj = self._progs[device].pop(handle)
                 dev.handles.remove(handle)
                 self._close_prog(dev, obj)
@@ -582,31 +582,7 @@ class OffloadService:
     def _close_prog(self, dev: Device, obj: ProgObj) -> None:
         dev.engine.free_program(obj.engine_handle)
         dev.engine.free_map(obj.counters)
-        blob = obj.source.btf if obj.source is not None else b""
-        key = hashlib.sha256(blob).digest() if blob else None
-        charge = self._btf[dev.name].get(key) if key is not None else None
-        if charge is not None:
-            charge.users -= 1
-            if charge.users <= 0:  # the last program with this BTF: the engine closed it, the charge goes
-                del self._btf[dev.name][key]
-                dev.map_memory -= len(charge.blob)
-
-    def _btf_charge(self, dev: Device, name: str, btf: bytes | None) -> tuple[bytes | None, bytes, int]:
-        """(digest, the device's one copy of the blob, bytes to charge) for a load with ``btf``: a blob no
-        live program of the device holds is charged its size to the map-memory quota (the kernel's BTF
-        object and the copy kept for STATE_EXPORT), ENOSPC if that is more than is left."""
-        if not btf:
-            return None, b"", 0
-        key = hashlib.sha256(btf).digest()
-        held = self._btf[dev.name].get(key)
-        if held is not None:
-            return key, held.blob, 0
-        q = self.policy.quota
-        if dev.map_memory + len(btf) > q.max_map_memory:
-            raise OffloadError(errno.ENOSPC, f"policy: program {name!r}: BTF of {len(btf)} bytes; device "
-                               f"{dev.name} uses {dev.map_memory} of {q.max_map_memory} bytes of map memory "
-                               "(BTF is charged to it)", "quota.max_map_memory")
-        return key, bytes(btf), len(btf)
+        dev.map_memory -= self._btf[dev.name].release(obj.source.btf if obj.source is not None else b"")
 
     def _teardown(self, dev: Device) -> None:
         try:
@@ -624,14 +600,6 @@ class OffloadService:
             dev.export_snapshot, dev.import_buffer = None, None
             dev.engine.close()  # BTF objects the engine cached
             dev.engine = self.engine_factory(kernel_prefix(dev.name))
-
-
-@dataclass
-class _BtfCharge:
-    """One BTF blob a device's programs hold: the one copy kept, and how many live programs use it."""
-
-    blob: bytes
-    users: int = 0
 
 
 def _map_id(m) -> int:
