@@ -73,10 +73,6 @@ class KernelEngine(Engine):
         self.maps.append(m)
         return m
 
-    def btf_loaded(self, raw: bytes | None) -> bool:
-        """Whether a live program already holds the BTF of ``raw`` (a new load of it costs nothing)."""
-        return bool(raw) and raw in self._btf
-
     def _btf_acquire(self, raw: bytes | None) -> KernelBtf | None:
         if not raw:
             return None
