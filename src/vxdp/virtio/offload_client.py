@@ -252,6 +252,12 @@ class OffloadClient:
             token = r.token
         return out
 
+    def empty_prog_array(self, handle: int) -> None:
+        """Delete every entry of a prog_array: a program still in one cannot be freed (PROG_FREE is
+        EBUSY, docs/offload-protocol.md "PROG_FREE and prog_arrays"), so freeing everything starts here."""
+        for key, _ in self.map_items(handle):
+            self.map_delete(handle, key)
+
     # -- programs ------------------------------------------------------------------------------
     def prog_load(self, insns: Sequence[Insn], *, name: str = "", license: str = "GPL",
                   btf: bytes | None = None, func_info: Iterable[FuncInfo] = (),
@@ -530,6 +536,8 @@ class OffloadEngine(Engine):
         steps: list[tuple[str, Callable[[], None]]] = []
         if self.attached is not None:
             steps.append(("detach", self.detach))
+        steps += [(f"empty prog_array {m.handle}", lambda m=m: self.client.empty_prog_array(m.handle))
+                  for m in self.maps if m.spec.type == MapType.PROG_ARRAY and not m.closed]
         steps += [(f"free program {h}", lambda h=h: self.client.prog_free(h)) for h in reversed(self.programs)]
         steps += [(f"free map {m.handle}", m.close) for m in reversed(self.maps)]
         for what, step in steps:

@@ -63,6 +63,9 @@ class OffloadRecord:
         objs = [o for o in self.client.obj_list() if ORIGIN_NAMES.get(o.origin, str(o.origin)) not in self.keeps]
         if any(o.attached for o in objs):
             _quiet(self.client.prog_detach)
+        for o in objs:  # a program in a prog_array cannot be freed: empty them first
+            if o.is_map and o.type == MapType.PROG_ARRAY and not o.frozen:
+                _quiet(self.client.empty_prog_array, o.handle)
         for o in objs:
             if not o.is_map:
                 _quiet(self.client.prog_free, o.handle)

@@ -225,6 +225,18 @@ class Reader:
     def blob(self, field: str, cap: int) -> bytes:
         return self.take(self.count(f"{field} length", cap), field)
 
+    def view(self, n: int, field: str) -> memoryview:
+        """The next ``n`` bytes as a view of the message (no copy), checked like `take`."""
+        if n > self.remaining:
+            raise self.error(field, f"needs {n} bytes, {self.remaining} left (message truncated)")
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def ahead(self) -> memoryview:
+        """The unread bytes, without reading them (a decoder peeking at counts before it allocates)."""
+        return self._buf[self._pos :]
+
     def ascii(self, field: str, cap: int) -> str:
         raw = self.blob(field, cap)
         if not raw.isascii() or b"\0" in raw:

@@ -11,10 +11,9 @@ through `BpfCommandHandler` and `OffloadClient`, as a guest's would; the service
 from __future__ import annotations
 
 import errno
-import itertools
-import os
 import struct
 import time
+import tracemalloc
 import zlib
 from dataclasses import replace
 
@@ -26,21 +25,14 @@ from testpaths import SAMPLES_BUILD
 from vxdp.bpf import elf, link
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import EXIT, Insn
-from vxdp.bpf.kernel import (
-    KernelMap,
-    KernelProgram,
-    map_get_fd_by_id,
-    map_ids,
-    prog_get_fd_by_id,
-    prog_ids,
-    query_xdp,
-)
+from vxdp.bpf.kernel import query_xdp
 from vxdp.bpf.mapspec import MapFlag, MapType
 from vxdp.host.offload import OffloadService, Policy, Quota
 from vxdp.host.offload.ctrl import BpfCommandHandler
 from vxdp.host.offload.policy import DEFAULT_HELPERS
-from vxdp.host.offload.state_format import decode_state, encode_state
+from vxdp.host.offload.state_format import DeviceState, Entries, MapState, decode_state, encode_state
 from vxdp.packets import frame
+from vxdp.testing.kobjects import device_name, map_names, prog_names
 from vxdp.testing.netns import NetLab
 from vxdp.virtio.offload import (
     CapsFlag,
@@ -54,13 +46,12 @@ from vxdp.virtio.offload_client import OffloadClient, OffloadRefused
 
 pytestmark = pytest.mark.privileged
 
-_seq = itertools.count()
 U32 = struct.Struct("<I")
 PACKETS = [frame(k) for k in ("ipv4/udp", "ipv4/tcp", "ipv4/icmp", "arp", "ipv6/udp")]
 
 
 def _dev() -> str:
-    return f"s{os.getpid() % 1000}{next(_seq)}"
+    return device_name("s")
 
 
 def _client(s: OffloadService, dev: str, max_capacity: int | None = None) -> OffloadClient:
@@ -128,27 +119,7 @@ def _runs(s: OffloadService, dev: str) -> list[tuple[int, int, bytes]]:
 
 def _names_alive(prefix: str) -> tuple[list[str], list[str]]:
     """Live kernel programs and maps whose names start with ``prefix`` (a device's own prefix)."""
-    progs, maps = [], []
-    for pid in prog_ids():
-        try:
-            fd = prog_get_fd_by_id(pid)
-        except OSError:
-            continue
-        with KernelProgram.from_fd(fd) as p:
-            if p.name.startswith(prefix):
-                progs.append(p.name)
-    for mid in map_ids():
-        try:
-            fd = map_get_fd_by_id(mid)
-        except OSError:
-            continue
-        m = KernelMap.from_fd(fd)
-        try:
-            if m.info().name.startswith(prefix):
-                maps.append(m.info().name)
-        finally:
-            m.close()
-    return progs, maps
+    return sorted(prog_names(prefix).values()), sorted(map_names(prefix).values())
 
 
 def _no_kernel_objects(prefix: str) -> tuple[list[str], list[str]]:
@@ -354,3 +325,42 @@ def test_export_request_with_a_forged_token_is_refused(lo_pair):
     r = decode_reply(data[1], h.handle(data[1], data[2:], 4096, negotiated=True))
     assert r.code == Errno.EINVAL and "token" in r.text
     assert errno.EINVAL == Errno.EINVAL
+
+
+def test_a_state_declaring_a_huge_map_is_refused_from_its_header_before_anything_is_allocated(service):
+    """The attack: 12 MB declaring one map of 4 M entries (1 M of them present). On main the decoder
+    made a (key, value) pair per entry before MAP_CREATE's quota refused it: +509 MB of RSS, 42 x the
+    blob. Now the quota is asked at the map's header, and entries stay in the blob's buffer. Bound:
+    the buffered blob, the decoder's one copy of it and a chunk in flight, 3 x the blob + 8 MiB
+    (Python allocations, tracemalloc's peak); a per-entry object would be ~100 bytes each, 100 MB."""
+    dev = _dev()
+    service.add_device(dev, "lo", negotiated=True)
+    n = 1 << 20
+    huge = MapState(1, "huge", int(MapType.HASH), 4, 8, 4 << 20, 0, False, 8,
+                    Entries(b"".join(U32.pack(i) + bytes(8) for i in range(n)), 4, 8))
+    blob = encode_state(DeviceState(maps=(huge,), next_handle=2))
+    assert len(blob) > 12 * 10 ** 6
+    client = _client(service, dev)
+    tracemalloc.start()
+    try:
+        with pytest.raises(OffloadRefused) as e:
+            client.state_import(blob)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert e.value.code == Errno.E2BIG and e.value.rule == "quota.max_entries", str(e.value)
+    assert "STATE_IMPORT" in e.value.message or "max_entries" in e.value.message
+    assert peak < 3 * len(blob) + (8 << 20), f"peak {peak / 2**20:.1f} MiB for a {len(blob) / 2**20:.1f} MiB blob"
+    assert _empty(service, dev)
+    # over the map count and the instruction quota: refused at the counts, the same way
+    many = DeviceState(maps=tuple(MapState(h, f"m{h}", int(MapType.ARRAY), 4, 4, 1, 0, False, 4)
+                                  for h in range(1, 18)), next_handle=18)
+    with pytest.raises(OffloadRefused) as e:
+        client.state_import(encode_state(many))
+    assert e.value.code == Errno.ENOSPC and e.value.rule == "quota.max_maps", str(e.value)
+    # a good state still imports: the blob of a populated device, whole
+    src = _dev()
+    service.add_device(src, "lo", negotiated=True)
+    _populate(service, src, attach=False)
+    client.state_import(service.state_export(src))
+    assert _objects(service, dev) == _objects(service, src)

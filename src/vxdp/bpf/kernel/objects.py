@@ -70,6 +70,11 @@ def map_ids() -> set[int]:
     return _all_ids(map_get_next_id)
 
 
+def btf_ids() -> set[int]:
+    """Every BTF object id alive in the kernel now (vmlinux's and modules' included)."""
+    return _all_ids(lambda start: _next_id(Cmd.BTF_GET_NEXT_ID, start))
+
+
 def prog_get_fd_by_id(prog_id: int) -> int:
     """A new fd (the caller owns it) for the program with ``prog_id``; `BpfError` ENOENT if gone."""
     return call(Cmd.PROG_GET_FD_BY_ID, _GetIdAttr(start_id=prog_id), f"prog id {prog_id}")
@@ -105,6 +110,7 @@ def obj_get_info(fd: int, info: ctypes.Structure, what: str = "") -> int:
 
 __all__ = [
     "BpfError",
+    "btf_ids",
     "map_get_fd_by_id",
     "map_get_next_id",
     "map_ids",

@@ -7,7 +7,7 @@ module only says what a device *has*, and renders it for ``vxdp host show``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ...bpf.isa import Insn
@@ -33,6 +33,9 @@ class MapObj:
     kernel_id: int = 0
     kernel_name: str = ""
     origin: str = "guest"  # who made it: guest, operator, import
+    # a prog_array's filled slots (index -> guest program handle): only the service writes prog_arrays
+    # (programs cannot), so this is the kernel's content; PROG_FREE of a program in a slot is refused
+    prog_slots: dict[int, int] = field(default_factory=dict)
 
     @property
     def is_prog_array(self) -> bool:
@@ -47,6 +50,15 @@ class MapObj:
             "memory": self.memory, "kernel_id": self.kernel_id,
             "frozen": bool(getattr(self.map, "frozen", False)), "origin": self.origin,
         }
+
+
+def in_prog_array(maps: Iterable[MapObj], prog: int) -> tuple[MapObj, int] | None:
+    """The first (prog_array, index) holding program handle ``prog``, or None."""
+    for m in maps:
+        for index, handle in sorted(m.prog_slots.items()):
+            if handle == prog:
+                return m, index
+    return None
 
 
 @dataclass(frozen=True)

@@ -96,9 +96,11 @@ def prepare(svc: OffloadService, dev: Device, insns: list[Insn], name: str, lice
     origin = svc._origin(handle is not None)
     if handle is not None and dev.handles.kind(handle) is not None:
         raise OffloadError(errno.EEXIST, f"device {dev.name}: handle {handle} is already in use")
-    source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
-                        else int(prog_type), bytes(btf or b""), tuple(func_info), tuple(line_info))
     check_room(svc, dev, name, len(insns))
+    # BTF is charged to map memory (`btf_ledger`): refused here if it cannot fit; charged in `commit`
+    btf_blob, _ = svc._btf[dev.name].charge(dev.name, name, btf, dev.map_memory, q)
+    source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
+                        else int(prog_type), btf_blob, tuple(func_info), tuple(line_info))
     refs = check_program(insns, p, name=name)
     for h in sorted(refs.map_handles):
         svc._map(dev, h)
@@ -111,7 +113,7 @@ def prepare(svc: OffloadService, dev: Device, insns: list[Insn], name: str, lice
         dev.engine.free_map(counters)
         raise
     cap = q.max_verifier_log
-    return Prepared(name, license, btf, counted, len(host_insns), counters, refs.map_handles, len(insns),
+    return Prepared(name, license, btf_blob or None, counted, len(host_insns), counters, refs.map_handles, len(insns),
                      source, origin, handle, dev.engine, max(0, min(int(log_level), 7)),
                      min(int(log_size), cap) if log_size and log_level else cap)
 
@@ -165,6 +167,9 @@ def commit(svc: OffloadService, dev: Device, prep: Prepared, fd: int) -> tuple[i
         check_room(svc, dev, prep.name, prep.guest_insns)
         for h in sorted(prep.map_handles):
             svc._map(dev, h)
+        # again, under the lock: another load may have charged (or freed) the same blob meanwhile
+        ledger = svc._btf[dev.name]
+        _, btf_charge = ledger.charge(dev.name, prep.name, prep.btf, dev.map_memory, svc.policy.quota)
         info = prep.engine.program(fd).info()
     except BaseException:
         prep.engine.free_program(fd)
@@ -177,4 +182,6 @@ def commit(svc: OffloadService, dev: Device, prep: Prepared, fd: int) -> tuple[i
                   origin=prep.origin)
     dev.handles.bind(handle, obj)
     svc._progs[dev.name][handle] = obj
+    ledger.hold(prep.source.btf)
+    dev.map_memory += btf_charge
     return handle, info.tag

@@ -23,8 +23,11 @@ and a lookup translates the kernel's answer (the program id) back.
 
 Lifetimes: `free` closes one object; `reset` (the guest reset the device or
 went away) and `remove_device` detach and close everything the device made,
-so no kernel map or program outlives it. A map a live program uses, and an
-attached program, cannot be freed (EBUSY): detach or free the user first.
+so no kernel map or program outlives it. A map a live program uses, an
+attached program, and a program in one of the device's prog_arrays cannot be
+freed (EBUSY): detach, delete the entry or free the user first, so every
+program the kernel holds for a device is one its quota counts. BTF is charged
+to the device's map memory (`btf_ledger`).
 
 Attaching (`port`): through a bpf_link this process holds, never netlink, so a
 program never outlives the daemon that owns it, even one killed with SIGKILL;
@@ -67,7 +70,8 @@ from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
 from . import loading, port, state
-from .device import Device, MapObj, ProgObj
+from .btf_ledger import BtfLedger
+from .device import Device, MapObj, ProgObj, in_prog_array
 from .errors import OffloadError
 from .handles import HandleTable, Kind
 from .policy import PROG_TYPES, Policy, TimeBudget, TokenBucket
@@ -100,6 +104,7 @@ class OffloadService:
         self._progs: dict[str, dict[int, ProgObj]] = {}
         self._links: dict[str, XdpLink] = {}  # device -> the link its attached program runs on
         self._budgets: dict[str, TimeBudget] = {}  # device -> its verifier time (PROG_LOAD)
+        self._btf: dict[str, BtfLedger] = {}  # device -> the BTF its live programs hold (charged)
         self._lock = threading.RLock()
         self._operator = threading.local()  # .active: this thread runs the host operator's commands
 
@@ -157,7 +162,7 @@ class OffloadService:
                          bucket=TokenBucket(q.commands_per_second, q.command_burst, self.clock),
                          negotiated_source=negotiated if callable(negotiated) else (lambda: bool(negotiated)))
             self.devices[name] = dev
-            self._maps[name], self._progs[name] = {}, {}
+            self._maps[name], self._progs[name], self._btf[name] = {}, {}, BtfLedger()
             port.clear_port(dev, kernel_prefix(name))
             return dev
 
@@ -169,7 +174,7 @@ class OffloadService:
                 self._teardown(dev)
             finally:
                 dev.engine.close()
-                del self.devices[name], self._maps[name], self._progs[name]
+                del self.devices[name], self._maps[name], self._progs[name], self._btf[name]
 
     def require_negotiated(self, device: str) -> None:
         """Refuse (EOPNOTSUPP, rule ``feature``) unless the guest negotiated the offload feature bit."""
@@ -264,7 +269,8 @@ class OffloadService:
             dev = self._begin(device)
             obj = self._map(dev, handle)
             if obj.is_prog_array:
-                value = self._prog_value(dev, value)
+                self._prog_array_update(dev, obj, key, value, flags)
+                return
             self._kernel(f"map {handle}", obj.map.update, key, value, flags)
 
     def map_delete(self, device: str, handle: int, key: bytes) -> None:
@@ -272,6 +278,8 @@ class OffloadService:
             dev = self._begin(device)
             obj = self._map(dev, handle)
             self._kernel(f"map {handle}", obj.map.delete, key)
+            if obj.is_prog_array and len(key) == 4:
+                obj.prog_slots.pop(_U32.unpack(key)[0], None)
 
     def map_freeze(self, device: str, handle: int) -> None:
         """BPF_MAP_FREEZE the map: nobody in user space (guest or operator) writes it again, and a
@@ -314,11 +322,14 @@ class OffloadService:
         with self._lock:
             dev = self._begin(device)
             obj = self._map(dev, handle)
-            keys = [k for k, _ in items]
-            values = [self._prog_value(dev, v) if obj.is_prog_array else v for _, v in items]
-            if hasattr(obj.map, "update_batch") and not obj.is_prog_array:
+            if obj.is_prog_array:  # the kernel has no batch update for fd maps
+                for k, v in items:
+                    self._prog_array_update(dev, obj, k, v, flags)
+                return len(items)
+            keys, values = [k for k, _ in items], [v for _, v in items]
+            if hasattr(obj.map, "update_batch"):
                 return self._kernel(f"map {handle}", obj.map.update_batch, keys, values, flags)
-            for k, v in zip(keys, values):  # prog_array: the kernel has no batch update for fd maps
+            for k, v in zip(keys, values):
                 self._kernel(f"map {handle}", obj.map.update, k, v, flags)
             return len(keys)
 
@@ -456,6 +467,11 @@ class OffloadService:
                 if dev.attached == handle:
                     raise OffloadError(errno.EBUSY, f"program handle {handle} is attached to {dev.ifname}; "
                                        "detach it first", "handles")
+                held = in_prog_array(self._maps[device].values(), handle)
+                if held is not None:  # the kernel's array would keep it (and its maps) alive, uncounted
+                    raise OffloadError(errno.EBUSY, f"program handle {handle} is in prog_array handle "
+                                       f"{held[0].handle} ({held[0].name!r}) at index {held[1]}; delete that "
+                                       "entry or free the prog_array first", "handles")
                 obj = self._progs[device].pop(handle)
                 dev.handles.remove(handle)
                 self._close_prog(dev, obj)
@@ -538,6 +554,13 @@ class OffloadService:
                                "program handle")
         return _U32.pack(self._prog(dev, _U32.unpack(value)[0]).engine_handle)
 
+    def _prog_array_update(self, dev: Device, obj: MapObj, key: bytes, value: bytes, flags: int) -> None:
+        """Write one prog_array slot (a guest program handle in ``value``) and record who is in it."""
+        fd_value = self._prog_value(dev, value)
+        self._kernel(f"map {obj.handle}", obj.map.update, key, fd_value, flags)
+        if len(key) == 4:
+            obj.prog_slots[_U32.unpack(key)[0]] = _U32.unpack(value)[0]
+
     def _prog_handle_of_id(self, device: str, prog_id: int) -> int:
         for o in self._progs[device].values():
             if o.kernel_id == prog_id:
@@ -573,6 +596,7 @@ class OffloadService:
     def _close_prog(self, dev: Device, obj: ProgObj) -> None:
         dev.engine.free_program(obj.engine_handle)
         dev.engine.free_map(obj.counters)
+        dev.map_memory -= self._btf[dev.name].release(obj.source.btf if obj.source is not None else b"")
 
     def _teardown(self, dev: Device) -> None:
         try:
@@ -584,6 +608,7 @@ class OffloadService:
                 dev.engine.free_map(mobj.map)
             self._progs[dev.name].clear()
             self._maps[dev.name].clear()
+            self._btf[dev.name].clear()
             dev.handles.clear()
             dev.map_memory = 0
             dev.export_snapshot, dev.import_buffer = None, None

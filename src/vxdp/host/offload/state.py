@@ -34,16 +34,17 @@ from ...virtio.offload_msgs import ProgLoadRequest
 from ...virtio.offload_wire import OffloadEncodeError, OffloadProtocolError
 from .device import Device, MapObj
 from .errors import OffloadError
-from .state_format import DeviceState, MapState, ProgState, decode_state, encode_state
+from .state_format import DeviceState, Entries, MapState, ProgState, decode_state, encode_state
 
 if TYPE_CHECKING:
-    from .policy import Quota
+    from .policy import Policy, Quota
     from .service import OffloadService
 
 _U32 = struct.Struct("<I")
 _TOKEN = struct.Struct("<IQ")  # snapshot serial, offset of the next chunk
 HARD_STATE_LIMIT = 64 << 20  # whatever the quotas, a device buffers no more for one import
 BTF_ALLOWANCE = 2 << 20  # per program
+FILL_BATCH = 1024  # map entries written per BPF_MAP_UPDATE_BATCH on import
 
 
 def state_limit(q: Quota) -> int:
@@ -131,10 +132,55 @@ def import_chunk(svc: OffloadService, dev: Device, chunk: bytes, last: bool) -> 
         return
     dev.import_buffer = None
     try:
-        st = decode_state(bytes(buf))
+        st = decode_state(buf, QuotaLimits(svc.policy, dev.name))
     except OffloadProtocolError as e:
         raise OffloadError(e.code, str(e)) from None
     import_state(svc, dev, st)
+
+
+class QuotaLimits:
+    """The destination's quotas, asked by the decoder from each header before the bulk it announces
+    is read: so a blob declaring more than the device may hold (maps, map memory, programs,
+    instructions) is refused having cost its headers, never what it declares. The import's own
+    MAP_CREATE / PROG_LOAD checks still apply after (the device is empty, so these are the same sums)."""
+
+    def __init__(self, policy: Policy, device: str):
+        self.policy, self.device = policy, device
+        self.memory = self.insns = 0
+
+    def counts(self, n_maps: int | None, n_progs: int | None) -> None:
+        q = self.policy.quota
+        if n_maps is not None and n_maps > q.max_maps:
+            raise OffloadError(errno.ENOSPC, f"STATE_IMPORT: {n_maps} maps; device {self.device} may have "
+                               f"{q.max_maps}", "quota.max_maps")
+        if n_progs is not None and n_progs > q.max_progs:
+            raise OffloadError(errno.ENOSPC, f"STATE_IMPORT: {n_progs} programs; device {self.device} may have "
+                               f"{q.max_progs}", "quota.max_progs")
+
+    def map_header(self, i: int, map_type: int, key_size: int, value_size: int, max_entries: int,
+                   name: str) -> None:
+        q = self.policy.quota
+        memory = self.policy.check_map(type=map_type, key_size=key_size, value_size=value_size,
+                                       max_entries=max_entries, name=name)
+        if self.memory + memory > q.max_map_memory:
+            raise OffloadError(errno.ENOSPC, f"STATE_IMPORT: map[{i}] {name!r} needs {memory} bytes; the state's "
+                               f"maps before it need {self.memory} of the {q.max_map_memory} device "
+                               f"{self.device} may use", "quota.max_map_memory")
+        self.memory += memory
+
+    def prog_header(self, i: int, insns: int, func_info: int, line_info: int) -> None:
+        q = self.policy.quota
+        if insns > q.max_insns:
+            raise OffloadError(errno.E2BIG, f"STATE_IMPORT: prog[{i}] has {insns} instructions, over the limit "
+                               f"{q.max_insns}", "quota.max_insns")
+        if self.insns + insns > q.max_total_insns:
+            raise OffloadError(errno.ENOSPC, f"STATE_IMPORT: prog[{i}] has {insns} instructions; the state's "
+                               f"programs before it have {self.insns} of {q.max_total_insns}",
+                               "quota.max_total_insns")
+        if func_info > insns or line_info > insns:
+            raise OffloadError(errno.EINVAL, f"STATE_IMPORT: prog[{i}]: {func_info} func_info / {line_info} "
+                               f"line_info records for {insns} instructions")
+        self.insns += insns
 
 
 def import_state(svc: OffloadService, dev: Device, st: DeviceState) -> None:
@@ -170,9 +216,16 @@ def _fill(svc: OffloadService, dev: Device, m: MapState) -> None:
     if m.value_len != want:
         raise OffloadError(errno.EINVAL, f"STATE_IMPORT: map {m.handle}: values of {m.value_len} bytes, this "
                            f"device's are {want} (a per-CPU map needs the same number of CPUs)")
-    for k, v in m.entries:
+    entries = m.entries if isinstance(m.entries, Entries) else Entries(
+        b"".join(k + v for k, v in m.entries), m.key_size, m.value_len)
+    for keys, values in entries.batches(FILL_BATCH):  # a batch at a time: the blob stays the only copy
         if obj.is_prog_array:
-            v = svc._prog_value(dev, v)
-        svc._kernel(f"STATE_IMPORT: map {m.handle}", obj.map.update, k, v, UpdateFlag.ANY)
+            for k, v in zip(keys, values):
+                svc._prog_array_update(dev, obj, k, v, UpdateFlag.ANY)
+        elif hasattr(obj.map, "update_batch"):
+            svc._kernel(f"STATE_IMPORT: map {m.handle}", obj.map.update_batch, keys, values, UpdateFlag.ANY)
+        else:
+            for k, v in zip(keys, values):
+                svc._kernel(f"STATE_IMPORT: map {m.handle}", obj.map.update, k, v, UpdateFlag.ANY)
     if m.frozen:
         svc._kernel(f"STATE_IMPORT: map {m.handle}: freeze", obj.map.freeze)

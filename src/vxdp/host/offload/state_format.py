@@ -32,11 +32,14 @@ values are le32 *program handles*.
 
 from __future__ import annotations
 
+import struct
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from ...virtio.offload_msgs import ProgLoadRequest
-from ...virtio.offload_wire import MAX_KEY, MAX_VALUE, Command, OffloadProtocolError, Reader, Writer
+from ...virtio.offload_wire import MAX_KEY, MAX_VALUE, NAME_LEN, Command, OffloadProtocolError, Reader, Writer
 
 MAGIC = b"VXDPSTAT"
 FORMAT_VERSION = 1
@@ -44,6 +47,57 @@ MAX_OBJECTS = 4096  # maps, programs: far above any quota, below anything that c
 MAX_ENTRIES = 1 << 24  # entries of one map in a blob
 MAX_NAME = 255
 _WHAT = "state blob"
+
+
+class Entries(Sequence[tuple[bytes, bytes]]):
+    """A map's entries as the blob holds them: one buffer of ``n x (key, value)`` records, cut into
+    pairs only when read, so decoding a blob allocates nothing per entry (an import writes them in
+    batches straight from here). Equal to the tuple of its pairs."""
+
+    def __init__(self, raw: bytes | memoryview, key_size: int, value_len: int):
+        self.raw, self.key_size, self.step = raw, key_size, key_size + value_len
+
+    def __len__(self) -> int:
+        return len(self.raw) // self.step if self.step else 0
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(len(self))))
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        at = (i % len(self)) * self.step
+        return bytes(self.raw[at:at + self.key_size]), bytes(self.raw[at + self.key_size:at + self.step])
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def batches(self, n: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """(keys, values) lists of at most ``n`` entries each: what a batched update takes."""
+        for start in range(0, len(self), n):
+            pairs = [self[i] for i in range(start, min(start + n, len(self)))]
+            yield [k for k, _ in pairs], [v for _, v in pairs]
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (Entries, tuple)) else other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"Entries({len(self)} x {self.step} bytes)"
+
+
+class Limits(Protocol):
+    """What a decoder asks before it reads a record's bulk (an importing device's quotas): each hook
+    raises to refuse, so a blob over the quota costs no more than its headers."""
+
+    def counts(self, n_maps: int | None, n_progs: int | None) -> None: ...
+
+    def map_header(self, i: int, map_type: int, key_size: int, value_size: int, max_entries: int,
+                   name: str) -> None: ...
+
+    def prog_header(self, i: int, insns: int, func_info: int, line_info: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +113,7 @@ class MapState:
     flags: int
     frozen: bool
     value_len: int
-    entries: tuple[tuple[bytes, bytes], ...] = ()
+    entries: Sequence[tuple[bytes, bytes]] = ()  # a tuple, or the decoder's lazy `Entries`
 
 
 @dataclass(frozen=True)
@@ -95,6 +149,9 @@ def encode_state(st: DeviceState) -> bytes:
         w.u8(1 if m.frozen else 0, f"{f}.frozen")
         w.count(m.value_len, f"{f}.value_len", MAX_VALUE)
         w.count(len(m.entries), f"{f}.n_entries", MAX_ENTRIES)
+        if isinstance(m.entries, Entries) and m.entries.step == m.key_size + m.value_len:
+            w.raw(bytes(m.entries.raw))
+            continue
         for j, (k, v) in enumerate(m.entries):
             if len(k) != m.key_size or len(v) != m.value_len:
                 raise w.error(f"{f}.entries[{j}]", f"key {len(k)}/value {len(v)} bytes, not "
@@ -109,11 +166,15 @@ def encode_state(st: DeviceState) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
-def decode_state(blob: bytes) -> DeviceState:
-    """Parse and check a blob; `OffloadProtocolError` (naming the field) for anything wrong."""
+def decode_state(blob: bytes | bytearray, limits: Limits | None = None) -> DeviceState:
+    """Parse and check a blob; `OffloadProtocolError` (naming the field) for anything wrong.
+
+    ``limits`` is asked about each count and record header before the record's bulk is read (map
+    entries stay in the blob's buffer, see `Entries`); what it raises propagates."""
     if len(blob) < len(MAGIC) + 4 + 4:
         raise OffloadProtocolError(Command.STATE_IMPORT, _WHAT, f"{len(blob)} bytes is too short to be a state")
-    body, crc = blob[:-4], int.from_bytes(blob[-4:], "little")
+    view = memoryview(blob)
+    body, crc = view[:-4], int.from_bytes(view[-4:], "little")
     r = Reader(body, Command.STATE_IMPORT, _WHAT)
     if r.take(len(MAGIC), "magic") != MAGIC:
         raise r.error("magic", f"is not {MAGIC.decode()}: not a vxdp device state")
@@ -126,10 +187,18 @@ def decode_state(blob: bytes) -> DeviceState:
         raise r.error("flags", "must be 0 in version 1")
     next_handle = r.u32("next_handle")
     attached = r.u32("attached")
-    maps = tuple(_read_map(r, f"map[{i}]") for i in range(r.count("n_maps", MAX_OBJECTS)))
+    n_maps = r.count("n_maps", MAX_OBJECTS)
+    if limits is not None:
+        limits.counts(n_maps, None)
+    maps = tuple(_read_map(r, f"map[{i}]", i, limits) for i in range(n_maps))
     progs = []
-    for i in range(r.count("n_progs", MAX_OBJECTS)):
+    n_progs = r.count("n_progs", MAX_OBJECTS)
+    if limits is not None:
+        limits.counts(None, n_progs)
+    for i in range(n_progs):
         handle = r.u32(f"prog[{i}].handle")
+        if limits is not None:
+            limits.prog_header(i, *_peek_prog_counts(r))
         load = ProgLoadRequest.read(r)
         assert isinstance(load, ProgLoadRequest)
         progs.append(ProgState(handle, load))
@@ -139,13 +208,44 @@ def decode_state(blob: bytes) -> DeviceState:
     return st
 
 
-def _read_map(r: Reader, f: str) -> MapState:
+_PEEK_U32 = struct.Struct("<I")
+
+
+def _peek_prog_counts(r: Reader) -> tuple[int, int, int]:
+    """(insn_cnt, func_info_cnt, line_info_cnt) of the PROG_LOAD body at the reader's position, read
+    ahead without moving it (0 where the body is too short: the real read then says what is wrong)."""
+    buf, pos = r.ahead(), 0
+
+    def u32(at: int) -> int | None:
+        return _PEEK_U32.unpack_from(buf, at)[0] if 0 <= at <= len(buf) - 4 else None
+
+    lic = u32(pos + 12 + NAME_LEN + 12)  # prog_type, attach type, flags; name; log_level, log_size, version
+    if lic is None:
+        return 0, 0, 0
+    at = pos + 12 + NAME_LEN + 12 + 4 + lic
+    insns = u32(at) or 0
+    at += 4 + 8 * insns
+    btf = u32(at)
+    if btf is None:
+        return insns, 0, 0
+    at += 4 + btf
+    frec, fcnt = u32(at), u32(at + 4)
+    if frec is None or fcnt is None:
+        return insns, 0, 0
+    at += 8 + frec * fcnt
+    lcnt = u32(at + 4)
+    return insns, fcnt, lcnt or 0
+
+
+def _read_map(r: Reader, f: str, i: int = 0, limits: Limits | None = None) -> MapState:
     handle, map_type, key_size, value_size, max_entries, flags = (
         r.u32(f"{f}.{a}") for a in ("handle", "map_type", "key_size", "value_size", "max_entries", "flags"))
     try:
         name = r.blob(f"{f}.name", MAX_NAME).decode("utf-8")
     except UnicodeDecodeError:
         raise r.error(f"{f}.name", "is not UTF-8") from None
+    if limits is not None:
+        limits.map_header(i, map_type, key_size, value_size, max_entries, name)
     frozen = r.u8(f"{f}.frozen")
     if frozen > 1:
         raise r.error(f"{f}.frozen", f"{frozen} is not 0 or 1")
@@ -155,11 +255,12 @@ def _read_map(r: Reader, f: str) -> MapState:
         raise r.error(f"{f}.key_size", f"{n} entries of key {key_size} / value {value_len} bytes")
     if n > max_entries:
         raise r.error(f"{f}.n_entries", f"{n} is above the map's max_entries {max_entries}")
-    raw = r.array(f"{f}.entries", n, key_size + value_len)
     step = key_size + value_len
-    entries = tuple((raw[i:i + key_size], raw[i + key_size:i + step]) for i in range(0, n * step, step))
+    if n * step > r.remaining:
+        raise r.error(f"{f}.entries", f"{n} x {step} bytes run past the end ({r.remaining} left)")
+    raw = r.view(n * step, f"{f}.entries")  # a view of the blob: no copy, nothing per entry
     return MapState(handle, name, map_type, key_size, value_size, max_entries, flags, bool(frozen), value_len,
-                    entries)
+                    Entries(raw, key_size, value_len))
 
 
 def _check_structure(r: Reader, st: DeviceState) -> None:
