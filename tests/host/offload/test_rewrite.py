@@ -27,7 +27,7 @@ from vxdp.host.offload import (
     rewrite_map_handles,
 )
 from vxdp.host.offload.policy import Quota
-from vxdp.host.offload.rewrite import counter_epilogue, function_starts
+from vxdp.host.offload.rewrite import check_ext_info, counter_epilogue, function_starts
 from vxdp.packets import frame
 
 MOV_K = 0xB7
@@ -224,3 +224,17 @@ def test_compiled_program_with_subprograms_and_btf_still_loads_and_counts():
     finally:
         for x in maps.values():
             x.close()
+
+
+@pytest.mark.parametrize("func_info, line_info, field", [
+    ([FuncInfo(0, 1), FuncInfo(0x80000001, 2)], [], "func_info"),  # found by the damaged-import fuzz: a crash
+    ([FuncInfo(1, 1)], [], "func_info"),
+    ([FuncInfo(0, 1), FuncInfo(0, 2)], [], "func_info"),
+    ([FuncInfo(0, 1)], [LineInfo(5, 0, 0, 1, 1)], "line_info"),
+])
+def test_ext_info_outside_the_program_is_refused_by_field(func_info, line_info, field):
+    insns = [Insn(0xB7, 0, 0, 0, 2), Insn(EXIT, 0, 0, 0, 0)]
+    with pytest.raises(OffloadError) as e:
+        check_ext_info(insns, func_info, line_info, name="p")
+    assert e.value.errno == errno.EINVAL and e.value.rule == field
+    check_ext_info(insns, [FuncInfo(0, 1)], [LineInfo(1, 0, 0, 1, 1)], name="p")  # a good one passes

@@ -169,7 +169,9 @@ class BpfCommandHandler:
         return later
 
     def _internal_error(self, command: int, e: Exception, capacity: int) -> bytes:
-        log.error("device %s: %s: internal error: %s: %s", self.device, command_name(command), type(e).__name__, e)
+        # with the traceback: an internal error is a bug of ours, and the log is where it gets reported
+        log.error("device %s: %s: internal error: %s: %s", self.device, command_name(command), type(e).__name__, e,
+                  exc_info=e)
         return self._encode_safely(command, Reply.error(Errno.EIO, f"{command_name(command)}: device "
                                                         "internal error"), capacity)
 

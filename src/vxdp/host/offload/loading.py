@@ -32,7 +32,14 @@ from .device import Device, ProgObj, ProgSource
 from .errors import OffloadError
 from .handles import Kind
 from .policy import PROG_TYPES, TimeBudget
-from .rewrite import ACTION_SLOTS, CountedProgram, add_action_counters, check_program, rewrite_map_handles
+from .rewrite import (
+    ACTION_SLOTS,
+    CountedProgram,
+    add_action_counters,
+    check_ext_info,
+    check_program,
+    rewrite_map_handles,
+)
 from .verifier_log import EpilogueMap, guest_log
 
 if TYPE_CHECKING:
@@ -102,6 +109,7 @@ def prepare(svc: OffloadService, dev: Device, insns: list[Insn], name: str, lice
     source = ProgSource(tuple(insns), license, PROG_TYPES.get(prog_type, 0) if isinstance(prog_type, str)
                         else int(prog_type), btf_blob, tuple(func_info), tuple(line_info))
     refs = check_program(insns, p, name=name)
+    check_ext_info(insns, func_info, line_info, name=name)
     for h in sorted(refs.map_handles):
         svc._map(dev, h)
     host_insns = rewrite_map_handles(insns, lambda h: svc._map(dev, h).map.handle)

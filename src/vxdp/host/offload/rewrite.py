@@ -117,6 +117,24 @@ def rewrite_map_handles(insns: Sequence[Insn], resolve: Callable[[int], int]) ->
     return out
 
 
+def check_ext_info(insns: Sequence[Insn], func_info: Sequence[FuncInfo], line_info: Sequence[LineInfo], *,
+                   name: str) -> None:
+    """func_info and line_info name instructions of the program, in order, as the kernel requires
+    (func_info: first at 0, strictly increasing; both: inside the program). Checked before the
+    epilogue is placed after the main function, which a bogus offset would put anywhere (EINVAL)."""
+    n = len(insns)
+    prev = -1
+    for i, f in enumerate(func_info):
+        if not (0 <= f.insn < n) or f.insn <= prev or (i == 0 and f.insn != 0):
+            raise OffloadError(errno.EINVAL, f"program {name!r}: func_info[{i}] names instruction {f.insn} (the "
+                               f"program has {n}; the first is 0, each after the one before)", "func_info")
+        prev = f.insn
+    for i, x in enumerate(line_info):
+        if not 0 <= x.insn < n:
+            raise OffloadError(errno.EINVAL, f"program {name!r}: line_info[{i}] names instruction {x.insn} (the "
+                               f"program has {n})", "line_info")
+
+
 def function_starts(insns: Sequence[Insn], func_info: Sequence[FuncInfo] = ()) -> list[int]:
     """Start slots of every function: 0, each bpf-to-bpf call target, each func_info offset (sorted)."""
     starts = {0} | {fi.insn for fi in func_info}
