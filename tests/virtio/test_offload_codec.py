@@ -404,8 +404,12 @@ def _request_property(data: bytes) -> None:
     except OffloadProtocolError as e:
         _refused_by_name(e, command)
         return
-    assert encode_request(req) == data  # canonical: the decoded request is these bytes exactly
-    assert decode_request(encode_request(req)) == req
+    out = encode_request(req)
+    assert decode_request(out) == req and encode_request(decode_request(out)) == out
+    # canonical: the decoded request is these bytes exactly, but for the one field with two spellings:
+    # PROG_LOAD's func_info/line_info records may be larger than the kernel's (zero past it, spec §5)
+    if out != data:
+        assert command == Command.PROG_LOAD and len(out) <= len(data), (out, data)  # records cut to the kernel's
 
 
 def _reply_property(cmd: int, data: bytes) -> None:
