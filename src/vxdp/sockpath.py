@@ -40,9 +40,16 @@ class PathBusy(OSError):
     """The path is served by a live process; ``pid`` names it (0 when unknown)."""
 
     def __init__(self, path: Path, pid: int, how: str) -> None:
-        super().__init__(errno.EADDRINUSE, f"{path} is already served by {f'pid {pid}' if pid else 'a process'}"
-                                           f"{how}")
+        super().__init__(errno.EADDRINUSE, f"{path} is already served by {self.holder(pid)}{how}")
         self.path, self.pid = path, pid
+
+    @staticmethod
+    def holder(pid: int) -> str:
+        return f"pid {pid}" if pid else "a process"
+
+    def of(self, what: str) -> str:
+        """The refusal said of what the path stands for: ``device DEV is already served by pid N (PATH)``."""
+        return f"{what} is already served by {self.holder(self.pid)} (control socket {self.path})"
 
 
 def _listener_pid(path: Path) -> int | None:

@@ -53,8 +53,7 @@ class GuestDaemon:
         try:  # claimed before anything is set up, bound last (`vxdp.sockpath`)
             claim = SocketClaim.take(path)
         except PathBusy as e:
-            raise GuestDaemonError(f"guest {self.name} is already served by "
-                                   f"{f'pid {e.pid}' if e.pid else 'another process'} (control socket {path})") from None
+            raise GuestDaemonError(e.of(f"guest {self.name}")) from None
         except OSError as e:
             raise GuestDaemonError(f"guest {self.name}: control socket {path}: {e.strerror or e}") from None
         self._claim = claim

@@ -149,8 +149,7 @@ class HostDaemon:
         except PathBusy as e:
             if device is None:
                 raise ServeError(e.strerror) from None
-            who = f"pid {e.pid}" if e.pid else "another process"
-            raise ServeError(f"device {device} is already served by {who} (control socket {path})") from None
+            raise ServeError(e.of(f"device {device}")) from None
         except OSError as e:
             raise ServeError(f"{path}: {e.strerror or e}") from None
         self._claims.append(claim)
