@@ -295,3 +295,39 @@ def test_bpf_attacks_are_refused_and_the_daemon_serves_the_next_good_command(env
         attack(drv, client)
         _good(client)
     assert d.pid == pid and d.proc.poll() is None
+
+
+# -- one device's attack and another device -------------------------------------------------------------
+
+def test_an_attack_on_one_device_leaves_another_device_serving(tmp_path):
+    """Two devices (two daemons, as a host runs them): while one guest keeps its device's verifier
+    walking to the limit and floods it with malformed requests, the other device's guest is served,
+    and afterwards both serve good guests."""
+    with NetLab("vxd") as lab:
+        pair_a, pair_b = quiet_lab(lab), quiet_lab(lab)
+        sock_a, sock_b = str(tmp_path / "a.sock"), str(tmp_path / "b.sock")
+        with Daemon(tmp_path / "run", sock_a, "vxp", netns=pair_a.ns_a, name="hxa") as da, \
+                Daemon(tmp_path / "run", sock_b, "vxp", netns=pair_b.ns_a, name="hxb") as db:
+            da.sock, db.sock = sock_a, sock_b
+            with _guest(da) as (drv_a, client_a), _guest(db) as (_, client_b):
+                refused: list[OffloadRefused] = []
+
+                def attack() -> None:
+                    try:
+                        client_a.prog_load(assemble(LOOP), name="loop")
+                    except OffloadRefused as e:
+                        refused.append(e)
+                    for _ in range(20):  # then malformed MAP_UPDATEs: a body cut short
+                        _refusal(drv_a, Command.MAP_UPDATE, b"\x01\x00")
+
+                t = threading.Thread(target=attack, daemon=True)
+                t.start()
+                try:
+                    _good(client_b)  # the other device's guest, while device A is under attack
+                    assert _device(db)["counters"]["refused"] == 0
+                finally:
+                    t.join(ANSWER_S)
+                assert not t.is_alive() and [e.code for e in refused] == [Errno.E2BIG]
+                _good(client_a)
+                _good(client_b)
+            assert _device(da)["programs"] == [] and _device(db)["programs"] == []
