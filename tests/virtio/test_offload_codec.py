@@ -421,8 +421,12 @@ def _reply_property(cmd: int, data: bytes) -> None:
     if len(data) == 1:  # the documented bare VIRTIO_NET_ERR ack: EIO, and it re-encodes to itself
         assert rep.code == Errno.EIO and encode_reply(cmd, rep, capacity=1) == data
         return
-    assert encode_reply(cmd, rep) == data  # canonical, as for requests
-    assert decode_reply(cmd, encode_reply(cmd, rep)) == rep
+    out = encode_reply(cmd, rep)
+    assert decode_reply(cmd, out) == rep and encode_reply(cmd, decode_reply(cmd, out)) == out
+    # canonical, as for requests, but for OBJ_LIST's rec_size: a later version's longer records are
+    # read to the fields this one knows (spec §5), and re-encoded at this version's size
+    if out != data:
+        assert cmd == Command.OBJ_LIST and len(out) <= len(data), (out, data)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
