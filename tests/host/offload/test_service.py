@@ -27,7 +27,6 @@ from vxdp.bpf.kernel import (
     attach_xdp,
     detach_xdp,
     map_ids,
-    prog_get_fd_by_id,
     prog_ids,
     query_xdp,
     send_live_frames_in,
@@ -37,6 +36,7 @@ from vxdp.engine.kernel import KERNEL_NAME_SHOWN, KernelEngine
 from vxdp.host.offload import OffloadError, OffloadService, Policy, Quota
 from vxdp.host.offload.service import kernel_prefix
 from vxdp.packets import frame
+from vxdp.testing.kobjects import prog_names
 from vxdp.testing.netns import NetLab
 
 pytestmark = pytest.mark.privileged
@@ -82,16 +82,7 @@ def _u64(b: bytes | None) -> int:
 
 def _names_alive(prefix: str) -> list[str]:
     """Names of live kernel programs starting with ``prefix`` (ours: the device prefix is unique)."""
-    out = []
-    for pid in prog_ids():
-        try:
-            fd = prog_get_fd_by_id(pid)
-        except OSError:
-            continue
-        with KernelProgram.from_fd(fd) as p:
-            if p.name.startswith(prefix):
-                out.append(p.name)
-    return out
+    return list(prog_names(prefix).values())
 
 
 def _wait_gone(ids: set[int], live) -> set[int]:
