@@ -28,7 +28,7 @@ def bpffs() -> None:
 @pytest.fixture
 def service():
     """An `OffloadService` on the kernel engine, closed (every device's kernel objects freed) after the test."""
-    from vxdp.host.offload import OffloadService
+    from vxdp.host.offload.service import OffloadService
 
     s = OffloadService()
     try:

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from vxdp.bench import port as bench
-from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, detach_xdp
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp
 
 pytestmark = pytest.mark.privileged
 

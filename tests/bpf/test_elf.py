@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vxdp.bpf.btf import Kind
-from vxdp.bpf.elf import ObjectError, load_object, parse_object
+from vxdp.bpf.elf import load_object, parse_object
+from vxdp.bpf.elf_reader import ObjectError
 from vxdp.bpf.isa import PseudoCall, PseudoSrc
 from vxdp.bpf.link import LinkError, link
 from vxdp.bpf.mapspec import MapFlag, MapOrigin, MapType

@@ -124,7 +124,9 @@ def test_link_errors(features):
 @pytest.mark.privileged
 def test_linked_programs_load_and_run_in_the_kernel(features):
     """The host kernel verifies what we linked, with our BTF, func_info and line_info."""
-    from vxdp.bpf.kernel import KernelBtf, KernelMap, KernelProgram
+    from vxdp.bpf.kernel.btf import KernelBtf
+    from vxdp.bpf.kernel.maps import KernelMap
+    from vxdp.bpf.kernel.prog import KernelProgram
 
     btf = KernelBtf.load(features.btf_raw)
     maps = {}

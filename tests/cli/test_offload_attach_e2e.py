@@ -20,7 +20,7 @@ import pytest
 from offload_topology import DEVICE, GUEST, GUEST_IP, OffloadTopo, offload_topology, poll
 from test_offload_e2e import XDP1, XDP_PASS, device_offload, started
 
-from vxdp.bpf.kernel import query_xdp
+from vxdp.bpf.kernel.xdp import query_xdp
 from vxdp.testing.proc import HarnessTimeout
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]

@@ -28,7 +28,7 @@ from testpaths import SAMPLES_BUILD
 
 from vxdp import packets
 from vxdp.frames import FrameBatch
-from vxdp.netdev import Port
+from vxdp.netdev.port import Port
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import pytest
 from offload_topology import DEVICE, GUEST, offload_topology
 from test_offload_e2e import XDP_PASS, device_offload, started
 
-from vxdp.bpf.kernel import query_xdp
+from vxdp.bpf.kernel.xdp import query_xdp
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 

@@ -50,8 +50,8 @@ from vxdp.bpf.kernel.netns import setns_current_thread
 from vxdp.bpf.kernel.syscall import BpfError
 from vxdp.bpf.mapspec import MapType
 from vxdp.engine.base import XdpMd
-from vxdp.engine.interp import InterpEngine, XdpContextError
-from vxdp.engine.interp.xdp import META_CTX_MAX
+from vxdp.engine.interp.engine import InterpEngine
+from vxdp.engine.interp.xdp import META_CTX_MAX, XdpContextError
 from vxdp.engine.kernel import KernelEngine
 from vxdp.engine.loader import LoadedObject, load_object
 from vxdp.testing.netns import NetLab

@@ -12,8 +12,7 @@ from testpaths import SAMPLES_BUILD
 
 from vxdp.bpf import elf, link
 from vxdp.bpf.isa import EXIT, Insn, PseudoSrc, lddw
-from vxdp.bpf.kernel import map_get_fd_by_id, map_ids
-from vxdp.bpf.kernel.objects import btf_ids
+from vxdp.bpf.kernel.objects import btf_ids, map_get_fd_by_id, map_ids
 from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.engine.kernel import KernelEngine
 from vxdp.testing.kobjects import btf_variant

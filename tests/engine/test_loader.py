@@ -10,9 +10,9 @@ import pytest
 from testpaths import SAMPLES_BUILD
 
 from vxdp.bpf.elf import load_object as parse_object
-from vxdp.bpf.kernel import VerifierError
+from vxdp.bpf.kernel.prog import VerifierError
 from vxdp.bpf.mapspec import MapOrigin
-from vxdp.engine.interp import InterpEngine
+from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.kernel import KernelEngine
 from vxdp.engine.loader import load_object
 

@@ -8,7 +8,7 @@ import pytest
 from testpaths import SAMPLES_BUILD
 
 from vxdp.bpf.mapspec import MapSpec, MapType
-from vxdp.engine.interp import InterpEngine
+from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.registry import ProgramRegistry, RecordedMap, RecordedProgram, RegistryError
 
 XDP1 = str(SAMPLES_BUILD / "xdp1.o")

@@ -6,7 +6,7 @@ from testpaths import SAMPLES_BUILD
 
 from vxdp import packets
 from vxdp.bpf.elf import load_object as parse_object
-from vxdp.engine.interp import InterpEngine
+from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.loader import load_object
 from vxdp.frames import FrameBatch
 from vxdp.guest.native import NativeXdp

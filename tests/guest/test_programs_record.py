@@ -14,9 +14,11 @@ import pytest
 
 from vxdp.bpf.mapspec import MapType
 from vxdp.guest.programs import GuestPrograms
-from vxdp.host.offload.ctrl import BpfCommandHandler
-from vxdp.virtio.ctrl import Ack
-from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD, Command, Reply, decode_reply, encode_reply
+from vxdp.host.offload.handler import BpfCommandHandler
+from vxdp.offload.codec import Reply, decode_reply, encode_reply
+from vxdp.offload.wire import Command
+from vxdp.virtio.ctrl_framing import Ack
+from vxdp.virtio.features import Experimental
 
 pytestmark = pytest.mark.privileged
 
@@ -42,7 +44,7 @@ class Ctrl:
 
 class Driver:
     connected = True
-    features = 1 << FEATURE_BPF_OFFLOAD
+    features = Experimental.NET_BPF_OFFLOAD.bit
     rings = None
     rx_program = None
 

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from vxdp.guest.ctrl import CtrlClient, CtrlClientError, CtrlTimeout
+from vxdp.guest.ctrl_client import CtrlClient, CtrlClientError, CtrlTimeout
 from vxdp.guest.driver import GuestDriver, GuestDriverError
 from vxdp.guest.rings import CTRL, RX, TX, GuestRings, GuestSetupError
-from vxdp.virtio.ctrl import Ack, CtrlReply, CtrlRequest
+from vxdp.virtio.ctrl_framing import Ack, CtrlReply, CtrlRequest
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from host_helpers import quiet_lab
 from vxdp.eventloop import Loop
 from vxdp.frames import FrameBatch
 from vxdp.host.datapath import Datapath
-from vxdp.host.device import CTRL, RX, TX, NetDevice
+from vxdp.host.net_device import CTRL, RX, TX, NetDevice
 from vxdp.netdev.port import Port
 from vxdp.testing.netns import NetLab
 from vxdp.vhost_user import messages as m

@@ -26,12 +26,12 @@ from vxdp.bpf.mapspec import MapType
 from vxdp.frames import FrameBatch
 from vxdp.guest.driver import GuestDriver
 from vxdp.netdev.port import Port
+from vxdp.offload.client import OffloadClient, OffloadRefused, ctrl_transport
+from vxdp.offload.codec import decode_reply, encode_request
+from vxdp.offload.messages import MapUpdateRequest
+from vxdp.offload.wire import DEVICE_MAX_REQUEST, Command, Errno
 from vxdp.testing.netns import NetLab
-from vxdp.virtio.ctrl import Ack, CtrlClass
-from vxdp.virtio.offload import Command, decode_reply, encode_request
-from vxdp.virtio.offload_client import OffloadClient, OffloadRefused, ctrl_transport
-from vxdp.virtio.offload_msgs import MapUpdateRequest
-from vxdp.virtio.offload_wire import DEVICE_MAX_REQUEST, Errno
+from vxdp.virtio.ctrl_framing import Ack, CtrlClass
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 

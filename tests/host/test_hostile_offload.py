@@ -18,17 +18,18 @@ from testpaths import SAMPLES_BUILD
 
 from vxdp.bpf import elf, link
 from vxdp.bpf.isa import EXIT, Insn, XdpAction
-from vxdp.bpf.kernel import KernelProgram, prog_get_fd_by_id
+from vxdp.bpf.kernel.objects import btf_ids, prog_get_fd_by_id
+from vxdp.bpf.kernel.prog import KernelProgram
 from vxdp.bpf.mapspec import MapType
 from vxdp.guest.driver import GuestDriver
 from vxdp.host.offload.policy import Quota
 from vxdp.host.offload.service import kernel_prefix
-from vxdp.testing.kobjects import btf_ids, btf_variant, prog_names
+from vxdp.offload.client import OffloadClient, OffloadRefused, ctrl_transport
+from vxdp.offload.wire import Errno
+from vxdp.testing.kobjects import btf_variant, prog_names
 from vxdp.testing.netns import NetLab
 from vxdp.vhost_user.frontend import run
-from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
-from vxdp.virtio.offload_client import OffloadClient, OffloadRefused, ctrl_transport
-from vxdp.virtio.offload_wire import Errno
+from vxdp.virtio.features import Experimental, has
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -72,13 +73,13 @@ def _guest(sock: str) -> tuple[GuestDriver, OffloadClient]:
 def test_clearing_the_offload_bit_before_leaving_still_frees_the_sessions_objects(daemon):
     drv, client = _guest(daemon.sock)
     try:
-        assert drv.features >> FEATURE_BPF_OFFLOAD & 1
+        assert has(drv.features, Experimental.NET_BPF_OFFLOAD)
         handle = client.map_create(MapType.ARRAY, 4, 8, 4, name="secret")
         client.map_update(handle, b"\0\0\0\0", (0x5EC2E7).to_bytes(8, "little"))
         # the hostile part: stop every ring, then SET_FEATURES without bit 58, then go away
         for i in range(3):
             run(drv.session.stop_vring(i), drv.channel.exchange)
-        drv.session.want_features = drv.features & ~(1 << FEATURE_BPF_OFFLOAD)
+        drv.session.want_features = drv.features & ~Experimental.NET_BPF_OFFLOAD.bit
         run(drv.session.set_features(), drv.channel.exchange)
     finally:
         drv.close()

@@ -22,11 +22,12 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from test_gso import payload_of, tcp_super
 
-from vxdp.bpf.kernel import run_in_netns
+from vxdp.bpf.kernel.netns import run_in_netns
 from vxdp.frames import FrameBatch
-from vxdp.netdev import Port, Tap
 from vxdp.netdev.gro import MERGED_MAX, coalesce
 from vxdp.netdev.gso import GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN, segment
+from vxdp.netdev.port import Port
+from vxdp.netdev.tap import Tap
 from vxdp.testing.netns import NetLab
 
 VNET = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset

@@ -21,10 +21,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from vxdp.bpf.kernel import run_in_netns
+from vxdp.bpf.kernel.netns import run_in_netns
 from vxdp.frames import FrameBatch
-from vxdp.netdev import Port
 from vxdp.netdev.gso import GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4, SEG_REFUSED, segment
+from vxdp.netdev.port import Port
 from vxdp.testing.netns import NetLab, VethPair
 
 SRC4, DST4 = "198.18.0.1", "198.18.0.2"

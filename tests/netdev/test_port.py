@@ -16,9 +16,13 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from vxdp.bpf.isa import XdpAction
-from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, run_in_netns, send_live_frames_in
+from vxdp.bpf.kernel.live_frames import send_live_frames_in
+from vxdp.bpf.kernel.netns import run_in_netns
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp
 from vxdp.frames import FrameBatch
-from vxdp.netdev import NetdevError, Port
+from vxdp.netdev.errors import NetdevError
+from vxdp.netdev.port import Port
 from vxdp.testing.netns import NetLab, VethPair
 
 pytestmark = pytest.mark.privileged

@@ -11,9 +11,10 @@ from pyroute2 import IPRoute
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from vxdp.bpf.kernel import run_in_netns
+from vxdp.bpf.kernel.netns import run_in_netns
 from vxdp.frames import FrameBatch
-from vxdp.netdev import NetdevError, Tap
+from vxdp.netdev.errors import NetdevError
+from vxdp.netdev.tap import Tap
 from vxdp.testing.netns import NetLab
 
 pytestmark = pytest.mark.privileged

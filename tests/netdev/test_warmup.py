@@ -12,8 +12,9 @@ import pytest
 
 from vxdp import jitcache, packets
 from vxdp.frames import FrameBatch
-from vxdp.netdev import Port, Tap
 from vxdp.netdev import warmup as netdev_warmup
+from vxdp.netdev.port import Port
+from vxdp.netdev.tap import Tap
 from vxdp.testing.netns import NetLab
 from vxdp.testing.proc import poll
 from vxdp.virtio import warmup as virtio_warmup

@@ -49,7 +49,9 @@ from typing import Any
 
 from vxdp.bench import port as port_bench
 from vxdp.bpf.isa import EXIT, Insn, XdpAction
-from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, detach_xdp, enable_stats, send_live_frames_in
+from vxdp.bpf.kernel.live_frames import send_live_frames_in
+from vxdp.bpf.kernel.prog import KernelProgram, enable_stats
+from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp
 from vxdp.testing.netns import NetLab
 
 from . import report

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 
 from vxdp.bpf.isa import EXIT, Insn, XdpAction
-from vxdp.bpf.kernel import KernelProgram, XdpMode, attach_xdp, enable_stats, send_live_frames_in
+from vxdp.bpf.kernel.live_frames import send_live_frames_in
+from vxdp.bpf.kernel.prog import KernelProgram, enable_stats
+from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp
 from vxdp.frames import FrameBatch
 
 from ..netdev.errors import NetdevError, where

@@ -145,6 +145,10 @@ class XdpAction(IntEnum):
     REDIRECT = 4
 
 
+ACTION_NAMES = tuple(a.name.lower() for a in XdpAction)
+"""XDP verdicts by their value, as every view names them (PROG_QUERY counts them in this order)."""
+
+
 LDDW = Cls.LD | Size.DW | Mode.IMM  # 0x18
 CALL = Cls.JMP | JmpOp.CALL  # 0x85
 EXIT = Cls.JMP | JmpOp.EXIT  # 0x95

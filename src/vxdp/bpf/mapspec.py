@@ -113,6 +113,15 @@ class MapSpec:
     def is_percpu(self) -> bool:
         return self.type in PERCPU_TYPES
 
+    def user_value_size(self, ncpus: int | None = None) -> int:
+        """Bytes of one value as user space reads and writes it (a lookup, an update, the offload wire):
+        every CPU's slot, each rounded up to 8 bytes, for a per-CPU map (``ncpus``: by default the possible
+        CPUs); ``value_size`` otherwise, a prog_array's 4 included (a program id or fd to the kernel, a
+        program handle on the wire). The one rule every engine, the device and every view use."""
+        if self.is_percpu:
+            return (possible_cpus() if ncpus is None else ncpus) * percpu_value_stride(self.value_size)
+        return self.value_size
+
     @property
     def is_global_data(self) -> bool:
         return self.origin in (MapOrigin.DATA, MapOrigin.RODATA, MapOrigin.BSS)

@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     if not 68 <= args.mtu <= 65535:
         raise CliError(f"--mtu {args.mtu} outside 68..65535")
-    from ..host.offload import PolicyError
+    from ..host.offload.policy import PolicyError
     from ..host.server import HostDaemon, ServeConfig, ServeError
 
     cfg = ServeConfig(socket_path=args.socket, port=args.port, name=args.name, netns=args.netns,

@@ -53,7 +53,8 @@ def check_readable(path: str | os.PathLike) -> None:
 def read_object(path: str | os.PathLike) -> BpfObject:
     """Parse the object at ``path``, which must have a program (every command runs, loads or shows
     one). Any failure is a `CliError` naming ``path``."""
-    from ..bpf.elf import ObjectError, load_object
+    from ..bpf.elf import load_object
+    from ..bpf.elf_reader import ObjectError
 
     check_readable(path)
     try:

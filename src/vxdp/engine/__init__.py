@@ -18,7 +18,7 @@ def make_engine(name: str) -> Engine:
 
         return KernelEngine()
     if name == "interp":
-        from .interp import InterpEngine
+        from .interp.engine import InterpEngine
 
         return InterpEngine()
     raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

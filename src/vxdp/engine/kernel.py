@@ -35,10 +35,14 @@ import time
 from dataclasses import dataclass
 
 from ..bpf.isa import EXIT, Insn
-from ..bpf.kernel import BpfError, KernelBtf, KernelMap, KernelProgram
+from ..bpf.kernel.btf import KernelBtf
+from ..bpf.kernel.maps import KernelMap
 from ..bpf.kernel.objects import prog_get_next_id
+from ..bpf.kernel.prog import KernelProgram
+from ..bpf.kernel.syscall import BpfError
+from ..bpf.mapapi import Map
 from ..bpf.mapspec import MapSpec, MapType
-from .base import Engine, Map, RunResult, XdpMd
+from .base import Engine, RunResult, XdpMd
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from ..bpf.link import link, resolve_maps
+from ..bpf.mapapi import Map
 from ..bpf.obj import BpfObject
 from ..bpf.sections import prog_type_name, section_prog_type
-from .base import Engine, Map, RunResult, XdpMd
+from .base import Engine, RunResult, XdpMd
 
 _U32 = struct.Struct("<I")
 

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..bpf.elf import load_object as parse_object
-from ..bpf.mapspec import percpu_value_stride, possible_cpus
-from .base import Engine, Map
+from ..bpf.mapapi import Map
+from ..bpf.mapspec import percpu_value_stride
+from .base import Engine
 from .loader import LoadedObject, load_object
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def map_doc(name: str, m: Map, *, entries: bool = True, handle: bool = True) -> 
         type=spec.type.name.lower(),
         key_size=spec.key_size,
         value_size=spec.value_size,
-        value_bytes=percpu_value_stride(spec.value_size) * possible_cpus() if spec.is_percpu else spec.value_size,
+        value_bytes=spec.user_value_size(),
         max_entries=spec.max_entries,
         flags=spec.flags,
         frozen=bool(m.frozen),

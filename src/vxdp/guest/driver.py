@@ -47,21 +47,20 @@ from vxdp.vhost_user.errors import LocalProtocolError, RemoteProtocolError
 from vxdp.vhost_user.frontend import FrontendSession, run
 from vxdp.vhost_user.messages import ProtocolFeature as PF
 from vxdp.virtio import features as vf
-from vxdp.virtio.ctrl import Ack, CtrlClass, RxCmd
-from vxdp.virtio.features import Feature
+from vxdp.virtio.ctrl_framing import Ack, CtrlClass, RxCmd
+from vxdp.virtio.features import Experimental, Feature
 from vxdp.virtio.net import NetConfig, NetError, mac_str
-from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
 from vxdp.virtio.virtqueue import VirtqueueError, check_queue_size
 
-from .ctrl import TIMEOUT_S as CTRL_TIMEOUT_S
-from .ctrl import CtrlClient, CtrlClientError
+from .ctrl_client import TIMEOUT_S as CTRL_TIMEOUT_S
+from .ctrl_client import CtrlClient, CtrlClientError
 from .rings import CTRL, RX, TX, GuestRings, GuestSetupError, buffer_size
 
 log = logging.getLogger(__name__)
 
 WANTED = Feature.mask(Feature.VERSION_1, Feature.NET_MAC, Feature.NET_MTU, Feature.NET_STATUS,
                       Feature.NET_CTRL_VQ, Feature.NET_CTRL_RX, Feature.NET_MRG_RXBUF,
-                      Feature.RING_EVENT_IDX, Feature.PROTOCOL_FEATURES) | (1 << FEATURE_BPF_OFFLOAD)
+                      Feature.RING_EVENT_IDX, Feature.PROTOCOL_FEATURES) | Experimental.NET_BPF_OFFLOAD.bit
 WANTED_PROTOCOL = PF.MQ | PF.REPLY_ACK | PF.CONFIG
 MAX_ROUNDS = 8  # batches per event before yielding to the other fds
 BATCH = 256
@@ -513,7 +512,7 @@ class GuestDriver:
             "backend_features": vf.names(self.session.backend_features or 0) if self.session else [],
             "protocol_features": int(self.session.protocol) if self.session else 0,
             "ctrl_vq": self.ctrl is not None,
-            "offload": self.connected and bool(self.features >> FEATURE_BPF_OFFLOAD & 1),
+            "offload": self.connected and vf.has(self.features, Experimental.NET_BPF_OFFLOAD),
             "rings": self.rings.describe() if self.rings else [],
             "counters": asdict(self.counters),
             "last_error": self.last_error,

@@ -19,11 +19,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..bpf.isa import XdpAction
+from ..bpf.isa import ACTION_NAMES, XdpAction
 from ..engine.base import Engine
 from ..frames import FrameBatch
-
-ACTION_NAMES = {a.value: a.name.lower() for a in XdpAction}
 
 
 class NativeXdp:
@@ -43,7 +41,7 @@ class NativeXdp:
         for i in range(batch.count):
             frame = batch.data[i, : batch.lens[i]].tobytes()
             result = self.engine.run(self.prog, frame)
-            name = ACTION_NAMES.get(result.action, "other")
+            name = ACTION_NAMES[result.action] if 0 <= result.action < len(ACTION_NAMES) else "other"
             self.counters[name] += 1
             out = result.packet
             if len(out) > batch.slot_size:  # grown past a slot by adjust_tail: nowhere to put it

@@ -29,12 +29,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..engine.interp import InterpEngine
+from ..engine.interp.engine import InterpEngine
 from ..engine.loader import LoadedObject
 from ..engine.registry import ProgramRegistry, RegistryError
-from ..virtio.offload import FEATURE_BPF_OFFLOAD
-from ..virtio.offload_client import OffloadClient, OffloadEngine, ctrl_transport
-from ..virtio.offload_record import OffloadRecord
+from ..offload.client import OffloadClient, ctrl_transport
+from ..offload.device_record import OffloadRecord
+from ..offload.remote import OffloadEngine
+from ..virtio.features import Experimental, has
 from .native import NativeXdp
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,10 @@ class GuestPrograms:
         return ctrl_transport(ctrl)(request, capacity)
 
     def _offload(self, path: str, prog: str | None, replace: bool = False) -> dict[str, Any]:
-        if self.driver.connected and not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:
+        if self.driver.connected and not has(self.driver.features, Experimental.NET_BPF_OFFLOAD):
             # a device without the bit has no BPF class: its ctrl vq would answer a bare ERR
             raise RegistryError(errno.EOPNOTSUPP, f"the device does not offer XDP offload (feature bit "
-                                                  f"{FEATURE_BPF_OFFLOAD} not negotiated)")
+                                                  f"{int(Experimental.NET_BPF_OFFLOAD)} not negotiated)")
         engine = OffloadEngine(OffloadClient(self._transport))
         return self.registry.load("offload", engine, path, prog=prog, attach=lambda _, h: engine.attachment(
             h, replace=replace, replaces=self.registry.attached_handle("offload")))
@@ -67,7 +68,7 @@ class GuestPrograms:
     def _record(self, mode: str) -> OffloadRecord | str | None:
         """The device's record for the offload slot (`ProgramRegistry`'s ``record``); None without a
         device that offloads (nothing is offloaded then), the reason for a device that cannot list."""
-        if mode != "offload" or not self.driver.connected or not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:
+        if mode != "offload" or not self.driver.connected or not has(self.driver.features, Experimental.NET_BPF_OFFLOAD):
             return None
         if self._lister is None:
             self._lister = self._state_client()
@@ -79,9 +80,9 @@ class GuestPrograms:
         return OffloadRecord(self._lister, keeps=frozenset({"operator"}))
 
     def _state_client(self) -> OffloadClient:
-        if self.driver.connected and not self.driver.features >> FEATURE_BPF_OFFLOAD & 1:
+        if self.driver.connected and not has(self.driver.features, Experimental.NET_BPF_OFFLOAD):
             raise RegistryError(errno.EOPNOTSUPP, f"the device does not offer XDP offload (feature bit "
-                                                  f"{FEATURE_BPF_OFFLOAD} not negotiated)")
+                                                  f"{int(Experimental.NET_BPF_OFFLOAD)} not negotiated)")
         rings = getattr(self.driver, "rings", None)
         half = getattr(rings, "ctrl_size", 0) // 2
         return OffloadClient(self._transport, max_capacity=half or None)

@@ -27,9 +27,9 @@ from vxdp.netdev import warmup as netdev_warmup
 from vxdp.netdev.tap import Tap
 from vxdp.sockpath import PathBusy, SocketClaim
 from vxdp.virtio import warmup as virtio_warmup
-from vxdp.virtio.ctrl import Ack
+from vxdp.virtio.ctrl_framing import Ack
 
-from .ctrl import TIMEOUT_S as CTRL_TIMEOUT_S
+from .ctrl_client import TIMEOUT_S as CTRL_TIMEOUT_S
 from .driver import GuestDriver
 from .programs import GuestPrograms
 

@@ -50,8 +50,8 @@ from vxdp.netdev.port import Port
 from vxdp.virtio import sigbus
 from vxdp.virtio.virtqueue import VirtqueueError
 
-from .ctrlq import CtrlTable, serve_ctrl
-from .device import CTRL, RX, TX, NetDevice
+from .ctrl_queue import CtrlTable, serve_ctrl
+from .net_device import CTRL, RX, TX, NetDevice
 
 log = logging.getLogger("vxdp.host")
 

@@ -44,12 +44,14 @@ from vxdp.vhost_user.backend import BackendSession
 from vxdp.vhost_user.connection import Connection, Role
 from vxdp.vhost_user.errors import LocalProtocolError, RemoteProtocolError
 from vxdp.virtio import warmup as virtio_warmup
+from vxdp.virtio.features import Experimental, has
 
-from .ctrlq import CtrlTable
+from .ctrl_queue import CtrlTable
 from .datapath import Datapath
-from .device import NUM_VRINGS, QUEUE_PAIRS, NetDevice
-from .offload import OffloadService, load_policy
-from .offloading import FEATURE_BIT, DeviceOffload
+from .net_device import NUM_VRINGS, QUEUE_PAIRS, NetDevice
+from .offload.device_offload import DeviceOffload
+from .offload.policy import load_policy
+from .offload.service import OffloadService
 
 log = logging.getLogger("vxdp.host")
 
@@ -121,7 +123,7 @@ class HostDaemon:
                 raise ServeError(f"--netns {cfg.netns}: no such network namespace (`ip netns list` shows them)")
             jitcache.prepare(log, cfg.name, [virtio_warmup.device, netdev_warmup.port], first_run_s=20)
             self.port = Port(cfg.port, netns=cfg.netns)
-            extra = cfg.extra_features | (FEATURE_BIT if cfg.offload else 0)
+            extra = cfg.extra_features | (Experimental.NET_BPF_OFFLOAD.bit if cfg.offload else 0)
             self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu, extra_features=extra)
             if cfg.offload:
                 policy = load_policy(cfg.policy) if cfg.policy else None
@@ -262,7 +264,7 @@ class HostDaemon:
         self.loop.remove_reader(self.sock.fileno())
         # what the session ever acked, not its last feature word: a guest that negotiated offload, made
         # objects, then cleared the bit before leaving must not leave them to the next guest
-        negotiated = self.offload is not None and bool(self._acked_ever & FEATURE_BIT)
+        negotiated = self.offload is not None and has(self._acked_ever, Experimental.NET_BPF_OFFLOAD)
         try:
             self.session.disconnect()
             if self.offload is not None:

@@ -54,13 +54,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vxdp.bpf.kernel import run_in_netns
+from vxdp.bpf.kernel.netns import run_in_netns
 from vxdp.bpf.kernel.syscall import FdOwner
 from vxdp.frames import FrameBatch
 
-from .errors import NetdevError, where
-from .gso import VNET_HDR_LEN
-from .kernels import (
+from .compiled import (
     IOVEC_WORDS,
     MMSG_WORDS,
     MSG_IOVECS,
@@ -75,6 +73,8 @@ from .kernels import (
     tx_sendmmsg,
     tx_sendmmsg_gro,
 )
+from .errors import NetdevError, where
+from .gso import VNET_HDR_LEN
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 import numpy as np
 from pyroute2 import IPRoute
 
-from vxdp.bpf.kernel import run_in_netns
+from vxdp.bpf.kernel.netns import run_in_netns
 from vxdp.bpf.kernel.syscall import FdOwner
 from vxdp.frames import FrameBatch
 
+from .compiled import fd_read_batch, fd_readv_batch, fd_write_batch, fd_write_gro_batch
 from .errors import NetdevError, where
 from .gro import MERGED_MAX
 from .gso import VNET_HDR_LEN
-from .kernels import fd_read_batch, fd_readv_batch, fd_write_batch, fd_write_gro_batch
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002

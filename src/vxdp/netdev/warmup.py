@@ -13,9 +13,7 @@ import numpy as np
 
 from vxdp.frames import FrameBatch
 
-from .gro import MERGED_MAX
-from .gso import VNET_HDR_LEN
-from .kernels import (
+from .compiled import (
     IOVEC_WORDS,
     MMSG_WORDS,
     MSG_IOVECS,
@@ -28,6 +26,8 @@ from .kernels import (
     tx_sendmmsg,
     tx_sendmmsg_gro,
 )
+from .gro import MERGED_MAX
+from .gso import VNET_HDR_LEN
 
 __all__ = ["port", "tap"]
 

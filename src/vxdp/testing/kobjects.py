@@ -12,8 +12,9 @@ import itertools
 import os
 import struct
 
-from ..bpf.kernel import KernelMap, KernelProgram, map_get_fd_by_id, map_ids, prog_get_fd_by_id, prog_ids
-from ..bpf.kernel.objects import btf_ids
+from ..bpf.kernel.maps import KernelMap
+from ..bpf.kernel.objects import btf_ids, map_get_fd_by_id, map_ids, prog_get_fd_by_id, prog_ids
+from ..bpf.kernel.prog import KernelProgram
 
 __all__ = ["btf_ids", "btf_variant", "device_name", "map_names", "prog_names"]
 

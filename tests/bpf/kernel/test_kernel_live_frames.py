@@ -8,17 +8,11 @@ import pytest
 from kernel_asm import count_and_return_insns, marked_frame, ret_insns
 
 from vxdp.bpf.isa import XdpAction
-from vxdp.bpf.kernel import (
-    KernelMap,
-    KernelProgram,
-    LiveFramesError,
-    XdpMode,
-    attach_xdp,
-    detach_xdp,
-    run_in_netns,
-    send_live_frames,
-    send_live_frames_in,
-)
+from vxdp.bpf.kernel.live_frames import LiveFramesError, send_live_frames, send_live_frames_in
+from vxdp.bpf.kernel.maps import KernelMap
+from vxdp.bpf.kernel.netns import run_in_netns
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp
 from vxdp.bpf.mapspec import MapSpec, MapType
 
 pytestmark = pytest.mark.privileged

@@ -9,16 +9,10 @@ import struct
 import pytest
 from kernel_asm import ret_insns
 
-from vxdp.bpf.kernel import (
-    BpfError,
-    KernelMap,
-    KernelProgram,
-    MapError,
-    map_get_fd_by_id,
-    map_ids,
-    sanitize_name,
-)
-from vxdp.bpf.kernel.syscall import ENOTSUPP, Cmd
+from vxdp.bpf.kernel.maps import KernelMap, MapError, sanitize_name
+from vxdp.bpf.kernel.objects import map_get_fd_by_id, map_ids
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.bpf.kernel.syscall import ENOTSUPP, BpfError, Cmd
 from vxdp.bpf.mapspec import (
     MapFlag,
     MapOrigin,
@@ -265,7 +259,7 @@ def test_close_releases_the_fd_and_the_map():
 
 
 def test_from_fd_adopts_a_map_by_id():
-    from vxdp.bpf.kernel import map_get_fd_by_id
+    from vxdp.bpf.kernel.objects import map_get_fd_by_id
 
     with make(MapType.ARRAY, max_entries=2) as m:
         m.update(key(1), val(m, 7))

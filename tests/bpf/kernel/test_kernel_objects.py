@@ -9,17 +9,10 @@ import uuid
 import pytest
 from kernel_asm import ret_insns
 
-from vxdp.bpf.kernel import (
-    BpfError,
-    KernelMap,
-    KernelProgram,
-    map_get_fd_by_id,
-    map_ids,
-    obj_get,
-    obj_pin,
-    prog_get_fd_by_id,
-    prog_ids,
-)
+from vxdp.bpf.kernel.maps import KernelMap
+from vxdp.bpf.kernel.objects import map_get_fd_by_id, map_ids, obj_get, obj_pin, prog_get_fd_by_id, prog_ids
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.bpf.kernel.syscall import BpfError
 from vxdp.bpf.mapspec import MapSpec, MapType
 
 pytestmark = pytest.mark.privileged

@@ -10,19 +10,13 @@ import pytest
 from kernel_asm import count_and_return_insns, marked_frame, ret_insns
 
 from vxdp.bpf.isa import EXIT, Insn, XdpAction
-from vxdp.bpf.kernel import (
-    BpfError,
-    KernelBtf,
-    KernelBtfError,
-    KernelMap,
-    KernelProgram,
-    VerifierError,
-    enable_stats,
-    prog_ids,
-    syscall,
-    xdp_md,
-)
-from vxdp.bpf.kernel.syscall import Cmd
+from vxdp.bpf.kernel import syscall
+from vxdp.bpf.kernel.btf import KernelBtf, KernelBtfError
+from vxdp.bpf.kernel.live_frames import xdp_md
+from vxdp.bpf.kernel.maps import KernelMap
+from vxdp.bpf.kernel.objects import prog_ids
+from vxdp.bpf.kernel.prog import KernelProgram, VerifierError, enable_stats
+from vxdp.bpf.kernel.syscall import BpfError, Cmd
 from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.bpf.obj import FuncInfo
 

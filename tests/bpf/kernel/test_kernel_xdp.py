@@ -7,16 +7,9 @@ import errno
 import pytest
 from kernel_asm import ret_insns
 
-from vxdp.bpf.kernel import (
-    KernelProgram,
-    XdpError,
-    XdpLink,
-    XdpMode,
-    attach_xdp,
-    detach_xdp,
-    query_xdp,
-    query_xdp_attrs,
-)
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.bpf.kernel.xdp import XdpError, XdpMode, attach_xdp, detach_xdp, query_xdp, query_xdp_attrs
+from vxdp.bpf.kernel.xdp_link import XdpLink
 
 pytestmark = pytest.mark.privileged
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vxdp.engine.interp import InterpEngine
+from vxdp.engine.interp.engine import InterpEngine
 
 
 @pytest.fixture

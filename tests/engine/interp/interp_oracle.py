@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vxdp.bpf.isa import Insn
-from vxdp.bpf.kernel import KernelProgram
-from vxdp.engine.interp import InterpEngine, InterpRunResult
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.engine.interp.engine import InterpEngine, InterpRunResult
 
 
 @dataclass

@@ -13,7 +13,8 @@ from interp_oracle import run_both
 
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import AluOp, JmpOp, PseudoSrc
-from vxdp.bpf.kernel import KernelMap, KernelProgram
+from vxdp.bpf.kernel.maps import KernelMap
+from vxdp.bpf.kernel.prog import KernelProgram
 from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.engine.interp.helpers import csum_diff
 

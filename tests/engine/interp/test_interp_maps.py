@@ -18,9 +18,9 @@ from interp_asm import st as st_imm
 
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import AluOp, JmpOp, PseudoSrc
-from vxdp.bpf.kernel import KernelMap
+from vxdp.bpf.kernel.maps import KernelMap
 from vxdp.bpf.mapspec import MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
-from vxdp.engine.interp import InterpEngine
+from vxdp.engine.interp.engine import InterpEngine
 
 TYPES = [MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.HASH, MapType.PERCPU_HASH, MapType.LRU_HASH,
          MapType.LRU_PERCPU_HASH]
@@ -98,7 +98,7 @@ def test_random_user_ops_match_kernel(map_type):
 
 @pytest.mark.privileged
 def test_prog_array_user_ops_match_kernel():
-    from vxdp.bpf.kernel import KernelProgram
+    from vxdp.bpf.kernel.prog import KernelProgram
     spec = MapSpec("pa", MapType.PROG_ARRAY, 4, 4, 3)
     engine = InterpEngine()
     im = engine.create_map(spec)

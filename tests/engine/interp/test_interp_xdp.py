@@ -10,7 +10,9 @@ from interp_oracle import run_both
 from vxdp.bpf.isa import AluOp, Insn, PseudoSrc, XdpAction
 from vxdp.bpf.mapspec import MapOrigin, MapSpec, MapType
 from vxdp.engine.base import XdpMd
-from vxdp.engine.interp import InterpEngine, InterpLoadError, PacketSizeError
+from vxdp.engine.interp.engine import InterpEngine
+from vxdp.engine.interp.machine import InterpLoadError
+from vxdp.engine.interp.xdp import PacketSizeError
 
 
 @pytest.mark.privileged

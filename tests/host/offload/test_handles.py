@@ -6,7 +6,8 @@ import errno
 
 import pytest
 
-from vxdp.host.offload import HandleTable, Kind, OffloadError
+from vxdp.host.offload.errors import OffloadError
+from vxdp.host.offload.handles import HandleTable, Kind
 
 
 def test_handles_count_up_from_one_and_are_never_reused():

@@ -9,16 +9,17 @@ import pytest
 
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.mapspec import MapType
-from vxdp.host.offload import (
+from vxdp.host.offload.errors import OffloadError
+from vxdp.host.offload.policy import (
+    DEFAULT_HELPERS,
     NEVER_HELPERS,
-    OffloadError,
     Policy,
     PolicyError,
+    TokenBucket,
     load_policy,
     map_memory,
     policy_from_toml,
 )
-from vxdp.host.offload.policy import DEFAULT_HELPERS, TokenBucket
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -15,19 +15,22 @@ from testpaths import SAMPLES_BUILD
 from vxdp.bpf import elf, link
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import EXIT, Insn, PseudoCall, PseudoSrc, lddw
-from vxdp.bpf.kernel import KernelBtf, KernelMap, KernelProgram
+from vxdp.bpf.kernel.btf import KernelBtf
+from vxdp.bpf.kernel.maps import KernelMap
+from vxdp.bpf.kernel.prog import KernelProgram
 from vxdp.bpf.mapspec import MapSpec, MapType, possible_cpus
 from vxdp.bpf.obj import FuncInfo, LineInfo
-from vxdp.host.offload import (
+from vxdp.host.offload.errors import OffloadError
+from vxdp.host.offload.policy import Policy, Quota
+from vxdp.host.offload.rewrite import (
     ACTION_SLOTS,
-    OffloadError,
-    Policy,
     add_action_counters,
+    check_ext_info,
     check_program,
+    counter_epilogue,
+    function_starts,
     rewrite_map_handles,
 )
-from vxdp.host.offload.policy import Quota
-from vxdp.host.offload.rewrite import check_ext_info, counter_epilogue, function_starts
 from vxdp.packets import frame
 
 MOV_K = 0xB7

@@ -21,20 +21,15 @@ from testpaths import SAMPLES_BUILD
 from vxdp.bpf import elf, link
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import EXIT, Insn, PseudoCall, PseudoSrc, XdpAction, lddw
-from vxdp.bpf.kernel import (
-    KernelProgram,
-    XdpMode,
-    attach_xdp,
-    detach_xdp,
-    map_ids,
-    prog_ids,
-    query_xdp,
-    send_live_frames_in,
-)
+from vxdp.bpf.kernel.live_frames import send_live_frames_in
+from vxdp.bpf.kernel.objects import map_ids, prog_ids
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp, query_xdp
 from vxdp.bpf.mapspec import MapType, possible_cpus
 from vxdp.engine.kernel import KERNEL_NAME_SHOWN, KernelEngine
-from vxdp.host.offload import OffloadError, OffloadService, Policy, Quota
-from vxdp.host.offload.service import kernel_prefix
+from vxdp.host.offload.errors import OffloadError
+from vxdp.host.offload.policy import Policy, Quota
+from vxdp.host.offload.service import OffloadService, kernel_prefix
 from vxdp.packets import frame
 from vxdp.testing.kobjects import prog_names
 from vxdp.testing.netns import NetLab

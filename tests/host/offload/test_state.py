@@ -25,24 +25,19 @@ from testpaths import SAMPLES_BUILD
 from vxdp.bpf import elf, link
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import EXIT, Insn
-from vxdp.bpf.kernel import query_xdp
+from vxdp.bpf.kernel.xdp import query_xdp
 from vxdp.bpf.mapspec import MapFlag, MapType
-from vxdp.host.offload import OffloadService, Policy, Quota
-from vxdp.host.offload.ctrl import BpfCommandHandler
-from vxdp.host.offload.policy import DEFAULT_HELPERS
+from vxdp.host.offload.handler import BpfCommandHandler
+from vxdp.host.offload.policy import DEFAULT_HELPERS, Policy, Quota
+from vxdp.host.offload.service import OffloadService
 from vxdp.host.offload.state_format import DeviceState, Entries, MapState, decode_state, encode_state
+from vxdp.offload.client import OffloadClient, OffloadRefused
+from vxdp.offload.codec import decode_reply, encode_request
+from vxdp.offload.messages import StateExportRequest, StateImportRequest
+from vxdp.offload.wire import CapsFlag, Errno
 from vxdp.packets import frame
 from vxdp.testing.kobjects import device_name, map_names, prog_names
 from vxdp.testing.netns import NetLab
-from vxdp.virtio.offload import (
-    CapsFlag,
-    Errno,
-    StateExportRequest,
-    StateImportRequest,
-    decode_reply,
-    encode_request,
-)
-from vxdp.virtio.offload_client import OffloadClient, OffloadRefused
 
 pytestmark = pytest.mark.privileged
 

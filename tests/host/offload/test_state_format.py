@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from vxdp.bpf.isa import EXIT, Insn
 from vxdp.bpf.obj import FuncInfo, LineInfo
 from vxdp.host.offload.state_format import MAGIC, DeviceState, MapState, ProgState, decode_state, encode_state
-from vxdp.virtio.offload import Errno, OffloadProtocolError, ProgLoadRequest
+from vxdp.offload.messages import ProgLoadRequest
+from vxdp.offload.wire import Errno, OffloadProtocolError
 
 PROG = ProgLoadRequest((Insn(0x18, 1, 1, 0, 3), Insn(0, 0, 0, 0, 0), Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)),
                        "GPL", "p", btf=b"\x9f\xeb\x01\x00" + bytes(20), func_info=(FuncInfo(0, 3),),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from vxdp.bpf.isa import EXIT, Insn
-from vxdp.host.offload import OffloadError, OffloadService
+from vxdp.host.offload.errors import OffloadError
+from vxdp.host.offload.service import OffloadService
 from vxdp.host.offload.verifier_log import EpilogueMap, guest_log
 
 pytestmark = pytest.mark.privileged

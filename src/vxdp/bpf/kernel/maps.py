@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from ..mapapi import Map, freezes_after_init
-from ..mapspec import MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
+from ..mapspec import MapSpec, MapType, UpdateFlag, possible_cpus
 from .objects import obj_get_info
 from .syscall import BpfError, Cmd, FdOwner, buf_addr, call, call_or_none
 
@@ -224,9 +224,7 @@ class KernelMap(FdOwner, Map):
     @property
     def value_bytes(self) -> int:
         """Bytes of one value as user space sees it (all CPUs' slots for a per-CPU map)."""
-        if self._ncpus > 1 or self.spec.is_percpu:
-            return self._ncpus * percpu_value_stride(self.spec.value_size)
-        return self.spec.value_size
+        return self.spec.user_value_size(self._ncpus)
 
     def _what(self) -> str:
         return f"map {self.spec.name!r}"

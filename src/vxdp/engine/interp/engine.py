@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 
 from ...bpf.isa import Insn, XdpAction
-from ...bpf.mapapi import freezes_after_init
+from ...bpf.mapapi import Map, freezes_after_init
 from ...bpf.mapspec import MapSpec, possible_cpus
-from ..base import Engine, Map, RunResult, XdpMd
+from ..base import Engine, RunResult, XdpMd
 from .helpers import HELPERS
 from .machine import InterpLoadError, Machine, Program, compile_program
 from .maps import InterpMap, make_map

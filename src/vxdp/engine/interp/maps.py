@@ -22,8 +22,8 @@ from __future__ import annotations
 import errno
 from collections import OrderedDict
 
+from ...bpf.mapapi import Map
 from ...bpf.mapspec import HASH_TYPES, MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
-from ..base import Map
 
 SUPPORTED = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.PROG_ARRAY} | HASH_TYPES)
 _LRU = frozenset({MapType.LRU_HASH, MapType.LRU_PERCPU_HASH})
@@ -58,9 +58,7 @@ class InterpMap(Map):
 
     @property
     def user_value_size(self) -> int:
-        if self.spec.is_percpu:
-            return percpu_value_stride(self.spec.value_size) * self.ncpus
-        return self.spec.value_size
+        return self.spec.user_value_size(self.ncpus)
 
     def _check_value(self, value: bytes) -> None:
         if len(value) != self.user_value_size:

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...bpf.isa import Insn
-from ...bpf.kernel import BpfError, VerifierError
+from ...bpf.kernel.prog import VerifierError
+from ...bpf.kernel.syscall import BpfError
 from ...bpf.mapspec import MapSpec, MapType
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
-from .device import Device, ProgObj, ProgSource
 from .errors import OffloadError
 from .handles import Kind
+from .objects import Device, ProgObj, ProgSource
 from .policy import PROG_TYPES, TimeBudget
 from .rewrite import (
     ACTION_SLOTS,

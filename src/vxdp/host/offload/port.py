@@ -22,9 +22,12 @@ from __future__ import annotations
 import errno
 import logging
 
-from ...bpf.kernel import KernelProgram, XdpError, XdpLink, XdpMode, detach_xdp, prog_get_fd_by_id, query_xdp
-from .device import Device
+from ...bpf.kernel.objects import prog_get_fd_by_id
+from ...bpf.kernel.prog import KernelProgram
+from ...bpf.kernel.xdp import XdpError, XdpMode, detach_xdp, query_xdp
+from ...bpf.kernel.xdp_link import XdpLink
 from .errors import OffloadError
+from .objects import Device
 
 log = logging.getLogger(__name__)
 

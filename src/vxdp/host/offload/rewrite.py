@@ -39,12 +39,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ...bpf.helpers import Helper
-from ...bpf.isa import EXIT, LDDW, AluOp, Cls, Insn, JmpOp, Mode, PseudoCall, PseudoSrc, Size, Src, lddw
+from ...bpf.isa import (
+    ACTION_NAMES,
+    EXIT,
+    LDDW,
+    AluOp,
+    Cls,
+    Insn,
+    JmpOp,
+    Mode,
+    PseudoCall,
+    PseudoSrc,
+    Size,
+    Src,
+    lddw,
+)
 from ...bpf.obj import FuncInfo, LineInfo
 from .errors import OffloadError
 from .policy import Policy
 
-ACTION_SLOTS = ("aborted", "drop", "pass", "tx", "redirect", "other")
+ACTION_SLOTS = (*ACTION_NAMES, "other")
 """The counter map's slots: the XDP action values 0..4, then every other return value."""
 
 _ALLOWED_LDDW = {PseudoSrc.IMM, PseudoSrc.MAP_FD, PseudoSrc.MAP_VALUE}

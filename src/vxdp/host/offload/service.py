@@ -39,9 +39,9 @@ attach is then EBUSY naming it.
 
 The feature bit: a guest that did not negotiate offload must get every BPF
 command refused. The device's negotiated features are the one source of truth:
-`add_device` takes a callable reading them (`vxdp.host.offloading.DeviceOffload.negotiated`),
+`add_device` takes a callable reading them (`vxdp.host.offload.device_offload.DeviceOffload.negotiated`),
 ``show`` reports it as ``offload_negotiated``, `require_negotiated` checks it,
-and the ctrl-vq handler (`vxdp.host.offload.ctrl`) is given the same callable's
+and the ctrl-vq handler (`vxdp.host.offload.handler`) is given the same callable's
 answer per command and refuses before decoding. The operator path offloads on
 behalf of stock guests, which never negotiate, so it skips that check and
 nothing else.
@@ -64,16 +64,16 @@ from pyroute2 import IPRoute
 
 from ...bpf.helpers import Helper
 from ...bpf.isa import Insn
-from ...bpf.kernel import MapError, XdpLink
-from ...bpf.kernel.maps import sanitize_name
+from ...bpf.kernel.maps import MapError, sanitize_name
+from ...bpf.kernel.xdp_link import XdpLink
 from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.kernel import KernelEngine
 from . import loading, port, state
 from .btf_ledger import BtfLedger
-from .device import Device, MapObj, ProgObj, in_prog_array
 from .errors import OffloadError
 from .handles import HandleTable, Kind
+from .objects import Device, MapObj, ProgObj, in_prog_array
 from .policy import PROG_TYPES, Policy, TimeBudget, TokenBucket
 
 _U32 = struct.Struct("<I")

@@ -29,11 +29,11 @@ import errno
 import struct
 from typing import TYPE_CHECKING
 
-from ...bpf.mapspec import MapType, UpdateFlag, percpu_value_stride, possible_cpus
-from ...virtio.offload_msgs import ProgLoadRequest
-from ...virtio.offload_wire import OffloadEncodeError, OffloadProtocolError
-from .device import Device, MapObj
+from ...bpf.mapspec import MapType, UpdateFlag
+from ...offload.messages import ProgLoadRequest
+from ...offload.wire import OffloadEncodeError, OffloadProtocolError, wire_name
 from .errors import OffloadError
+from .objects import Device
 from .state_format import DeviceState, Entries, MapState, ProgState, decode_state, encode_state
 
 if TYPE_CHECKING:
@@ -53,17 +53,6 @@ def state_limit(q: Quota) -> int:
     return min(HARD_STATE_LIMIT, q.max_map_memory + q.max_total_insns * 48 + q.max_progs * BTF_ALLOWANCE + (1 << 20))
 
 
-def wire_value_len(obj: MapObj) -> int:
-    if obj.spec.is_percpu:
-        return possible_cpus() * percpu_value_stride(obj.spec.value_size)
-    return 4 if obj.is_prog_array else obj.spec.value_size
-
-
-def _wire_name(name: str) -> str:
-    clean = "".join(c if c.isascii() and c.isprintable() else "_" for c in name)
-    return clean[:15]
-
-
 # -- export ----------------------------------------------------------------------------------------
 
 def export_state(svc: OffloadService, dev: Device) -> DeviceState:
@@ -75,14 +64,14 @@ def export_state(svc: OffloadService, dev: Device) -> DeviceState:
             items = [(k, v) for k, v in items if v != bytes(4)]
         t = obj.spec.type
         maps.append(MapState(h, obj.name, int(t), obj.spec.key_size, obj.spec.value_size, obj.spec.max_entries,
-                             int(obj.spec.flags), bool(getattr(obj.map, "frozen", False)), wire_value_len(obj),
+                             int(obj.spec.flags), bool(getattr(obj.map, "frozen", False)), obj.spec.user_value_size(),
                              tuple(items)))
     progs = []
     for h, p in sorted(svc._progs[dev.name].items()):
         src = p.source
         if src is None:
             raise OffloadError(errno.EOPNOTSUPP, f"program {h}: the device did not keep its instructions")
-        progs.append(ProgState(h, ProgLoadRequest(src.insns, src.license, _wire_name(p.name), src.prog_type,
+        progs.append(ProgState(h, ProgLoadRequest(src.insns, src.license, wire_name(p.name), src.prog_type,
                                                   btf=src.btf, func_info=src.func_info, line_info=src.line_info)))
     return DeviceState(tuple(maps), tuple(progs), dev.attached or 0, dev.handles.next_handle)
 
@@ -212,7 +201,7 @@ def _recreate(svc: OffloadService, dev: Device, st: DeviceState) -> None:
 
 def _fill(svc: OffloadService, dev: Device, m: MapState) -> None:
     obj = svc._map(dev, m.handle)
-    want = wire_value_len(obj)
+    want = obj.spec.user_value_size()
     if m.value_len != want:
         raise OffloadError(errno.EINVAL, f"STATE_IMPORT: map {m.handle}: values of {m.value_len} bytes, this "
                            f"device's are {want} (a per-CPU map needs the same number of CPUs)")

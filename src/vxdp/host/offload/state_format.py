@@ -38,8 +38,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ...virtio.offload_msgs import ProgLoadRequest
-from ...virtio.offload_wire import MAX_KEY, MAX_VALUE, NAME_LEN, Command, OffloadProtocolError, Reader, Writer
+from ...offload.messages import ProgLoadRequest
+from ...offload.wire import MAX_KEY, MAX_VALUE, NAME_LEN, Command, OffloadProtocolError, Reader, Writer
 
 MAGIC = b"VXDPSTAT"
 FORMAT_VERSION = 1

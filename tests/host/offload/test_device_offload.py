@@ -9,11 +9,15 @@ import os
 import pytest
 from testpaths import SAMPLES_BUILD
 
-from vxdp.host.ctrlq import CtrlTable
-from vxdp.host.offload import OffloadService, Policy, Quota
-from vxdp.host.offloading import FEATURE_BIT, DeviceOffload
+from vxdp.host.ctrl_queue import CtrlTable
+from vxdp.host.offload.device_offload import DeviceOffload
+from vxdp.host.offload.policy import Policy, Quota
+from vxdp.host.offload.service import OffloadService
+from vxdp.offload.codec import decode_reply, encode_request
+from vxdp.offload.messages import CapsRequest
+from vxdp.offload.wire import Errno
 from vxdp.testing.netns import NetLab
-from vxdp.virtio.offload import CapsRequest, Errno, decode_reply, encode_request
+from vxdp.virtio.features import Experimental
 
 pytestmark = pytest.mark.privileged
 
@@ -36,7 +40,7 @@ def device():
     with NetLab("vxo") as lab:
         pair = lab.veth(lab.netns(), lab.netns(), "voa", "vob")
         dev = DeviceOffload(service, f"o{os.getpid() % 1000}", pair.b, pair.ns_b,
-                            features=lambda: FEATURE_BIT, ctrl=ctrl)
+                            features=lambda: Experimental.NET_BPF_OFFLOAD.bit, ctrl=ctrl)
         try:
             yield dev, ctrl
         finally:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import errno
 
+from ..bpf.isa import ACTION_NAMES
 from ..bpf.mapspec import MapSpec, MapType
 from ..engine.registry import RecordedMap, RecordedProgram
-from .offload import Errno, ObjInfo, ObjOrigin
-from .offload_client import ACTION_NAMES, OffloadClient, OffloadRefused, OffloadTransportError, RemoteMap
+from .client import OffloadClient, OffloadRefused, OffloadTransportError
+from .messages import ObjInfo
+from .remote import RemoteMap
+from .wire import Errno, ObjOrigin
 
 ORIGIN_NAMES = {ObjOrigin.DRIVER: "guest", ObjOrigin.OPERATOR: "operator", ObjOrigin.IMPORT: "import"}
 

@@ -24,24 +24,21 @@ from vxdp.bpf import elf
 from vxdp.bpf.asm import assemble
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.isa import EXIT, Insn, PseudoCall, XdpAction
-from vxdp.bpf.kernel import (
-    KernelMap,
-    KernelProgram,
-    XdpMode,
-    attach_xdp,
-    map_ids,
-    prog_ids,
-    query_xdp,
-    send_live_frames_in,
-)
+from vxdp.bpf.kernel.live_frames import send_live_frames_in
+from vxdp.bpf.kernel.maps import KernelMap
+from vxdp.bpf.kernel.objects import map_ids, prog_ids
+from vxdp.bpf.kernel.prog import KernelProgram
+from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, query_xdp
 from vxdp.bpf.mapspec import MapOrigin, MapSpec, MapType, possible_cpus
 from vxdp.engine.loader import load_object
-from vxdp.host.offload import OffloadService, Policy, Quota
-from vxdp.host.offload.ctrl import BpfCommandHandler
+from vxdp.host.offload.handler import BpfCommandHandler
+from vxdp.host.offload.policy import Policy, Quota
+from vxdp.host.offload.service import OffloadService
+from vxdp.offload.client import OffloadClient, OffloadRefused
+from vxdp.offload.remote import OffloadEngine
+from vxdp.offload.wire import CTRL_CLASS_BPF, Errno
 from vxdp.packets import frame
 from vxdp.testing.netns import NetLab
-from vxdp.virtio.offload import CTRL_CLASS_BPF, Errno
-from vxdp.virtio.offload_client import OffloadClient, OffloadEngine, OffloadRefused
 
 pytestmark = pytest.mark.privileged
 

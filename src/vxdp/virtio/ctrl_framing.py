@@ -10,7 +10,7 @@ dataclasses here.
 
 The class numbers are those of virtio-v1.4-cs01; `CtrlClass.BPF` is vxdp's own
 (experimental, see docs/offload-protocol.md) and the codec for it is
-`vxdp.virtio.offload`.
+`vxdp.offload.codec`.
 """
 
 from __future__ import annotations

@@ -12,17 +12,20 @@ from hypothesis import strategies as st
 from vxdp.bpf import isa
 from vxdp.bpf.mapspec import MapType, UpdateFlag
 from vxdp.bpf.obj import FuncInfo, LineInfo
-from vxdp.virtio.offload import (
-    CTRL_CLASS_BPF,
-    FEATURE_BPF_OFFLOAD,
-    MIN_REPLY,
+from vxdp.offload.codec import (
+    Reply,
+    decode_reply,
+    decode_request,
+    decode_request_body,
+    encode_reply,
+    encode_request,
+    error_reply,
+)
+from vxdp.offload.messages import (
     REPLIES,
     REQUESTS,
-    AttachFlag,
     CapsReply,
     CapsRequest,
-    Command,
-    Errno,
     MapCreateReply,
     MapCreateRequest,
     MapDeleteRequest,
@@ -37,14 +40,9 @@ from vxdp.virtio.offload import (
     MapUpdateBatchReply,
     MapUpdateBatchRequest,
     MapUpdateRequest,
-    ObjFlag,
     ObjInfo,
-    ObjKind,
     ObjListReply,
     ObjListRequest,
-    ObjOrigin,
-    OffloadEncodeError,
-    OffloadProtocolError,
     ProgAttachRequest,
     ProgDetachRequest,
     ProgFreeRequest,
@@ -52,17 +50,23 @@ from vxdp.virtio.offload import (
     ProgLoadRequest,
     ProgQueryReply,
     ProgQueryRequest,
-    Reply,
     StateExportReply,
     StateExportRequest,
     StateImportRequest,
-    decode_reply,
-    decode_request,
-    decode_request_body,
-    encode_reply,
-    encode_request,
-    error_reply,
 )
+from vxdp.offload.wire import (
+    CTRL_CLASS_BPF,
+    MIN_REPLY,
+    AttachFlag,
+    Command,
+    Errno,
+    ObjFlag,
+    ObjKind,
+    ObjOrigin,
+    OffloadEncodeError,
+    OffloadProtocolError,
+)
+from vxdp.virtio.features import Experimental
 
 MAP = 7  # a guest map handle
 
@@ -151,7 +155,7 @@ def _ids(items):
 
 
 def test_numbers_chosen_in_the_spec():
-    assert FEATURE_BPF_OFFLOAD == 58 and CTRL_CLASS_BPF == 0x40 and MIN_REPLY == 64
+    assert Experimental.NET_BPF_OFFLOAD == 58 and CTRL_CLASS_BPF == 0x40 and MIN_REPLY == 64
 
 
 def test_samples_cover_every_request_and_reply():

@@ -20,19 +20,14 @@ from hypothesis import strategies as st
 
 from vxdp.bpf.isa import EXIT, Insn
 from vxdp.bpf.mapspec import MapType, possible_cpus
-from vxdp.host.offload import OffloadService, Policy
-from vxdp.host.offload.ctrl import BpfCommandHandler
 from vxdp.host.offload.errors import linux_errno
-from vxdp.host.offload.policy import Quota
-from vxdp.testing.netns import NetLab
-from vxdp.virtio.ctrl import CtrlRequest
-from vxdp.virtio.offload import (
-    MIN_REPLY,
-    AttachFlag,
-    CapsFlag,
+from vxdp.host.offload.handler import BpfCommandHandler
+from vxdp.host.offload.policy import Policy, Quota
+from vxdp.host.offload.service import OffloadService
+from vxdp.offload.codec import Reply, decode_reply, encode_request
+from vxdp.offload.layout import Message
+from vxdp.offload.messages import (
     CapsRequest,
-    Command,
-    Errno,
     MapCreateRequest,
     MapDeleteRequest,
     MapFreeRequest,
@@ -42,23 +37,28 @@ from vxdp.virtio.offload import (
     MapLookupRequest,
     MapUpdateBatchRequest,
     MapUpdateRequest,
-    Message,
-    ObjFlag,
-    ObjKind,
     ObjListRequest,
-    ObjOrigin,
     ProgAttachRequest,
     ProgDetachRequest,
     ProgFreeRequest,
     ProgLoadRequest,
     ProgQueryRequest,
-    Reply,
-    ReplyFlag,
     StateExportRequest,
     StateImportRequest,
-    decode_reply,
-    encode_request,
 )
+from vxdp.offload.wire import (
+    MIN_REPLY,
+    AttachFlag,
+    CapsFlag,
+    Command,
+    Errno,
+    ObjFlag,
+    ObjKind,
+    ObjOrigin,
+    ReplyFlag,
+)
+from vxdp.testing.netns import NetLab
+from vxdp.virtio.ctrl_framing import CtrlRequest
 
 pytestmark = pytest.mark.privileged
 
@@ -338,10 +338,10 @@ def test_an_internal_error_is_eio_and_one_log_line(caplog):
         dev = _dev()
         s.add_device(dev, "lo", negotiated=True)
         w = Wire(s, dev)
-        with caplog.at_level(logging.ERROR, logger="vxdp.host.offload.ctrl"):
+        with caplog.at_level(logging.ERROR, logger="vxdp.host.offload.handler"):
             r = w(CapsRequest())
         assert r.code == Errno.EIO and "device internal error" in r.text
-        lines = [rec.getMessage() for rec in caplog.records if rec.name == "vxdp.host.offload.ctrl"]
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "vxdp.host.offload.handler"]
         assert lines == [f"device {dev}: CAPS: internal error: ZeroDivisionError: bug"]
         assert w.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")).map == 1  # still serving
     finally:

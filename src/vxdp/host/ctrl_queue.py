@@ -25,9 +25,18 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from vxdp.virtio.ctrl import Ack, CtrlClass, CtrlError, CtrlReply, CtrlRequest, MacCmd, RxCmd, class_name
+from vxdp.offload.wire import DEVICE_MAX_REQUEST
+from vxdp.virtio.ctrl_framing import (
+    Ack,
+    CtrlClass,
+    CtrlError,
+    CtrlReply,
+    CtrlRequest,
+    MacCmd,
+    RxCmd,
+    class_name,
+)
 from vxdp.virtio.memory import GuestMemory, GuestMemoryError
-from vxdp.virtio.offload_wire import DEVICE_MAX_REQUEST
 from vxdp.virtio.virtqueue import QueueState, VirtqueueError
 
 log = logging.getLogger("vxdp.host")

@@ -2,7 +2,7 @@
 
 A command is rare (promiscuous mode, later the offload class's load/attach), so it is
 driven by the Python ``DriverQueue`` half, not a compiled kernel: the request
-(``class, command, data``; ``vxdp.virtio.ctrl.CtrlRequest``) goes into the first half
+(``class, command, data``; ``vxdp.virtio.ctrl_framing.CtrlRequest``) goes into the first half
 of the ctrl area as one device-readable descriptor, and a device-writable descriptor of
 ``1 + reply_capacity`` bytes follows it for the ack and the class's result. We kick the
 ctrl vring and wait for the used entry by polling its call eventfd with a short timeout,
@@ -18,8 +18,8 @@ from __future__ import annotations
 import select
 import time
 
-from vxdp.virtio.ctrl import Ack, CtrlClass, CtrlError, CtrlReply, CtrlRequest
-from vxdp.virtio.offload_wire import Command
+from vxdp.offload.wire import Command
+from vxdp.virtio.ctrl_framing import Ack, CtrlClass, CtrlError, CtrlReply, CtrlRequest
 
 from .rings import CTRL, GuestRings
 

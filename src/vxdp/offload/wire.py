@@ -15,8 +15,7 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
-FEATURE_BPF_OFFLOAD = 58  # VIRTIO_NET_F_BPF_OFFLOAD: unassigned in virtio-v1.4-cs01, below 64 for vhost-user
-CTRL_CLASS_BPF = 0x40  # VIRTIO_NET_CTRL_BPF (same value as vxdp.virtio.ctrl.CtrlClass.BPF)
+CTRL_CLASS_BPF = 0x40  # VIRTIO_NET_CTRL_BPF (same value as vxdp.virtio.ctrl_framing.CtrlClass.BPF)
 VERSION_MAJOR = 1
 VERSION_MINOR = 2  # 1.1 added MAP_FREEZE, 1.2 OBJ_LIST
 
@@ -143,6 +142,14 @@ def command_name(command: int) -> str:
         return Command(command).name
     except ValueError:
         return f"command {command:#04x}"
+
+
+def wire_name(name: str) -> str:
+    """``name`` as the wire's ``name[16]`` carries it: printable ASCII (anything else becomes ``_``),
+    at most 15 characters. The one rule for every name that goes on the wire (MAP_CREATE and PROG_LOAD
+    from the driver, OBJ_LIST and a state export from the device), so a name reads back as it was sent."""
+    clean = "".join(c if c.isascii() and c.isprintable() else "_" for c in name)
+    return clean[: NAME_LEN - 1]
 
 
 class OffloadProtocolError(ValueError):

@@ -8,8 +8,8 @@ from concurrent.futures import Future
 
 import pytest
 
-from vxdp.host.ctrlq import CtrlTable, Deferred, serve_ctrl
-from vxdp.virtio.ctrl import Ack, CtrlClass, CtrlReply, CtrlRequest, MacCmd, RxCmd
+from vxdp.host.ctrl_queue import CtrlTable, Deferred, serve_ctrl
+from vxdp.virtio.ctrl_framing import Ack, CtrlClass, CtrlReply, CtrlRequest, MacCmd, RxCmd
 from vxdp.virtio.memory import GuestMemory
 from vxdp.virtio.virtqueue import DESC_F_NEXT, DriverQueue, VirtqueueError
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vxdp.virtio.ctrl import (
+from vxdp.virtio.ctrl_framing import (
     Ack,
     CtrlClass,
     CtrlError,

@@ -1,6 +1,6 @@
 """The device end of the BPF control class: request bytes in, reply bytes out, through `OffloadService`.
 
-The host's ctrl-vq loop (``vxdp.host.ctrlq``) gathers the readable bytes of a chain,
+The host's ctrl-vq loop (``vxdp.host.ctrl_queue``) gathers the readable bytes of a chain,
 splits off the class byte, and for class ``VIRTIO_NET_CTRL_BPF`` calls
 `BpfCommandHandler.handle` with the command, the command-specific data and the size of
 the device-writable area; what comes back is written there verbatim (the ack byte
@@ -18,7 +18,7 @@ The order of checks is the spec's (docs/offload-protocol.md §2, §3, §6):
    the codec's message (command and field) as text;
 5. dispatch through `_HANDLERS` (one method per `Command`) to the service. PROG_LOAD's
    verifier pass comes back as a callable (`begin`): the ctrl queue runs it on this device's
-   worker thread and completes the chain when it is done (`vxdp.host.ctrlq.Deferred`).
+   worker thread and completes the chain when it is done (`vxdp.host.ctrl_queue.Deferred`).
 
 Refusal codes are Linux user-space errnos: a kernel-internal one (ENOTSUPP 524...) is mapped
 here (`errors.linux_errno`), the one place refusals become replies.
@@ -54,55 +54,51 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ...bpf.mapspec import MapType, percpu_value_stride, possible_cpus
-from ...virtio.ctrl import Ack, CtrlReply, CtrlRequest
-from ...virtio.offload import (
-    MIN_REPLY,
-    AttachFlag,
-    AttachPoint,
-    CapsFlag,
+from ...bpf.isa import ACTION_NAMES
+from ...offload.codec import Reply, decode_request_body, encode_reply, error_reply
+from ...offload.layout import Message
+from ...offload.messages import (
     CapsReply,
-    Command,
-    Errno,
     MapCreateReply,
     MapGetNextKeyReply,
     MapLookupBatchReply,
     MapLookupReply,
     MapUpdateBatchReply,
-    Message,
-    ObjFlag,
     ObjInfo,
-    ObjKind,
     ObjListReply,
-    ObjOrigin,
-    OffloadProtocolError,
     ProgLoadReply,
     ProgQueryReply,
-    Reply,
     StateExportReply,
-    StateImportFlag,
-    command_name,
-    decode_request_body,
-    encode_reply,
-    error_reply,
 )
-from ...virtio.offload_client import wire_name
-from ...virtio.offload_wire import (
+from ...offload.wire import (
     DEVICE_MAX_REQUEST,
     MAX_BATCH,
     MAX_CHUNK,
+    MIN_REPLY,
     OBJ_RECORD_SIZE,
     REPLY_HEADER_SIZE,
+    AttachFlag,
+    AttachPoint,
+    CapsFlag,
+    Command,
+    Errno,
+    ObjFlag,
+    ObjKind,
+    ObjOrigin,
+    OffloadProtocolError,
+    StateImportFlag,
+    command_name,
+    wire_name,
 )
-from ..ctrlq import Deferred
-from .device import Device, MapObj, ProgObj
+from ...virtio.ctrl_framing import Ack, CtrlReply, CtrlRequest
+from ..ctrl_queue import Deferred
 from .errors import OffloadError, linux_errno
 from .handles import Kind
+from .objects import Device, MapObj, ProgObj
 from .service import OffloadService
 
 log = logging.getLogger(__name__)
 
-XDP_ACTIONS = ("aborted", "drop", "pass", "tx", "redirect")  # PROG_QUERY actions[i], i = XDP action
 BPF_XDP_ATTACH_TYPE = 37  # enum bpf_attach_type BPF_XDP: the only expected_attach_type besides 0
 EXPORT_TOKEN_ROOM = 12  # the service's continuation token (snapshot serial, offset)
 LIST_TOKEN_SIZE = 4  # OBJ_LIST's token: le32, the handle to continue after
@@ -221,7 +217,7 @@ class BpfCommandHandler:
 
     def ctrl_handler(self, negotiated: Callable[[], bool]) -> Callable[[CtrlRequest, int], CtrlReply | Deferred]:
         """This handler in the ``(CtrlRequest, capacity) -> CtrlReply`` shape of
-        ``vxdp.host.ctrlq.CtrlTable``: ``negotiated()`` reads the device's feature state per command;
+        ``vxdp.host.ctrl_queue.CtrlTable``: ``negotiated()`` reads the device's feature state per command;
         the capacity is the chain's writable room, the ack included. A PROG_LOAD comes back
         `Deferred`: its verifier pass runs on this handler's worker thread, and the ctrl ring
         completes the chain (and those after it, in order) when it is done."""
@@ -315,13 +311,13 @@ class BpfCommandHandler:
         obj = self._map(req.map)
         items, token = self.service.map_lookup_batch(self.device, req.map, req.token or None, req.max_count)
         return Reply(payload=MapLookupBatchReply(
-            key_size=obj.spec.key_size, value_size=_wire_value_size(obj),
+            key_size=obj.spec.key_size, value_size=obj.spec.user_value_size(),
             keys=tuple(k for k, _ in items), values=tuple(v for _, v in items), token=token or b""))
 
     def map_update_batch(self, req) -> Reply:
         obj = self._map(req.map)
         for field, got, want in (("key_size", req.key_size, obj.spec.key_size),
-                                 ("value_size", req.value_size, _wire_value_size(obj))):
+                                 ("value_size", req.value_size, obj.spec.user_value_size())):
             if got != want:
                 raise _Refused(Errno.EINVAL, f"MAP_UPDATE_BATCH: {field} {got} is not the map's {want}",
                                MapUpdateBatchReply(0))
@@ -378,7 +374,7 @@ class BpfCommandHandler:
         if prog is None:
             raise _Refused(Errno.ENOENT, "attach point RX: no program attached")
         return Reply(payload=ProgQueryReply(prog["handle"], bytes.fromhex(prog["tag"]),
-                                            tuple(prog["actions"][a] for a in XDP_ACTIONS)))
+                                            tuple(prog["actions"][a] for a in ACTION_NAMES)))
 
     def state_export(self, req) -> Reply:
         # ack, header, blob(token), blob(chunk): the chunk takes what is left of the area
@@ -443,15 +439,6 @@ class _Refused(Exception):
 def _check_attach_point(point: int) -> None:
     if point != AttachPoint.RX:
         raise _Refused(Errno.EINVAL, f"attach point {point} does not exist (only 0, RX)")
-
-
-def _wire_value_size(obj: MapObj) -> int:
-    """A value's size on the wire: all CPUs' slots for a per-CPU map, a u32 handle for prog_array."""
-    if obj.spec.is_percpu:
-        return possible_cpus() * percpu_value_stride(obj.spec.value_size)
-    if obj.spec.type == MapType.PROG_ARRAY:
-        return 4
-    return obj.spec.value_size
 
 
 _HANDLERS: dict[Command, Callable[[BpfCommandHandler, Message], Reply]] = {

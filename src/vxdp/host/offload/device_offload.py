@@ -33,18 +33,18 @@ from collections.abc import Callable
 from typing import Any
 
 from vxdp.engine.registry import ProgramRegistry, RegistryError
-from vxdp.virtio.ctrl import CtrlClass
-from vxdp.virtio.offload import FEATURE_BPF_OFFLOAD
-from vxdp.virtio.offload_client import OffloadClient, OffloadEngine
-from vxdp.virtio.offload_record import OffloadRecord
+from vxdp.offload.client import OffloadClient
+from vxdp.offload.device_record import OffloadRecord
+from vxdp.offload.remote import OffloadEngine
+from vxdp.virtio.ctrl_framing import CtrlClass
+from vxdp.virtio.features import Experimental, has
 
-from .ctrlq import CtrlTable
-from .offload import OffloadService
-from .offload.ctrl import BpfCommandHandler
+from ..ctrl_queue import CtrlTable
+from .handler import BpfCommandHandler
+from .service import OffloadService
 
 log = logging.getLogger("vxdp.host")
 
-FEATURE_BIT = 1 << FEATURE_BPF_OFFLOAD
 
 
 class DeviceOffload:
@@ -63,7 +63,7 @@ class DeviceOffload:
     def negotiated(self) -> bool:
         """Whether the frontend acked the offload bit: read from the device's negotiated features, the one
         source the ctrl handler and ``host show`` (``offload_negotiated``) both use."""
-        return bool(self._features() & FEATURE_BIT)
+        return has(self._features(), Experimental.NET_BPF_OFFLOAD)
 
     def session_ended(self, negotiated: bool) -> None:
         """The frontend went away; ``negotiated``: it had acked the offload bit."""

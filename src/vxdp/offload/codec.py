@@ -9,141 +9,36 @@ they mean.
 
 Malformed peer bytes raise `OffloadProtocolError` (never another exception) whose
 ``code`` and message the device puts in its reply; messages our caller cannot encode
-raise `OffloadEncodeError`. The wire primitives are in `offload_wire`, the message
-dataclasses in `offload_msgs`; this module re-exports both.
-
-The feature bit `FEATURE_BPF_OFFLOAD` (58) is defined here and not in
-`vxdp.virtio.features`, which lists only bits the virtio spec assigns.
+raise `OffloadEncodeError`. Both, and the wire primitives, are in `vxdp.offload.wire`; the
+message dataclasses are in `vxdp.offload.messages`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ctrl import Ack, CtrlError, CtrlReply, CtrlRequest
-from .offload_msgs import (
+from ..virtio.ctrl_framing import Ack, CtrlError, CtrlReply, CtrlRequest
+from .layout import Message
+from .messages import (
     REPLIES,
     REQUESTS,
-    CapsReply,
-    CapsRequest,
-    MapCreateReply,
-    MapCreateRequest,
-    MapDeleteRequest,
-    MapFreeRequest,
-    MapFreezeRequest,
-    MapGetNextKeyReply,
-    MapGetNextKeyRequest,
-    MapLookupBatchReply,
-    MapLookupBatchRequest,
-    MapLookupReply,
-    MapLookupRequest,
-    MapUpdateBatchReply,
-    MapUpdateBatchRequest,
-    MapUpdateRequest,
-    Message,
-    ObjInfo,
-    ObjListReply,
-    ObjListRequest,
-    ProgAttachRequest,
-    ProgDetachRequest,
-    ProgFreeRequest,
-    ProgLoadReply,
-    ProgLoadRequest,
-    ProgQueryReply,
-    ProgQueryRequest,
-    StateExportReply,
-    StateExportRequest,
-    StateImportRequest,
 )
-from .offload_wire import (
+from .wire import (
     CTRL_CLASS_BPF,
-    FEATURE_BPF_OFFLOAD,
     MAX_REPLY,
     MAX_REQUEST,
     MAX_TEXT,
-    MIN_REPLY,
-    OBJ_RECORD_SIZE,
     REPLY_FLAGS_KNOWN,
     REPLY_HEADER_SIZE,
-    AttachFlag,
-    AttachPoint,
-    CapsFlag,
     Command,
     Errno,
-    ObjFlag,
-    ObjKind,
-    ObjOrigin,
     OffloadEncodeError,
     OffloadProtocolError,
     Reader,
     ReplyFlag,
-    StateImportFlag,
     Writer,
     command_name,
 )
-
-__all__ = [
-    "CTRL_CLASS_BPF",
-    "FEATURE_BPF_OFFLOAD",
-    "MIN_REPLY",
-    "OBJ_RECORD_SIZE",
-    "REPLIES",
-    "REQUESTS",
-    "AttachFlag",
-    "AttachPoint",
-    "CapsFlag",
-    "CapsReply",
-    "CapsRequest",
-    "Command",
-    "Errno",
-    "MapCreateReply",
-    "MapCreateRequest",
-    "MapDeleteRequest",
-    "MapFreeRequest",
-    "MapFreezeRequest",
-    "MapGetNextKeyReply",
-    "MapGetNextKeyRequest",
-    "MapLookupBatchReply",
-    "MapLookupBatchRequest",
-    "MapLookupReply",
-    "MapLookupRequest",
-    "MapUpdateBatchReply",
-    "MapUpdateBatchRequest",
-    "MapUpdateRequest",
-    "Message",
-    "ObjFlag",
-    "ObjInfo",
-    "ObjKind",
-    "ObjListReply",
-    "ObjListRequest",
-    "ObjOrigin",
-    "OffloadEncodeError",
-    "OffloadProtocolError",
-    "ProgAttachRequest",
-    "ProgDetachRequest",
-    "ProgFreeRequest",
-    "ProgLoadReply",
-    "ProgLoadRequest",
-    "ProgQueryReply",
-    "ProgQueryRequest",
-    "Reply",
-    "ReplyFlag",
-    "ReplyPayload",
-    "Request",
-    "StateExportReply",
-    "StateExportRequest",
-    "StateImportFlag",
-    "StateImportRequest",
-    "decode_reply",
-    "decode_request",
-    "decode_request_body",
-    "encode_reply",
-    "encode_request",
-    "error_reply",
-]
-
-Request = Message  # any of the *Request classes
-ReplyPayload = Message  # any of the *Reply classes
 
 
 @dataclass(frozen=True)
