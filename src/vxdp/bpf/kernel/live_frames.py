@@ -9,7 +9,7 @@ The call returns when all ``count`` frames have been run, so a generator that
 always answers TX has sent exactly ``count`` frames when it returns — which
 makes counting on the receiving side deterministic.
 
-Facts the caller must respect (see FIELD-NOTES):
+Facts the caller must respect (measured on kernel 6.18):
 - ``ctx_in`` is a 24-byte ``struct xdp_md`` whose ``ingress_ifindex`` is
   resolved in the network namespace of the *calling thread*: call from the
   namespace that holds the device (`send_live_frames_in` does it on a thread,
