@@ -65,6 +65,9 @@ class Machine:
     """
 
     MAX_TAIL_CALL_CNT = 33
+    # may_goto falls through this many times in a run, then jumps: the kernel's BPF_MAX_LOOPS. (Its x86
+    # JIT refills the count until ~250 ms have passed; either way the instruction budget ends first.)
+    MAX_LOOPS = 8 * 1024 * 1024
 
     def __init__(self, mem: Memory, maps: dict, programs: dict, helpers: dict):
         self.mem = mem
@@ -74,6 +77,7 @@ class Machine:
         self.regs: list[int] = [0] * 11
         self.frames: list[tuple] = []  # (code, return pc, r6, r7, r8, r9, r10) of each caller
         self.tail_calls = 0
+        self.loops_left = self.MAX_LOOPS
         self.code: list[Op] = []
         self.pc = 0
         self.xdp = None  # the XdpBuff of the current run
@@ -89,6 +93,7 @@ class Machine:
         regs[10] = ptr(STACK_RID, STACK_SIZE)
         self.frames.clear()
         self.tail_calls = 0
+        self.loops_left = self.MAX_LOOPS
         code, pc, name = prog.code, 0, prog.name
         left = budget
         while True:
@@ -222,6 +227,10 @@ def _jmp(insn: Insn, pc: int, n: int, m: Machine, code: list) -> Op:
         return _fault(f"jump to {target}, outside the program (0..{n - 1})")
     if op_ == JmpOp.JA:
         return lambda r: target
+    if op_ == JmpOp.JCOND:
+        if not wide or insn.src or d or imm or insn.code & 0x08:
+            return _fault(f"unknown jcond instruction (code {insn.code:#04x}, src {insn.src})")
+        return _may_goto(m, target, nxt)
     entry = _CMP.get(op_)
     if entry is None or d > 10 or s > 10:
         return _fault(f"unknown opcode {insn.code:#04x}")
@@ -251,6 +260,15 @@ def _jmp(insn: Insn, pc: int, n: int, m: Machine, code: list) -> Op:
         else:
             def op(r):
                 return target if cmp(r[d] & M32, k) else nxt
+    return op
+
+
+def _may_goto(m: Machine, target: int, nxt: int) -> Op:
+    def op(r):
+        if m.loops_left:
+            m.loops_left -= 1
+            return nxt
+        return target
     return op
 
 
