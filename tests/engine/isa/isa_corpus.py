@@ -198,6 +198,11 @@ def jmp_cases() -> Iterator[Case]:
                "goto again", expect=(15,))
     yield Case("jmp32.gotol(-n, loop)", "r1 = 4\nr0 = 0\nagain:\nr0 += 5\nr1 += -1\nif w1 == 0 goto +1\n"
                "gotol again", expect=(20,))
+    # a jump beyond the 16-bit offset of goto; the block it skips is reachable from the branch before it
+    block = "\n".join(["r0 += 1"] * 33000)
+    for a in (0, 1):
+        yield Case(f"jmp32.gotol(+33000, r1={a})", f"{_load(1)}\nr0 = 0\nif r1 == 0 goto +1\ngotol end\n"
+                   f"{block}\nend:", args=(a,), expect=(33000 if a == 0 else 0,))
     yield Case("jmp.may_goto(falls through)", "r0 = 1\nmay_goto +1\nr0 = 7", expect=(7,))
     yield Case("jmp.may_goto(bounded loop)", "r0 = 0\nagain:\nmay_goto done\nr0 += 1\nif r0 < 10 goto again\n"
                "done:\nr0 += 100", expect=(110,))
@@ -246,6 +251,16 @@ def mem_cases() -> Iterator[Case]:
                        f"if r4 > r3 goto +1\nr0 = *({name} *)(r2 +14)")
     yield Case("ldx.u32.stack(-512, bottom)",
                f"{_load(1)}\n*(u64 *)(r10 -512) = r1\nr0 = *(u32 *)(r10 -508)", args=(STACK_INIT,))
+    for sz, n in SIZES.items():
+        yield Case(f"stx.{sz}.packet(+13)", "r2 = *(u32 *)(r1 +0)\nr3 = *(u32 *)(r1 +4)\nr4 = r2\nr4 += 32\n"
+                   f"{_load(5)}\nif r4 > r3 goto +1\n*({sz} *)(r2 +13) = r5\nr0 = 0", args=(STORED,))
+        yield Case(f"st.{sz}.packet(+3, imm -2)", "r2 = *(u32 *)(r1 +0)\nr3 = *(u32 *)(r1 +4)\nr4 = r2\n"
+                   f"r4 += 32\nif r4 > r3 goto +1\n*({sz} *)(r2 +3) = -2\nr0 = 0")
+    for k in (0, 8):
+        yield Case(f"ldx.u64.stack(variable offset {k - 16:+d})",
+                   f"{_load(1, 2, 3)}\n*(u64 *)(r10 -16) = r2\n*(u64 *)(r10 -8) = r3\nr1 &= 8\nr4 = r10\n"
+                   "r4 += -16\nr4 += r1\nr0 = *(u64 *)(r4 +0)", args=(k, 0x1111, 0x2222),
+                   expect=(0x2222 if k else 0x1111,))
     yield Case("stx.u64.stack(spill and fill a map value pointer)",
                "*(u64 *)(r10 -8) = r8\nr8 = 0\nr1 = *(u64 *)(r10 -8)\nr0 = *(u64 *)(r1 +8)",
                args=(1, 0x5555AAAA5555AAAA), expect=(0x5555AAAA5555AAAA,))
@@ -295,6 +310,18 @@ def atomic_cases() -> Iterator[Case]:
             yield Case(f"atomic{w}.cmpxchg.{what}.{tag}",
                        f"{pre}r0 = *(u64 *)(r8 +16)\nr0 = atomic{bits}_cmpxchg(({sz} *){where}, r0, r2){after}",
                        ("r3", "r0"), (a, b, expected))
+    # a 32-bit atomic on the upper half of a 64-bit slot
+    for mem, where in [("stack", "(r10 -4)"), ("map_value", "(r8 +4)")]:
+        init = "*(u64 *)(r10 -8) = r1\n" if mem == "stack" else ""
+        after = "r3 = *(u64 *)(r10 -8)" if mem == "stack" else "r3 = *(u64 *)(r8 +0)"
+        a, b = 0xFFFFFFFF_FFFFFFFF, 0x1_0000_0002
+        yield Case(f"atomic32.fetch_add.{mem}(upper half, {_h(a)},{_h(b)})",
+                   f"{_load(1, 2)}\n{init}r2 = atomic_fetch_add((u32 *){where}, r2)\n{after}", ("r3", "r2"),
+                   (a, b), expect=(0x00000001_FFFFFFFF, 0xFFFFFFFF))
+        yield Case(f"atomic32.cmpxchg.{mem}(upper half)",
+                   f"{_load(1, 2, 0)}\n{init}r0 = atomic_cmpxchg((u32 *){where}, r0, r2)\n{after}", ("r3", "r0"),
+                   (0x12345678_9ABCDEF0, 0xAAAAAAAA_55555555, 0xFFFFFFFF_12345678),
+                   expect=(0x55555555_9ABCDEF0, 0x12345678))
     # the fetched register is the source register, even when it is also the base
     yield Case("atomic64.fetch_add.stack(src is r0)",
                f"{_load(1, 0)}\n*(u64 *)(r10 -8) = r1\nr0 = atomic64_fetch_add((u64 *)(r10 -8), r0)\n"
@@ -389,6 +416,8 @@ REFUSED = [
     Case("ldsx.s64", "r1 = 0\n*(u64 *)(r10 -8) = r1\nraw(code=0x99, dst=0, src=10, off=-8, imm=0)"),
     Case("ldsx.s32.ctx", "r0 = *(s32 *)(r1 +0)"),
     Case("atomic.u16.add", "r1 = 0\n*(u64 *)(r10 -8) = r1\nraw(code=0xcb, dst=10, src=1, off=-8, imm=0)"),
+    Case("alu64.addr_space_cast(no arena)", "r1 = 0\nr0 = addr_space_cast(r1, 0, 1)"),
+    Case("jmp.ja(-1, loops forever)", "r0 = 0\ngoto -1"),
     Case("jmp.ja(unreachable insn)", "r0 = 1\ngoto +1\nr0 = 0"),
     Case("stx.u16.stack(misaligned -7)", "r0 = 0\n*(u64 *)(r10 -8) = r0\n*(u16 *)(r10 -7) = r0"),
     # without BTF func_info the kernel allows bpf_tail_call only in the main program

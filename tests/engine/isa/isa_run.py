@@ -5,7 +5,7 @@ each engine creates the same maps, and the text is assembled once per engine wit
 engine's handles in the placeholders (kernel fds, interpreter slots), so the two
 programs differ in nothing else. After one test run the ``out`` map's value is read
 back: the bytes the program stored there (every output register, all 64 bits) are
-what the two engines must agree on, together with the XDP action.
+what the two engines must agree on, together with the XDP action and the packet.
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def func_info(insns: list[Insn]) -> list[FuncInfo]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a run left behind: the XDP action and the ``out`` map's value."""
+    """What a run left behind: the XDP action, the ``out`` map's value and the packet."""
 
     action: int
     out: bytes
+    packet: bytes
     fault: str | None = None
 
     def words(self) -> list[int]:
@@ -88,7 +89,7 @@ def run_kernel(case: Case) -> Outcome:
         else:
             kp = stack.enter_context(KernelProgram.load(main, name="isa_case"))
         r = kp.test_run(PACKET)
-        return Outcome(r.retval, maps["out"].lookup(KEY0))
+        return Outcome(r.retval, maps["out"].lookup(KEY0), r.data_out)
 
 
 def run_interp(case: Case) -> Outcome:
@@ -100,6 +101,6 @@ def run_interp(case: Case) -> Outcome:
             h = engine.load_program(f"isa_t{i}", insns)
             maps["jmp"].update(i.to_bytes(4, "little"), h.to_bytes(4, "little"))
         r = engine.run(engine.load_program("isa_case", main), PACKET)
-        return Outcome(r.action, maps["out"].lookup(KEY0), r.fault)
+        return Outcome(r.action, maps["out"].lookup(KEY0), r.packet, r.fault)
     finally:
         engine.close()

@@ -2,7 +2,7 @@
 
 Each case runs once under BPF_PROG_TEST_RUN in the host kernel and once in the
 interpreter; the XDP action and every output register, all 64 bits (the bytes the
-program stored in its ``out`` map), must be equal, and so must the action and any
+program stored in its ``out`` map), must be equal, and so must the action, the packet and any
 value the case states by hand. The kernel must also keep refusing the instructions `REFUSED` lists,
 so that list stays true for the kernel we run on.
 """
@@ -28,6 +28,7 @@ def test_case_matches_kernel(case):
     assert interp.fault is None
     assert interp.action == kernel.action == case.action
     assert [hex(w) for w in interp.words()] == [hex(w) for w in kernel.words()]
+    assert interp.packet == kernel.packet
     if case.expect is not None:
         assert tuple(kernel.words()[:len(case.expect)]) == case.expect
 
