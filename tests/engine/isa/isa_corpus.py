@@ -401,27 +401,39 @@ def cases() -> list[Case]:
 
 # --- what the kernel refuses ------------------------------------------------------------------
 
+PKT_GUARD_8 = "r2 = *(u32 *)(r1 +0)\nr3 = *(u32 *)(r1 +4)\nr4 = r2\nr4 += 8\nr0 = 0\nif r4 > r3 goto +2\n"
+
+# (what the verifier's log says, the case)
 REFUSED = [
-    Case("alu64.div.imm(0)", "r0 = 1\nr0 /= 0"),
-    Case("alu32.mod.imm(0)", "w0 = 1\nw0 %= 0"),
-    Case("alu64.sdiv.imm(0)", "r0 = 1\nr0 s/= 0"),
-    Case("alu64.lsh.imm(64)", "r0 = 1\nr0 <<= 64"),
-    Case("alu32.rsh.imm(32)", "w0 = 1\nw0 >>= 32"),
-    Case("alu32.movsx32", "r1 = 1\nw0 = (s32)w1"),
-    Case("alu64.bswap(src bit)", "r0 = 1\nraw(code=0xdf, dst=0, src=0, off=0, imm=16)"),
-    Case("alu64.mov(dst r10)", "r10 = 0"),
-    Case("alu64.mov(uninitialised src)", "r0 = r5"),
-    Case("ld.abs.u8", "r6 = r1\nr0 = *(u8 *)skb[0]"),
-    Case("ld.ind.u16", "r6 = r1\nr7 = 0\nr0 = *(u16 *)skb[r7 + 0]"),
-    Case("ldsx.s64", "r1 = 0\n*(u64 *)(r10 -8) = r1\nraw(code=0x99, dst=0, src=10, off=-8, imm=0)"),
-    Case("ldsx.s32.ctx", "r0 = *(s32 *)(r1 +0)"),
-    Case("atomic.u16.add", "r1 = 0\n*(u64 *)(r10 -8) = r1\nraw(code=0xcb, dst=10, src=1, off=-8, imm=0)"),
-    Case("alu64.addr_space_cast(no arena)", "r1 = 0\nr0 = addr_space_cast(r1, 0, 1)"),
-    Case("jmp.ja(-1, loops forever)", "r0 = 0\ngoto -1"),
-    Case("jmp.ja(unreachable insn)", "r0 = 1\ngoto +1\nr0 = 0"),
-    Case("stx.u16.stack(misaligned -7)", "r0 = 0\n*(u64 *)(r10 -8) = r0\n*(u16 *)(r10 -7) = r0"),
+    ("div by zero", Case("alu64.div.imm(0)", "r0 = 1\nr0 /= 0")),
+    ("div by zero", Case("alu32.mod.imm(0)", "w0 = 1\nw0 %= 0")),
+    ("div by zero", Case("alu64.sdiv.imm(0)", "r0 = 1\nr0 s/= 0")),
+    ("invalid shift 64", Case("alu64.lsh.imm(64)", "r0 = 1\nr0 <<= 64")),
+    ("invalid shift 32", Case("alu32.rsh.imm(32)", "w0 = 1\nw0 >>= 32")),
+    ("BPF_MOV uses reserved fields", Case("alu32.movsx32", "r1 = 1\nw0 = (s32)w1")),
+    ("unknown opcode df", Case("alu64.bswap(src bit)", "r0 = 1\nraw(code=0xdf, dst=0, src=0, off=0, imm=16)")),
+    ("associated arena", Case("alu64.addr_space_cast(no arena)", "r1 = 0\nr0 = addr_space_cast(r1, 0, 1)")),
+    ("frame pointer is read only", Case("alu64.mov(dst r10)", "r10 = 0")),
+    ("R5 !read_ok", Case("alu64.mov(uninitialised src)", "r0 = r5")),
+    ("BPF_LD_[ABS|IND] instructions not allowed", Case("ld.abs.u8", "r6 = r1\nr0 = *(u8 *)skb[0]")),
+    ("BPF_LD_[ABS|IND] instructions not allowed", Case("ld.ind.u16", "r6 = r1\nr7 = 0\nr0 = *(u16 *)skb[r7 + 0]")),
+    ("unknown opcode 99", Case("ldsx.s64", "r1 = 0\n*(u64 *)(r10 -8) = r1\n"
+                                           "raw(code=0x99, dst=0, src=10, off=-8, imm=0)")),
+    ("invalid bpf_context access", Case("ldsx.s32.ctx", "r0 = *(s32 *)(r1 +0)")),
+    ("invalid bpf_context access", Case("st.u32.ctx", "*(u32 *)(r1 +0) = 0\nr0 = 0")),
+    ("misaligned stack access", Case("stx.u16.stack(misaligned -7)",
+                                     "r0 = 0\n*(u64 *)(r10 -8) = r0\n*(u16 *)(r10 -7) = r0")),
+    ("write into map forbidden", Case("stx.u64.rodata", "r1 = map[fd:{ro}][0]+0 ll\nr0 = 0\n*(u64 *)(r1 +0) = r0",
+                                      ro=bytes(8))),
+    ("invalid atomic operand size", Case("atomic.u16.add", "r1 = 0\n*(u64 *)(r10 -8) = r1\n"
+                                                           "raw(code=0xcb, dst=10, src=1, off=-8, imm=0)")),
+    ("BPF_ATOMIC stores into R2 pkt is not allowed",
+     Case("atomic64.add.packet", f"{PKT_GUARD_8}r5 = 1\nlock *(u64 *)(r2 +0) += r5")),
+    ("unreachable insn", Case("jmp.ja(unreachable insn)", "r0 = 1\ngoto +1\nr0 = 0")),
+    ("infinite loop detected", Case("jmp.ja(-1, loops forever)", f"{_load(1)}\nr0 = 0\nif r1 == 0 goto +1\ngoto -1",
+                                    args=(1,))),
     # without BTF func_info the kernel allows bpf_tail_call only in the main program
-    Case("tail_call(from a subprogram, no BTF)", "call f\nr6 = r0", ("r6",),
-         tail="f:\nr2 = map[fd:{jmp}] ll\nr3 = 0\ncall bpf_tail_call\nr0 = 0\nexit",
-         tail_progs=("r0 = 3\nexit",)),
+    ("tail_call is not allowed in subprogs without BTF",
+     Case("tail_call(from a subprogram, no BTF)", "call f\nr6 = r0", ("r6",),
+          tail="f:\nr2 = map[fd:{jmp}] ll\nr3 = 0\ncall bpf_tail_call\nr0 = 0\nexit", tail_progs=("r0 = 3\nexit",))),
 ]

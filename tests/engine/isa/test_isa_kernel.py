@@ -34,10 +34,11 @@ def test_case_matches_kernel(case):
 
 
 @pytest.mark.privileged
-@pytest.mark.parametrize("case", REFUSED, ids=[c.name for c in REFUSED])
-def test_kernel_refuses(case):
-    with pytest.raises(VerifierError):
+@pytest.mark.parametrize("reason,case", REFUSED, ids=[c.name for _, c in REFUSED])
+def test_kernel_refuses(reason, case):
+    with pytest.raises(VerifierError) as e:
         run_kernel(case)
+    assert reason in e.value.log
 
 
 def test_corpus_text_round_trips():
