@@ -367,6 +367,27 @@ def call_cases() -> Iterator[Case]:
                args=(1, 2), expect=(77,))
 
 
+LOOP_CB = ("cb:\nr6 = 99\nr3 = *(u64 *)(r2 +0)\nr3 += r1\n*(u64 *)(r2 +0) = r3\nr0 = 0\nif r1 < 6 goto +1\n"
+           "r0 = 1\nexit")
+
+
+def loop_cases() -> Iterator[Case]:
+    """``lddw`` of a function address (src FUNC) and ``bpf_loop`` calling it: the kernel wants func_info."""
+    def body(nr: str, flags: int = 0) -> str:
+        return (f"{_load(6)}\n{nr}\nr2 = func[cb] ll\nr3 = 0\n*(u64 *)(r10 -8) = r3\nr3 = r10\nr3 += -8\n"
+                f"r4 = {flags}\ncall bpf_loop\nr7 = *(u64 *)(r10 -8)")
+    outs = ("r0", "r7", "r6")
+    yield Case("ld.imm64.func(bpf_loop, callback stops it)", body("r1 = 10"), outs, (5,), LOOP_CB, btf=True,
+               expect=(7, 21, 5))
+    yield Case("ld.imm64.func(bpf_loop, runs nr times)", body("r1 = 4"), outs, (5,), LOOP_CB, btf=True,
+               expect=(4, 6, 5))
+    yield Case("ld.imm64.func(bpf_loop, nr 0)", body("r1 = 0"), outs, (5,), LOOP_CB, btf=True, expect=(0, 0, 5))
+    yield Case("ld.imm64.func(bpf_loop, flags 1: -EINVAL)", body("r1 = 4", 1), outs, (5,), LOOP_CB, btf=True,
+               expect=(M64 - 21, 0, 5))
+    yield Case("ld.imm64.func(bpf_loop, nr past BPF_MAX_LOOPS: -E2BIG)", body("r1 = *(u64 *)(r8 +8)"), outs,
+               (5, (1 << 23) + 1), LOOP_CB, btf=True, expect=(M32 - 6, 0, 5))  # inlined: a 32-bit -E2BIG
+
+
 TAIL_SET = "r2 = map[fd:{jmp}] ll\nr3 = {i}\ncall bpf_tail_call"
 
 
@@ -393,7 +414,7 @@ def tail_call_cases() -> Iterator[Case]:
 
 
 def cases() -> list[Case]:
-    out = [*alu_cases(), *jmp_cases(), *mem_cases(), *atomic_cases(), *call_cases(), *tail_call_cases()]
+    out = [*alu_cases(), *jmp_cases(), *mem_cases(), *atomic_cases(), *call_cases(), *loop_cases(), *tail_call_cases()]
     names = [c.name for c in out]
     assert len(names) == len(set(names)), "case names are test ids and must be unique"
     return out

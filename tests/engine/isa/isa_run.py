@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from isa_corpus import PACKET, Case
 
 from vxdp.bpf.asm import assemble
-from vxdp.bpf.isa import Insn
+from vxdp.bpf.isa import Insn, PseudoSrc
 from vxdp.bpf.kernel import KernelBtf, KernelMap, KernelProgram
 from vxdp.bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType
 from vxdp.bpf.obj import FuncInfo
@@ -37,8 +37,10 @@ FUNC_BTF = (struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(_TYPES), len(_TYPE
 
 
 def func_info(insns: list[Insn]) -> list[FuncInfo]:
-    """func_info for a program: the main function at 0, every bpf-to-bpf call target a static one."""
-    starts = sorted({pc + 1 + insn.imm for pc, insn in enumerate(insns) if insn.is_subprog_call})
+    """func_info for a program: the main function at 0, and a static one at every bpf-to-bpf call's
+    target and every function address (``lddw`` of a callback)."""
+    starts = sorted({pc + 1 + insn.imm for pc, insn in enumerate(insns)
+                     if insn.is_subprog_call or insn.is_lddw and insn.src == PseudoSrc.FUNC})
     return [FuncInfo(0, 3), *(FuncInfo(start, 4) for start in starts)]
 
 
