@@ -1,27 +1,28 @@
-"""Running one corpus case on both engines: the host kernel (the oracle) and the interpreter.
+"""Running one corpus case on an engine: the host kernel (the oracle), the interpreter, any other.
 
-A case's text names its maps by placeholder (``{out}``, ``{args}``, ``{ro}``, ``{jmp}``);
-each engine creates the same maps, and the text is assembled once per engine with that
-engine's handles in the placeholders (kernel fds, interpreter slots), so the two
-programs differ in nothing else. After one test run the ``out`` map's value is read
-back: the bytes the program stored there (every output register, all 64 bits) are
-what the two engines must agree on, together with the XDP action and the packet.
+A case's text names its maps by placeholder (``{out}``, ``{args}``, ``{ro}``, ``{jmp}``).
+Each engine creates the same maps through the `Engine` interface and the text is
+assembled once per engine with that engine's handles in the placeholders (kernel fds,
+interpreter slots), so the programs differ in nothing else; another engine (the JIT)
+runs the corpus through `run_case` the same way. After one test run the ``out`` map's
+value is read back: the bytes the program stored there (every output register, all 64
+bits) are what the engines must agree on, together with the XDP action and the packet.
 """
 
 from __future__ import annotations
 
 import struct
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 from isa_corpus import PACKET, Case
 
 from vxdp.bpf.asm import assemble
 from vxdp.bpf.isa import Insn, PseudoSrc
-from vxdp.bpf.kernel import KernelBtf, KernelMap, KernelProgram
 from vxdp.bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType
 from vxdp.bpf.obj import FuncInfo
+from vxdp.engine.base import Engine
 from vxdp.engine.interp import InterpEngine
+from vxdp.engine.kernel import KernelEngine
 
 KEY0 = bytes(4)
 
@@ -77,32 +78,30 @@ def programs(case: Case, handles: dict[str, int]) -> tuple[list[Insn], list[list
             [assemble(t.format(**handles)) for t in case.tail_progs])
 
 
+def run_case(engine: Engine, case: Case) -> Outcome:
+    """Make the case's maps on ``engine``, load its programs (tail-call targets into ``{jmp}``),
+    run the main one once on `PACKET` and read the ``out`` map back. Any engine will do."""
+    maps = {name: engine.create_map(spec) for name, spec in map_specs(case).items()}
+    main, targets = programs(case, {name: m.handle for name, m in maps.items()})
+    for i, insns in enumerate(targets):
+        h = engine.load_program(f"isa_t{i}", insns)
+        maps["jmp"].update(i.to_bytes(4, "little"), h.to_bytes(4, "little"))
+    extra = {"btf": FUNC_BTF, "func_info": func_info(main)} if case.btf else {}
+    r = engine.run(engine.load_program("isa_case", main, **extra), PACKET)
+    return Outcome(r.action, maps["out"].lookup(KEY0), r.packet, getattr(r, "fault", None))
+
+
 def run_kernel(case: Case) -> Outcome:
-    with ExitStack() as stack:
-        maps = {name: stack.enter_context(KernelMap.create(spec)) for name, spec in map_specs(case).items()}
-        main, targets = programs(case, {name: m.fd for name, m in maps.items()})
-        for i, insns in enumerate(targets):
-            kp = stack.enter_context(KernelProgram.load(insns, name=f"isa_t{i}"))
-            maps["jmp"].update(i.to_bytes(4, "little"), kp.fd.to_bytes(4, "little"))
-        if case.btf:
-            btf = stack.enter_context(KernelBtf.load(FUNC_BTF))
-            kp = stack.enter_context(KernelProgram.load(main, name="isa_case", btf_fd=btf.fd,
-                                                        func_info=func_info(main)))
-        else:
-            kp = stack.enter_context(KernelProgram.load(main, name="isa_case"))
-        r = kp.test_run(PACKET)
-        return Outcome(r.retval, maps["out"].lookup(KEY0), r.data_out)
+    engine = KernelEngine()
+    try:
+        return run_case(engine, case)
+    finally:
+        engine.close()
 
 
 def run_interp(case: Case) -> Outcome:
     engine = InterpEngine(seed=1)
     try:
-        maps = {name: engine.create_map(spec) for name, spec in map_specs(case).items()}
-        main, targets = programs(case, {name: m.handle for name, m in maps.items()})
-        for i, insns in enumerate(targets):
-            h = engine.load_program(f"isa_t{i}", insns)
-            maps["jmp"].update(i.to_bytes(4, "little"), h.to_bytes(4, "little"))
-        r = engine.run(engine.load_program("isa_case", main), PACKET)
-        return Outcome(r.action, maps["out"].lookup(KEY0), r.packet, r.fault)
+        return run_case(engine, case)
     finally:
         engine.close()
