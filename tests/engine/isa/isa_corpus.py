@@ -18,13 +18,18 @@ and never r9. Immediates are, of course, in the instruction.
 
 ``{ro}`` names a frozen read-only global-data map (``.rodata`` style) when a case gives
 ``ro``; ``{jmp}`` a prog_array whose slot ``i`` holds ``tail_progs[i]``, programs that
-see the same placeholders. A case's name is its test id: the instruction and operands.
+see the same placeholders. A case with ``btf`` loads in the kernel with func_info (a
+minimal BTF): the kernel wants it for ``bpf_tail_call`` inside a subprogram and for
+function addresses (``lddw`` src FUNC, the ``bpf_loop`` callback). A case's name is its
+test id: the instruction and operands.
 
-`REFUSED` lists instructions the kernel (6.18) refuses for a privileged XDP program:
-constant division by zero, constant shifts past the width, the legacy packet loads
-(XDP has no skb), 64-bit sign-extending loads, 8- and 16-bit read-modify-write atomics,
-a 32-bit ``movsx`` from 32 bits, ``bswap`` with the source bit, misaligned stack access,
-unreachable instructions, and ``bpf_tail_call`` in a subprogram of a program without BTF.
+`REFUSED` lists, with the reason the verifier's log gives, what the kernel (6.18) refuses
+for a privileged XDP program: constant division by zero, constant shifts past the width,
+the legacy packet loads (XDP has no skb), 64-bit sign-extending loads, sign-extending and
+store access to the context, 8- and 16-bit read-modify-write atomics and atomics on the
+packet, a 32-bit ``movsx`` from 32 bits, ``bswap`` with the source bit, an arena cast
+without an arena, misaligned stack access, stores to a read-only map, unreachable code,
+an endless loop, and ``bpf_tail_call`` in a subprogram of a program without BTF.
 """
 
 from __future__ import annotations
