@@ -73,7 +73,7 @@ JMP_OP_TEXT = {
     JmpOp.JSLE: "s<=",
 }
 
-JCOND = 0xE0  # BPF_JCOND: ``may_goto`` when src == 0 (kernel 6.9+)
+JCOND = JmpOp.JCOND  # ``may_goto`` when src == 0 (kernel 6.9+)
 MOVSX_OFFSETS_ALU64 = (8, 16, 32)
 MOVSX_OFFSETS_ALU = (8, 16)
 ADDR_SPACE_CAST_OFF = 1  # ALU64 | MOV | X with off == 1: arena address-space cast

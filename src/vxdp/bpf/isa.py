@@ -101,6 +101,7 @@ class JmpOp(IntEnum):
     JLE = 0xB0
     JSLT = 0xC0
     JSLE = 0xD0
+    JCOND = 0xE0  # ``may_goto`` (src 0): kernel 6.9+
 
 
 class AtomicOp(IntEnum):

@@ -3,8 +3,8 @@
 Each helper is ``f(machine, r1, r2, r3, r4, r5) -> int`` (the machine masks the
 result to 64 bits, so a negative errno comes out as the kernel's sign-extended
 ``-E...``). Pointer arguments are checked through the machine's memory, so a
-helper handed a bad pointer faults like a bad load would. ``tail_call`` is not
-here: it changes control flow, so the machine implements it.
+helper handed a bad pointer faults like a bad load would. ``tail_call`` and
+``loop`` are not here: they change control flow, so the machine implements them.
 
 ``csum_diff`` follows net/core/filter.c since 6.12 ("bpf_csum_diff: optimize and
 homogenize for all archs"): a ``csum_partial`` of each side combined with

@@ -17,6 +17,7 @@ becomes a fault with a reason, and the run ends XDP_ABORTED.
 
 from __future__ import annotations
 
+import errno
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from ...bpf.helpers import Helper
 from ...bpf.isa import AluOp, Cls, Insn, JmpOp, Mode, PseudoCall, PseudoSrc, Size, lddw_value
 from . import alu
-from .memory import CTX_RID, MAPS_RID, MAX_CALL_FRAMES, STACK_RID, STACK_SIZE, Fault, Memory, ptr
+from .memory import CTX_RID, FUNC_RID, MAPS_RID, MAX_CALL_FRAMES, STACK_RID, STACK_SIZE, Fault, Memory, ptr
 
 M32 = alu.M32
 M64 = alu.M64
@@ -47,6 +48,10 @@ class _Switch(Exception):
     """Continue in another instruction list: ``machine.code`` at ``machine.pc``."""
 
 
+# The "caller" of a helper's callback: its exit switches here, which ends `Machine.call_function`.
+_CALLBACK: list = []
+
+
 @dataclass
 class Program:
     """A loaded program: its instructions and their closures (one per slot, plus an end guard)."""
@@ -65,6 +70,9 @@ class Machine:
     """
 
     MAX_TAIL_CALL_CNT = 33
+    # may_goto falls through this many times in a run, then jumps: the kernel's BPF_MAX_LOOPS. (Its x86
+    # JIT refills the count until ~250 ms have passed; either way the instruction budget ends first.)
+    MAX_LOOPS = 8 * 1024 * 1024
 
     def __init__(self, mem: Memory, maps: dict, programs: dict, helpers: dict):
         self.mem = mem
@@ -74,6 +82,8 @@ class Machine:
         self.regs: list[int] = [0] * 11
         self.frames: list[tuple] = []  # (code, return pc, r6, r7, r8, r9, r10) of each caller
         self.tail_calls = 0
+        self.loops_left = self.MAX_LOOPS
+        self.callback_budget = 0  # instructions left for callbacks in this run (beside the main budget)
         self.code: list[Op] = []
         self.pc = 0
         self.xdp = None  # the XdpBuff of the current run
@@ -89,6 +99,8 @@ class Machine:
         regs[10] = ptr(STACK_RID, STACK_SIZE)
         self.frames.clear()
         self.tail_calls = 0
+        self.loops_left = self.MAX_LOOPS
+        self.callback_budget = budget
         code, pc, name = prog.code, 0, prog.name
         left = budget
         while True:
@@ -123,6 +135,45 @@ class Machine:
         self.tail_calls += 1
         self.code, self.pc = self.programs[handle].code, 0
         raise _Switch
+
+    def loop(self, code: list[Op], nr: int, fn: int, ctx: int, flags: int) -> int:
+        """``bpf_loop``: call the function at ``fn`` with (i, ctx) up to ``nr`` times, stopping after
+        a call that returns non-zero; return how many calls ran (kernel/bpf/bpf_iter.c).
+
+        With flags 0 the kernel's verifier inlines the loop (``inline_bpf_loop``), whose -E2BIG is a
+        32-bit move, so zero-extended; we answer so. (Were ``flags`` zero only at run time, the
+        kernel's helper would sign-extend it; clang always passes a constant.)"""
+        if flags:
+            return -errno.EINVAL
+        nr &= M32
+        if nr > self.MAX_LOOPS:
+            return -errno.E2BIG & M32
+        if fn >> 32 != FUNC_RID:
+            raise Fault(f"loop: {fn:#x} is not a function address")
+        for i in range(nr):
+            if self.call_function(code, fn & M32, i, ctx):
+                return i + 1
+        return nr
+
+    def call_function(self, code: list[Op], pc: int, *args: int) -> int:
+        """Run the function at ``pc`` of ``code`` for a helper, in a new call frame with ``args`` in
+        r1..r5, and return its r0. The caller's r6-r10 come back as a bpf-to-bpf call's do."""
+        regs, frames = self.regs, self.frames
+        if len(frames) + 1 >= MAX_CALL_FRAMES:
+            raise Fault(f"call depth exceeds {MAX_CALL_FRAMES} frames")
+        frames.append((_CALLBACK, 0, regs[6], regs[7], regs[8], regs[9], regs[10]))
+        regs[1:6] = [*args, 0, 0, 0, 0, 0][:5]
+        regs[10] = ptr(STACK_RID + len(frames), STACK_SIZE)
+        steps = 0
+        try:
+            for steps in range(self.callback_budget):
+                pc = code[pc](regs)
+            raise Fault("instruction budget exhausted in a callback")
+        except _Switch:
+            if self.code is not _CALLBACK:
+                raise Fault("tail call inside a callback") from None
+        self.callback_budget -= steps + 1
+        return regs[0]
 
     def map_at(self, value: int, what: str):
         """The map a ``lddw MAP_FD`` pointer names, or a fault."""
@@ -222,6 +273,10 @@ def _jmp(insn: Insn, pc: int, n: int, m: Machine, code: list) -> Op:
         return _fault(f"jump to {target}, outside the program (0..{n - 1})")
     if op_ == JmpOp.JA:
         return lambda r: target
+    if op_ == JmpOp.JCOND:
+        if not wide or insn.src or d or imm or insn.code & 0x08:
+            return _fault(f"unknown jcond instruction (code {insn.code:#04x}, src {insn.src})")
+        return _may_goto(m, target, nxt)
     entry = _CMP.get(op_)
     if entry is None or d > 10 or s > 10:
         return _fault(f"unknown opcode {insn.code:#04x}")
@@ -251,6 +306,15 @@ def _jmp(insn: Insn, pc: int, n: int, m: Machine, code: list) -> Op:
         else:
             def op(r):
                 return target if cmp(r[d] & M32, k) else nxt
+    return op
+
+
+def _may_goto(m: Machine, target: int, nxt: int) -> Op:
+    def op(r):
+        if m.loops_left:
+            m.loops_left -= 1
+            return nxt
+        return target
     return op
 
 
@@ -292,6 +356,11 @@ def _call(insn: Insn, pc: int, n: int, m: Machine, code: list) -> Op:
     if insn.imm == Helper.tail_call:
         def op(r):
             m.tail_call(r[1], r[2], r[3])
+            return nxt
+        return op
+    if insn.imm == Helper.loop:
+        def op(r):
+            r[0] = m.loop(code, r[1], r[2], r[3], r[4]) & M64
             return nxt
         return op
     fn = m.helpers.get(insn.imm)
@@ -418,6 +487,11 @@ def _lddw(insns: list[Insn], pc: int, m: Machine) -> Op:
             r[d] = mem.value_ptr(buf, writable, name) + offset
             return nxt
         return op
+    if first.src == PseudoSrc.FUNC:
+        target = pc + 1 + first.imm
+        if not 0 <= target < len(insns):
+            return _fault(f"lddw of function address {target}, outside the program (0..{len(insns) - 1})")
+        return _set(d, ptr(FUNC_RID, target), nxt)
     return _fault(f"lddw with src={first.src} not supported")
 
 

@@ -3,7 +3,8 @@
 A pointer is a plain 64-bit value, ``region_id << 32 | offset``. Region 0 is
 never mapped, so NULL and small integers fault. The fixed regions are the XDP
 context, the packet frame, a pseudo-region whose "offsets" are map handles
-(what ``lddw MAP_FD`` gives), and one 512-byte stack per call frame; map values
+(what ``lddw MAP_FD`` gives), one 512-byte stack per call frame, and a pseudo-region
+of function addresses (``lddw FUNC``, for callbacks); map values
 get a region the first time a program receives a pointer to them, for the rest
 of that run. Because the kernel verifier proves every access safe before a
 program runs and we have no verifier, these checks are what keeps a buggy or
@@ -30,7 +31,8 @@ MAPS_RID = 3  # offsets are map handles: pointers to map objects, never derefere
 STACK_RID = 4  # frames 0..MAX_CALL_FRAMES-1 follow
 MAX_CALL_FRAMES = 8  # the kernel's MAX_CALL_FRAMES: the main program plus 7 nested calls
 STACK_SIZE = 512
-FIRST_VALUE_RID = STACK_RID + MAX_CALL_FRAMES
+FUNC_RID = STACK_RID + MAX_CALL_FRAMES  # offsets are instruction indexes: what ``lddw FUNC`` gives
+FIRST_VALUE_RID = FUNC_RID + 1
 
 CTX_SIZE = 24  # sizeof(struct xdp_md)
 
@@ -78,6 +80,7 @@ class Memory:
         ]
         for i in range(MAX_CALL_FRAMES):
             self.regions.append(Region(f"stack frame {i}", bytearray(STACK_SIZE), 0, STACK_SIZE, True))
+        self.regions.append(Region("function", bytearray(), 0, 0, False))
         self._value_rids: dict[int, int] = {}  # id(value bytearray) -> region id, for this run
         self.ctx_fields: list[int] = [0] * (CTX_SIZE // 4)  # what a 4-byte ctx load at 4*i gives
 
