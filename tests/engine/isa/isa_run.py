@@ -21,7 +21,7 @@ from vxdp.bpf.isa import Insn, PseudoSrc
 from vxdp.bpf.mapspec import MapFlag, MapOrigin, MapSpec, MapType
 from vxdp.bpf.obj import FuncInfo
 from vxdp.engine.base import Engine
-from vxdp.engine.interp import InterpEngine
+from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.kernel import KernelEngine
 
 KEY0 = bytes(4)

@@ -15,7 +15,7 @@ from isa_run import programs, run_interp, run_kernel
 
 from vxdp.bpf.asm import assemble
 from vxdp.bpf.disasm import disassemble
-from vxdp.bpf.kernel import VerifierError
+from vxdp.bpf.kernel.prog import VerifierError
 
 CASES = cases()
 
