@@ -293,7 +293,7 @@ class HostDaemon:
                      "oversize": pst.oversize, "tx_rejected": pst.tx_rejected, "csum_completed": pst.csum_completed,
                      "gso_frames": pst.gso_frames, "gso_segments": pst.gso_segments, "gso_refused": pst.gso_refused,
                      "tx_gro_frames": pst.tx_gro_frames, "tx_gro_segments": pst.tx_gro_segments},
-            **self.device.describe(),
+            **self.device.describe(s.vrings if s else None),
             "counters": self.datapath.stats(),
             "offload": self.offload.show() if self.offload else None,
         }
