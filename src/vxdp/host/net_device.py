@@ -114,7 +114,7 @@ class DeviceVring:
 @dataclass
 class NetDevice(DeviceModel):
     """One virtio-net device (see the module docstring). ``extra_features``: bits another
-    service adds to the offer (offload: `vxdp.offload.codec.FEATURE_BPF_OFFLOAD`)."""
+    service adds to the offer (offload: `vxdp.virtio.features.Experimental.NET_BPF_OFFLOAD`)."""
 
     name: str = "vxdp0"
     mac: bytes = b"\x52\x54\x00\x12\x34\x56"

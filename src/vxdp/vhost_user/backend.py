@@ -37,8 +37,8 @@ fds of a refused message are closed here.
 Protocol features offered by default: MQ (the spec says backends should), REPLY_ACK, CONFIG
 (answered from the device model; DPDK's virtio_user reads the MAC with it, a size-0 answer
 makes it fall back). STATUS is implemented but opt-in: QEMU 7.2.0 then brackets every start
-and stop with GET_STATUS/SET_STATUS (status 0 on stop; upstream later reverted that), which
-FIELD-NOTES never measured. Not offered: LOG_SHMFD (no migration logging, so
+and stop with GET_STATUS/SET_STATUS (status 0 on stop; upstream later reverted that), a
+sequence no QEMU run here exercises. Not offered: LOG_SHMFD (no migration logging, so
 SET_LOG_BASE/SET_LOG_FD are refused), BACKEND_REQ, INFLIGHT_SHMFD, CONFIGURE_MEM_SLOTS,
 INBAND_NOTIFICATIONS.
 """
