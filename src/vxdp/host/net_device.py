@@ -15,8 +15,9 @@ Why the pieces are where they are:
   and runs on the Python `QueueState` reference walker.
 - Starting a ring: the session calls `start_vring` with its record of the ring once size,
   addresses, kick and memory are known. SET_VRING_ADDR carries the frontend's virtual
-  addresses: translated here to guest-physical ones. The used index is read back from the used ring (as vhost-net does
-  in ``vhost_vq_init_access``), the avail index to resume from is the vring base.
+  addresses: translated here to guest-physical ones. The used index is read back from the
+  used ring (as vhost-net does in ``vhost_vq_init_access``), the avail index to resume
+  from is the vring base.
 - A hostile ring (a descriptor outside memory, a loop, an avail index too far ahead, ...):
   the kernel returns an error code, `ring_failed` stops that ring, signals its err
   eventfd if the frontend gave one (the vhost-user way to say NEEDS_RESET), logs ONE line
@@ -85,7 +86,7 @@ class DeviceVring:
     there (``ring``) while the ring runs, never copied."""
 
     index: int
-    ring: Vring | None = None  # the session's record of the ring last started (None: never started)
+    ring: Vring | None = None  # the session's record of the ring last started (None: none was)
     kick: int | None = None
     call: int | None = None
     err: int | None = None
@@ -237,7 +238,7 @@ class NetDevice(DeviceModel):
             try:
                 self.listener.ring_started(index)
             except OSError as e:  # epoll refused the kick fd: the ring is not started, the frontend told
-                vr.state = vr.fast = None
+                vr.ring = vr.state = vr.fast = None
                 raise DeviceError(f"vring {index} ({vr.name}): cannot watch its kick fd: {e.strerror}",
                                   errno.EINVAL) from None
         log.info("%s: %s ring started (size %d, base %d)", self.name, vr.name, vring.num, vring.base)
