@@ -6,6 +6,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from vxdp.eventloop import Loop
 
 
@@ -55,3 +57,54 @@ def test_get_events_sees_an_eventfd_and_run_stops():
     assert hits == [1, 1, 1]
     loop.close()
     os.close(efd)
+
+
+def test_on_tick_runs_once_per_period_however_busy_the_fds():
+    """An fd readable on every wait (never drained) wakes the loop each round; the loop's clock,
+    stepped 30 ms a round by hand, says when a 100 ms period is over."""
+    now = [0.0]
+    loop = Loop(clock=lambda: now[0])
+    efd = os.eventfd(1, os.EFD_NONBLOCK)
+    rounds: list[float] = []
+    ticks: list[float] = []
+
+    def busy():
+        rounds.append(now[0])
+        now[0] += 0.03
+        if len(rounds) == 20:
+            loop.stop()
+
+    loop.add_reader(efd, busy)
+    loop.run(tick=0.1, on_tick=lambda: ticks.append(now[0]))
+    assert len(rounds) == 20
+    # the first after the first round, then the first round that ends a period: 5 in 20 rounds, not 20
+    assert ticks == pytest.approx([0.03, 0.15, 0.27, 0.39, 0.51])
+    loop.close()
+    os.close(efd)
+
+
+def test_on_tick_runs_when_no_fd_wakes_the_loop():
+    """With nothing readable the wait ends at the next tick (else this would wait for the watchdog)."""
+    loop = Loop()
+    ticks: list[int] = []
+
+    def on_tick():
+        ticks.append(1)
+        if len(ticks) == 3:
+            loop.stop()
+
+    watchdog = threading.Timer(10, loop.stop)
+    watchdog.start()
+    try:
+        loop.run(tick=0.01, on_tick=on_tick)
+    finally:
+        watchdog.cancel()
+    assert ticks == [1, 1, 1]
+    loop.close()
+
+
+def test_on_tick_without_a_period_is_refused():
+    loop = Loop()
+    with pytest.raises(ValueError, match="tick period"):
+        loop.run(on_tick=lambda: None)
+    loop.close()

@@ -14,6 +14,11 @@ Kernel facts this relies on:
 it fds by hand. Handlers are plain callables of no arguments; one that raises
 is reported by the loop's ``on_error`` and the loop goes on serving the others
 (one guest's garbage must not stop another's traffic).
+
+The periodic work (``run``'s ``on_tick``: polls for lost kicks, reconnects,
+deadlines) runs once per tick period, whether the fds are busy or idle: a wait
+never outlasts the time left to the next tick, and a busy loop that wakes far
+more often calls it no more often. Its callers need no throttle of their own.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import os
 import selectors
 import signal
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -30,7 +36,8 @@ Handler = Callable[[], None]
 
 
 class Loop:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # what tick periods are measured with (a test may step it by hand)
         self._sel = selectors.EpollSelector() if hasattr(selectors, "EpollSelector") else selectors.DefaultSelector()
         self._handlers: dict[int, Handler] = {}
         self._stopping = False
@@ -74,13 +81,23 @@ class Loop:
                 self.on_error(fd, e)
 
     def run(self, *, tick: float | None = None, on_tick: Handler | None = None) -> None:
-        """Serve until `stop()` or SIGTERM/SIGINT; ``on_tick`` runs every ``tick`` seconds at most."""
+        """Serve until `stop()` or SIGTERM/SIGINT. ``on_tick`` runs after the first round of
+        events, then once every ``tick`` seconds: never twice within one period however often
+        the fds wake the loop, and no later than the first round after a period is over (the
+        wait ends then)."""
+        if on_tick is not None and not (tick and tick > 0):
+            raise ValueError("on_tick needs a tick period (seconds > 0)")
         self._install_signals()
+        due = self.clock()
         try:
             while not self._stopping:
-                self.process_events(self.get_events(tick))
-                if on_tick is not None:
-                    on_tick()
+                timeout = None if on_tick is None else max(0.0, due - self.clock())
+                self.process_events(self.get_events(timeout))
+                if on_tick is not None and not self._stopping:
+                    now = self.clock()
+                    if now >= due:
+                        due = now + tick  # type: ignore[operator]
+                        on_tick()
         finally:
             self._remove_signals()
 

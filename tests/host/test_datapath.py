@@ -18,7 +18,7 @@ from vxdp.host.net_device import CTRL, RX, TX, NetDevice
 from vxdp.netdev.port import Port
 from vxdp.testing.netns import NetLab
 from vxdp.vhost_user import messages as m
-from vxdp.vhost_user.backend import DeviceError
+from vxdp.vhost_user.backend import DeviceError, Vring
 from vxdp.virtio.features import Feature
 from vxdp.virtio.memory import GuestMemory
 from vxdp.virtio.net import NetConfig
@@ -65,14 +65,12 @@ def _setup(dev: NetDevice, mem: GuestMemory, fds: dict) -> tuple[DriverQueue, Dr
     rx = DriverQueue.create(mem, NUM, 0)
     tx = DriverQueue.create(mem, NUM, (rx.end_gpa + 4095) & ~4095)
     for i, q in ((RX, rx), (TX, tx)):
-        dev.set_vring_num(i, NUM)
         uva = lambda g: mem.gpa_to_uva(g, 1)
-        dev.set_vring_addr(i, m.VringAddr(i, 0, uva(q.desc_gpa), uva(q.used_gpa), uva(q.avail_gpa)))
         dev.set_vring_kick(i, os.dup(fds[f"k{i}"]))
         dev.set_vring_call(i, os.dup(fds[f"c{i}"]))
         dev.set_vring_err(i, os.dup(fds[f"e{i}"]))
-        dev.set_vring_enable(i, True)
-        dev.start_vring(i)
+        dev.start_vring(i, Vring(num=NUM, addr=m.VringAddr(i, 0, uva(q.desc_gpa), uva(q.used_gpa), uva(q.avail_gpa)),
+                                 enabled=True))
     return rx, tx
 
 

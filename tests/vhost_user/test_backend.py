@@ -84,7 +84,10 @@ def test_qemu_72_sequence(pair, guest):
     assert p.closed_by_backend.wait(10)
     names = dev.names()
     assert names.index("set_mem_table") < names.index("start_vring")
-    assert ("start_vring", 0) in dev.calls and ("start_vring", 1) in dev.calls
+    # the device is handed the session's record of each ring: size and base as set, enabled before it started
+    v0, v1 = guest.vrings[:2]
+    assert ("start_vring", 0, v0.num, 3) in dev.calls and ("start_vring", 1, v1.num, 3) in dev.calls
+    assert dev.rings[0].enabled and dev.rings[1].enabled
 
 
 def test_qemu_stop_and_eventfds(pair, guest):
@@ -145,8 +148,10 @@ def _testpmd_like(p, guest):
     ex(p, R.SET_MEM_TABLE, m.MemoryTable(tuple(r.wire() for r in guest.regions)),
        [r.fd for r in guest.regions], flags=NEED)
     assert p.device.started == {0, 1}
+    assert not any(p.device.rings[i].enabled for i in (0, 1))
     for i in (0, 1):
         ex(p, R.SET_VRING_ENABLE, m.VringState(i, 1), flags=NEED)
+    assert all(p.device.rings[i].enabled for i in (0, 1))  # a running ring's record, updated in place
     ex(p, R.SET_STATUS, m.U64(0xF), flags=NEED)
     assert ("set_status", 0xF) in p.device.calls
     assert [ex(p, R.GET_VRING_BASE, m.VringState(i, 0)).payload.num for i in (0, 1)] == [7, 7]

@@ -9,7 +9,7 @@ import socket
 import threading
 
 from vxdp.vhost_user import messages as m
-from vxdp.vhost_user.backend import BackendSession, DeviceModel
+from vxdp.vhost_user.backend import BackendSession, DeviceModel, Vring
 from vxdp.vhost_user.connection import Connection, Role, close_fds
 from vxdp.vhost_user.frontend import RegionSpec, VringSpec
 from vxdp.vhost_user.messages import FrontendReq as R
@@ -40,7 +40,7 @@ class RecordingDevice(DeviceModel):
         self.mem_fds: list[int] = []
         self.mem_inodes: list[int] = []
         self.started: set[int] = set()
-        self.bases: dict[int, int] = {}
+        self.rings: dict[int, Vring] = {}  # the session's record of each ring started
         self.config = bytes(range(32))
 
     def _keep(self, kind: str, index: int, fd: int | None) -> None:
@@ -59,16 +59,6 @@ class RecordingDevice(DeviceModel):
         self.mem_inodes = [os.fstat(fd).st_ino for fd in fds]
         self.calls.append(("set_mem_table", tuple(regions)))
 
-    def set_vring_num(self, index, num):
-        self.calls.append(("set_vring_num", index, num))
-
-    def set_vring_addr(self, index, addr):
-        self.calls.append(("set_vring_addr", index, addr))
-
-    def set_vring_base(self, index, base):
-        self.bases[index] = base
-        self.calls.append(("set_vring_base", index, base))
-
     def set_vring_kick(self, index, fd):
         self._keep("kick", index, fd)
         self.calls.append(("set_vring_kick", index, fd is not None))
@@ -81,17 +71,15 @@ class RecordingDevice(DeviceModel):
         self._keep("err", index, fd)
         self.calls.append(("set_vring_err", index, fd is not None))
 
-    def set_vring_enable(self, index, enabled):
-        self.calls.append(("set_vring_enable", index, enabled))
-
-    def start_vring(self, index):
+    def start_vring(self, index, vring):
         self.started.add(index)
-        self.calls.append(("start_vring", index))
+        self.rings[index] = vring
+        self.calls.append(("start_vring", index, vring.num, vring.base))
 
     def stop_vring(self, index):
         self.started.discard(index)
         self.calls.append(("stop_vring", index))
-        return self.bases.get(index, 0) + 7  # as if 7 buffers were consumed
+        return self.rings[index].base + 7  # as if 7 buffers were consumed
 
     def reset(self):
         close_fds(self.mem_fds)

@@ -9,6 +9,8 @@ from vxdp.virtio.virtqueue import (
     RingError,
     VirtqueueError,
     need_event,
+    ring_layout,
+    ring_sizes,
     walk_chain,
 )
 
@@ -26,6 +28,20 @@ def test_misaligned_or_outside_rings_refused(mem):
         QueueState(8, 8, 0x100, 0x1000).validate(mem)
     with pytest.raises(VirtqueueError, match="used ring"):
         QueueState(8, 0, 0x100, MEM_SIZE - 16).validate(mem)
+
+
+def test_ring_sizes_are_the_spec_areas_and_the_layout_ends_after_the_used_ring(mem):
+    """One definition of the areas' sizes (virtio 1.x 2.7: flags, idx, ring, event): every end a
+    ring reports is computed from it, so a ring whose last used byte (avail_event) is outside
+    memory is refused."""
+    assert ring_sizes(256) == (16 * 256, 2 + 2 + 2 * 256 + 2, 2 + 2 + 8 * 256 + 2)
+    desc, avail, used, end = ring_layout(8, 0)
+    assert (desc, avail) == (0, 128) and end == used + ring_sizes(8)[2]
+    assert DriverQueue.create(mem, 8, 0).end_gpa == end
+    assert ring_sizes(8)[2] == 70
+    QueueState(8, 0, 0x100, MEM_SIZE - 72).validate(mem)  # ends 2 bytes before the end of memory
+    with pytest.raises(VirtqueueError, match="used ring"):
+        QueueState(8, 0, 0x100, MEM_SIZE - 68).validate(mem)  # its avail_event would be past it
 
 
 def test_tx_chain_driver_to_device(mem):

@@ -1,8 +1,9 @@
 """The virtio-net device the backend daemon serves: features, config space, memory, vrings.
 
 `NetDevice` is the `vxdp.vhost_user.backend.DeviceModel` the session drives. It holds
-what one frontend's session set up (guest memory, per-vring addresses and eventfds) and
-turns it into running rings when the session says a ring may start; it does no I/O on
+the resources one frontend's session handed over (guest memory, per-vring eventfds) and
+turns a ring into a running one when the session starts it, from the session's record of
+the ring (size, addresses, base, enabled: kept there once, read here); it does no I/O on
 the vhost-user socket and moves no frames itself (that is `vxdp.host.datapath`, told
 about rings starting and stopping through a `RingListener`).
 
@@ -12,10 +13,11 @@ Why the pieces are where they are:
   the ctrl vq to itself, so a QEMU guest only ever starts 0 and 1; our own guest driver
   hands ctrl over too. rx/tx run on the compiled `DeviceRing`; ctrl is rare and small
   and runs on the Python `QueueState` reference walker.
-- Starting a ring: the session calls `start_vring` once size, addresses, kick and memory
-  are known. SET_VRING_ADDR carries the frontend's virtual addresses: translated here to
-  guest-physical ones. The used index is read back from the used ring (as vhost-net does
-  in ``vhost_vq_init_access``), the avail index to resume from is the vring base.
+- Starting a ring: the session calls `start_vring` with its record of the ring once size,
+  addresses, kick and memory are known. SET_VRING_ADDR carries the frontend's virtual
+  addresses: translated here to guest-physical ones. The used index is read back from the
+  used ring (as vhost-net does in ``vhost_vq_init_access``), the avail index to resume
+  from is the vring base.
 - A hostile ring (a descriptor outside memory, a loop, an avail index too far ahead, ...):
   the kernel returns an error code, `ring_failed` stops that ring, signals its err
   eventfd if the frontend gave one (the vhost-user way to say NEEDS_RESET), logs ONE line
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from vxdp.vhost_user import messages as m
-from vxdp.vhost_user.backend import DeviceError, DeviceModel
+from vxdp.vhost_user.backend import DeviceError, DeviceModel, Vring
 from vxdp.vhost_user.connection import close_fds
 from vxdp.virtio import sigbus
 from vxdp.virtio.fastring import DeviceRing
@@ -51,7 +53,7 @@ from vxdp.virtio.features import Feature, has
 from vxdp.virtio.features import names as feature_names
 from vxdp.virtio.memory import GuestMemory, GuestMemoryError
 from vxdp.virtio.net import LinkStatus, NetConfig, NetError, header_len
-from vxdp.virtio.virtqueue import QueueState, VirtqueueError
+from vxdp.virtio.virtqueue import QueueState, VirtqueueError, ring_sizes
 
 log = logging.getLogger("vxdp.host")
 
@@ -76,17 +78,18 @@ class RingListener(Protocol):
 
 
 @dataclass
-class Vring:
-    """What the session told us about one vring, and the running ring once started."""
+class DeviceVring:
+    """The device's side of one vring: the eventfds it owns, the running ring, why it broke.
+
+    The ring's protocol state (size, addresses, base, enabled) is the session's
+    `vxdp.vhost_user.backend.Vring`, handed over by `NetDevice.start_vring` and read from
+    there (``ring``) while the ring runs, never copied."""
 
     index: int
-    num: int | None = None
-    addr: m.VringAddr | None = None
-    base: int = 0
+    ring: Vring | None = None  # the session's record of the ring last started (None: none was)
     kick: int | None = None
     call: int | None = None
     err: int | None = None
-    enabled: bool = False
     state: QueueState | None = None  # the running ring (None: stopped)
     fast: DeviceRing | None = None  # rx/tx only
     error: str = ""  # why it broke (NEEDS_RESET), "" if it did not
@@ -99,6 +102,11 @@ class Vring:
     def running(self) -> bool:
         return self.state is not None and not self.state.broken
 
+    @property
+    def enabled(self) -> bool:
+        """SET_VRING_ENABLE's latest word on the running ring (the session keeps it)."""
+        return self.ring is not None and self.ring.enabled
+
     def close_fds(self) -> None:
         close_fds(fd for fd in (self.kick, self.call, self.err) if fd is not None)
         self.kick = self.call = self.err = None
@@ -107,7 +115,7 @@ class Vring:
 @dataclass
 class NetDevice(DeviceModel):
     """One virtio-net device (see the module docstring). ``extra_features``: bits another
-    service adds to the offer (offload: `vxdp.offload.codec.FEATURE_BPF_OFFLOAD`)."""
+    service adds to the offer (offload: `vxdp.virtio.features.Experimental.NET_BPF_OFFLOAD`)."""
 
     name: str = "vxdp0"
     mac: bytes = b"\x52\x54\x00\x12\x34\x56"
@@ -116,7 +124,7 @@ class NetDevice(DeviceModel):
     listener: RingListener | None = None
     features: int = 0  # acked by the frontend (SET_FEATURES)
     mem: GuestMemory | None = None
-    vrings: list[Vring] = field(default_factory=list)
+    vrings: list[DeviceVring] = field(default_factory=list)
     sessions: int = 0  # resets seen (each frontend session ends with one)
     eventfd_full: int = 0  # call/err signals not delivered: the frontend's eventfd was full
     fault: str = ""  # why this session's guest memory is unusable (SIGBUS absorbed), "" if it is not
@@ -125,7 +133,7 @@ class NetDevice(DeviceModel):
         sigbus.install()  # a no-op after the daemon's warm-up; never at a SET_MEM_TABLE under the event loop
         self.config = NetConfig(mac=self.mac, status=LinkStatus.LINK_UP, max_virtqueue_pairs=QUEUE_PAIRS,
                                 mtu=self.mtu)
-        self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
+        self.vrings = [DeviceVring(i) for i in range(NUM_VRINGS)]
 
     # ------------------------------------------------------------------ what we offer
     @property
@@ -167,15 +175,6 @@ class NetDevice(DeviceModel):
             log.info("%s: %d memory region(s) cannot be sealed against shrinking (a file or "
                      "memfd,seal=off): guarded against SIGBUS instead", self.name, mem.unsealed)
 
-    def set_vring_num(self, index: int, num: int) -> None:
-        self.vrings[index].num = num
-
-    def set_vring_addr(self, index: int, addr: m.VringAddr) -> None:
-        self.vrings[index].addr = addr
-
-    def set_vring_base(self, index: int, base: int) -> None:
-        self.vrings[index].base = base
-
     def _swap_fd(self, index: int, kind: str, fd: int | None) -> None:
         vr = self.vrings[index]
         old = getattr(vr, kind)
@@ -215,19 +214,15 @@ class NetDevice(DeviceModel):
         self._eventfd(index, "err", fd)
         self._swap_fd(index, "err", fd)
 
-    def set_vring_enable(self, index: int, enabled: bool) -> None:
-        self.vrings[index].enabled = enabled
-
-    def start_vring(self, index: int) -> None:
+    def start_vring(self, index: int, vring: Vring) -> None:
         vr = self.vrings[index]
-        if self.mem is None or vr.num is None or vr.addr is None:
+        if self.mem is None or vring.num is None or vring.addr is None:
             raise DeviceError(f"vring {index} started without memory, size or addresses")
-        a = vr.addr
+        a = vring.addr
         try:
-            desc = self.mem.uva_to_gpa(a.descriptor, 16 * vr.num)
-            avail = self.mem.uva_to_gpa(a.available, 6 + 2 * vr.num)
-            used = self.mem.uva_to_gpa(a.used, 6 + 8 * vr.num)
-            state = QueueState(vr.num, desc, avail, used, last_avail_idx=vr.base,
+            desc, avail, used = (self.mem.uva_to_gpa(uva, size) for uva, size in
+                                 zip((a.descriptor, a.available, a.used), ring_sizes(vring.num), strict=True))
+            state = QueueState(vring.num, desc, avail, used, last_avail_idx=vring.base,
                                event_idx=self.negotiated(Feature.RING_EVENT_IDX),
                                indirect=self.negotiated(Feature.RING_INDIRECT_DESC))
             state.validate(self.mem)
@@ -238,32 +233,32 @@ class NetDevice(DeviceModel):
                                   mrg=index == RX and self.negotiated(Feature.NET_MRG_RXBUF))
         except (GuestMemoryError, VirtqueueError) as e:
             raise DeviceError(f"vring {index} ({vr.name}): {e}", errno.EFAULT) from None
-        vr.state, vr.fast, vr.error = state, fast, ""
+        vr.ring, vr.state, vr.fast, vr.error = vring, state, fast, ""
         if self.listener is not None:
             try:
                 self.listener.ring_started(index)
             except OSError as e:  # epoll refused the kick fd: the ring is not started, the frontend told
-                vr.state = vr.fast = None
+                vr.ring = vr.state = vr.fast = None
                 raise DeviceError(f"vring {index} ({vr.name}): cannot watch its kick fd: {e.strerror}",
                                   errno.EINVAL) from None
-        log.info("%s: %s ring started (size %d, base %d)", self.name, vr.name, vr.num, vr.base)
+        log.info("%s: %s ring started (size %d, base %d)", self.name, vr.name, vring.num, vring.base)
 
     def stop_vring(self, index: int) -> int:
         vr = self.vrings[index]
         if vr.state is None:
-            return vr.base
+            return vr.ring.base if vr.ring is not None else 0
         if self.listener is not None:
             self.listener.ring_stopped(index)
-        vr.base = vr.state.last_avail_idx
+        base = vr.state.last_avail_idx
         vr.state = vr.fast = None
-        return vr.base
+        return base
 
     def reset(self) -> None:
         for vr in self.vrings:
             if vr.state is not None:
                 self.stop_vring(vr.index)
             vr.close_fds()
-        self.vrings = [Vring(i) for i in range(NUM_VRINGS)]
+        self.vrings = [DeviceVring(i) for i in range(NUM_VRINGS)]
         self._drop_memory()
         self.features = 0
         self.fault = ""
@@ -324,18 +319,21 @@ class NetDevice(DeviceModel):
             self.mem.close()
             self.mem = None
 
-    def describe(self) -> dict:
-        """For ``device.show``."""
+    def describe(self, rings: list[Vring] | None = None) -> dict:
+        """For ``device.show``: ``rings`` is the session's protocol state of each vring (size,
+        enabled), None when no frontend is connected."""
+        rings = rings or [Vring() for _ in self.vrings]
         return {
             "mac": ":".join(f"{b:02x}" for b in self.mac),
             "mtu": self.mtu,
             "features_offered": self.offered,  # integers in JSON, as bpftool and `vxdp guest show` give them
             "features": self.features,
             "features_negotiated": feature_names(self.features),
-            "vrings": [{"index": vr.index, "name": vr.name, "size": vr.num, "enabled": vr.enabled,
+            "vrings": [{"index": vr.index, "name": vr.name, "size": ring.num, "enabled": ring.enabled,
                         "running": vr.running, "error": vr.error or None,
                         "last_avail": vr.state.last_avail_idx if vr.state else None,
-                        "used": vr.state.used_idx if vr.state else None} for vr in self.vrings],
+                        "used": vr.state.used_idx if vr.state else None}
+                       for vr, ring in zip(self.vrings, rings, strict=True)],
             "memory_regions": len(self.mem.regions) if self.mem else 0,
             "eventfd_full": self.eventfd_full,
             "fault": self.fault or None,

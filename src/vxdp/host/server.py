@@ -106,7 +106,6 @@ class HostDaemon:
         self.session: BackendSession | None = None
         self.connections = 0
         self.refused = 0
-        self._next_tick = 0.0
         self._next_connect = 0.0
         self._waiting_logged = False
         self.offload: DeviceOffload | None = None
@@ -171,10 +170,8 @@ class HostDaemon:
         self.loop.stop()
 
     def _on_tick(self) -> None:
+        """Every ``tick_s`` (the loop keeps the period): reconnect, the datapath's safety net, deadlines."""
         now = time.monotonic()
-        if now < self._next_tick:
-            return
-        self._next_tick = now + self.cfg.tick_s
         if self.cfg.client and self.session is None and now >= self._next_connect:
             self._next_connect = now + self.cfg.reconnect_s
             self._try_connect()
@@ -293,7 +290,7 @@ class HostDaemon:
                      "oversize": pst.oversize, "tx_rejected": pst.tx_rejected, "csum_completed": pst.csum_completed,
                      "gso_frames": pst.gso_frames, "gso_segments": pst.gso_segments, "gso_refused": pst.gso_refused,
                      "tx_gro_frames": pst.tx_gro_frames, "tx_gro_segments": pst.tx_gro_segments},
-            **self.device.describe(),
+            **self.device.describe(s.vrings if s else None),
             "counters": self.datapath.stats(),
             "offload": self.offload.show() if self.offload else None,
         }

@@ -1,8 +1,9 @@
 """The compiled per-batch loops of the netdev layer: one call per batch, never a Python step per frame.
 
-Three loops, each ``@njit(cache=True, nogil=True)`` and each returning a count
-plus an ``out`` array of side results (errno, errors, retries), since compiled
-code cannot raise with a useful message:
+Seven loops, each ``@njit(cache=True, nogil=True)`` and each returning a count
+plus an array of side results (``out``: errno, errors, retries; `rx_ring_walk`'s
+``state`` carries its position and counts across calls), since compiled code
+cannot raise with a useful message:
 
 - `rx_ring_walk` walks an AF_PACKET ``TPACKET_V3`` receive ring (blocks of
   variable-length frames the kernel fills and hands over one block at a time),
@@ -10,10 +11,14 @@ code cannot raise with a useful message:
   ``TP_STATUS_CSUMNOTREADY`` (`vxdp.netdev.csum`) and cuts every GSO
   super-frame into wire-size frames (`vxdp.netdev.gso`).
 - `tx_sendmmsg` sends a batch with ``sendmmsg(2)``: one syscall for as many
-  frames as the kernel takes, bounded retries when the device is full.
+  frames as the kernel takes, bounded retries when the device is full;
+  `tx_sendmmsg_gro` does the same on a ``PACKET_VNET_HDR`` socket, each run of
+  one TCP flow's segments sent as one GSO super-frame (`vxdp.netdev.gro`).
 - `fd_read_batch` / `fd_write_batch` move frames through a tap fd with one
   ``read(2)``/``write(2)`` per frame (a tap has no batched call) until the batch
-  is full/done or the fd answers EAGAIN.
+  is full/done or the fd answers EAGAIN; `fd_readv_batch` / `fd_write_gro_batch`
+  do the same through an ``IFF_VNET_HDR`` tap (each frame's ``virtio_net_hdr``
+  read apart; a flow's run of segments written as one super-frame).
 
 Memory ordering in `rx_ring_walk` (numba has no fences, volatile loads or
 atomics). The kernel fills a block's frames, then ``smp_wmb()``, then stores

@@ -4,7 +4,7 @@ Kernel facts this relies on (Linux ``net/packet/af_packet.c``):
 
 - A packet socket keeps the network namespace it was *created* in; the
   interface name is resolved there. So the socket is created on a thread that
-  did ``setns`` into ``netns`` (`vxdp.bpf.kernel.run_in_netns`) and then used
+  did ``setns`` into ``netns`` (`vxdp.bpf.kernel.netns.run_in_netns`) and then used
   from any thread.
 - The socket is created with protocol 0 (it receives nothing), the ring is set
   up, and only then bound to the device with ETH_P_ALL, so no frame ever lands

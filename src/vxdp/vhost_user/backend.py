@@ -37,8 +37,8 @@ fds of a refused message are closed here.
 Protocol features offered by default: MQ (the spec says backends should), REPLY_ACK, CONFIG
 (answered from the device model; DPDK's virtio_user reads the MAC with it, a size-0 answer
 makes it fall back). STATUS is implemented but opt-in: QEMU 7.2.0 then brackets every start
-and stop with GET_STATUS/SET_STATUS (status 0 on stop; upstream later reverted that), which
-FIELD-NOTES never measured. Not offered: LOG_SHMFD (no migration logging, so
+and stop with GET_STATUS/SET_STATUS (status 0 on stop; upstream later reverted that), a
+sequence no QEMU run here exercises. Not offered: LOG_SHMFD (no migration logging, so
 SET_LOG_BASE/SET_LOG_FD are refused), BACKEND_REQ, INFLIGHT_SHMFD, CONFIGURE_MEM_SLOTS,
 INBAND_NOTIFICATIONS.
 """
@@ -52,6 +52,8 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
+from vxdp.virtio.virtqueue import MAX_QUEUE_SIZE, ring_sizes
+
 from . import messages as m
 from .connection import CLOSED, NEED_DATA, Connection, close_fds
 from .errors import RemoteProtocolError
@@ -61,7 +63,6 @@ from .messages import ProtocolFeature as PF
 log = logging.getLogger("vxdp.vhost_user")
 
 DEFAULT_PROTOCOL_FEATURES = PF.MQ | PF.REPLY_ACK | PF.CONFIG
-MAX_QUEUE_SIZE = 32768  # virtio 1.x: Queue Size is at most 32768
 
 
 class DeviceError(Exception):
@@ -78,7 +79,12 @@ class SessionError(RemoteProtocolError):
 
 class DeviceModel(abc.ABC):
     """What the backend session drives. Implemented by the host daemon's device (and by
-    tests' recording device). Each method may raise ``DeviceError``."""
+    tests' recording device). Each method may raise ``DeviceError``.
+
+    A vring's protocol state (size, addresses, base, enabled) is the session's `Vring`; the
+    device is handed it when the ring starts, as rust-vmm's backend library hands its
+    ``VringState`` to the device. Its fds (kick, call, err) go to the device as they arrive:
+    the device owns, checks and uses them."""
 
     @abc.abstractmethod
     def set_features(self, features: int) -> None: ...
@@ -86,15 +92,6 @@ class DeviceModel(abc.ABC):
     @abc.abstractmethod
     def set_mem_table(self, regions: list[m.MemRegion], fds: list[int]) -> None:
         """A new memory table (replacing any previous one); one fd per region."""
-
-    @abc.abstractmethod
-    def set_vring_num(self, index: int, num: int) -> None: ...
-
-    @abc.abstractmethod
-    def set_vring_addr(self, index: int, addr: m.VringAddr) -> None: ...
-
-    @abc.abstractmethod
-    def set_vring_base(self, index: int, base: int) -> None: ...
 
     @abc.abstractmethod
     def set_vring_kick(self, index: int, fd: int | None) -> None:
@@ -107,11 +104,11 @@ class DeviceModel(abc.ABC):
     def set_vring_err(self, index: int, fd: int | None) -> None: ...
 
     @abc.abstractmethod
-    def set_vring_enable(self, index: int, enabled: bool) -> None: ...
+    def start_vring(self, index: int, vring: Vring) -> None:
+        """Size, addresses, base, kick and memory are all known: start processing from ``vring``.
 
-    @abc.abstractmethod
-    def start_vring(self, index: int) -> None:
-        """Size, addresses, base, kick and memory are all known: start processing."""
+        The device may keep ``vring`` while the ring runs: the session updates it in place
+        (``enabled`` may change under a running ring), so the device reads it, never a copy."""
 
     @abc.abstractmethod
     def stop_vring(self, index: int) -> int:
@@ -186,6 +183,9 @@ VRING_TRANSITIONS: dict[VringStatus, dict[R, VringStatus]] = {
 
 @dataclass
 class Vring:
+    """One vring's vhost-user protocol state: the session's record, the one copy of it. The
+    ring areas' sizes follow from ``num`` (`vxdp.virtio.virtqueue.ring_sizes`)."""
+
     status: VringStatus = VringStatus.STOPPED
     num: int | None = None
     base: int = 0
@@ -393,7 +393,6 @@ class BackendSession:
         vr = self._vring(msg, st.index)
         if not (1 <= st.num <= MAX_QUEUE_SIZE and st.num & (st.num - 1) == 0):
             raise self._refuse(msg, f"ring size {st.num} is not a power of two in 1..{MAX_QUEUE_SIZE}")
-        self.device.set_vring_num(st.index, st.num)
         vr.num = st.num
         self._start_ready(msg)
         return []
@@ -403,7 +402,6 @@ class BackendSession:
         vr = self._vring(msg, st.index)
         if st.num > 0xFFFF:
             raise self._refuse(msg, f"base {st.num} does not fit a 16-bit ring index")
-        self.device.set_vring_base(st.index, st.num)
         vr.base = st.num
         return []
 
@@ -412,7 +410,6 @@ class BackendSession:
         vr = self._vring(msg, a.index)
         if a.descriptor % 16 or a.available % 2 or a.used % 4:
             raise self._refuse(msg, "ring addresses misaligned (desc 16, avail 2, used 4)")
-        self.device.set_vring_addr(a.index, a)
         vr.addr = a
         self._start_ready(msg)
         return []
@@ -456,7 +453,6 @@ class BackendSession:
             raise self._refuse(msg, f"enable value {st.num} (0 or 1)")
         if not self.features & m.F_PROTOCOL_FEATURES:
             raise self._refuse(msg, "PROTOCOL_FEATURES not offered", errno.EOPNOTSUPP)
-        self.device.set_vring_enable(st.index, bool(st.num))
         vr.enabled = bool(st.num)
         return []
 
@@ -467,15 +463,14 @@ class BackendSession:
         for i, vr in enumerate(self.vrings):
             if vr.status is VringStatus.STARTED or not vr.kick_known or vr.num is None or vr.addr is None:
                 continue
-            n = vr.num
-            for what, uva, size in (("descriptor table", vr.addr.descriptor, 16 * n),
-                                    ("avail ring", vr.addr.available, 6 + 2 * n),
-                                    ("used ring", vr.addr.used, 6 + 8 * n)):
+            sizes = ring_sizes(vr.num)
+            for what, uva, size in zip(("descriptor table", "avail ring", "used ring"),
+                                       (vr.addr.descriptor, vr.addr.available, vr.addr.used), sizes, strict=True):
                 if not any(r.userspace_addr <= uva and uva + size <= r.userspace_addr + r.memory_size
                            for r in self.regions):
                     raise self._refuse(msg, f"vring {i} {what} at uva 0x{uva:x} (+{size}) outside the memory table",
                                        errno.EFAULT)
-            self.device.start_vring(i)
+            self.device.start_vring(i, vr)
             vr.status = VringStatus.STARTED
 
     # ---- config, status, mem slots

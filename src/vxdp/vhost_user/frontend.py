@@ -6,11 +6,12 @@ reply ``Message`` (or ``None`` when the request wants no answer: see
 I/O (``transport.Channel`` does it over a socket). Replies are checked here: wrong request
 code, a missing reply flag, a non-zero ack (``RequestFailed``) raise ``RemoteProtocolError``.
 
-Order (FIELD-NOTES, QEMU 7.2): ``negotiate`` = GET_FEATURES, GET_PROTOCOL_FEATURES,
+Order, QEMU 7.2's: ``negotiate`` = GET_FEATURES, GET_PROTOCOL_FEATURES,
 SET_PROTOCOL_FEATURES, [GET_QUEUE_NUM with MQ], SET_OWNER; ``start`` = SET_FEATURES,
 SET_MEM_TABLE (need_reply), then per vring SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR,
-SET_VRING_KICK, SET_VRING_CALL [, SET_VRING_ERR], then SET_VRING_ENABLE 1 for each; ``stop``
-= GET_VRING_BASE per vring. With ``ack_all`` every request asks
+SET_VRING_KICK, SET_VRING_CALL [, SET_VRING_ERR], then SET_VRING_ENABLE 1 for each (QEMU
+also sends SET_VRING_CALL, SET_VRING_ERR and SET_VRING_ENABLE once before SET_FEATURES;
+this frontend does not); ``stop`` = GET_VRING_BASE per vring. With ``ack_all`` every request asks
 for a REPLY_ACK (when negotiated), so each step ends only once the backend has applied it;
 QEMU asks only for SET_MEM_TABLE (and SET_FEATURES). The frontend keeps ownership of the fds it sends (the kernel
 duplicates them into the peer).

@@ -72,6 +72,7 @@ from vxdp.virtio.virtqueue import (
     QueueState,
     RingError,
     VirtqueueError,
+    ring_sizes,
 )
 
 
@@ -302,8 +303,8 @@ class TxResult:
 def _ring_q(mem: GuestMemory, num: int, desc: int, avail: int, used: int) -> np.ndarray:
     q = make_q()
     q[Q_NUM] = num
-    for (ri, oi), gpa, size in (((Q_DESC_R, Q_DESC_O), desc, 16 * num), ((Q_AVAIL_R, Q_AVAIL_O), avail, 6 + 2 * num),
-                                ((Q_USED_R, Q_USED_O), used, 6 + 8 * num)):
+    for (ri, oi), gpa, size in zip(((Q_DESC_R, Q_DESC_O), (Q_AVAIL_R, Q_AVAIL_O), (Q_USED_R, Q_USED_O)),
+                                   (desc, avail, used), ring_sizes(num), strict=True):
         q[ri], q[oi] = mem.translate(gpa, size)
     return q
 

@@ -115,11 +115,11 @@ def ring_sizes(num: int) -> tuple[int, int, int]:
 
 def ring_layout(num: int, base: int) -> tuple[int, int, int, int]:
     """``(desc, avail, used, end)`` gpas for a ring laid out at ``base`` (16/2/4-aligned, used 4 KiB-aligned)."""
-    d, a, _ = ring_sizes(num)
+    d, a, u = ring_sizes(num)
     desc = (base + 15) & ~15
     avail = desc + d
     used = (avail + a + 4095) & ~4095
-    return desc, avail, used, used + 6 + 8 * num
+    return desc, avail, used, used + u
 
 
 def check_queue_size(num: int) -> None:
@@ -350,7 +350,7 @@ class DriverQueue:
     def end_gpa(self) -> int:
         if self.indirect_gpa is not None:
             return self.indirect_gpa + self.num * self.indirect_max * DESC_SIZE
-        return self.used_gpa + 6 + 8 * self.num
+        return self.used_gpa + ring_sizes(self.num)[2]
 
     def state(self, indirect: bool = False) -> QueueState:
         """The device's QueueState for this ring (what vhost-user would carry to the backend)."""
