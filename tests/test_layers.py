@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md, checked: a module never imports a layer above its own, no two modules
+"""The layers of docs/architecture.md, checked: a module never imports a layer above its own, no two modules
 import each other (directly or round a longer cycle), and each name has one import path.
 
 Read from the source with ast: imports inside functions and under ``TYPE_CHECKING`` count too, so
