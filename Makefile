@@ -20,7 +20,7 @@ all: setup
 
 setup: apt venv samples bpffs compile
 
-# the daemons' compiled datapath kernels (numba), built once so that no daemon compiles them on its first
+# the daemons' compiled datapath loops (numba), built once so that no daemon compiles them on its first
 # run; they live in src/vxdp/**/__pycache__ (or $$NUMBA_CACHE_DIR); a no-op when the cache is current
 compile: venv
 	$(VENV)/bin/vxdp compile

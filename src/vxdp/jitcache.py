@@ -1,6 +1,6 @@
 """Compiled code built before a daemon says it is ready, and a record of what was built.
 
-The datapath kernels are numba functions with ``cache=True``: compiled on the first
+The datapath loops are numba functions with ``cache=True``: compiled on the first
 call with a given set of argument types, then written to the cache (``*.nbi`` index
 and ``*.nbc`` code files in the ``__pycache__`` folder beside each source file, or
 under ``$NUMBA_CACHE_DIR`` when that is set) and loaded from it by later processes.
@@ -16,7 +16,7 @@ socket or brings a tap up, and logs what it compiled; after that, `watch` logs a
 kernel that still compiles at run time, which would be a warm-up that missed a type
 (tests assert that it does not happen).
 
-Each layer keeps the warm-up of its own kernels (``vxdp.virtio.warmup``,
+Each layer keeps the warm-up of its own compiled loops (``vxdp.virtio.warmup``,
 ``vxdp.netdev.warmup``); this module only runs them and reports. ``vxdp compile``
 (run by ``make setup``) runs them all once so that the cache is there before the
 first daemon starts.
@@ -39,7 +39,7 @@ __all__ = ["WarmupReport", "cache_location", "dispatchers", "prepare", "run", "s
 
 @dataclass
 class WarmupReport:
-    """What a warm-up did: kernels loaded from the cache, kernels compiled, how long it took."""
+    """What a warm-up did: functions loaded from the cache, functions compiled, how long it took."""
 
     loaded: list[str] = field(default_factory=list)
     compiled: list[str] = field(default_factory=list)
@@ -47,13 +47,13 @@ class WarmupReport:
 
     def summary(self) -> str:
         if not self.compiled:
-            return f"{len(self.loaded)} compiled kernels loaded from the cache in {self.seconds:.1f} s"
-        return (f"{len(self.compiled)} kernels compiled ({len(self.loaded)} loaded from the cache) in "
+            return f"{len(self.loaded)} compiled functions loaded from the cache in {self.seconds:.1f} s"
+        return (f"{len(self.compiled)} functions compiled ({len(self.loaded)} loaded from the cache) in "
                 f"{self.seconds:.1f} s, cached under {cache_location()}")
 
 
 def cache_location() -> str:
-    """Where numba keeps the cache of this package's kernels (what ``vxdp compile`` fills)."""
+    """Where numba keeps the cache of this package's compiled functions (what ``vxdp compile`` fills)."""
     env = os.environ.get("NUMBA_CACHE_DIR")
     if env:
         return env
@@ -61,7 +61,7 @@ def cache_location() -> str:
 
 
 def dispatchers() -> list[CPUDispatcher]:
-    """Every numba dispatcher of the vxdp modules imported so far (the kernels the warm-ups type)."""
+    """Every numba dispatcher of the vxdp modules imported so far (the compiled loops the warm-ups type)."""
     import sys
 
     found: dict[int, CPUDispatcher] = {}
@@ -84,7 +84,7 @@ def signatures() -> dict[str, set]:
 
 
 def run(warmups: Iterable[Callable[[], None]]) -> WarmupReport:
-    """Run each warm-up; report which kernels were loaded from the cache and which were compiled."""
+    """Run each warm-up; report which functions were loaded from the cache and which were compiled."""
     t0 = time.monotonic()
     before = {_name(d): (sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()))
               for d in dispatchers()}
@@ -132,7 +132,7 @@ def prepare(log: logging.Logger, what: str, warmups: Iterable[Callable[[], None]
             first_run_s: int) -> WarmupReport:
     """A daemon's step before it serves: run its warm-ups, log what they did, then `watch`.
     ``first_run_s`` is what a compile from an empty cache takes, for the line a waiting user reads."""
-    log.info("%s: loading the datapath's compiled kernels (a first run after install compiles them: "
+    log.info("%s: loading the datapath's compiled loops (a first run after install compiles them: "
              "about %d s; `vxdp compile` does it ahead)", what, first_run_s)
     report = run(warmups)
     log.info("%s: %s", what, report.summary())

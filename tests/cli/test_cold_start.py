@@ -1,7 +1,7 @@
 """A first run, as on a fresh clone: both daemons start from an empty compiled-code cache.
 
 What broke the first ``make demo``: the daemons said they were ready, then compiled their numba
-kernels on the first frame, so the first pings were lost and the first ctrl command timed out.
+datapath loops on the first frame, so the first pings were lost and the first ctrl command timed out.
 Here numba's cache is an empty folder; the daemons must compile before they answer (the harness
 waits for their control sockets), and then serve the demo's first ping and first offload command
 with the normal timeouts, compiling nothing more while they serve.
@@ -40,8 +40,8 @@ def test_daemons_from_an_empty_cache_compile_before_they_serve(topo, tmp_path):
     assert replies >= 1, f"0/3 replies to the first ping\n{host_log}\n{guest_log}"
     assert [p["name"] for p in doc["programs"] if p["attached"]] == ["xdp_prog1"]
     # both compiled from the empty cache, before they made a socket or a tap ...
-    assert "kernels compiled" in host_log and "kernels compiled" in guest_log, host_log + guest_log
-    assert host_log.index("kernels compiled") < host_log.index("serving virtio-net"), host_log
+    assert "functions compiled" in host_log and "functions compiled" in guest_log, host_log + guest_log
+    assert host_log.index("functions compiled") < host_log.index("serving virtio-net"), host_log
     assert list(cache.rglob("*.nbi")), "nothing was written to NUMBA_CACHE_DIR"
     # ... and nothing after: a kernel compiled while serving means the warm-up missed its types
     assert "while serving" not in host_log + guest_log, host_log + guest_log

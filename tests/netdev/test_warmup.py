@@ -48,4 +48,4 @@ def test_after_the_warmups_the_real_datapath_adds_no_kernel_version():
     assert bench_loopback(frames=64, num=64, batch=8) > 0  # both ring halves, real frames through memory
     after = jitcache.signatures()
     grew = {k: after[k] - before.get(k, set()) for k in after if after[k] - before.get(k, set())}
-    assert grew == {}, f"kernels typed again after the warm-ups: {grew}"
+    assert grew == {}, f"compiled loops typed again after the warm-ups: {grew}"

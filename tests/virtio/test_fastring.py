@@ -123,7 +123,7 @@ def test_rx_ring_empty_leaves_frames(mem):
     assert (r.consumed, r.dropped) == (3, 0)
 
 
-def test_device_kernels_on_indirect_and_split_chains(mem):
+def test_device_loops_on_indirect_and_split_chains(mem):
     """Chains posted by the Python driver half (indirect, header split across descriptors)."""
     dq = DriverQueue.create(mem, 8, 0, indirect_max=4)
     dev = DeviceRing(dq.state(indirect=True), mem)
@@ -149,7 +149,7 @@ def test_device_kernels_on_indirect_and_split_chains(mem):
     assert got[12:] == data[0, :100].tobytes()
 
 
-def test_notification_decisions_in_kernels(mem):
+def test_notification_decisions_in_compiled_loops(mem):
     dtx, _drx, dev_tx, _dev_rx = pair(mem, num=8, event_idx=True)
     data, lens = batch([64] * 4)
     assert dtx.post_tx(data, lens, 2)[2] is True  # avail_event 0: kick
@@ -171,7 +171,7 @@ def test_notification_decisions_in_kernels(mem):
     assert drx2.refill() == (1, False)  # NO_NOTIFY: no kick
 
 
-def test_driver_kernels_refuse_a_hostile_device(mem):
+def test_driver_loops_refuse_a_hostile_device(mem):
     _, drx, _, dev_rx = pair(mem, num=8)
     drx.refill()
     mem.write(dev_rx.state.used_gpa + 4, struct.pack("<II", 7 + 100, 10))
@@ -192,7 +192,7 @@ def test_driver_kernels_refuse_a_hostile_device(mem):
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 @pytest.mark.parametrize("kernel", ["pop", "collect", "deliver"])
-def test_hostile_ring_refused_by_kernels(mem, name, kernel):
+def test_hostile_ring_refused_by_compiled_loops(mem, name, kernel):
     dq, st, code = hostile_ring(mem, name)
     dev = DeviceRing(st, mem)
     out, out_lens = np.zeros((4, SLOT), np.uint8), np.zeros(4, np.uint32)

@@ -123,7 +123,7 @@ def test_empty_region_refused():
         os.close(fd)
 
 
-def test_regions_table_for_kernels(mem2):
+def test_regions_table_for_compiled_loops(mem2):
     arrays, starts = mem2.regions_table()
     # padded to REGION_SLOTS with empty regions no address falls in: one kernel type for any table
     assert len(arrays) == len(starts) == REGION_SLOTS

@@ -1,6 +1,6 @@
-"""``vxdp compile``: build the compiled-code cache of the datapath kernels ahead of the first daemon.
+"""``vxdp compile``: build the compiled-code cache of the datapath loops ahead of the first daemon.
 
-Both daemons compile (or load) their kernels before they serve (`vxdp.jitcache`);
+Both daemons compile (or load) their compiled loops before they serve (`vxdp.jitcache`);
 on a fresh install that takes seconds a user would otherwise wait through at the
 first ``vxdp host serve`` and ``vxdp guest run``. ``make setup`` runs this once.
 """
@@ -14,7 +14,7 @@ from .output import emit_json
 
 def add_parser(objects: argparse._SubParsersAction) -> None:
     p = objects.add_parser(
-        "compile", help="compile the datapath kernels (numba) into the cache, ahead of the daemons",
+        "compile", help="compile the datapath loops (numba) into the cache, ahead of the daemons",
         description="Compile every datapath kernel the backend (vxdp host serve) and the driver (vxdp guest "
         "run) run, or check that the cache already has them. The cache is numba's: the __pycache__ folders "
         "beside the package's sources, or $NUMBA_CACHE_DIR when it is set. Exit status 0 when every kernel "

@@ -1,6 +1,6 @@
-"""The port and tap kernels typed before a daemon serves (see `vxdp.jitcache` for why).
+"""The port's and tap's compiled loops typed before a daemon serves (see `vxdp.jitcache` for why).
 
-A kernel is compiled for the types of its arguments, not their contents, so each
+A loop is compiled for the types of its arguments, not their contents, so each
 is called once with arrays of exactly the dtypes, shapes and layouts `Port` and
 `Tap` pass, on an fd of -1 and empty rings: every syscall fails with EBADF at
 once and no frame moves. `tests/netdev/test_warmup.py` checks that a real port

@@ -1,9 +1,9 @@
-"""Driver-side batch kernels (our guest driver and the benchmark), compiled with numba.
+"""Driver-side batch loops (our guest driver and the benchmark), compiled with numba.
 
 Split out of ``fastring`` (which re-exports them) to keep modules small. Each
 rx or tx descriptor owns one fixed-size buffer, ``buf_gpa + id * buf_size``;
 the free-descriptor stack and per-head bookkeeping are the numpy arrays of
-``virtqueue.DriverQueue``, so the Python driver half and these kernels share
+``virtqueue.DriverQueue``, so the Python driver half and these loops share
 them. The device is not trusted either: used ids, lengths, indices and
 ``num_buffers`` are checked before use. Ordering as in ``ringops``.
 """

@@ -1,6 +1,6 @@
 """Batch fast paths of the virtio-net datapath, compiled with numba: one call per batch, never per frame.
 
-Driver kernels live in ``drvring`` and are re-exported here.
+Driver loops live in ``drvring`` and are re-exported here.
 
 Device side (the backend): :func:`dev_rx_deliver` copies frames from a
 :class:`~vxdp.frames.FrameBatch`-shaped pair (``data[i, :lens[i]]``) into rx
@@ -13,7 +13,7 @@ posts fixed-size rx buffers (buffer of descriptor ``id`` at
 :func:`drv_tx_post` copies frames into tx buffers and posts them,
 :func:`drv_tx_reap` frees completed ones.
 
-Each kernel reads the other side's index once, walks chains with
+Each compiled loop reads the other side's index once, walks chains with
 ``ringops.walk`` (the rules of ``virtqueue.walk_chain``), writes every entry,
 then publishes its own index behind a fence (see ``ringops`` for the ordering
 argument), and returns counts and a ``RingError`` code. On an error it stops,
@@ -21,7 +21,7 @@ publishes what it completed before, and the wrapper marks the queue broken.
 
 The wrappers :class:`DeviceRing` and :class:`DriverRing` keep the numba
 parameter array in step with the Python :class:`QueueState` /
-:class:`DriverQueue`, so the reference code and the kernels can serve the same
+:class:`DriverQueue`, so the reference code and the compiled loops can serve the same
 ring in turn.
 """
 
@@ -283,7 +283,7 @@ def dev_tx_collect(mems, starts, q, out, out_lens, max_frames):
 
 
 # ---------------------------------------------------------------------------------------------
-# Python-side wrappers: keep the kernels' parameter array in step with the queue objects
+# Python-side wrappers: keep the compiled loops' parameter array in step with the queue objects
 @dataclass
 class RxResult:
     consumed: int  # frames handled (delivered + dropped)

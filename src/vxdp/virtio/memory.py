@@ -7,11 +7,11 @@ is therefore written by a party it must not trust, so every access goes through
 :meth:`GuestMemory.translate`, which refuses any range that is not wholly inside
 one region. A range crossing from one region into the next is refused too,
 even where the regions happen to be adjacent: keeping each access inside one
-mapping is what lets the compiled kernels (``vxdp.virtio.fastring``) copy with
+mapping is what lets the compiled loops (``vxdp.virtio.fastring``) copy with
 plain slices of one numpy array.
 
 Guest-physical addresses at or above ``GPA_LIMIT`` (2**62) are refused when
-regions are built. The compiled kernels rely on that: any 64-bit descriptor
+regions are built. The compiled loops rely on that: any 64-bit descriptor
 address at or above the limit is out of memory, and every other one fits an
 int64 with room for a 32-bit length on top, so the bounds arithmetic can never
 wrap.
@@ -40,7 +40,7 @@ import numpy as np
 from . import sigbus
 
 GPA_LIMIT = 1 << 62
-# regions a compiled kernel takes (vhost-user's VHOST_MEMORY_BASELINE_NREGIONS); see `regions_table`
+# regions a compiled loop takes (vhost-user's VHOST_MEMORY_BASELINE_NREGIONS); see `regions_table`
 REGION_SLOTS = 8
 _NO_REGION = np.zeros(0, np.uint8)  # an empty region: no address falls in it
 _NO_GPA = np.iinfo(np.int64).max
@@ -248,7 +248,7 @@ class GuestMemory:
         """``(region index, offset into region.array)`` of ``[gpa, gpa+n)``, or GuestMemoryError.
 
         An empty range (n == 0) is accepted at any address from a region's start
-        to its end inclusive (the same rule the compiled kernels apply).
+        to its end inclusive (the same rule the compiled loops apply).
         """
         if n < 0 or gpa < 0 or gpa + n > U64_MAX + 1 or gpa > U64_MAX:
             raise GuestMemoryError(f"bad range gpa {gpa:#x} len {n}")
@@ -316,16 +316,16 @@ class GuestMemory:
     def write_u64(self, gpa: int, v: int) -> None:
         self._word(gpa, "<u8")[0] = v & U64_MAX
 
-    # -- for compiled kernels -----------------------------------------------------------------
+    # -- for compiled loops -----------------------------------------------------------------
     def regions_table(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         """``(arrays, starts)``: a tuple of each region's uint8 array and an int64 array of their gpas,
         padded to `REGION_SLOTS` entries with empty regions that hold no address.
 
-        numba takes a homogeneous tuple of arrays as it is; a kernel finds the
+        numba takes a homogeneous tuple of arrays as it is; a compiled loop finds the
         region whose ``[starts[i], starts[i] + arrays[i].size)`` holds a range.
-        Why the padding: the tuple's length is part of a kernel's type, so one
+        Why the padding: the tuple's length is part of a compiled loop's type, so one
         region (our driver) and two (QEMU) would be two compiles; at one fixed
-        length the kernels are compiled once, before a daemon serves
+        length the loops are compiled once, before a daemon serves
         (`vxdp.jitcache`), whatever the frontend's memory table looks like.
         """
         if len(self.regions) > REGION_SLOTS:

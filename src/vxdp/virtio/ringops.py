@@ -1,6 +1,6 @@
-"""Compiled building blocks of the ring kernels: loads, stores, a fence, translation, the chain walk.
+"""Compiled building blocks of the compiled ring loops: loads, stores, a fence, translation, the chain walk.
 
-Memory model. Guest memory reaches a kernel as ``mems``, a tuple of uint8
+Memory model. Guest memory reaches a compiled loop as ``mems``, a tuple of uint8
 arrays (one per region, see ``GuestMemory.regions_table``), and ``starts``,
 their guest-physical addresses. Integers are read and written with one
 access of their width (``rd16`` and friends), never byte by byte.
@@ -54,7 +54,7 @@ E_USED_LEN = int(RingError.USED_LEN)
 E_NUM_BUFFERS = int(RingError.NUM_BUFFERS)
 U32_MAX = 0xFFFFFFFF
 
-# Queue parameter array (int64), shared by device and driver kernels.
+# Queue parameter array (int64), shared by device and driver loops.
 Q_NUM = 0
 Q_DESC_R, Q_DESC_O = 1, 2  # region index and offset of the descriptor table
 Q_AVAIL_R, Q_AVAIL_O = 3, 4

@@ -8,7 +8,7 @@ ring[num] {id u32, len u32}, avail_event u16).
 The queue's state (:class:`QueueState`) lives apart from guest memory, and the
 memory is passed into every call, as in rust-vmm's virtio-queue: the state is
 ours, the memory belongs to a party we do not trust. This module is the
-reference: the compiled kernels of ``vxdp.virtio.fastring`` walk chains by the
+reference: the compiled loops of ``vxdp.virtio.fastring`` walk chains by the
 same rules and return the same :class:`RingError` codes, and the tests hold
 them to it.
 
@@ -45,7 +45,7 @@ U32_MAX = 0xFFFFFFFF
 
 
 class RingError(IntEnum):
-    """Why a ring was refused. The numba kernels return these codes (0 = no error)."""
+    """Why a ring was refused. The numba loops return these codes (0 = no error)."""
 
     OK = 0
     AVAIL_IDX = 1  # avail idx jumped more than num ahead
@@ -304,7 +304,7 @@ class QueueState:
 class DriverQueue:
     """The driver's half of a split virtqueue over real guest memory (our guest; tests' ring mock).
 
-    Free descriptors are a stack in numpy arrays so that the driver kernels of
+    Free descriptors are a stack in numpy arrays so that the driver loops of
     ``fastring`` share them; shadow copies of what we wrote into each
     descriptor let us free chains without trusting the device's memory.
     """

@@ -1,9 +1,9 @@
-"""The ring kernels typed before a daemon serves (see `vxdp.jitcache` for why).
+"""The compiled ring loops typed before a daemon serves (see `vxdp.jitcache` for why).
 
 Each warm-up drives the real wrappers (`DeviceRing` for the backend, `DriverRing`
 for the driver) over a small memfd with rings laid out by the Python
-`DriverQueue`, so the kernels see exactly the argument types the datapath gives
-them. A kernel is compiled for its argument types, not their contents, so the
+`DriverQueue`, so the compiled loops see exactly the argument types the datapath gives
+them. A loop is compiled for its argument types, not their contents, so the
 rings may stay empty: the device half finds no buffers, the driver half's
 frames are never taken, and nothing leaves the process.
 """
