@@ -31,12 +31,10 @@ from vxdp.virtio import warmup as virtio_warmup
 from vxdp.virtio.ctrl_framing import Ack
 
 from .ctrl_client import TIMEOUT_S as CTRL_TIMEOUT_S
-from .driver import QUEUE_SIZE, GuestDriver
+from .driver import QUEUE_SIZE, TICK_S, GuestDriver
 from .programs import GuestPrograms
 
 log = logging.getLogger(__name__)
-
-TICK = 0.1
 
 
 class GuestDaemonError(Exception):
@@ -129,7 +127,7 @@ class GuestDaemon:
         if not self.driver.server:
             self.driver.tick()  # first attempt at once; later ones from the tick, with backoff
         try:
-            self.loop.run(tick=TICK, on_tick=self.driver.tick)
+            self.loop.run(tick=TICK_S, on_tick=self.driver.tick)  # woken at least that often
         finally:
             self.close()
 
