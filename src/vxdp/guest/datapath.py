@@ -18,8 +18,8 @@ stays readable by itself.
 Notification races: after the last reap we have asked for the next interrupt, but a
 device can publish between our read of the used index and our store of used_event.
 `poll_rx` re-checks the used index after refilling (see `_rx_pending`), and `poll`
-(called by the driver's tick) reaps both rings, so a notification lost anyway costs at
-most one tick.
+(called periodically) reaps both rings, so a notification lost anyway costs at most one
+period.
 
 A ring the device broke (``VirtqueueError``) is reported through ``on_broken``: the
 whole session must go, which is not this module's to do.

@@ -1,11 +1,11 @@
 """The guest driver: a vhost-user frontend (like DPDK's virtio-user) bridged to a port.
 
-One `GuestDriver` owns one virtio-net device on the other end of a vhost-user socket.
-It composes the roles, each in its own module: `vxdp.guest.session` connects, sets the
-device up and reconnects; `vxdp.guest.datapath` moves the frames; here, what belongs to
-the device as a whole: its MAC (the config space's when the backend reports one, else
-ours), the control queue (`CtrlClient`, one per session), the periodic tick, and what
-``vxdp guest show`` reports.
+One `GuestDriver` owns one virtio-net device on the other end of a vhost-user socket. It
+is a `Connector` (the connection and each session it sets up) and a `GuestDatapath` (the
+frames) put together, plus what belongs to the device as a whole: its MAC (the config
+space's when the backend reports one, else ours, kept across sessions), the control
+queue (a `CtrlClient` per session, ``ctrl``), the periodic tick, and what ``vxdp guest
+show`` reports.
 
 A ring the device breaks, in the datapath or on the ctrl queue, ends the session like a
 backend going away: everything of it is dropped and a new one is set up.

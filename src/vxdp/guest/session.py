@@ -8,9 +8,9 @@ MAC, lays out fresh memory and rings (`GuestRings`) and hands them over with
 here and not silently later.
 
 A `Session` lives exactly as long as its connection: when the backend closes the
-socket, sends garbage, or (as the driver reports through `Connector.disconnect`) breaks
-a ring, the whole session goes (socket, memory, rings, eventfds), so nothing of a dead
-session can leak into the next one.
+socket or sends garbage, or the session's user ends it (`Connector.disconnect`, e.g. for
+a ring the device broke), the whole session goes (socket, memory, rings, eventfds), so
+nothing of a dead session can leak into the next one.
 
 `Connector` keeps one session up. Client mode connects, blocking (`connect`) or one
 attempt per `retry` with a bounded backoff (0.1 s doubling to ``retry_max``, a warning
