@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from guest_helpers import GuestProc, HostProc, ping, poll, tcp_transfer
 
+from vxdp.guest.driver import QUEUE_SIZE
 from vxdp.testing.netns import NetLab
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
@@ -63,6 +64,8 @@ def test_ping_both_ways_mtu_and_ctrl(topo):
         # the MAC came from the backend's config space (GET_CONFIG), and the tap carries it
         assert doc["mac"] == HOST_MAC and _tap_mac(topo.guest) == HOST_MAC
         assert doc["ctrl_vq"] and "NET_CTRL_VQ" in doc["features"]
+        # no --queue-size: the driver's one default
+        assert {r["name"]: r["num"] for r in doc["rings"] if r["name"] != "ctrl"} == {"rx": QUEUE_SIZE, "tx": QUEUE_SIZE}
         assert ping(topo.guest, TRAFFIC_IP, 20) == 20
         assert ping(topo.traffic, GUEST_IP, 20) == 20
         assert ping(topo.guest, TRAFFIC_IP, 5, size=1472) == 5  # 1500-byte IP packets, checked payload

@@ -20,8 +20,9 @@ port → guest: frames come from the kernel's live-frames generator (XDP_TX out 
 testpmd as the backend the source is its ``txonly``. The figure is frames counted at the
 receiver during the source's run divided by its duration.
 
-guest → port: our driver posts prebuilt frames in a tight loop (``guest.bench_tx``), testpmd
-runs ``txonly``; at the port's peer an XDP program drops them and the kernel's run count
+guest → port: our driver posts prebuilt frames in a tight loop (``guest.bench_tx``; both
+methods are `vxdp.bench.guest_hooks`, which ``vxdp guest run`` serves), testpmd runs
+``txonly``; at the port's peer an XDP program drops them and the kernel's run count
 (BPF_ENABLE_STATS) counts them; with testpmd as the backend its ``rxonly`` counts. The peer's
 NAPI runs threaded on CPU 1 (`PEER_NAPI_CPU`), so the backend's CPU pays for sending only.
 

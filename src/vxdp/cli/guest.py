@@ -30,7 +30,9 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     run.add_argument("--mac", metavar="MAC", help="the device MAC when the backend reports none")
     run.add_argument("--server", action="store_true", help="listen on PATH; the backend connects")
     run.add_argument("--mem-mb", type=int, default=64, metavar="N", help="guest memory in MiB (default 64)")
-    run.add_argument("--queue-size", type=int, default=1024, metavar="N", help="rx/tx ring size (default 1024)")
+    run.add_argument("--queue-size", type=int, metavar="N",
+                     help="rx/tx ring size, a power of two (default: the driver's, which `vxdp guest show` "
+                          "lists with each ring)")
     run.add_argument("--no-gro", dest="gro", action="store_false",
                      help="write received frames to the tap one by one, not a TCP flow's segments merged "
                           "into GSO super-frames (the default)")
@@ -44,6 +46,7 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..bench import guest_hooks
     from ..guest.driver import GuestDriverError
     from ..guest.server import GuestDaemon, GuestDaemonError
     from ..virtio.net import NetError, parse_mac
@@ -54,10 +57,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         mac = parse_mac(args.mac) if args.mac else None
     except NetError as e:
         raise CliError(f"--mac: {e}") from None
+    sizes = {} if args.queue_size is None else {"queue_size": args.queue_size}  # else the driver's default
     try:
+        # the benchmark methods too: `vxdp bench datapath` measures the daemon as users run it
         daemon = GuestDaemon(args.socket, netns=args.netns, tap=args.tap, addr=args.addr, name=args.name,
-                             mtu=args.mtu, mac=mac, server=args.server, mem_mb=args.mem_mb,
-                             queue_size=args.queue_size, gro=args.gro)
+                             mtu=args.mtu, mac=mac, server=args.server, mem_mb=args.mem_mb, gro=args.gro,
+                             extra_methods=guest_hooks.methods, **sizes)
     except (GuestDaemonError, GuestDriverError) as e:
         raise CliError(str(e)) from None
     daemon.run()

@@ -17,6 +17,7 @@ ours.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
@@ -30,12 +31,10 @@ from vxdp.virtio import warmup as virtio_warmup
 from vxdp.virtio.ctrl_framing import Ack
 
 from .ctrl_client import TIMEOUT_S as CTRL_TIMEOUT_S
-from .driver import GuestDriver
+from .driver import QUEUE_SIZE, TICK_S, GuestDriver
 from .programs import GuestPrograms
 
 log = logging.getLogger(__name__)
-
-TICK = 0.1
 
 
 class GuestDaemonError(Exception):
@@ -45,7 +44,10 @@ class GuestDaemonError(Exception):
 class GuestDaemon:
     def __init__(self, socket_path: str, *, netns: str, tap: str, addr: str | None = None,
                  name: str | None = None, mtu: int = 1500, mac: bytes | None = None, server: bool = False,
-                 mem_mb: int = 64, queue_size: int = 256, gro: bool = True) -> None:
+                 mem_mb: int = 64, queue_size: int = QUEUE_SIZE, gro: bool = True,
+                 extra_methods: Callable[[GuestDriver], Mapping[str, rpc.Handler]] | None = None) -> None:
+        """``extra_methods(driver)``: more control-socket methods, made once the driver exists (the CLI
+        adds `vxdp.bench`'s hooks this way: this layer does not know the benchmarks)."""
         self.name = name or tap
         self.netns = netns
         self.created_netns = False
@@ -80,9 +82,8 @@ class GuestDaemon:
                 "guest.show": self.show,
                 "guest.ctrl": self.ctrl,
                 "guest.promisc": self.promisc,
-                "guest.bench_tx": self.bench_tx,
-                "guest.bench_discard": self.bench_discard,
                 **self.programs.handlers(),
+                **(extra_methods(self.driver) if extra_methods else {}),
             })
         except Exception as e:
             self.close()
@@ -120,23 +121,13 @@ class GuestDaemon:
     def promisc(self, on: bool = True, wait: float = CTRL_TIMEOUT_S) -> dict:
         return {"ack": Ack(self.driver.set_promisc(on, wait)).name}
 
-    # -- benchmark hooks (vxdp bench datapath) ------------------------------------------------
-    def bench_tx(self, frame: str, count: int, seconds: float = 5.0) -> dict:
-        """Post ``count`` copies of ``frame`` (hex) on the tx vring as fast as it goes; blocks the loop."""
-        return self.driver.bench_tx(bytes.fromhex(frame), count, seconds)
-
-    def bench_discard(self, on: bool = True) -> dict:
-        """Count received frames and drop them instead of writing them to the tap (the driver's own rate)."""
-        self.driver.rx_discard = bool(on)
-        return {"discard": self.driver.rx_discard}
-
     # -- life cycle -----------------------------------------------------------------------
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; then clean up."""
         if not self.driver.server:
             self.driver.tick()  # first attempt at once; later ones from the tick, with backoff
         try:
-            self.loop.run(tick=TICK, on_tick=self.driver.tick)
+            self.loop.run(tick=TICK_S, on_tick=self.driver.tick)  # woken at least that often
         finally:
             self.close()
 
