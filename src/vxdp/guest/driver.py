@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -89,7 +88,6 @@ class GuestDriver:
         except OSError as e:  # server mode: the path is another driver's, or cannot be claimed
             why = e.strerror if isinstance(e, PathBusy) else f"{socket_path}: {e.strerror or e}"
             raise GuestDriverError(f"vhost-user socket {why}") from None
-        self._last_tick = 0.0
 
     # ------------------------------------------------------------------ state
     @property
@@ -184,14 +182,8 @@ class GuestDriver:
         self.link.close()
 
     def tick(self) -> None:
-        """Periodic: poll the rings (lost notifications) or reconnect with backoff.
-
-        The loop may call this after every round of events; it acts at most every ``TICK_S``.
-        """
-        now = time.monotonic()
-        if now - self._last_tick < TICK_S:
-            return
-        self._last_tick = now
+        """Periodic (the daemon's loop calls it once every ``TICK_S``): poll the rings for a lost
+        notification, or reconnect with backoff."""
         if self.connected:
             self.datapath.poll()
         else:

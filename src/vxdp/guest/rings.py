@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from vxdp.vhost_user.frontend import RegionSpec, VringSpec
 from vxdp.virtio.fastring import DriverRing
 from vxdp.virtio.memory import GuestMemory
-from vxdp.virtio.virtqueue import DriverQueue, ring_layout
+from vxdp.virtio.virtqueue import DriverQueue, ring_layout, ring_sizes
 
 RX, TX, CTRL = 0, 1, 2
 PAGE = 4096
@@ -102,8 +102,9 @@ class GuestRings:
         out = []
         for index, dq in sorted(self.queues.items()):
             uva = self.mem.gpa_to_uva
-            out.append(VringSpec(index, dq.num, uva(dq.desc_gpa, 16 * dq.num), uva(dq.avail_gpa, 6 + 2 * dq.num),
-                                 uva(dq.used_gpa, 6 + 8 * dq.num), self.fds[index].kick, self.fds[index].call))
+            desc, avail, used = ring_sizes(dq.num)
+            out.append(VringSpec(index, dq.num, uva(dq.desc_gpa, desc), uva(dq.avail_gpa, avail),
+                                 uva(dq.used_gpa, used), self.fds[index].kick, self.fds[index].call))
         return out
 
     # -- notifications -------------------------------------------------------------------------

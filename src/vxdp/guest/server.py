@@ -124,10 +124,8 @@ class GuestDaemon:
     # -- life cycle -----------------------------------------------------------------------
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; then clean up."""
-        if not self.driver.server:
-            self.driver.tick()  # first attempt at once; later ones from the tick, with backoff
-        try:
-            self.loop.run(tick=TICK_S, on_tick=self.driver.tick)  # woken at least that often
+        try:  # the loop ticks after its first round: the first connection attempt is made at once
+            self.loop.run(tick=TICK_S, on_tick=self.driver.tick)
         finally:
             self.close()
 
