@@ -28,6 +28,7 @@ from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp, query_xdp
 from vxdp.bpf.mapspec import MapType, possible_cpus
 from vxdp.engine.kernel import KERNEL_NAME_SHOWN, KernelEngine
 from vxdp.host.offload.errors import OffloadError
+from vxdp.host.offload.handles import Kind
 from vxdp.host.offload.policy import Policy, Quota
 from vxdp.host.offload.service import OffloadService, kernel_prefix
 from vxdp.packets import frame
@@ -139,11 +140,11 @@ def test_replace_updates_the_one_link_and_the_replaced_program_stays_loaded(port
     _, second = offload_object(service, dev, SAMPLES_BUILD / "xdp_pass.o", ["xdp_pass"])
     h1, h2 = first["xdp_prog1"], second["xdp_pass"]
     service.prog_attach(dev, h1)
-    link_id = service._links[dev].info().id
+    link_id = service.devices[dev].port.link.info().id
     service.prog_attach(dev, h2)
     ids = {p["handle"]: p["kernel_id"] for p in service.show()[0]["programs"]}
     assert query_xdp(port.b, XdpMode.NATIVE, netns=port.ns_b) == ids[h2]
-    assert service._links[dev].info().id == link_id and service._links[dev].info().prog_id == ids[h2]
+    assert service.devices[dev].port.link.info().id == link_id and service.devices[dev].port.link.info().prog_id == ids[h2]
     assert service.prog_query(dev)["attached"] == h2
     service.free(dev, h1)  # replaced: no longer attached, so it can go
     _refused(service.free, dev, h2, rule="handles", err=errno.EBUSY, match="attached")
@@ -294,7 +295,7 @@ def test_bare_redirect_loads_and_is_counted():
     s, dev = _lo_service()
     try:
         h, _ = s.prog_load(dev, [Insn(0xB7, 0, 0, 0, XdpAction.REDIRECT), Insn(EXIT)], name="bare")
-        obj = s._progs[dev][h]
+        obj = s.devices[dev].handles.get(h, Kind.PROG)
         assert s.devices[dev].engine.run(obj.engine_handle, bytes(64), repeat=3).action == XdpAction.REDIRECT
         assert s.prog_counters(dev, h)["redirect"] == 3
     finally:
@@ -387,8 +388,7 @@ def test_handles_of_another_device_and_the_feature_bit():
         _refused(s.map_lookup, dev0, m1, bytes(4), rule=None, err=errno.EBADF,
                  match=f"handle {m1} is not a map of device {dev0}")
         _refused(s.prog_attach, dev1, m1, rule=None, err=errno.EBADF, match="is not a program")
-        _refused(s.require_negotiated, dev0, rule="feature", err=errno.EOPNOTSUPP)
-        s.require_negotiated(dev1)
+        assert {d["name"]: d["offload_negotiated"] for d in s.show()} == {dev0: False, dev1: True}
         _refused(s.caps, "nodev", rule=None, err=errno.ENODEV)
         with pytest.raises(OffloadError, match="no such interface"):
             s.add_device("x", "no-such-if0")

@@ -28,6 +28,7 @@ from vxdp.bpf.isa import EXIT, Insn
 from vxdp.bpf.kernel.xdp import query_xdp
 from vxdp.bpf.mapspec import MapFlag, MapType
 from vxdp.host.offload.handler import BpfCommandHandler
+from vxdp.host.offload.handles import Kind
 from vxdp.host.offload.policy import DEFAULT_HELPERS, Policy, Quota
 from vxdp.host.offload.service import OffloadService
 from vxdp.host.offload.state_format import DeviceState, Entries, MapState, decode_state, encode_state
@@ -105,10 +106,10 @@ def _objects(s: OffloadService, dev: str) -> tuple[list, list]:
 def _runs(s: OffloadService, dev: str) -> list[tuple[int, int, bytes]]:
     d = s.devices[dev]
     out = []
-    for h, p in sorted(s._progs[dev].items()):
+    for p in d.progs():
         for pkt in PACKETS:
             r = d.engine.run(p.engine_handle, pkt)
-            out.append((h, r.action, r.packet))
+            out.append((p.handle, r.action, r.packet))
     return out
 
 
@@ -129,7 +130,7 @@ def _no_kernel_objects(prefix: str) -> tuple[list[str], list[str]]:
 
 def _empty(s: OffloadService, dev: str) -> bool:
     d = s.devices[dev]
-    return len(d.handles) == 0 and d.attached is None and not s._maps[dev] and not s._progs[dev] and d.map_memory == 0
+    return len(d.handles) == 0 and d.attached is None and d.map_memory == 0
 
 
 @pytest.fixture
@@ -162,7 +163,7 @@ def test_state_moves_maps_programs_prog_array_and_attachment_under_the_same_hand
         service.map_update(b, h["const"], U32.pack(0), bytes(16))
     # the attachment: the same guest handle, natively on B's port
     assert service.devices[b].attached == h["xdp_entry"]
-    b_entry = service._progs[b][h["xdp_entry"]]
+    b_entry = service.devices[b].handles.get(h["xdp_entry"], Kind.PROG)
     assert query_xdp(pair.a, netns=pair.ns_a) == b_entry.kernel_id
     # the programs compute the same: same verdicts and packets, same map updates (tail calls included)
     assert _runs(service, b) == _runs(service, a)
