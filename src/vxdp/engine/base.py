@@ -5,6 +5,8 @@ linked program whose map references already carry the engine's own map
 handles, and run a loaded program on a packet. Everything above (loading a
 whole object, filling prog_arrays, the CLI, the offload service) is written once
 against these primitives, so engines differ only where they really differ.
+Callers that keep objects one by one also get what an engine knows of a
+program (`ProgramInfo`: id, name, tag) and the freeing of one map or program.
 
 Maps speak `vxdp.bpf.mapapi.Map` on every engine (re-exported here), so
 callers and tests cannot tell the engines apart.

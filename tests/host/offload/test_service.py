@@ -516,3 +516,20 @@ def test_usage_is_read_from_the_table(engine):
         assert s.objects(dev) == [] and s.show()[0]["programs"] == []
     finally:
         s.close()
+
+
+@pytest.mark.privileged
+def test_a_program_has_the_same_tag_on_the_interpreter_as_in_the_kernel():
+    """The tag names the code (the kernel's rule, map references zeroed): the same guest program,
+    with its own maps on each engine, has one tag whichever engine the device runs."""
+    tags = []
+    for engine in ("kernel", "interp"):
+        s, dev = _lo_service(engine)
+        try:
+            s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="pad")
+            m = s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="m")
+            _, tag = s.prog_load(dev, [*lddw(1, m, PseudoSrc.MAP_FD), Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="p")
+            tags.append(tag)
+        finally:
+            s.close()
+    assert len(tags[0]) == 16 and tags[0] == tags[1]

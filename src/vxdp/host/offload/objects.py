@@ -31,7 +31,8 @@ _U64 = struct.Struct("<Q")
 
 @dataclass
 class MapObj:
-    """One guest map: its spec, the engine's map, the memory it is charged for, its kernel id."""
+    """One guest map: its spec, the engine's map, the memory it is charged for, its kernel id (0 on an
+    engine outside the kernel)."""
 
     handle: int
     name: str
@@ -89,9 +90,9 @@ class ProgObj:
     handle: int
     name: str
     kernel_name: str
-    engine_handle: int  # what the engine (a kernel fd) names the program by; prog_array values carry it
+    engine_handle: int  # what the engine names the program by (the kernel: an fd); prog_array values carry it
     tag: str
-    kernel_id: int
+    kernel_id: int  # the engine's id for it (the kernel's program id): what a prog_array lookup answers
     guest_insns: int
     host_insns: int
     map_handles: tuple[int, ...]
