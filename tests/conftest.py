@@ -26,11 +26,12 @@ def bpffs() -> None:
 
 
 @pytest.fixture
-def service():
-    """An `OffloadService` on the kernel engine, closed (every device's kernel objects freed) after the test."""
-    from vxdp.host.offload.service import OffloadService
+def service(request):
+    """An `OffloadService`, closed (every device's objects freed) after the test: on the kernel engine,
+    or on the one a test asks for with ``parametrize("service", offload_engines.ENGINES, indirect=True)``."""
+    from offload_engines import offload_service
 
-    s = OffloadService()
+    s = offload_service(getattr(request, "param", "kernel"))
     try:
         yield s
     finally:

@@ -5,6 +5,8 @@ linked program whose map references already carry the engine's own map
 handles, and run a loaded program on a packet. Everything above (loading a
 whole object, filling prog_arrays, the CLI, the offload service) is written once
 against these primitives, so engines differ only where they really differ.
+Callers that keep objects one by one also get what an engine knows of a
+program (`ProgramInfo`: id, name, tag) and the freeing of one map or program.
 
 Maps speak `vxdp.bpf.mapapi.Map` on every engine (re-exported here), so
 callers and tests cannot tell the engines apart.
@@ -13,9 +15,10 @@ callers and tests cannot tell the engines apart.
 from __future__ import annotations
 
 import abc
+import hashlib
 from dataclasses import dataclass
 
-from ..bpf.isa import Insn
+from ..bpf.isa import LDDW, Insn, PseudoSrc
 from ..bpf.mapapi import Map
 from ..bpf.mapspec import MapSpec
 
@@ -52,6 +55,31 @@ class RunResult:
     duration_ns: float  # mean wall time of one run, as the engine measures it
 
 
+@dataclass(frozen=True)
+class ProgramInfo:
+    """What an engine says about a loaded program, the same on every engine."""
+
+    id: int  # what a user-space lookup of a prog_array slot holding the program answers
+    name: str  # as the engine shows it (the kernel keeps 15 characters)
+    tag: str  # 16 hex digits (`program_tag` for engines outside the kernel)
+
+
+def program_tag(insns: list[Insn]) -> str:
+    """The kernel's tag rule (``bpf_prog_calc_tag``, SHA-256 since 6.18): the first 8 bytes of the
+    hash of the instructions with the map references of ``lddw`` zeroed, so the tag names the code,
+    not the numbers its maps happen to have."""
+    out, pc = bytearray(), 0
+    while pc < len(insns):
+        insn = insns[pc]
+        if insn.code == LDDW and insn.src in (PseudoSrc.MAP_FD, PseudoSrc.MAP_VALUE) and pc + 1 < len(insns):
+            out += insn.replace(imm=0).encode() + insns[pc + 1].replace(imm=0).encode()
+            pc += 2
+            continue
+        out += insn.encode()
+        pc += 1
+    return hashlib.sha256(bytes(out)).digest()[:8].hex()
+
+
 class Engine(abc.ABC):
     """An execution engine: makes maps, loads programs, runs them on packets."""
 
@@ -77,8 +105,19 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> RunResult: ...
 
+    def program_info(self, prog: int) -> ProgramInfo:
+        """The id, name and tag of a loaded program."""
+        raise NotImplementedError(f"engine {self.name}: no program info")
+
+    def free_map(self, m: Map) -> None:
+        """Release one map this engine made, before `close` (the offload service frees objects one by one)."""
+        m.close()
+
+    def free_program(self, prog: int) -> None:
+        """Release one program this engine loaded; an unknown handle is ignored."""
+
     def close(self) -> None:
         """Release every map and program this engine made."""
 
 
-__all__ = ["Engine", "Map", "RunResult", "XdpMd"]
+__all__ = ["Engine", "Map", "ProgramInfo", "RunResult", "XdpMd", "program_tag"]

@@ -42,7 +42,7 @@ from ..bpf.kernel.prog import KernelProgram
 from ..bpf.kernel.syscall import BpfError
 from ..bpf.mapapi import Map
 from ..bpf.mapspec import MapSpec, MapType
-from .base import Engine, RunResult, XdpMd
+from .base import Engine, ProgramInfo, RunResult, XdpMd
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,10 @@ class KernelEngine(Engine):
 
     def program(self, handle: int) -> KernelProgram:
         return self.programs[handle]
+
+    def program_info(self, prog: int) -> ProgramInfo:
+        info = self.programs[prog].info()
+        return ProgramInfo(info.id, info.name, info.tag)
 
     def free_map(self, m: Map) -> None:
         """Close one map this engine made, before `close` (the offload service frees objects one by one)."""

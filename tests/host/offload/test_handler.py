@@ -1,9 +1,11 @@
 """`BpfCommandHandler` at the byte level: the spec's order of checks, its reply framing, the rules the
 handler adds to the service (attach/detach/query, FREE kinds), and hostile bytes.
 
-A real `OffloadService` on the kernel engine; ports are the loopback (no attach) or a veth end in
-a netns (`NetLab`, 198.18.0.0/15) where programs are attached. Requests are built with the codec
-(`encode_request`) and split as the ctrl vq frames them: class byte, command byte, body.
+A real `OffloadService`, on the kernel engine (privileged: ports are the loopback, no attach, or a
+veth end in a netns, `NetLab`, 198.18.0.0/15, where programs are attached) and, for every rule that
+needs no kernel, on the interpreter with a recorded port (unprivileged; `offload_engines.ENGINES`).
+Requests are built with the codec (`encode_request`) and split as the ctrl vq frames them: class
+byte, command byte, body.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from offload_engines import ENGINES, offload_service
 
 from vxdp.bpf.isa import EXIT, Insn
 from vxdp.bpf.mapspec import MapType, possible_cpus
 from vxdp.host.offload.errors import linux_errno
 from vxdp.host.offload.handler import BpfCommandHandler
 from vxdp.host.offload.policy import Policy, Quota
+from vxdp.host.offload.port import RecordedPort
 from vxdp.host.offload.service import OffloadService
 from vxdp.offload.codec import Reply, decode_reply, encode_request
 from vxdp.offload.layout import Message
@@ -59,8 +63,6 @@ from vxdp.offload.wire import (
 )
 from vxdp.testing.netns import NetLab
 from vxdp.virtio.ctrl_framing import CtrlRequest
-
-pytestmark = pytest.mark.privileged
 
 _seq = itertools.count()
 U32 = struct.Struct("<I")
@@ -103,6 +105,12 @@ def lo(service):
 
 @pytest.fixture
 def veth(service):
+    """A device whose port runs programs: a veth end in a netns on the kernel, a recorded port elsewhere."""
+    if service.port_factory is RecordedPort:
+        dev = _dev()
+        service.add_device(dev, "vhb", negotiated=True)
+        yield Wire(service, dev)
+        return
     with NetLab("vxh") as lab:
         pair = lab.veth(lab.netns(), lab.netns(), "vha", "vhb", addr_a="198.18.0.9/30", addr_b="198.18.0.10/30")
         dev = _dev()
@@ -119,6 +127,7 @@ def _kernel_objects(w: Wire) -> tuple[set[int], set[int]]:
 
 # -- the order of checks: feature, area size, decoding ---------------------------------------------
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_not_negotiated_refuses_every_command_without_acting(service):
     dev = _dev()
     service.add_device(dev, "lo")
@@ -132,6 +141,7 @@ def test_not_negotiated_refuses_every_command_without_acting(service):
     assert service.kernel_ids(dev) == (set(), set()) and service.show()[0]["maps"] == []
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_an_area_below_min_reply_executes_nothing(lo):
     req = MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")
     r = lo(req, MIN_REPLY - 1)
@@ -141,6 +151,7 @@ def test_an_area_below_min_reply_executes_nothing(lo):
     assert lo.ok(req, MIN_REPLY).map == 1
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_malformed_requests_are_einval_naming_the_field(lo):
     h = lo.handler
     body = encode_request(MapUpdateRequest(1, bytes(4), bytes(8)))[2:]
@@ -157,6 +168,7 @@ def test_malformed_requests_are_einval_naming_the_field(lo):
     assert _kernel_objects(lo) == (set(), set())
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cmd=st.sampled_from([*map(int, Command), 0x09, 0xFF]), body=st.binary(max_size=96),
        cap=st.integers(0, 512))
@@ -173,10 +185,11 @@ def test_hostile_bytes_always_get_a_valid_reply(lo, cmd, body, cap):
 
 # -- commands ---------------------------------------------------------------------------------------
 
-def test_caps_describe_the_policy(lo):
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
+def test_caps_describe_the_policy(lo, service):
     caps = lo.ok(CapsRequest())
     p = Policy()
-    assert caps.engine == "kernel" and caps.ncpus == possible_cpus() and caps.attach_points == 1
+    assert caps.engine == service.devices[lo.handler.device].engine.name and caps.ncpus == possible_cpus() and caps.attach_points == 1
     assert caps.flags & CapsFlag.STATE  # state export/import work
     assert {t for t in range(64) if caps.allows_map_type(t)} == {int(t) for t in p.map_types}
     assert set(caps.helpers) == {int(h) for h in p.helpers} and list(caps.helpers) == sorted(caps.helpers)
@@ -184,6 +197,7 @@ def test_caps_describe_the_policy(lo):
                                                                p.quota.max_insns)
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_maps_lookups_iteration_and_batches(lo):
     m = lo.ok(MapCreateRequest(MapType.HASH, 4, 8, 16, name="h")).map
     assert lo(MapLookupRequest(m, U32.pack(1))).code == Errno.ENOENT
@@ -223,6 +237,7 @@ def test_maps_lookups_iteration_and_batches(lo):
     assert b.value_size == 8 * possible_cpus() and len(b.keys) == 2
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_map_freeze_makes_the_map_read_only_to_the_guest(lo, service):
     m = lo.ok(MapCreateRequest(MapType.HASH, 4, 8, 4, name="cfg")).map
     lo.ok(MapUpdateRequest(m, U32.pack(1), U64.pack(7)))
@@ -245,6 +260,7 @@ def test_map_freeze_makes_the_map_read_only_to_the_guest(lo, service):
     assert Wire(service, other)(MapUpdateRequest(theirs, U32.pack(0), U64.pack(1))).ok  # left unfrozen
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_free_checks_the_kind_of_handle(lo):
     m = lo.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")).map
     p = lo.ok(ProgLoadRequest(RET2, name="p")).prog
@@ -259,6 +275,7 @@ def test_free_checks_the_kind_of_handle(lo):
     assert _kernel_objects(lo) == (set(), set())
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_prog_load_fields_the_service_does_not_take(lo):
     r = lo(ProgLoadRequest(RET2, name="p", prog_flags=1))
     assert r.code == Errno.EINVAL and "prog_flags" in r.text
@@ -267,6 +284,7 @@ def test_prog_load_fields_the_service_does_not_take(lo):
     assert len(ok.tag) == 8 and ok.tag.hex() == lo.handler.service.show()[0]["programs"][0]["tag"]
 
 
+@pytest.mark.privileged
 def test_verifier_log_is_cut_to_log_size_and_to_the_area(lo):
     r = lo(ProgLoadRequest((Insn(EXIT),), name="bad", log_size=12))
     assert r.code == Errno.EACCES and r.text_truncated
@@ -280,6 +298,7 @@ def test_verifier_log_is_cut_to_log_size_and_to_the_area(lo):
     assert len(raw) == 80 and struct.unpack_from("<I", raw, 5)[0] & ReplyFlag.TEXT_TRUNCATED
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_attach_replace_detach_query_on_a_port(veth):
     p1 = veth.ok(ProgLoadRequest(RET2, name="p1")).prog
     p2 = veth.ok(ProgLoadRequest(RET2, name="p2")).prog
@@ -301,6 +320,7 @@ def test_attach_replace_detach_query_on_a_port(veth):
     assert _kernel_objects(veth) == (set(), set())
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_state_export_fills_the_smallest_area_and_import_checks_its_flags(lo):
     m = lo.ok(MapCreateRequest(MapType.HASH, 8, 8, 16, name="st")).map
     for i in range(16):
@@ -325,6 +345,21 @@ def test_state_export_fills_the_smallest_area_and_import_checks_its_flags(lo):
     assert off(StateExportRequest()).code == Errno.EOPNOTSUPP
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
+def test_a_reply_that_does_not_fit_is_enobufs_with_the_size_it_needs(lo):
+    """Spec §3: a payload larger than the writable area is not cut: ENOBUFS, PAYLOAD_OMITTED and the
+    payload size needed, so the driver retries with that much; the command changed nothing."""
+    m = lo.ok(MapCreateRequest(MapType.ARRAY, 4, 256, 4, name="big")).map
+    lo.ok(MapUpdateRequest(m, U32.pack(1), bytes(range(256))))
+    r = lo(MapLookupRequest(m, U32.pack(1)), MIN_REPLY)
+    assert r.code == Errno.ENOBUFS and r.payload_omitted and r.needed == 4 + 256
+    assert lo.ok(MapLookupRequest(m, U32.pack(1)), 1 + 16 + r.needed).value == bytes(range(256))
+    r = lo(MapLookupBatchRequest(m, 4), 256)
+    assert r.code == Errno.ENOBUFS and r.payload_omitted and r.needed > 4 * 260
+    b = lo.ok(MapLookupBatchRequest(m, 4), 1 + 16 + r.needed)
+    assert len(b.keys) == 4 and b.values[1] == bytes(range(256))
+
+
 class _BrokenCaps(OffloadService):
     """A service with a bug in one method: the handler must answer EIO, not raise."""
 
@@ -332,8 +367,10 @@ class _BrokenCaps(OffloadService):
         raise ZeroDivisionError("bug")
 
 
-def test_an_internal_error_is_eio_and_one_log_line(caplog):
-    s = _BrokenCaps()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_internal_error_is_eio_and_one_log_line(caplog, engine):
+    made = offload_service(engine)
+    s = _BrokenCaps(made.engine_factory, port_factory=made.port_factory)
     try:
         dev = _dev()
         s.add_device(dev, "lo", negotiated=True)
@@ -348,11 +385,13 @@ def test_an_internal_error_is_eio_and_one_log_line(caplog):
         s.close()
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_an_unknown_device_is_enodev(service):
     r = Wire(service, "nosuchdev")(CapsRequest())
     assert r.code == errno.ENODEV and "no device named 'nosuchdev'" in r.text
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_the_ctrl_table_shape(service):
     dev = _dev()
     service.add_device(dev, "lo")
@@ -379,11 +418,13 @@ def _listing(w: Wire, cap: int = 4096, max_count: int = 0) -> list:
     raise AssertionError("OBJ_LIST did not end")
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_caps_say_version_1_2(lo):
     caps = lo.ok(CapsRequest())
     assert (caps.version_major, caps.version_minor) == (1, 2)
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_obj_list_is_the_device_table_whoever_made_it(veth, service):
     m = veth.ok(MapCreateRequest(MapType.HASH, 8, 16, 32, 0, "flows")).map
     p = veth.ok(ProgLoadRequest(insns=RET2, name="pass2"))
@@ -408,6 +449,7 @@ def test_obj_list_is_the_device_table_whoever_made_it(veth, service):
     assert not {o.handle: o for o in _listing(veth)}[p.prog].attached
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_obj_list_says_import_for_what_a_state_import_made(lo, service):
     m = lo.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 2, 0, "seen")).map
     p = lo.ok(ProgLoadRequest(insns=RET2, name="pass2")).prog
@@ -420,6 +462,7 @@ def test_obj_list_says_import_for_what_a_state_import_made(lo, service):
         (m, ObjKind.MAP, ObjOrigin.IMPORT), (p, ObjKind.PROG, ObjOrigin.IMPORT)]
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_obj_list_fills_the_area_continues_with_a_token_and_refuses_a_foreign_one(lo):
     handles = [lo.ok(MapCreateRequest(MapType.ARRAY, 4, 8, 1, 0, f"m{i}")).map for i in range(5)]
     two = 1 + 16 + 4 + 4 + 8 + 2 * 56  # ack, header, token blob, count, rec_size, two records
@@ -444,10 +487,11 @@ def test_obj_list_fills_the_area_continues_with_a_token_and_refuses_a_foreign_on
     assert r.objects == () and r.token == b""
 
 
-def test_the_rate_is_charged_before_decoding_and_by_size():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_rate_is_charged_before_decoding_and_by_size(engine):
     """Malformed requests pay: one token plus one per 64 KiB, before decoding (issue 9 §10)."""
-    service = OffloadService(policy=Policy(quota=Quota(commands_per_second=1.0, command_burst=20)),
-                             clock=lambda: 0.0)
+    service = offload_service(engine, Policy(quota=Quota(commands_per_second=1.0, command_burst=20)),
+                              clock=lambda: 0.0)
     dev = _dev()
     service.add_device(dev, "lo", negotiated=True)
     try:

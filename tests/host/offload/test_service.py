@@ -1,8 +1,10 @@
-"""OffloadService on the real kernel: maps, programs through the verifier, native attach to a veth
-port in a netns, live frames, tail calls between offloaded programs, refusals, and cleanup.
+"""OffloadService: maps, programs, attach, tail calls between offloaded programs, refusals, cleanup.
 
-Each test builds its own namespaces and veth pair (198.18.0.0/15) through `NetLab`, and the
-service is closed in ``finally``, so nothing outlives a test.
+On the real kernel (privileged): programs through the verifier, native attach to a veth port in a
+netns (198.18.0.0/15, `NetLab`), live frames. The rules that need no kernel (handles, policy,
+quotas, rate, prog_array translation, what the port runs) also run on the interpreter with a
+recorded port, unprivileged (`offload_engines.ENGINES`). The service is closed in ``finally``,
+so nothing outlives a test.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections import Counter
 
 import pytest
+from offload_engines import ENGINES, offload_service
 from testpaths import SAMPLES_BUILD
 
 from vxdp.bpf import elf, link
@@ -28,13 +31,13 @@ from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp, query_xdp
 from vxdp.bpf.mapspec import MapType, possible_cpus
 from vxdp.engine.kernel import KERNEL_NAME_SHOWN, KernelEngine
 from vxdp.host.offload.errors import OffloadError
+from vxdp.host.offload.handles import Kind
 from vxdp.host.offload.policy import Policy, Quota
+from vxdp.host.offload.port import RecordedPort
 from vxdp.host.offload.service import OffloadService, kernel_prefix
 from vxdp.packets import frame
 from vxdp.testing.kobjects import prog_names
 from vxdp.testing.netns import NetLab
-
-pytestmark = pytest.mark.privileged
 
 _seq = itertools.count()
 U32 = struct.Struct("<I")
@@ -92,6 +95,7 @@ def _wait_gone(ids: set[int], live) -> set[int]:
 
 # -- the xdp1 offload, end to end on a veth port --------------------------------------------------
 
+@pytest.mark.privileged
 def test_xdp1_offloaded_drops_and_counts_live_frames(port, service):
     dev = _dev()
     service.add_device(dev, port.b, netns=port.ns_b)
@@ -130,6 +134,7 @@ def test_xdp1_offloaded_drops_and_counts_live_frames(port, service):
 SERVICE_LOG = "vxdp.host.offload.port"
 
 
+@pytest.mark.privileged
 def test_replace_updates_the_one_link_and_the_replaced_program_stays_loaded(port, service):
     """A second attach is BPF_LINK_UPDATE on the same link (never detach, then attach): the link's id
     does not change, the port runs the new program, the old one is loaded, no longer attached."""
@@ -139,11 +144,11 @@ def test_replace_updates_the_one_link_and_the_replaced_program_stays_loaded(port
     _, second = offload_object(service, dev, SAMPLES_BUILD / "xdp_pass.o", ["xdp_pass"])
     h1, h2 = first["xdp_prog1"], second["xdp_pass"]
     service.prog_attach(dev, h1)
-    link_id = service._links[dev].info().id
+    link_id = service.devices[dev].port.link.info().id
     service.prog_attach(dev, h2)
     ids = {p["handle"]: p["kernel_id"] for p in service.show()[0]["programs"]}
     assert query_xdp(port.b, XdpMode.NATIVE, netns=port.ns_b) == ids[h2]
-    assert service._links[dev].info().id == link_id and service._links[dev].info().prog_id == ids[h2]
+    assert service.devices[dev].port.link.info().id == link_id and service.devices[dev].port.link.info().prog_id == ids[h2]
     assert service.prog_query(dev)["attached"] == h2
     service.free(dev, h1)  # replaced: no longer attached, so it can go
     _refused(service.free, dev, h2, rule="handles", err=errno.EBUSY, match="attached")
@@ -151,6 +156,7 @@ def test_replace_updates_the_one_link_and_the_replaced_program_stays_loaded(port
     assert query_xdp(port.b, netns=port.ns_b) is None
 
 
+@pytest.mark.privileged
 def test_a_program_an_earlier_vxdp_left_on_the_port_is_detached_at_start(port, service, caplog):
     """A program of this device's kernel prefix, attached the old (netlink) way, outlived its daemon:
     the next add_device takes it off the port and says so."""
@@ -169,6 +175,7 @@ def test_a_program_an_earlier_vxdp_left_on_the_port_is_detached_at_start(port, s
     assert f"detached XDP program '{name}' (id {left_id})" in msg and "earlier vxdp" in msg, msg
 
 
+@pytest.mark.privileged
 def test_a_foreign_program_on_the_port_is_left_with_a_warning_and_our_attach_is_ebusy(port, service, caplog):
     dev = _dev()
     with KernelProgram.load([Insn(0xB7, 0, 0, 0, XdpAction.PASS), Insn(EXIT)], name="foreign_xdp") as p:
@@ -187,6 +194,7 @@ def test_a_foreign_program_on_the_port_is_left_with_a_warning_and_our_attach_is_
             detach_xdp(port.b_index, XdpMode.NATIVE, netns=port.ns_b)
 
 
+@pytest.mark.privileged
 def test_reset_and_remove_free_every_kernel_object(port, service):
     dev = _dev()
     service.add_device(dev, port.b, netns=port.ns_b)
@@ -215,6 +223,7 @@ def test_reset_and_remove_free_every_kernel_object(port, service):
 
 # -- tail calls across offloaded programs -------------------------------------------------------
 
+@pytest.mark.privileged
 def test_tail_calls_through_a_prog_array_of_guest_handles(port, service):
     dev = _dev()
     service.add_device(dev, port.b, netns=port.ns_b)
@@ -260,17 +269,18 @@ def _calls(helper: int) -> list[Insn]:
             Insn(EXIT)]
 
 
-def _lo_service(**quota) -> tuple[OffloadService, str]:
+def _lo_service(engine: str, **quota) -> tuple[OffloadService, str]:
     now = [0.0]
-    s = OffloadService(policy=Policy(quota=Quota(**quota)), clock=lambda: now[0])
+    s = offload_service(engine, Policy(quota=Quota(**quota)), clock=lambda: now[0])
     s.now = now  # type: ignore[attr-defined]
     dev = _dev()
     s.add_device(dev, "lo")
     return s, dev
 
 
-def test_program_refusals():
-    s, dev = _lo_service()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_program_refusals(engine):
+    s, dev = _lo_service(engine)
     try:
         _refused(s.prog_load, dev, _calls(Helper.redirect), name="r", rule="helpers.never",
                  match="bpf_redirect (23)")
@@ -280,29 +290,31 @@ def test_program_refusals():
         _refused(s.prog_load, dev, [Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="tc", prog_type=3, rule="prog_type")
         _refused(s.prog_load, dev, [*lddw(1, 99, PseudoSrc.MAP_FD), Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)],
                  name="m", rule=None, err=errno.EBADF, match=f"handle 99 is not a map of device {dev}")
-        # the kernel verifier's refusal carries its log back
-        e = _refused(s.prog_load, dev, [Insn(EXIT)], name="bad", rule="verifier",
-                     match="kernel verifier refused program 'bad'")
-        assert "R0 !read_ok" in e.log and "R0 !read_ok" in str(e)
-        assert s.show()[0]["counters"]["refused"] == 6
+        if engine == "kernel":  # the kernel verifier's refusal carries its log back
+            e = _refused(s.prog_load, dev, [Insn(EXIT)], name="bad", rule="verifier",
+                         match="kernel verifier refused program 'bad'")
+            assert "R0 !read_ok" in e.log and "R0 !read_ok" in str(e)
+        assert s.show()[0]["counters"]["refused"] == (6 if engine == "kernel" else 5)
         assert s.kernel_ids(dev) == (set(), set())  # nothing left behind by refused loads
     finally:
         s.close()
 
 
-def test_bare_redirect_loads_and_is_counted():
-    s, dev = _lo_service()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_bare_redirect_loads_and_is_counted(engine):
+    s, dev = _lo_service(engine)
     try:
         h, _ = s.prog_load(dev, [Insn(0xB7, 0, 0, 0, XdpAction.REDIRECT), Insn(EXIT)], name="bare")
-        obj = s._progs[dev][h]
+        obj = s.devices[dev].handles.get(h, Kind.PROG)
         assert s.devices[dev].engine.run(obj.engine_handle, bytes(64), repeat=3).action == XdpAction.REDIRECT
         assert s.prog_counters(dev, h)["redirect"] == 3
     finally:
         s.close()
 
 
-def test_map_refusals_and_quotas():
-    s, dev = _lo_service(max_maps=2, max_map_memory=4096, max_progs=1, max_total_insns=6, max_insns=4)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_map_refusals_and_quotas(engine):
+    s, dev = _lo_service(engine, max_maps=2, max_map_memory=4096, max_progs=1, max_total_insns=6, max_insns=4)
     try:
         _refused(s.map_create, dev, type=MapType.DEVMAP, key_size=4, value_size=4, max_entries=1, name="d",
                  rule="map_types.allow", match="devmap")
@@ -325,7 +337,7 @@ def test_map_refusals_and_quotas():
         s.free(dev, h)
         s.free(dev, a)
         _refused(s.free, dev, a, rule=None, err=errno.EBADF)
-        s2, dev2 = _lo_service(max_total_insns=6)
+        s2, dev2 = _lo_service(engine, max_total_insns=6)
         try:
             four = [Insn(0xB7, 0, 0, 0, 2)] * 3 + [Insn(EXIT)]
             s2.prog_load(dev2, four, name="p1")
@@ -337,8 +349,9 @@ def test_map_refusals_and_quotas():
         s.close()
 
 
-def test_rate_limit_with_an_injected_clock():
-    s, dev = _lo_service(commands_per_second=10.0, command_burst=3)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_rate_limit_with_an_injected_clock(engine):
+    s, dev = _lo_service(engine, commands_per_second=10.0, command_burst=3)
     try:
         for _ in range(3):
             s.caps(dev)
@@ -352,8 +365,9 @@ def test_rate_limit_with_an_injected_clock():
         s.close()
 
 
-def test_operator_commands_take_nothing_from_the_guest_rate_but_quotas_still_apply():
-    s, dev = _lo_service(commands_per_second=1.0, command_burst=2, max_maps=2)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_operator_commands_take_nothing_from_the_guest_rate_but_quotas_still_apply(engine):
+    s, dev = _lo_service(engine, commands_per_second=1.0, command_burst=2, max_maps=2)
     try:
         with s.as_operator():  # far more commands than the guest's burst, the clock standing still
             m = s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="op")
@@ -375,8 +389,9 @@ def test_operator_commands_take_nothing_from_the_guest_rate_but_quotas_still_app
         s.close()
 
 
-def test_handles_of_another_device_and_the_feature_bit():
-    s, dev0 = _lo_service()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_handles_of_another_device_and_the_feature_bit(engine):
+    s, dev0 = _lo_service(engine)
     dev1 = _dev()
     s.add_device(dev1, "lo", negotiated=True)
     try:
@@ -387,17 +402,18 @@ def test_handles_of_another_device_and_the_feature_bit():
         _refused(s.map_lookup, dev0, m1, bytes(4), rule=None, err=errno.EBADF,
                  match=f"handle {m1} is not a map of device {dev0}")
         _refused(s.prog_attach, dev1, m1, rule=None, err=errno.EBADF, match="is not a program")
-        _refused(s.require_negotiated, dev0, rule="feature", err=errno.EOPNOTSUPP)
-        s.require_negotiated(dev1)
+        assert {d["name"]: d["offload_negotiated"] for d in s.show()} == {dev0: False, dev1: True}
         _refused(s.caps, "nodev", rule=None, err=errno.ENODEV)
-        with pytest.raises(OffloadError, match="no such interface"):
-            s.add_device("x", "no-such-if0")
+        if engine == "kernel":  # the kernel port looks the interface up
+            with pytest.raises(OffloadError, match="no such interface"):
+                s.add_device("x", "no-such-if0")
     finally:
         s.close()
 
 
-def test_map_operations_through_handles():
-    s, dev = _lo_service()
+@pytest.mark.parametrize("engine", ENGINES)
+def test_map_operations_through_handles(engine):
+    s, dev = _lo_service(engine)
     try:
         h = s.map_create(dev, type=MapType.HASH, key_size=4, value_size=8, max_entries=16, name="h")
         assert s.map_lookup(dev, h, U32.pack(1)) is None
@@ -422,3 +438,98 @@ def test_map_operations_through_handles():
         assert s.caps(dev)["usage"]["map_memory"] == 16 * (8 + 8) + 2 * (8 + 8 * ncpu)
     finally:
         s.close()
+
+
+# -- what the port runs, and prog_arrays, on every engine ---------------------------------------
+
+def test_a_recorded_port_runs_the_attached_program_and_nothing_is_attached_in_the_kernel():
+    """The interpreter's port: attach puts the program's engine handle on RX, a second attach replaces
+    it, detach takes it off; reset and free follow the same rules as on a kernel port."""
+    s, dev = _lo_service("interp")
+    try:
+        port = s.devices[dev].port
+        assert isinstance(port, RecordedPort) and port.rx is None
+        h1, _ = s.prog_load(dev, [Insn(0xB7, 0, 0, 0, XdpAction.DROP), Insn(EXIT)], name="drop")
+        h2, _ = s.prog_load(dev, [Insn(0xB7, 0, 0, 0, XdpAction.PASS), Insn(EXIT)], name="pass")
+        objs = {o.handle: o for o in s.objects(dev)}
+        s.prog_attach(dev, h1)
+        assert port.rx == objs[h1].engine_handle
+        s.prog_attach(dev, h2)
+        assert port.rx == objs[h2].engine_handle and s.prog_query(dev)["attached"] == h2
+        shown = {p["handle"]: p["attached"] for p in s.show()[0]["programs"]}
+        assert shown == {h1: None, h2: {"ifname": "lo", "ifindex": 0, "netns": None, "mode": "interp"}}
+        assert s.devices[dev].engine.run(port.rx, bytes(64)).action == XdpAction.PASS
+        _refused(s.free, dev, h2, rule="handles", err=errno.EBUSY, match="attached to lo")
+        s.prog_detach(dev)
+        assert port.rx is None and s.prog_query(dev)["attached"] is None
+        s.prog_attach(dev, h1)
+        s.reset(dev)
+        assert port.rx is None and s.objects(dev) == []
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_prog_array_values_are_guest_handles_both_ways_and_hold_their_programs(engine):
+    s, dev = _lo_service(engine)
+    try:
+        maps, progs = offload_object(s, dev, SAMPLES_BUILD / "corpus" / "tail_calls.o",
+                                     ["xdp_entry", "handle_ipv4", "handle_other"])
+        jt, ipv4, other = maps["jmp_table"], progs["handle_ipv4"], progs["handle_other"]
+        s.map_update(dev, jt, U32.pack(0), U32.pack(ipv4))
+        s.map_update_batch(dev, jt, [(U32.pack(2), U32.pack(other))])
+        assert s.map_lookup(dev, jt, U32.pack(0)) == U32.pack(ipv4)
+        assert s.map_lookup(dev, jt, U32.pack(1)) is None
+        items, _ = s.map_lookup_batch(dev, jt)
+        assert dict(items) == {U32.pack(0): U32.pack(ipv4), U32.pack(2): U32.pack(other)}
+        _refused(s.map_update, dev, jt, U32.pack(1), U32.pack(maps["hops"]), rule=None, err=errno.EBADF,
+                 match="is not a program")
+        _refused(s.free, dev, other, rule="handles", err=errno.EBUSY, match=f"prog_array handle {jt}")
+        s.map_delete(dev, jt, U32.pack(2))
+        s.free(dev, other)  # out of the array: it can go
+        entry = s.devices[dev].handles.get(progs["xdp_entry"], Kind.PROG)
+        r = s.devices[dev].engine.run(entry.engine_handle, frame("ipv4/udp"))
+        assert r.action == XdpAction.TX  # tail-called handle_ipv4 answers TX for UDP
+        assert s.prog_counters(dev, ipv4)["tx"] == 1 and s.prog_counters(dev, progs["xdp_entry"])["tx"] == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_usage_is_read_from_the_table(engine):
+    """Caps usage, show and OBJ_LIST's source are one record: what free and reset take away is gone from each."""
+    s, dev = _lo_service(engine)
+    try:
+        a = s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=4, name="a")
+        b = s.map_create(dev, type=MapType.HASH, key_size=4, value_size=8, max_entries=4, name="b")
+        p, _ = s.prog_load(dev, [*lddw(1, a, PseudoSrc.MAP_FD), Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="p",
+                           btf=None)
+        usage = s.caps(dev)["usage"]
+        assert usage == {"maps": 2, "map_memory": 4 * 16 + 4 * 16, "progs": 1, "insns": 4}
+        assert s.show()[0]["map_memory"] == usage["map_memory"]
+        assert [o.handle for o in s.objects(dev)] == [a, b, p]
+        s.free(dev, b)
+        assert s.caps(dev)["usage"] == {"maps": 1, "map_memory": 4 * 16, "progs": 1, "insns": 4}
+        assert [m["handle"] for m in s.show()[0]["maps"]] == [a]
+        s.reset(dev)
+        assert s.caps(dev)["usage"] == {"maps": 0, "map_memory": 0, "progs": 0, "insns": 0}
+        assert s.objects(dev) == [] and s.show()[0]["programs"] == []
+    finally:
+        s.close()
+
+
+@pytest.mark.privileged
+def test_a_program_has_the_same_tag_on_the_interpreter_as_in_the_kernel():
+    """The tag names the code (the kernel's rule, map references zeroed): the same guest program,
+    with its own maps on each engine, has one tag whichever engine the device runs."""
+    tags = []
+    for engine in ("kernel", "interp"):
+        s, dev = _lo_service(engine)
+        try:
+            s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="pad")
+            m = s.map_create(dev, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="m")
+            _, tag = s.prog_load(dev, [*lddw(1, m, PseudoSrc.MAP_FD), Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)], name="p")
+            tags.append(tag)
+        finally:
+            s.close()
+    assert len(tags[0]) == 16 and tags[0] == tags[1]

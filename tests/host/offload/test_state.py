@@ -1,9 +1,11 @@
-"""STATE_EXPORT / STATE_IMPORT on the real kernel: a device's maps (contents, frozen), programs (the
-guest's instructions), prog_array entries and attachment move to a fresh device under the same handles,
+"""STATE_EXPORT / STATE_IMPORT: a device's maps (contents, frozen), programs (the guest's
+instructions), prog_array entries and attachment move to a fresh device under the same handles,
 and a damaged, oversized or forbidden state is refused leaving the destination empty.
 
-Devices sit on the two ends of a veth pair (each in its own netns, 198.18.0.0/15, `NetLab`) so both
-can attach natively; the corruption test uses the loopback (no attachment in its state). Commands go
+On the real kernel (privileged), devices sit on the two ends of a veth pair (each in its own netns,
+198.18.0.0/15, `NetLab`) so both can attach natively; the corruption tests use the loopback (no
+attachment in their state) and look for leftover kernel objects by name. Everything but those
+also runs on the interpreter with recorded ports, unprivileged (`offload_engines.ENGINES`). Commands go
 through `BpfCommandHandler` and `OffloadClient`, as a guest's would; the service is closed in
 ``finally``, so nothing outlives a test.
 """
@@ -20,6 +22,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from offload_engines import ENGINES, offload_service
 from testpaths import SAMPLES_BUILD
 
 from vxdp.bpf import elf, link
@@ -28,7 +31,9 @@ from vxdp.bpf.isa import EXIT, Insn
 from vxdp.bpf.kernel.xdp import query_xdp
 from vxdp.bpf.mapspec import MapFlag, MapType
 from vxdp.host.offload.handler import BpfCommandHandler
+from vxdp.host.offload.handles import Kind
 from vxdp.host.offload.policy import DEFAULT_HELPERS, Policy, Quota
+from vxdp.host.offload.port import RecordedPort
 from vxdp.host.offload.service import OffloadService
 from vxdp.host.offload.state_format import DeviceState, Entries, MapState, decode_state, encode_state
 from vxdp.offload.client import OffloadClient, OffloadRefused
@@ -38,8 +43,6 @@ from vxdp.offload.wire import CapsFlag, Errno
 from vxdp.packets import frame
 from vxdp.testing.kobjects import device_name, map_names, prog_names
 from vxdp.testing.netns import NetLab
-
-pytestmark = pytest.mark.privileged
 
 U32 = struct.Struct("<I")
 PACKETS = [frame(k) for k in ("ipv4/udp", "ipv4/tcp", "ipv4/icmp", "arp", "ipv6/udp")]
@@ -105,10 +108,10 @@ def _objects(s: OffloadService, dev: str) -> tuple[list, list]:
 def _runs(s: OffloadService, dev: str) -> list[tuple[int, int, bytes]]:
     d = s.devices[dev]
     out = []
-    for h, p in sorted(s._progs[dev].items()):
+    for p in d.progs():
         for pkt in PACKETS:
             r = d.engine.run(p.engine_handle, pkt)
-            out.append((h, r.action, r.packet))
+            out.append((p.handle, r.action, r.packet))
     return out
 
 
@@ -129,22 +132,27 @@ def _no_kernel_objects(prefix: str) -> tuple[list[str], list[str]]:
 
 def _empty(s: OffloadService, dev: str) -> bool:
     d = s.devices[dev]
-    return len(d.handles) == 0 and d.attached is None and not s._maps[dev] and not s._progs[dev] and d.map_memory == 0
+    return len(d.handles) == 0 and d.attached is None and d.map_memory == 0
 
 
 @pytest.fixture
-def pair():
-    """A veth pair, each end in its own netns with IPv6 off (so the kernel sends nothing of its own
-    that the attached programs would count)."""
+def pair(service):
+    """Two ports that run programs: on the kernel a veth pair, each end in its own netns with IPv6 off
+    (so the kernel sends nothing of its own that the attached programs would count); ``None`` on an
+    engine whose ports are recorded."""
+    if service.port_factory is RecordedPort:
+        yield None
+        return
     with NetLab("vxs") as lab:
         ns_a, ns_b = lab.netns(ipv6=False), lab.netns(ipv6=False)
         yield lab.veth(ns_a, ns_b, "vsa", "vsb", addr_a="198.18.0.21/30", addr_b="198.18.0.22/30")
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_state_moves_maps_programs_prog_array_and_attachment_under_the_same_handles(pair, service):
     a, b = _dev(), _dev()
-    service.add_device(a, pair.b, netns=pair.ns_b, negotiated=True)
-    service.add_device(b, pair.a, netns=pair.ns_a, negotiated=True)
+    service.add_device(a, pair.b if pair else "vsb", netns=pair.ns_b if pair else None, negotiated=True)
+    service.add_device(b, pair.a if pair else "vsa", netns=pair.ns_a if pair else None, negotiated=True)
     h = _populate(service, a)
     assert _client(service, a).caps().flags & CapsFlag.STATE
     # small ctrl buffers: the state crosses in many chunks each way
@@ -162,8 +170,11 @@ def test_state_moves_maps_programs_prog_array_and_attachment_under_the_same_hand
         service.map_update(b, h["const"], U32.pack(0), bytes(16))
     # the attachment: the same guest handle, natively on B's port
     assert service.devices[b].attached == h["xdp_entry"]
-    b_entry = service._progs[b][h["xdp_entry"]]
-    assert query_xdp(pair.a, netns=pair.ns_a) == b_entry.kernel_id
+    b_entry = service.devices[b].handles.get(h["xdp_entry"], Kind.PROG)
+    if pair:
+        assert query_xdp(pair.a, netns=pair.ns_a) == b_entry.kernel_id
+    else:
+        assert service.devices[b].port.rx == b_entry.engine_handle
     # the programs compute the same: same verdicts and packets, same map updates (tail calls included)
     assert _runs(service, b) == _runs(service, a)
     assert _contents(service, b) == _contents(service, a)
@@ -177,6 +188,7 @@ def test_state_moves_maps_programs_prog_array_and_attachment_under_the_same_hand
     assert service.devices[b].attached == h["xdp_entry"]
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_export_snapshot_is_kept_across_interleaved_commands_and_tokens_go_stale(service):
     a = _dev()
     service.add_device(a, "lo", negotiated=True)
@@ -200,12 +212,14 @@ def test_export_snapshot_is_kept_across_interleaved_commands_and_tokens_go_stale
     assert e.value.code == Errno.EINVAL and "token" in e.value.message
 
 
-def test_a_program_the_destination_policy_forbids_refuses_the_whole_import(service):
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
+def test_a_program_the_destination_policy_forbids_refuses_the_whole_import(service, request):
+    engine = request.node.callspec.params["service"]
     a = _dev()
     service.add_device(a, "lo", negotiated=True)
     _populate(service, a, attach=False)
     blob = service.state_export(a)
-    strict = OffloadService(policy=Policy(helpers=DEFAULT_HELPERS - {Helper.tail_call}))
+    strict = offload_service(engine, Policy(helpers=DEFAULT_HELPERS - {Helper.tail_call}))
     try:
         b = _dev()
         strict.add_device(b, "lo", negotiated=True)
@@ -214,9 +228,10 @@ def test_a_program_the_destination_policy_forbids_refuses_the_whole_import(servi
         assert e.value.code == Errno.EPERM and e.value.rule == "helpers.allow", str(e.value)
         assert "tail_call" in e.value.message
         assert _empty(strict, b)
-        assert _no_kernel_objects(b + "_") == ([], [])
+        if engine == "kernel":
+            assert _no_kernel_objects(b + "_") == ([], [])
         # quotas of the destination apply too: too little map memory
-        small = OffloadService(policy=Policy(quota=Quota(max_map_memory=4096)))
+        small = offload_service(engine, Policy(quota=Quota(max_map_memory=4096)))
         try:
             c = _dev()
             small.add_device(c, "lo", negotiated=True)
@@ -231,9 +246,10 @@ def test_a_program_the_destination_policy_forbids_refuses_the_whole_import(servi
         strict.close()
 
 
-def test_oversized_state_is_refused_before_it_is_buffered(service):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_oversized_state_is_refused_before_it_is_buffered(engine):
     b = _dev()
-    tiny = OffloadService(policy=Policy(quota=Quota(max_map_memory=1024, max_total_insns=64, max_progs=1)))
+    tiny = offload_service(engine, Policy(quota=Quota(max_map_memory=1024, max_total_insns=64, max_progs=1)))
     try:
         tiny.add_device(b, "lo", negotiated=True)
         c = _client(tiny, b)
@@ -267,6 +283,7 @@ def _import(s: OffloadService, dev: str, blob: bytes):
     return decode_reply(data[1], h.handle(data[1], data[2:], 1 << 16, negotiated=True))
 
 
+@pytest.mark.privileged
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_state_is_refused_cleanly_and_leaves_the_device_empty(lo_pair, data):
@@ -295,6 +312,7 @@ def test_damaged_state_is_refused_cleanly_and_leaves_the_device_empty(lo_pair, d
     assert _empty(s, b)
 
 
+@pytest.mark.privileged
 def test_no_kernel_object_of_the_destination_survives_the_damaged_imports(lo_pair):
     s, a, b, blob = lo_pair
     # the last program reads r0 before setting it: the host verifier refuses it after every map and the
@@ -313,6 +331,7 @@ def test_no_kernel_object_of_the_destination_survives_the_damaged_imports(lo_pai
     s.reset(b)
 
 
+@pytest.mark.privileged
 def test_export_request_with_a_forged_token_is_refused(lo_pair):
     s, a, _, _ = lo_pair
     h = BpfCommandHandler(s, a)
@@ -322,6 +341,7 @@ def test_export_request_with_a_forged_token_is_refused(lo_pair):
     assert errno.EINVAL == Errno.EINVAL
 
 
+@pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_a_state_declaring_a_huge_map_is_refused_from_its_header_before_anything_is_allocated(service):
     """The attack: 12 MB declaring one map of 4 M entries (1 M of them present). On main the decoder
     made a (key, value) pair per entry before MAP_CREATE's quota refused it: +509 MB of RSS, 42 x the

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ...bpf.isa import Insn, XdpAction
 from ...bpf.mapapi import Map, freezes_after_init
 from ...bpf.mapspec import MapSpec, possible_cpus
-from ..base import Engine, RunResult, XdpMd
+from ..base import Engine, ProgramInfo, RunResult, XdpMd, program_tag
 from .helpers import HELPERS
 from .machine import InterpLoadError, Machine, Program, compile_program
 from .maps import InterpMap, make_map
@@ -108,6 +108,17 @@ class InterpEngine(Engine):
         if not isinstance(m, InterpMap) or self.maps.get(m.handle) is not m:
             raise InterpError(f"map {getattr(m, 'spec', m)!r} was not made by this engine")
         m.frozen = True
+
+    def program_info(self, prog: int) -> ProgramInfo:
+        p = self.programs[prog]
+        return ProgramInfo(p.handle, p.name, program_tag(p.insns))
+
+    def free_map(self, m: Map) -> None:
+        if isinstance(m, InterpMap) and self.maps.get(m.handle) is m:
+            del self.maps[m.handle]
+
+    def free_program(self, prog: int) -> None:
+        self.programs.pop(prog, None)
 
     def close(self) -> None:
         self.maps.clear()

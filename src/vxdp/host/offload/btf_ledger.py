@@ -60,5 +60,10 @@ class BtfLedger:
         del self._held[key]
         return len(held.blob)
 
+    @property
+    def charged(self) -> int:
+        """Bytes charged now: the size of each distinct blob held."""
+        return sum(len(h.blob) for h in self._held.values())
+
     def clear(self) -> None:
         self._held.clear()

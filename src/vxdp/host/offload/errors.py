@@ -11,6 +11,10 @@ message reply at one boundary; nothing else crosses that boundary.
 
 from __future__ import annotations
 
+import errno as _errno
+from collections.abc import Callable
+from typing import Any
+
 
 class OffloadError(Exception):
     """A refused offload request: ``errno``, ``message``, the refusing ``rule`` and a verifier ``log``."""
@@ -27,6 +31,18 @@ class OffloadError(Exception):
 
     def __repr__(self) -> str:
         return f"OffloadError(errno={self.errno}, message={self.message!r}, rule={self.rule!r})"
+
+
+def engine_call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on an engine or its map, its errors as `OffloadError`: an ``OSError`` keeps the
+    errno the engine gave (the kernel's, or the one an engine outside it gives in its place), a
+    ``ValueError`` (a key or value of the wrong size, refused before any syscall) is EINVAL."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        raise OffloadError(e.errno or _errno.EIO, f"{what}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise OffloadError(_errno.EINVAL, str(e)) from None
 
 
 # Linux's kernel-internal errnos (include/linux/errno.h, 512..530) never reach user space from a

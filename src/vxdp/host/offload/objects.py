@@ -2,28 +2,37 @@
 
 Plain records, no syscalls: `vxdp.host.offload.service` does the work; this
 module only says what a device *has*, and renders it for ``vxdp host show``.
+
+A device's `HandleTable` is the one record of its objects: each handle is bound to its
+`MapObj` or `ProgObj`, and every view (``host show``, OBJ_LIST, caps usage, a state export)
+and every quota reads the table, so no second list can disagree with it. Map memory is
+computed from it too: the maps' charges plus the BTF the device's programs hold (`BtfLedger`).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ...bpf.isa import Insn
 from ...bpf.mapapi import Map
 from ...bpf.mapspec import MapSpec, MapType
 from ...bpf.obj import FuncInfo, LineInfo
-from .handles import HandleTable
-from .policy import TokenBucket
+from .btf_ledger import BtfLedger
+from .handles import HandleTable, Kind
+from .policy import TimeBudget, TokenBucket
+from .port import Port
 from .rewrite import ACTION_SLOTS
 
+_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
 @dataclass
 class MapObj:
-    """One guest map: its spec, the engine's map, the memory it is charged for, its kernel id."""
+    """One guest map: its spec, the engine's map, the memory it is charged for, its kernel id (0 on an
+    engine outside the kernel)."""
 
     handle: int
     name: str
@@ -81,9 +90,9 @@ class ProgObj:
     handle: int
     name: str
     kernel_name: str
-    engine_handle: int  # what the engine (a kernel fd) names the program by; prog_array values carry it
+    engine_handle: int  # what the engine names the program by (the kernel: an fd); prog_array values carry it
     tag: str
-    kernel_id: int
+    kernel_id: int  # the engine's id for it (the kernel's program id): what a prog_array lookup answers
     guest_insns: int
     host_insns: int
     map_handles: tuple[int, ...]
@@ -103,19 +112,18 @@ class ProgObj:
 
 @dataclass
 class Device:
-    """One virtio-net device the service offloads for, and its host port."""
+    """One virtio-net device the service offloads for: its port, engine, handle table and budgets."""
 
     name: str
-    ifname: str
-    ifindex: int
-    netns: str | None
-    engine: object  # vxdp.engine.kernel.KernelEngine
+    port: Port
+    engine: object  # a vxdp.engine.base.Engine made by the service's engine factory
     handles: HandleTable
-    bucket: TokenBucket
+    bucket: TokenBucket  # the guest's command rate
+    budget: TimeBudget  # the device's verifier time (PROG_LOAD)
+    btf: BtfLedger = field(default_factory=BtfLedger)  # the BTF its live programs hold (charged)
     # whether the frontend acked the offload bit: read from the device's negotiated features, never copied
     negotiated_source: Callable[[], bool] = field(default=lambda: False)
     attached: int | None = None  # guest handle of the program on the port
-    map_memory: int = 0
     # STATE_EXPORT's snapshot (serial, blob) from the start of a walk to its end; STATE_IMPORT's chunks so far
     export_snapshot: tuple[int, bytes] | None = None
     export_serial: int = 0
@@ -128,21 +136,49 @@ class Device:
     def negotiated(self) -> bool:
         return bool(self.negotiated_source())
 
-    def describe(self, maps: list[MapObj], progs: list[ProgObj]) -> dict:
+    def maps(self) -> Iterator[MapObj]:
+        """The device's maps, in handle order."""
+        return (e.obj for e in self.handles.entries(Kind.MAP) if e.obj is not None)
+
+    def progs(self) -> Iterator[ProgObj]:
+        """The device's programs, in handle order."""
+        return (e.obj for e in self.handles.entries(Kind.PROG) if e.obj is not None)
+
+    @property
+    def map_memory(self) -> int:
+        """Bytes charged to the device's map memory quota: its maps, and the BTF its programs hold."""
+        return sum(m.memory for m in self.maps()) + self.btf.charged
+
+    @property
+    def insns(self) -> int:
+        """Guest instructions loaded (the ``max_total_insns`` quota)."""
+        return sum(p.guest_insns for p in self.progs())
+
+    def guest_values(self, obj: MapObj, items: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """A map's (key, value) pairs as the guest knows them: a prog_array's values are the program ids
+        the engine answers, turned back into the guest's program handles (0 for one not the device's)."""
+        if not obj.is_prog_array:
+            return list(items)
+        handles = {p.kernel_id: p.handle for p in self.progs()}
+        return [(k, _U32.pack(handles.get(_U32.unpack_from(v)[0], 0))) for k, v in items]
+
+    def describe(self) -> dict:
+        port = self.port
         return {
-            "name": self.name, "port": self.ifname, "ifindex": self.ifindex, "netns": self.netns,
+            "name": self.name, "port": port.ifname, "ifindex": port.ifindex, "netns": port.netns,
             "offload_negotiated": self.negotiated, "engine": getattr(self.engine, "name", "?"),
             "attached": self.attached, "map_memory": self.map_memory, "counters": dict(self.counters),
-            "programs": [self._describe_prog(p) for p in progs],
-            "maps": [m.describe() for m in maps],
+            "programs": [self._describe_prog(p) for p in self.progs()],
+            "maps": [m.describe() for m in self.maps()],
         }
 
     def _describe_prog(self, p: ProgObj) -> dict:
+        port = self.port
         return {
             "handle": p.handle, "name": p.name, "kernel_name": p.kernel_name, "tag": p.tag,
             "kernel_id": p.kernel_id, "insns": p.guest_insns, "host_insns": p.host_insns,
             "maps": list(p.map_handles), "origin": p.origin,
-            "attached": ({"ifname": self.ifname, "ifindex": self.ifindex, "netns": self.netns, "mode": "native"}
+            "attached": ({"ifname": port.ifname, "ifindex": port.ifindex, "netns": port.netns, "mode": port.mode}
                          if self.attached == p.handle else None),
             "actions": p.action_counts(),
         }

@@ -1,54 +1,50 @@
 """The host's `OffloadService`: every offload command, for every device, through one policy.
 
-The guest's ctrl-vq handler (after the codec has decoded a request) and the
-operator path (``vxdp prog load --device``) both call the plain methods here;
-each returns a Python value or raises `OffloadError`, which the codec turns
-into a status + errno + message reply. Nothing here knows the wire format.
+Callers (the guest's ctrl-vq commands once decoded, the host operator's) call the plain
+methods here; each returns a Python value or raises `OffloadError`. Nothing here knows the
+wire format.
 
-What it does per command, in order: take a token from the device's command
-bucket (rule ``rate``; not for the host operator, see `as_operator`), translate guest handles through the device's
-`HandleTable` (EBADF for anything the device does not own), apply the policy
-(type allowlists, sizes, quotas), then ask the device's engine. The kernel
-engine creates the maps in the host kernel and loads the program through the
-host verifier after `rewrite` has checked it, put host map fds in place of
-guest handles and added the action-counting epilogue; ``prog_attach`` puts it
-on the device's host port natively, so DROP and TX never leave the kernel.
-Kernel object names are ``<device>_<name>`` cut to the kernel's 15
-characters, so ``bpftool prog show`` says which device owns a program;
-`show` keeps the full names.
+What it does per command, in order: take a token from the device's command bucket (rule
+``rate``; not for the host operator, see `as_operator`), translate guest handles through the
+device's `HandleTable` (EBADF for anything the device does not own), apply the policy (type
+allowlists, sizes, quotas), then ask the device's engine. On the kernel engine the maps are made
+in the host kernel and the program goes through the host verifier after `rewrite` has checked
+it, put the engine's map handles in place of guest handles and added the action-counting
+epilogue; ``prog_attach`` puts it on the device's `Port`, so on a kernel port DROP and TX never
+leave the kernel. Kernel object names are ``<device>_<name>`` cut to the kernel's 15
+characters, so ``bpftool prog show`` says which device owns a program; `show` keeps the full names.
 
-prog_array values cross the boundary as guest *program handles*: an update
-translates them to the host program's fd (the kernel's prog_array takes fds),
-and a lookup translates the kernel's answer (the program id) back.
+Two things are injected, so that the same service runs on any engine: the engine factory
+(one engine per device, made again at each reset) and the port factory (the device's port from
+its interface name and netns). The defaults are the host kernel's (`KernelEngine`, `KernelPort`);
+the interpreter pairs with a `RecordedPort` and needs no privilege.
 
-Lifetimes: `free` closes one object; `reset` (the guest reset the device or
-went away) and `remove_device` detach and close everything the device made,
-so no kernel map or program outlives it. A map a live program uses, an
-attached program, and a program in one of the device's prog_arrays cannot be
-freed (EBUSY): detach, delete the entry or free the user first, so every
-program the kernel holds for a device is one its quota counts. BTF is charged
-to the device's map memory (`btf_ledger`).
+One record: a device's handle table, each handle bound to its `MapObj` or `ProgObj`, is all the
+service keeps of its objects; quotas, ``show``, `objects` (OBJ_LIST), caps usage and a state
+export all read it, and map memory is computed from it and the device's BTF ledger.
 
-Attaching (`port`): through a bpf_link this process holds, never netlink, so a
-program never outlives the daemon that owns it, even one killed with SIGKILL;
-replacing is an atomic ``BPF_LINK_UPDATE``, and the replaced program stays
-loaded, no longer attached, until its owner frees it (as with ``bpftool``). At
-`add_device` a program an earlier vxdp of the device left on the port (netlink)
-is detached, saying so in the log; a foreign one is kept with a warning, and our
-attach is then EBUSY naming it.
+prog_array values cross the boundary as guest *program handles*: an update translates them to
+the engine's program handle (the kernel's prog_array takes fds), and what a lookup answers (the
+program id) goes back through `Device.guest_values`, the one place that translation is made.
 
-The feature bit: a guest that did not negotiate offload must get every BPF
-command refused. The device's negotiated features are the one source of truth:
-`add_device` takes a callable reading them (`vxdp.host.offload.device_offload.DeviceOffload.negotiated`),
-``show`` reports it as ``offload_negotiated``, `require_negotiated` checks it,
-and the ctrl-vq handler (`vxdp.host.offload.handler`) is given the same callable's
-answer per command and refuses before decoding. The operator path offloads on
-behalf of stock guests, which never negotiate, so it skips that check and
-nothing else.
+Lifetimes: `free` closes one object; `reset` (the guest reset the device or went away) and
+`remove_device` detach and close everything the device made, so no kernel map or program
+outlives it. A map a live program uses, an attached program, and a program in one of the
+device's prog_arrays cannot be freed (EBUSY): detach, delete the entry or free the user first,
+so every program the engine holds for a device is one its quota counts. BTF is charged to the
+device's map memory (`btf_ledger`).
 
-Every object records who made it (``origin``: the guest, the operator, an
-import), so each view of the device's table (``host show``, OBJ_LIST for the
-guest's and the operator's ``prog show``) can say so.
+The feature bit: `add_device` takes a callable reading whether the frontend negotiated offload
+(the device's negotiated features, the one source), and ``show`` reports it as
+``offload_negotiated``. The service refuses nothing on it: the operator offloads on behalf of
+stock guests, which never negotiate.
+
+State export/import (`state`) goes through a small public API that works on a device record
+under the lock, skipping the command rate: `create_map_at`, `load_prog_at`, `fill_map`,
+`attach`, `clear`.
+
+Every object records who made it (``origin``: the guest, the operator, an import), so each view
+of the device's table can say so.
 """
 
 from __future__ import annotations
@@ -60,21 +56,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from pyroute2 import IPRoute
-
 from ...bpf.helpers import Helper
 from ...bpf.isa import Insn
-from ...bpf.kernel.maps import MapError, sanitize_name
-from ...bpf.kernel.xdp_link import XdpLink
+from ...bpf.kernel.maps import sanitize_name
 from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
+from ...engine.base import Engine
 from ...engine.kernel import KernelEngine
-from . import loading, port, state
-from .btf_ledger import BtfLedger
-from .errors import OffloadError
+from ...offload.messages import ProgLoadRequest
+from . import loading, state
+from .errors import OffloadError, engine_call
 from .handles import HandleTable, Kind
 from .objects import Device, MapObj, ProgObj, in_prog_array
 from .policy import PROG_TYPES, Policy, TimeBudget, TokenBucket
+from .port import KernelPort, Port
 
 _U32 = struct.Struct("<I")
 ALLOWED_MAP_FLAGS = MapFlag.NO_PREALLOC | MapFlag.NO_COMMON_LRU | MapFlag.RDONLY_PROG | MapFlag.WRONLY_PROG
@@ -87,24 +82,23 @@ def kernel_prefix(device: str) -> str:
     return sanitize_name(device)[:DEVICE_PREFIX_LEN] + "_"
 
 
-def default_engine_factory(prefix: str) -> KernelEngine:
+def default_engine_factory(prefix: str) -> Engine:
     return KernelEngine(name_prefix=prefix)
 
 
 class OffloadService:
     """Devices, their handles and objects, under one `Policy`. Thread-safe (one lock)."""
 
-    def __init__(self, engine_factory: Callable[[str], KernelEngine] = default_engine_factory,
-                 policy: Policy | None = None, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, engine_factory: Callable[[str], Engine] = default_engine_factory,
+                 policy: Policy | None = None, *, clock: Callable[[], float] = time.monotonic,
+                 port_factory: Callable[[str, str | None], Port] = KernelPort):
+        """``engine_factory(prefix)``: a device's engine (``prefix`` starts its kernel names);
+        ``port_factory(ifname, netns)``: a device's port, where that engine's programs run."""
         self.engine_factory = engine_factory
+        self.port_factory = port_factory
         self.policy = policy or Policy()
         self.clock = clock
         self.devices: dict[str, Device] = {}
-        self._maps: dict[str, dict[int, MapObj]] = {}
-        self._progs: dict[str, dict[int, ProgObj]] = {}
-        self._links: dict[str, XdpLink] = {}  # device -> the link its attached program runs on
-        self._budgets: dict[str, TimeBudget] = {}  # device -> its verifier time (PROG_LOAD)
-        self._btf: dict[str, BtfLedger] = {}  # device -> the BTF its live programs hold (charged)
         self._lock = threading.RLock()
         self._operator = threading.local()  # .active: this thread runs the host operator's commands
 
@@ -148,22 +142,21 @@ class OffloadService:
     # -- devices -------------------------------------------------------------------------------
     def add_device(self, name: str, ifname: str, *, netns: str | None = None,
                    negotiated: bool | Callable[[], bool] = False) -> Device:
-        """Register device ``name`` whose host port is ``ifname`` (in ``netns``, else ours).
-
-        ``negotiated``: reads whether the frontend acked the offload bit (the backend's negotiated
-        features); a plain bool is a fixed answer (tests)."""
+        """Register device ``name`` whose host port is ``ifname`` (in ``netns``, else ours), made by the
+        port factory. ``negotiated``: reads whether the frontend acked the offload bit (the backend's
+        negotiated features); a plain bool is a fixed answer (tests)."""
         with self._lock:
             if name in self.devices:
                 raise OffloadError(errno.EEXIST, f"device {name} already exists")
-            ifindex = _ifindex(ifname, netns)
+            port = self.port_factory(ifname, netns)
             q = self.policy.quota
-            dev = Device(name=name, ifname=ifname, ifindex=ifindex, netns=netns,
-                         engine=self.engine_factory(kernel_prefix(name)), handles=HandleTable(name),
+            dev = Device(name=name, port=port, engine=self.engine_factory(kernel_prefix(name)),
+                         handles=HandleTable(name),
                          bucket=TokenBucket(q.commands_per_second, q.command_burst, self.clock),
+                         budget=TimeBudget(q.verifier_seconds_per_minute, self.clock),
                          negotiated_source=negotiated if callable(negotiated) else (lambda: bool(negotiated)))
             self.devices[name] = dev
-            self._maps[name], self._progs[name], self._btf[name] = {}, {}, BtfLedger()
-            port.clear_port(dev, kernel_prefix(name))
+            port.open(name, kernel_prefix(name))
             return dev
 
     def remove_device(self, name: str) -> None:
@@ -171,17 +164,10 @@ class OffloadService:
         with self._lock:
             dev = self._device(name)
             try:
-                self._teardown(dev)
+                self.clear(dev)
             finally:
                 dev.engine.close()
-                del self.devices[name], self._maps[name], self._progs[name], self._btf[name]
-
-    def require_negotiated(self, device: str) -> None:
-        """Refuse (EOPNOTSUPP, rule ``feature``) unless the guest negotiated the offload feature bit."""
-        dev = self._device(device)
-        if not dev.negotiated:
-            raise OffloadError(errno.EOPNOTSUPP, f"device {device}: the guest did not negotiate the offload "
-                               "feature; BPF commands are refused", "feature")
+                del self.devices[name]
 
     def close(self) -> None:
         """Remove every device (daemon shutdown)."""
@@ -206,8 +192,7 @@ class OffloadService:
                 "possible_cpus": possible_cpus(),
                 "limits": dict(p.quota.__dict__),
                 "usage": {"maps": dev.handles.count(Kind.MAP), "map_memory": dev.map_memory,
-                          "progs": dev.handles.count(Kind.PROG),
-                          "insns": sum(o.guest_insns for o in self._progs[device].values())},
+                          "progs": dev.handles.count(Kind.PROG), "insns": dev.insns},
             }
 
     # -- maps ----------------------------------------------------------------------------------
@@ -216,14 +201,19 @@ class OffloadService:
         """Create a map; return its guest handle."""
         with self._lock:
             dev = self._begin(device)
-            return self._map_create(dev, type=type, key_size=key_size, value_size=value_size,
-                                    max_entries=max_entries, flags=flags, name=name)
+            return self._create_map(dev, None, self._origin(), type=type, key_size=key_size,
+                                    value_size=value_size, max_entries=max_entries, flags=flags, name=name).handle
 
-    def _map_create(self, dev: Device, *, type: int, key_size: int, value_size: int, max_entries: int,
-                    flags: int = 0, name: str = "", handle: int | None = None) -> int:
-        """MAP_CREATE without the command rate; ``handle``: take that one (a state import)."""
+    def create_map_at(self, dev: Device, handle: int, *, type: int, key_size: int, value_size: int,
+                      max_entries: int, flags: int = 0, name: str = "") -> MapObj:
+        """MAP_CREATE under ``handle`` (a state import: origin ``import``), without the command rate;
+        the lock is held. EEXIST if the handle is in use."""
+        return self._create_map(dev, handle, "import", type=type, key_size=key_size, value_size=value_size,
+                                max_entries=max_entries, flags=flags, name=name)
+
+    def _create_map(self, dev: Device, handle: int | None, origin: str, *, type: int, key_size: int,
+                    value_size: int, max_entries: int, flags: int, name: str) -> MapObj:
         device = dev.name
-        handle_given = handle is not None
         try:
             if handle is not None and dev.handles.kind(handle) is not None:
                 raise OffloadError(errno.EEXIST, f"device {device}: handle {handle} is already in use")
@@ -236,33 +226,30 @@ class OffloadService:
             if dev.handles.count(Kind.MAP) >= q.max_maps:
                 raise OffloadError(errno.ENOSPC, f"policy: device {device} already has {q.max_maps} maps",
                                    "quota.max_maps")
-            if dev.map_memory + memory > q.max_map_memory:
+            used = dev.map_memory
+            if used + memory > q.max_map_memory:
                 raise OffloadError(errno.ENOSPC, f"policy: map {name!r} needs {memory} bytes; device {device} "
-                                   f"uses {dev.map_memory} of {q.max_map_memory}", "quota.max_map_memory")
+                                   f"uses {used} of {q.max_map_memory}", "quota.max_map_memory")
             spec = MapSpec(name=name or "map", type=MapType(type), key_size=key_size, value_size=value_size,
                            max_entries=max_entries, flags=flags)
-            m = self._kernel(f"map {name!r}", dev.engine.create_map, spec)
+            m = engine_call(f"map {name!r}", dev.engine.create_map, spec)
         except OffloadError:
             dev.counters["refused"] += 1
             raise
         handle = dev.handles.add(Kind.MAP, None, handle)
-        info = m.info() if hasattr(m, "info") else None
+        info = m.info() if hasattr(m, "info") else None  # engines outside the kernel have no kernel id
         obj = MapObj(handle, name, spec, m, memory, info.id if info else 0, info.name if info else name,
-                     origin=self._origin(handle_given))
+                     origin=origin)
         dev.handles.bind(handle, obj)
-        self._maps[device][handle] = obj
-        dev.map_memory += memory
-        return handle
+        return obj
 
     def map_lookup(self, device: str, handle: int, key: bytes) -> bytes | None:
-        """The value at ``key``, or ``None`` if there is none (the codec answers ENOENT)."""
+        """The value at ``key``, or ``None`` if there is none."""
         with self._lock:
             dev = self._begin(device)
             obj = self._map(dev, handle)
-            value = self._kernel(f"map {handle}", obj.map.lookup, key)
-            if value is not None and obj.is_prog_array:
-                value = _U32.pack(self._prog_handle_of_id(device, _U32.unpack(value[:4])[0]))
-            return value
+            value = engine_call(f"map {handle}", obj.map.lookup, key)
+            return None if value is None else dev.guest_values(obj, [(key, value)])[0][1]
 
     def map_update(self, device: str, handle: int, key: bytes, value: bytes, flags: int = UpdateFlag.ANY) -> None:
         with self._lock:
@@ -271,13 +258,13 @@ class OffloadService:
             if obj.is_prog_array:
                 self._prog_array_update(dev, obj, key, value, flags)
                 return
-            self._kernel(f"map {handle}", obj.map.update, key, value, flags)
+            engine_call(f"map {handle}", obj.map.update, key, value, flags)
 
     def map_delete(self, device: str, handle: int, key: bytes) -> None:
         with self._lock:
             dev = self._begin(device)
             obj = self._map(dev, handle)
-            self._kernel(f"map {handle}", obj.map.delete, key)
+            engine_call(f"map {handle}", obj.map.delete, key)
             if obj.is_prog_array and len(key) == 4:
                 obj.prog_slots.pop(_U32.unpack(key)[0], None)
 
@@ -290,14 +277,14 @@ class OffloadService:
             obj = self._map(dev, handle)
             if getattr(obj.map, "frozen", False):
                 raise OffloadError(errno.EPERM, f"map {handle} is already frozen")
-            self._kernel(f"map {handle}: freeze", obj.map.freeze)
+            engine_call(f"map {handle}: freeze", obj.map.freeze)
 
     def map_get_next_key(self, device: str, handle: int, key: bytes | None) -> bytes | None:
         """The key after ``key`` (the first with ``None``); ``None`` at the end."""
         with self._lock:
             dev = self._begin(device)
             obj = self._map(dev, handle)
-            return self._kernel(f"map {handle}", obj.map.next_key, key)
+            return engine_call(f"map {handle}", obj.map.next_key, key)
 
     def map_lookup_batch(self, device: str, handle: int, in_batch: bytes | None = None,
                          count: int = 64) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
@@ -308,30 +295,32 @@ class OffloadService:
             if count <= 0 or count > obj.spec.max_entries:
                 count = obj.spec.max_entries
             if hasattr(obj.map, "lookup_batch") and not obj.is_prog_array:
-                r = self._kernel(f"map {handle}", obj.map.lookup_batch, in_batch, count)
+                r = engine_call(f"map {handle}", obj.map.lookup_batch, in_batch, count)
                 items, token = r.items(), r.next_batch
             else:  # the kernel has no batch ops for prog_array (ENOTSUPP), some engines none at all
-                items, token = self._kernel(f"map {handle}", self._walk, obj, in_batch, count)
-            if obj.is_prog_array:
-                items = [(k, _U32.pack(self._prog_handle_of_id(device, _U32.unpack(v[:4])[0]))) for k, v in items]
-            return items, token
+                items, token = engine_call(f"map {handle}", _walk, obj, in_batch, count)
+            return dev.guest_values(obj, items), token
 
     def map_update_batch(self, device: str, handle: int, items: Sequence[tuple[bytes, bytes]],
                          flags: int = UpdateFlag.ANY) -> int:
         """Write every (key, value); return how many were written."""
         with self._lock:
             dev = self._begin(device)
-            obj = self._map(dev, handle)
-            if obj.is_prog_array:  # the kernel has no batch update for fd maps
-                for k, v in items:
-                    self._prog_array_update(dev, obj, k, v, flags)
-                return len(items)
-            keys, values = [k for k, _ in items], [v for _, v in items]
-            if hasattr(obj.map, "update_batch"):
-                return self._kernel(f"map {handle}", obj.map.update_batch, keys, values, flags)
+            return self.fill_map(dev, self._map(dev, handle), [k for k, _ in items], [v for _, v in items], flags)
+
+    def fill_map(self, dev: Device, obj: MapObj, keys: Sequence[bytes], values: Sequence[bytes],
+                 flags: int = UpdateFlag.ANY) -> int:
+        """Write ``keys[i]`` = ``values[i]`` (a prog_array's values are guest program handles), with a
+        batch update where the engine has one; the lock is held. Returns how many were written."""
+        if obj.is_prog_array:  # the kernel has no batch update for fd maps
             for k, v in zip(keys, values):
-                self._kernel(f"map {handle}", obj.map.update, k, v, flags)
+                self._prog_array_update(dev, obj, k, v, flags)
             return len(keys)
+        if hasattr(obj.map, "update_batch"):
+            return engine_call(f"map {obj.handle}", obj.map.update_batch, list(keys), list(values), flags)
+        for k, v in zip(keys, values):
+            engine_call(f"map {obj.handle}", obj.map.update, k, v, flags)
+        return len(keys)
 
     # -- programs ------------------------------------------------------------------------------
     def prog_load(self, device: str, insns: Sequence[Insn], *, name: str, license: str = "GPL",
@@ -339,7 +328,7 @@ class OffloadService:
                   func_info: Sequence[FuncInfo] | None = None,
                   line_info: Sequence[LineInfo] | None = None, log_level: int = 0,
                   log_size: int = 0) -> tuple[int, str]:
-        """Check, rewrite and load a program; return (guest handle, kernel tag as hex).
+        """Check, rewrite and load a program; return (guest handle, tag as hex).
 
         A program the kernel verifier refuses raises `OffloadError` with rule
         ``verifier`` and the log in ``.log``. Its instruction numbers count the
@@ -364,66 +353,56 @@ class OffloadService:
         with self._lock:
             dev = self._begin(device)
             try:
-                budget = self._verifier_budget(dev)
-                prep = loading.prepare(self, dev, list(insns), name, license, prog_type, btf,
-                                       list(func_info or ()), list(line_info or ()), None, log_level, log_size)
+                self._check_budget(dev)
+                prep = loading.prepare(self.policy, dev, list(insns), name, license, prog_type, btf,
+                                       list(func_info or ()), list(line_info or ()), origin=self._origin(),
+                                       log_level=log_level, log_size=log_size)
             except OffloadError:
                 dev.counters["refused"] += 1
                 raise
-        return loading.PendingLoad(self, dev, prep, budget)
+        return loading.PendingLoad(self._lock, self.policy, dev, prep)
 
-    def _prog_load(self, dev: Device, insns: list[Insn], name: str, license: str, prog_type: int | str,
-                   btf: bytes | None, func_info: list[FuncInfo], line_info: list[LineInfo],
-                   handle: int | None = None) -> tuple[int, str]:
-        """PROG_LOAD without the command rate, all under the lock; ``handle``: take that one (a state import).
-        Its verifier pass is charged to the device's budget like a guest's PROG_LOAD."""
-        budget = self._verifier_budget(dev)
-        prep = loading.prepare(self, dev, insns, name, license, prog_type, btf, func_info, line_info, handle, 0, 0)
-        start = time.monotonic()
-        try:
-            fd = loading.verify(self, dev, prep)
-        finally:
-            budget.spend(time.monotonic() - start)
-        return loading.commit(self, dev, prep, fd)
+    def load_prog_at(self, dev: Device, handle: int, load: ProgLoadRequest) -> ProgObj:
+        """PROG_LOAD under ``handle`` (a state import: origin ``import``), without the command rate, on
+        this thread; the lock is held. Its verifier pass is charged to the device's budget like any."""
+        self._check_budget(dev)
+        prep = loading.prepare(self.policy, dev, list(load.insns), load.name or "prog", load.license,
+                               load.prog_type, load.btf or None, list(load.func_info), list(load.line_info),
+                               origin="import", handle=handle)
+        return loading.load(self._lock, self.policy, dev, prep)
 
-    def _verifier_budget(self, dev: Device) -> TimeBudget:
-        """The device's verifier time, which must have some left (else EAGAIN, naming the rule)."""
-        budget = self._budgets.get(dev.name)
-        if budget is None:
-            budget = self._budgets[dev.name] = TimeBudget(self.policy.quota.verifier_seconds_per_minute, self.clock)
-        if not budget.available():
+    def _check_budget(self, dev: Device) -> None:
+        """The device's verifier time must have some left (else EAGAIN, naming the rule)."""
+        if not dev.budget.available():
             dev.counters["verifier_refused"] = dev.counters.get("verifier_refused", 0) + 1
             raise OffloadError(errno.EAGAIN, f"policy: device {dev.name} used its "
                                f"{self.policy.quota.verifier_seconds_per_minute:g} s of host verifier time this "
                                "minute; load again later", "quota.verifier_seconds_per_minute")
-        return budget
 
     def prog_attach(self, device: str, handle: int) -> None:
-        """Attach the program natively (XDP driver mode) to the device's host port, replacing ours."""
+        """Run the program on the device's port, replacing ours if one runs (no error then)."""
         with self._lock:
-            self._attach(self._begin(device), handle)
+            self.attach(self._begin(device), handle)
 
-    def _attach(self, dev: Device, handle: int) -> None:
-        """Attach through the device's link: a new link, or an atomic update of the one that runs ours."""
+    def attach(self, dev: Device, handle: int) -> None:
+        """Put program ``handle`` on the device's port (replacing the one attached, atomically where
+        the port can); the lock is held."""
         obj = self._prog(dev, handle)
-        old = self._progs[dev.name].get(dev.attached) if dev.attached is not None else None
-        self._links[dev.name] = port.attach(dev, self._links.get(dev.name), obj.engine_handle,
-                                            old.engine_handle if old is not None else None)
+        old = self._prog(dev, dev.attached) if dev.attached is not None else None
+        dev.port.attach(obj.engine_handle, old.engine_handle if old is not None else None)
         dev.attached = handle
 
     def prog_detach(self, device: str) -> None:
         """Detach the device's program from its port (no error if none is attached)."""
         with self._lock:
-            dev = self._begin(device)
-            self._detach(dev)
+            self._detach(self._begin(device))
 
     def prog_query(self, device: str) -> dict:
         """The attached program (``None`` if none) with its per-action counters, and every loaded program's."""
         with self._lock:
             dev = self._begin(device)
-            progs = self._progs[device]
             listing = [{"handle": o.handle, "name": o.name, "tag": o.tag, "insns": o.guest_insns,
-                        "actions": o.action_counts()} for o in progs.values()]
+                        "actions": o.action_counts()} for o in dev.progs()]
             return {"attached": dev.attached, "programs": listing}
 
     def prog_counters(self, device: str, handle: int) -> dict[str, int]:
@@ -437,12 +416,12 @@ class OffloadService:
         """STATE_EXPORT: (chunk of at most ``room`` bytes, token to continue; empty at the end).
         An empty ``token`` snapshots the device; the walk reads that snapshot to its end."""
         with self._lock:
-            return state.export_chunk(self, self._begin(device), token, room)
+            return state.export_chunk(self._begin(device), token, room)
 
     def state_export(self, device: str) -> bytes:
         """The whole state blob at once (the operator's and the tests' shortcut)."""
         with self._lock:
-            return state.encode_state(state.export_state(self, self._begin(device)))
+            return state.encode_state(state.export_state(self._begin(device)))
 
     def state_import_chunk(self, device: str, chunk: bytes, last: bool) -> None:
         """STATE_IMPORT: add a chunk; with ``last``, recreate the objects (all or nothing)."""
@@ -465,41 +444,54 @@ class OffloadService:
             kind = dev.handles.kind(handle)
             if kind is Kind.PROG:
                 if dev.attached == handle:
-                    raise OffloadError(errno.EBUSY, f"program handle {handle} is attached to {dev.ifname}; "
+                    raise OffloadError(errno.EBUSY, f"program handle {handle} is attached to {dev.port.ifname}; "
                                        "detach it first", "handles")
-                held = in_prog_array(self._maps[device].values(), handle)
+                held = in_prog_array(dev.maps(), handle)
                 if held is not None:  # the kernel's array would keep it (and its maps) alive, uncounted
                     raise OffloadError(errno.EBUSY, f"program handle {handle} is in prog_array handle "
                                        f"{held[0].handle} ({held[0].name!r}) at index {held[1]}; delete that "
                                        "entry or free the prog_array first", "handles")
-                obj = self._progs[device].pop(handle)
-                dev.handles.remove(handle)
-                self._close_prog(dev, obj)
+                self._close_prog(dev, dev.handles.remove(handle).obj)
             elif kind is Kind.MAP:
-                users = [p.handle for p in self._progs[device].values() if handle in p.map_handles]
+                users = [p.handle for p in dev.progs() if handle in p.map_handles]
                 if users:
                     raise OffloadError(errno.EBUSY, f"map handle {handle} is used by program handle(s) "
                                        f"{', '.join(map(str, users))}; free them first", "handles")
-                mobj = self._maps[device].pop(handle)
-                dev.handles.remove(handle)
-                dev.map_memory -= mobj.memory
-                dev.engine.free_map(mobj.map)
+                dev.engine.free_map(dev.handles.remove(handle).obj.map)
             else:
                 raise OffloadError(errno.EBADF, f"handle {handle} is not an object of device {device}")
 
     def reset(self, device: str) -> None:
         """The guest reset the device or went away: detach and free everything it offloaded."""
         with self._lock:
-            dev = self._device(device)
-            self._teardown(dev)
+            self.clear(self._device(device))
+
+    def clear(self, dev: Device) -> None:
+        """Detach and free every object of the device and give it a fresh engine (its handles keep
+        counting up); the lock is held."""
+        try:
+            self._detach(dev)
+        finally:
+            entries = dev.handles.clear()
+            for e in entries:  # the programs first, then the maps they used
+                if isinstance(e.obj, ProgObj):
+                    self._close_prog(dev, e.obj)
+            for e in entries:
+                if isinstance(e.obj, MapObj):
+                    dev.engine.free_map(e.obj.map)
+            dev.btf.clear()
+            dev.export_snapshot, dev.import_buffer = None, None
+            dev.engine.close()  # BTF objects the engine cached
+            dev.engine = self.engine_factory(kernel_prefix(dev.name))
 
     def kernel_ids(self, device: str) -> tuple[set[int], set[int]]:
-        """(program ids, map ids) of every kernel object the device holds now, counters included."""
+        """(program ids, map ids) of every kernel object the device holds now, counters included
+        (engines outside the kernel: their program ids, no map ids)."""
         with self._lock:
-            progs = {o.kernel_id for o in self._progs[device].values()}
-            maps = {o.kernel_id for o in self._maps[device].values()}
-            maps |= {_map_id(o.counters) for o in self._progs[device].values()}
-            return progs, maps
+            dev = self._device(device)
+            progs = {o.kernel_id for o in dev.progs()}
+            maps = {o.kernel_id for o in dev.maps()} | {_map_id(o.counters) for o in dev.progs()}
+            return progs, maps - {0}
 
     # -- visibility ----------------------------------------------------------------------------
     def objects(self, device: str, after: int = 0) -> list[MapObj | ProgObj]:
@@ -512,8 +504,7 @@ class OffloadService:
     def show(self) -> list[dict]:
         """Every device with its programs (name, tag, insns, maps, attach point, action counters) and maps."""
         with self._lock:
-            return [dev.describe(list(self._maps[name].values()), list(self._progs[name].values()))
-                    for name, dev in self.devices.items()]
+            return [dev.describe() for dev in self.devices.values()]
 
     # -- internals -----------------------------------------------------------------------------
     def _device(self, name: str) -> Device:
@@ -537,97 +528,53 @@ class OffloadService:
                                f"commands a second (burst {q.command_burst})", "rate")
         return dev
 
-    def _origin(self, imported: bool) -> str:
-        """Who is making an object now: ``import`` (a state import), ``operator`` or ``guest``."""
-        return "import" if imported else "operator" if getattr(self._operator, "active", False) else "guest"
+    def _origin(self) -> str:
+        """Who is making an object by a command now: ``operator`` or ``guest``."""
+        return "operator" if getattr(self._operator, "active", False) else "guest"
 
-    def _map(self, dev: Device, handle: int) -> MapObj:
+    @staticmethod
+    def _map(dev: Device, handle: int) -> MapObj:
         return dev.handles.get(handle, Kind.MAP)  # type: ignore[return-value]
 
-    def _prog(self, dev: Device, handle: int) -> ProgObj:
+    @staticmethod
+    def _prog(dev: Device, handle: int) -> ProgObj:
         return dev.handles.get(handle, Kind.PROG)  # type: ignore[return-value]
 
-    def _prog_value(self, dev: Device, value: bytes) -> bytes:
-        """A prog_array value from the guest (a u32 program handle) as the kernel takes it (the fd)."""
+    def _prog_array_update(self, dev: Device, obj: MapObj, key: bytes, value: bytes, flags: int) -> None:
+        """Write one prog_array slot (a guest program handle in ``value``, the engine's handle for it
+        in the map) and record who is in it."""
         if len(value) != 4:
             raise OffloadError(errno.EINVAL, f"prog_array value of {len(value)} bytes; expected a 4-byte "
                                "program handle")
-        return _U32.pack(self._prog(dev, _U32.unpack(value)[0]).engine_handle)
-
-    def _prog_array_update(self, dev: Device, obj: MapObj, key: bytes, value: bytes, flags: int) -> None:
-        """Write one prog_array slot (a guest program handle in ``value``) and record who is in it."""
-        fd_value = self._prog_value(dev, value)
-        self._kernel(f"map {obj.handle}", obj.map.update, key, fd_value, flags)
+        prog = self._prog(dev, _U32.unpack(value)[0])
+        engine_call(f"map {obj.handle}", obj.map.update, key, _U32.pack(prog.engine_handle), flags)
         if len(key) == 4:
-            obj.prog_slots[_U32.unpack(key)[0]] = _U32.unpack(value)[0]
-
-    def _prog_handle_of_id(self, device: str, prog_id: int) -> int:
-        for o in self._progs[device].values():
-            if o.kernel_id == prog_id:
-                return o.handle
-        return 0
-
-    def _walk(self, obj: MapObj, token: bytes | None, count: int):
-        items, key = [], obj.map.next_key(token)
-        while key is not None and len(items) < count:
-            value = obj.map.lookup(key)
-            if value is not None:
-                items.append((key, value))
-            token, key = key, obj.map.next_key(key)
-        return items, (token if key is not None else None)
-
-    def _kernel(self, what: str, fn, *args):
-        """Call the engine; its errors (kernel errno, bad sizes) become `OffloadError`."""
-        try:
-            return fn(*args)
-        except MapError as e:
-            raise OffloadError(errno.EINVAL, str(e)) from None
-        except OSError as e:
-            raise OffloadError(e.errno or errno.EIO, f"{what}: {e.strerror or e}") from None
+            obj.prog_slots[_U32.unpack(key)[0]] = prog.handle
 
     def _detach(self, dev: Device) -> None:
-        link = self._links.pop(dev.name, None)
         try:
-            if link is not None:
-                port.detach(dev, link)
+            dev.port.detach()
         finally:
             dev.attached = None
 
-    def _close_prog(self, dev: Device, obj: ProgObj) -> None:
+    @staticmethod
+    def _close_prog(dev: Device, obj: ProgObj) -> None:
         dev.engine.free_program(obj.engine_handle)
         dev.engine.free_map(obj.counters)
-        dev.map_memory -= self._btf[dev.name].release(obj.source.btf if obj.source is not None else b"")
+        dev.btf.release(obj.source.btf if obj.source is not None else b"")
 
-    def _teardown(self, dev: Device) -> None:
-        try:
-            self._detach(dev)
-        finally:
-            for obj in list(self._progs[dev.name].values()):
-                self._close_prog(dev, obj)
-            for mobj in list(self._maps[dev.name].values()):
-                dev.engine.free_map(mobj.map)
-            self._progs[dev.name].clear()
-            self._maps[dev.name].clear()
-            self._btf[dev.name].clear()
-            dev.handles.clear()
-            dev.map_memory = 0
-            dev.export_snapshot, dev.import_buffer = None, None
-            dev.engine.close()  # BTF objects the engine cached
-            dev.engine = self.engine_factory(kernel_prefix(dev.name))
+
+def _walk(obj: MapObj, token: bytes | None, count: int) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """A batch lookup by next_key/lookup, for maps without batch operations."""
+    items, key = [], obj.map.next_key(token)
+    while key is not None and len(items) < count:
+        value = obj.map.lookup(key)
+        if value is not None:
+            items.append((key, value))
+        token, key = key, obj.map.next_key(key)
+    return items, (token if key is not None else None)
 
 
 def _map_id(m) -> int:
     info = getattr(m, "info", None)
     return info().id if info is not None else 0
-
-
-def _ifindex(ifname: str, netns: str | None) -> int:
-    try:
-        with (IPRoute(netns=netns, flags=0) if netns else IPRoute()) as ipr:
-            found = ipr.link_lookup(ifname=ifname)
-    except OSError as e:
-        raise OffloadError(e.errno or errno.ENODEV, f"port {ifname!r}: netns {netns!r}: {e.strerror or e}") from None
-    if not found:
-        where = f" in netns {netns!r}" if netns else ""
-        raise OffloadError(errno.ENODEV, f"port {ifname!r}{where}: no such interface")
-    return found[0]

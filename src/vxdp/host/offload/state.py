@@ -1,9 +1,11 @@
 """STATE_EXPORT / STATE_IMPORT for the offload service: a device's objects out as a blob, and back in.
 
-Why here and not in `service`: migration walks every object of a device and recreates
-them under chosen handles, which the per-command methods never do; keeping it apart
-keeps `OffloadService` about single commands. `OffloadService.state_export_chunk` and
-``state_import_chunk`` call in here with the service lock held.
+Why apart from the per-command code: migration walks every object of a device and recreates
+them under chosen handles, which single commands never do. Export reads the device's record
+(its handle table) alone; import makes objects through `Objects`, the small API the service
+offers for it (a map or a program at a given handle, a map filled, an attachment, a clear),
+with the same policy checks and quotas as the guest's commands and without the command rate.
+The caller holds the lock that guards the device.
 
 Export: one snapshot per device, taken when the driver starts a walk (empty token) and
 kept until the last chunk went out or a new walk starts; so a driver that interleaves
@@ -19,7 +21,7 @@ Import (everything or nothing), into a device with no objects (else EBUSY):
    host verifier (the guest's own instructions, so the host rewrites them for itself);
 4. prog_array contents (program handles), freezing those that were frozen;
 5. the attachment.
-Any failure detaches and frees everything the import made (`OffloadService._teardown`),
+Any failure detaches and frees everything the import made (`Objects.clear`),
 so the device is left empty, and the error goes back as PROG_LOAD's would.
 """
 
@@ -27,20 +29,17 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-from ...bpf.mapspec import MapType, UpdateFlag
+from ...bpf.mapspec import MapType
 from ...offload.messages import ProgLoadRequest
 from ...offload.wire import OffloadEncodeError, OffloadProtocolError, wire_name
-from .errors import OffloadError
-from .objects import Device
+from .errors import OffloadError, engine_call
+from .objects import Device, MapObj, ProgObj
+from .policy import Policy, Quota
 from .state_format import DeviceState, Entries, MapState, ProgState, decode_state, encode_state
 
-if TYPE_CHECKING:
-    from .policy import Policy, Quota
-    from .service import OffloadService
-
-_U32 = struct.Struct("<I")
 _TOKEN = struct.Struct("<IQ")  # snapshot serial, offset of the next chunk
 HARD_STATE_LIMIT = 64 << 20  # whatever the quotas, a device buffers no more for one import
 BTF_ALLOWANCE = 2 << 20  # per program
@@ -53,22 +52,41 @@ def state_limit(q: Quota) -> int:
     return min(HARD_STATE_LIMIT, q.max_map_memory + q.max_total_insns * 48 + q.max_progs * BTF_ALLOWANCE + (1 << 20))
 
 
+class Objects(Protocol):
+    """What an import makes a device's objects with (the offload service offers it): each call applies
+    the policy and quotas of the matching command and raises `OffloadError` when refused."""
+
+    policy: Policy
+
+    def create_map_at(self, dev: Device, handle: int, *, type: int, key_size: int, value_size: int,
+                      max_entries: int, flags: int = 0, name: str = "") -> MapObj: ...
+
+    def load_prog_at(self, dev: Device, handle: int, load: ProgLoadRequest) -> ProgObj: ...
+
+    def fill_map(self, dev: Device, obj: MapObj, keys: Sequence[bytes], values: Sequence[bytes]) -> int: ...
+
+    def attach(self, dev: Device, handle: int) -> None: ...
+
+    def clear(self, dev: Device) -> None: ...
+
+
 # -- export ----------------------------------------------------------------------------------------
 
-def export_state(svc: OffloadService, dev: Device) -> DeviceState:
+def export_state(dev: Device) -> DeviceState:
+    """The device's objects as its table records them, map contents as the guest knows them."""
     maps = []
-    for h, obj in sorted(svc._maps[dev.name].items()):
-        items = svc._kernel(f"map {h}: export", lambda o=obj: list(o.map.items()))
-        if obj.is_prog_array:  # the kernel answers program ids; the guest knows handles
-            items = [(k, _U32.pack(svc._prog_handle_of_id(dev.name, _U32.unpack(v[:4])[0]))) for k, v in items]
+    for obj in dev.maps():
+        h = obj.handle
+        items = dev.guest_values(obj, engine_call(f"map {h}: export", lambda o=obj: list(o.map.items())))
+        if obj.is_prog_array:  # a slot whose program is not the device's is not the guest's to move
             items = [(k, v) for k, v in items if v != bytes(4)]
         t = obj.spec.type
         maps.append(MapState(h, obj.name, int(t), obj.spec.key_size, obj.spec.value_size, obj.spec.max_entries,
                              int(obj.spec.flags), bool(getattr(obj.map, "frozen", False)), obj.spec.user_value_size(),
                              tuple(items)))
     progs = []
-    for h, p in sorted(svc._progs[dev.name].items()):
-        src = p.source
+    for p in dev.progs():
+        h, src = p.handle, p.source
         if src is None:
             raise OffloadError(errno.EOPNOTSUPP, f"program {h}: the device did not keep its instructions")
         progs.append(ProgState(h, ProgLoadRequest(src.insns, src.license, wire_name(p.name), src.prog_type,
@@ -76,12 +94,12 @@ def export_state(svc: OffloadService, dev: Device) -> DeviceState:
     return DeviceState(tuple(maps), tuple(progs), dev.attached or 0, dev.handles.next_handle)
 
 
-def export_chunk(svc: OffloadService, dev: Device, token: bytes, room: int) -> tuple[bytes, bytes]:
+def export_chunk(dev: Device, token: bytes, room: int) -> tuple[bytes, bytes]:
     """The chunk from ``token`` on (at most ``room`` bytes, at least 1) and the token to continue
     (empty: this was the last). An empty ``token`` takes a new snapshot."""
     if not token:
         try:
-            blob = encode_state(export_state(svc, dev))
+            blob = encode_state(export_state(dev))
         except OffloadEncodeError as e:
             raise OffloadError(errno.EINVAL, f"STATE_EXPORT: {e}") from None
         dev.export_serial += 1
@@ -103,7 +121,7 @@ def export_chunk(svc: OffloadService, dev: Device, token: bytes, room: int) -> t
 
 # -- import ----------------------------------------------------------------------------------------
 
-def import_chunk(svc: OffloadService, dev: Device, chunk: bytes, last: bool) -> None:
+def import_chunk(svc: Objects, dev: Device, chunk: bytes, last: bool) -> None:
     """Add ``chunk`` to the device's import; on ``last`` recreate everything (or nothing)."""
     if len(dev.handles) or dev.attached is not None:
         dev.import_buffer = None
@@ -172,35 +190,32 @@ class QuotaLimits:
         self.insns += insns
 
 
-def import_state(svc: OffloadService, dev: Device, st: DeviceState) -> None:
+def import_state(svc: Objects, dev: Device, st: DeviceState) -> None:
     try:
         _recreate(svc, dev, st)
     except BaseException:
-        svc._teardown(dev)
+        svc.clear(dev)
         raise
     dev.handles.advance(st.next_handle)
 
 
-def _recreate(svc: OffloadService, dev: Device, st: DeviceState) -> None:
-    for m in st.maps:
-        svc._map_create(dev, type=m.map_type, key_size=m.key_size, value_size=m.value_size,
-                        max_entries=m.max_entries, flags=m.flags, name=m.name, handle=m.handle)
+def _recreate(svc: Objects, dev: Device, st: DeviceState) -> None:
+    made = {m.handle: svc.create_map_at(dev, m.handle, type=m.map_type, key_size=m.key_size,
+                                        value_size=m.value_size, max_entries=m.max_entries, flags=m.flags,
+                                        name=m.name) for m in st.maps}
     arrays = [m for m in st.maps if m.map_type == MapType.PROG_ARRAY]
     for m in st.maps:
         if m.map_type != MapType.PROG_ARRAY:
-            _fill(svc, dev, m)
+            _fill(svc, dev, made[m.handle], m)
     for p in st.progs:
-        ld = p.load
-        svc._prog_load(dev, list(ld.insns), ld.name or "prog", ld.license, ld.prog_type, ld.btf or None,
-                       list(ld.func_info), list(ld.line_info), handle=p.handle)
+        svc.load_prog_at(dev, p.handle, p.load)
     for m in arrays:
-        _fill(svc, dev, m)
+        _fill(svc, dev, made[m.handle], m)
     if st.attached:
-        svc._attach(dev, st.attached)
+        svc.attach(dev, st.attached)
 
 
-def _fill(svc: OffloadService, dev: Device, m: MapState) -> None:
-    obj = svc._map(dev, m.handle)
+def _fill(svc: Objects, dev: Device, obj: MapObj, m: MapState) -> None:
     want = obj.spec.user_value_size()
     if m.value_len != want:
         raise OffloadError(errno.EINVAL, f"STATE_IMPORT: map {m.handle}: values of {m.value_len} bytes, this "
@@ -208,13 +223,6 @@ def _fill(svc: OffloadService, dev: Device, m: MapState) -> None:
     entries = m.entries if isinstance(m.entries, Entries) else Entries(
         b"".join(k + v for k, v in m.entries), m.key_size, m.value_len)
     for keys, values in entries.batches(FILL_BATCH):  # a batch at a time: the blob stays the only copy
-        if obj.is_prog_array:
-            for k, v in zip(keys, values):
-                svc._prog_array_update(dev, obj, k, v, UpdateFlag.ANY)
-        elif hasattr(obj.map, "update_batch"):
-            svc._kernel(f"STATE_IMPORT: map {m.handle}", obj.map.update_batch, keys, values, UpdateFlag.ANY)
-        else:
-            for k, v in zip(keys, values):
-                svc._kernel(f"STATE_IMPORT: map {m.handle}", obj.map.update, k, v, UpdateFlag.ANY)
+        svc.fill_map(dev, obj, keys, values)
     if m.frozen:
-        svc._kernel(f"STATE_IMPORT: map {m.handle}: freeze", obj.map.freeze)
+        engine_call(f"STATE_IMPORT: map {m.handle}: freeze", obj.map.freeze)
