@@ -14,6 +14,7 @@ from ...bpf.isa import Insn
 from ...bpf.mapapi import Map
 from ...bpf.mapspec import MapSpec, MapType
 from ...bpf.obj import FuncInfo, LineInfo
+from ...virtio.features import Experimental, has
 from .handles import HandleTable
 from .policy import TokenBucket
 from .rewrite import ACTION_SLOTS
@@ -112,8 +113,8 @@ class Device:
     engine: object  # vxdp.engine.kernel.KernelEngine
     handles: HandleTable
     bucket: TokenBucket
-    # whether the frontend acked the offload bit: read from the device's negotiated features, never copied
-    negotiated_source: Callable[[], bool] = field(default=lambda: False)
+    # the frontend's acked features, read from the device each time (never copied): see `negotiated`
+    acked_features: Callable[[], int]
     attached: int | None = None  # guest handle of the program on the port
     map_memory: int = 0
     # STATE_EXPORT's snapshot (serial, blob) from the start of a walk to its end; STATE_IMPORT's chunks so far
@@ -126,7 +127,9 @@ class Device:
 
     @property
     def negotiated(self) -> bool:
-        return bool(self.negotiated_source())
+        """Whether the frontend acked the offload bit: the one answer the ctrl handler refuses by and
+        ``host show`` reports (``offload_negotiated``)."""
+        return has(self.acked_features(), Experimental.NET_BPF_OFFLOAD)
 
     def describe(self, maps: list[MapObj], progs: list[ProgObj]) -> dict:
         return {

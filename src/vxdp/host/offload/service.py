@@ -38,13 +38,12 @@ is detached, saying so in the log; a foreign one is kept with a warning, and our
 attach is then EBUSY naming it.
 
 The feature bit: a guest that did not negotiate offload must get every BPF
-command refused. The device's negotiated features are the one source of truth:
-`add_device` takes a callable reading them (`vxdp.host.offload.device_offload.DeviceOffload.negotiated`),
-``show`` reports it as ``offload_negotiated``, `require_negotiated` checks it,
-and the ctrl-vq handler (`vxdp.host.offload.handler`) is given the same callable's
-answer per command and refuses before decoding. The operator path offloads on
-behalf of stock guests, which never negotiate, so it skips that check and
-nothing else.
+command refused. The device's acked features are the one source of truth:
+`add_device` takes a callable reading them, the device record answers from it
+each time (`Device.negotiated`), ``show`` reports that as ``offload_negotiated``
+and `require_negotiated` refuses by it, which the guest's ctrl handler calls
+before decoding. The operator path offloads on behalf of stock guests, which
+never negotiate, so it skips that check and nothing else.
 
 Every object records who made it (``origin``: the guest, the operator, an
 import), so each view of the device's table (``host show``, OBJ_LIST for the
@@ -147,11 +146,11 @@ class OffloadService:
 
     # -- devices -------------------------------------------------------------------------------
     def add_device(self, name: str, ifname: str, *, netns: str | None = None,
-                   negotiated: bool | Callable[[], bool] = False) -> Device:
+                   acked_features: Callable[[], int] = lambda: 0) -> Device:
         """Register device ``name`` whose host port is ``ifname`` (in ``netns``, else ours).
 
-        ``negotiated``: reads whether the frontend acked the offload bit (the backend's negotiated
-        features); a plain bool is a fixed answer (tests)."""
+        ``acked_features``: reads the features the device's frontend acked (whether it negotiated
+        offload is read from them per command, never copied); without it, none (a stock frontend)."""
         with self._lock:
             if name in self.devices:
                 raise OffloadError(errno.EEXIST, f"device {name} already exists")
@@ -160,7 +159,7 @@ class OffloadService:
             dev = Device(name=name, ifname=ifname, ifindex=ifindex, netns=netns,
                          engine=self.engine_factory(kernel_prefix(name)), handles=HandleTable(name),
                          bucket=TokenBucket(q.commands_per_second, q.command_burst, self.clock),
-                         negotiated_source=negotiated if callable(negotiated) else (lambda: bool(negotiated)))
+                         acked_features=acked_features)
             self.devices[name] = dev
             self._maps[name], self._progs[name], self._btf[name] = {}, {}, BtfLedger()
             port.clear_port(dev, kernel_prefix(name))
@@ -180,8 +179,8 @@ class OffloadService:
         """Refuse (EOPNOTSUPP, rule ``feature``) unless the guest negotiated the offload feature bit."""
         dev = self._device(device)
         if not dev.negotiated:
-            raise OffloadError(errno.EOPNOTSUPP, f"device {device}: the guest did not negotiate the offload "
-                               "feature; BPF commands are refused", "feature")
+            raise OffloadError(errno.EOPNOTSUPP, f"device {device}: VIRTIO_NET_F_BPF_OFFLOAD was not negotiated; "
+                               "BPF commands are refused", "feature")
 
     def close(self) -> None:
         """Remove every device (daemon shutdown)."""
