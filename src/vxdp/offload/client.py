@@ -109,7 +109,7 @@ class OffloadRefused(OSError):
 
 
 class OffloadTransportError(OSError):
-    """The device answered with bytes that are not a reply to the command sent (a broken device)."""
+    """The device answered with what is not a reply to the command sent (a broken device)."""
 
 
 def _errno_name(code: int) -> str:
