@@ -8,7 +8,9 @@ answering version 1.1, which is all a 1.1 device differs in for a driver.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import errno
 
 import pytest
 
@@ -17,29 +19,31 @@ from vxdp.guest.programs import GuestPrograms
 from vxdp.host.offload.handler import BpfCommandHandler
 from vxdp.offload.codec import Reply, decode_reply, encode_reply
 from vxdp.offload.wire import Command
-from vxdp.virtio.ctrl_framing import Ack
+from vxdp.virtio.ctrl_framing import CtrlReply, CtrlRequest
 from vxdp.virtio.features import Experimental
 
 pytestmark = pytest.mark.privileged
+
+OFFLOADED = Experimental.NET_BPF_OFFLOAD.bit  # the acked features of a frontend that negotiated offload
 
 DEV = "grec0"
 
 
 class Ctrl:
-    """The driver's ctrl-vq client shape (``command(cls, cmd, data, capacity) -> (ack, result)``) over a
-    device handler; ``minor``: what CAPS says the protocol's minor version is (None: as the device)."""
+    """The driver's ctrl-vq client shape (``command(request, capacity) -> reply``) over a device
+    handler; ``minor``: what CAPS says the protocol's minor version is (None: as the device)."""
 
     def __init__(self, handler: BpfCommandHandler, minor: int | None = None):
         self.handler, self.minor, self.commands = handler, minor, []
 
-    def command(self, cls: int, cmd: int, data: bytes, capacity: int):
-        self.commands.append(cmd)
-        out = self.handler.handle(cmd, data, capacity + 1, negotiated=True)
-        if cmd == Command.CAPS and self.minor is not None:
-            r = decode_reply(cmd, out)
-            out = encode_reply(cmd, Reply(payload=dataclasses.replace(r.payload, version_minor=self.minor)),
-                               capacity + 1)
-        return Ack(out[0]), out[1:]
+    def command(self, req: CtrlRequest, capacity: int) -> CtrlReply:
+        self.commands.append(req.command)
+        out = self.handler.handle(req, capacity)
+        if req.command == Command.CAPS and self.minor is not None:
+            r = decode_reply(req.command, out)
+            out = encode_reply(req.command, Reply(payload=dataclasses.replace(r.payload, version_minor=self.minor)),
+                               capacity)
+        return out
 
 
 class Driver:
@@ -54,7 +58,7 @@ class Driver:
 
 @pytest.fixture
 def device(service):
-    service.add_device(DEV, "lo", negotiated=True)
+    service.add_device(DEV, "lo", acked_features=lambda: OFFLOADED)
     with service.as_operator():  # what the host's operator put on the device, not the guest
         m = service.map_create(DEV, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=4, name="op_stats")
     service.map_update(DEV, m, (2).to_bytes(4, "little"), (9).to_bytes(8, "little"))
@@ -88,3 +92,15 @@ def test_a_driver_facing_a_1_1_device_falls_back_to_its_own_slot_and_says_so(dev
     assert "protocol 1.1" in note and "OBJ_LIST" in note and "what this driver loaded" in note
     assert any("protocol 1.1" in r.getMessage() for r in caplog.records)
     assert Command.OBJ_LIST not in ctrl.commands  # never sent to a device that does not know it
+
+
+def test_the_guest_carries_state_as_the_operator_does(device):
+    """``offload export/import`` with ``--guest``: the same base64 document as the host's operator path
+    (one implementation, `OffloadClient.state_export_base64`), over the guest's transport."""
+    service, _ = device
+    g = GuestPrograms(Driver(Ctrl(BpfCommandHandler(service, DEV))))
+    doc = g.handlers()["offload.export"]()
+    assert base64.b64decode(doc["state"]) == service.state_export(DEV) and doc["bytes"] > 0
+    with pytest.raises(OSError) as e:
+        g.handlers()["offload.import"](state="not base64!")
+    assert e.value.errno == errno.EINVAL and "not base64" in str(e.value)

@@ -69,10 +69,10 @@ def test_ctrl_command_round_trip(rings):
 
     t = threading.Thread(target=_device, args=(rings, answer, done), daemon=True)
     t.start()
-    ack, result = client.command(0x40, 7, b"hello", reply_capacity=64, timeout=10)
+    reply = client.command(CtrlRequest(0x40, 7, b"hello"), 65, timeout=10)
     t.join(10)
-    assert seen == [CtrlRequest(0x40, 7, b"hello")]
-    assert (ack, result) == (Ack.OK, b"result:hello")
+    assert seen == [CtrlRequest(0x40, 7, b"hello")]  # the frame the device decoded is the one sent
+    assert reply == CtrlReply(Ack.OK, b"result:hello")
     assert rings.queues[CTRL].nfree == rings.queues[CTRL].num  # chain returned
 
 
@@ -81,17 +81,17 @@ def test_ctrl_reply_cut_to_capacity_and_err(rings):
     done = threading.Event()
     t = threading.Thread(target=_device, args=(rings, lambda r: CtrlReply(Ack.ERR, b"x" * 100), done), daemon=True)
     t.start()
-    ack, result = client.command(0, 0, b"\x01", reply_capacity=4, timeout=10)
+    reply = client.command(CtrlRequest(0, 0, b"\x01"), 5, timeout=10)  # the ack and 4 result bytes
     t.join(10)
-    assert (ack, result) == (Ack.ERR, b"xxxx")
+    assert reply == CtrlReply(Ack.ERR, b"xxxx")
 
 
 def test_ctrl_timeout_makes_queue_unusable(rings):
     client = CtrlClient(rings)
     with pytest.raises(CtrlTimeout, match="not answered"):
-        client.command(0, 0, b"\x01", timeout=0.2)
+        client.command(CtrlRequest(0, 0, b"\x01"), timeout=0.2)
     with pytest.raises(CtrlClientError, match="unusable"):
-        client.command(0, 0, b"\x01", timeout=0.2)
+        client.command(CtrlRequest(0, 0, b"\x01"), timeout=0.2)
 
 
 def test_ctrl_needs_the_queue_and_room():
@@ -104,6 +104,8 @@ def test_ctrl_needs_the_queue_and_room():
     r = GuestRings(mem_bytes=16 << 20, queue_size=64, buf_size=2048, event_idx=False, mrg=False, ctrl=True)
     try:
         with pytest.raises(CtrlClientError, match="does not fit"):
-            CtrlClient(r).command(0x40, 0, bytes(r.ctrl_size))
+            CtrlClient(r).command(CtrlRequest(0x40, 0, bytes(r.ctrl_size)))
+        with pytest.raises(CtrlClientError, match="does not fit"):  # no room for the ack
+            CtrlClient(r).command(CtrlRequest(0x40, 0), 0)
     finally:
         r.close()

@@ -10,6 +10,7 @@ the session once the guest left (/proc/PID/fd before and after).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -26,12 +27,12 @@ from vxdp.bpf.mapspec import MapType
 from vxdp.frames import FrameBatch
 from vxdp.guest.driver import GuestDriver
 from vxdp.netdev.port import Port
-from vxdp.offload.client import OffloadClient, OffloadRefused, ctrl_transport
+from vxdp.offload.client import OffloadClient, OffloadRefused
 from vxdp.offload.codec import decode_reply, encode_request
 from vxdp.offload.messages import MapUpdateRequest
 from vxdp.offload.wire import DEVICE_MAX_REQUEST, Command, Errno
 from vxdp.testing.netns import NetLab
-from vxdp.virtio.ctrl_framing import Ack, CtrlClass
+from vxdp.virtio.ctrl_framing import Ack, CtrlClass, CtrlReply
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -84,7 +85,7 @@ def _guest(d: Daemon) -> Iterator[tuple[GuestDriver, OffloadClient]]:
     drv = GuestDriver(d.sock, mem_mb=16, queue_size=256)
     try:
         drv.connect(timeout=30)
-        yield drv, OffloadClient(ctrl_transport(drv.ctrl, timeout=ANSWER_S))
+        yield drv, OffloadClient(functools.partial(drv.ctrl.command, timeout=ANSWER_S))
     finally:
         drv.close()
     _session_over(d)
@@ -128,7 +129,7 @@ def _raw(drv: GuestDriver, cmd: int, body: bytes, capacity: int = 4096) -> tuple
 
 def _refusal(drv: GuestDriver, cmd: int, body: bytes) -> int:
     ack, out = _raw(drv, cmd, body)
-    return decode_reply(cmd, bytes((int(ack),)) + out).code
+    return decode_reply(cmd, CtrlReply(ack, out)).code
 
 
 # -- §9: the verifier off the loop, once, with a time budget -----------------------------------------
@@ -258,7 +259,7 @@ def test_caps_max_request_is_what_the_ctrl_queue_accepts(env):
 # -- the in-process attacks of tests/host/offload/, on the real daemon --------------------------------
 
 def _malformed(drv: GuestDriver, client: OffloadClient) -> None:
-    body = encode_request(MapUpdateRequest(1, bytes(4), bytes(8)))[2:]
+    body = encode_request(MapUpdateRequest(1, bytes(4), bytes(8))).data
     for n in (0, 3, len(body) - 1):
         assert _refusal(drv, Command.MAP_UPDATE, body[:n]) == Errno.EINVAL
     assert _refusal(drv, Command.MAP_UPDATE, body + b"\0") == Errno.EINVAL

@@ -24,7 +24,7 @@ from vxdp.bpf.mapspec import MapType
 from vxdp.guest.driver import GuestDriver
 from vxdp.host.offload.policy import Quota
 from vxdp.host.offload.service import kernel_prefix
-from vxdp.offload.client import OffloadClient, OffloadRefused, ctrl_transport
+from vxdp.offload.client import OffloadClient, OffloadRefused
 from vxdp.offload.wire import Errno
 from vxdp.testing.kobjects import btf_variant, prog_names
 from vxdp.testing.netns import NetLab
@@ -67,7 +67,7 @@ def _prefix(daemon) -> str:
 def _guest(sock: str) -> tuple[GuestDriver, OffloadClient]:
     drv = GuestDriver(sock, mem_mb=16, queue_size=256)
     drv.connect(timeout=30)
-    return drv, OffloadClient(ctrl_transport(drv.ctrl))
+    return drv, OffloadClient(drv.ctrl.command)
 
 
 def test_clearing_the_offload_bit_before_leaving_still_frees_the_sessions_objects(daemon):

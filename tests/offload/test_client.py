@@ -1,8 +1,8 @@
 """The offload client and `OffloadEngine` against the device's real handler, in one process.
 
-The client's transport is wired straight to a `BpfCommandHandler` (class byte checked,
-command and body split as the spec frames them) over a real `OffloadService` on the
-kernel engine; the device's port is a veth end in its own netns (`NetLab`,
+The client's transport is wired straight to a `BpfCommandHandler` (the class checked; the
+`CtrlRequest` and `CtrlReply` handed over as the ctrl vq carries them) over a real
+`OffloadService` on the kernel engine; the device's port is a veth end in its own netns (`NetLab`,
 198.18.0.0/15), so offloaded programs see live frames. Everything is torn down in
 ``finally`` blocks and fixtures.
 """
@@ -39,8 +39,12 @@ from vxdp.offload.remote import OffloadEngine
 from vxdp.offload.wire import CTRL_CLASS_BPF, Errno
 from vxdp.packets import frame
 from vxdp.testing.netns import NetLab
+from vxdp.virtio.ctrl_framing import CtrlReply, CtrlRequest
+from vxdp.virtio.features import Experimental
 
 pytestmark = pytest.mark.privileged
+
+OFFLOADED = Experimental.NET_BPF_OFFLOAD.bit  # the acked features of a frontend that negotiated offload
 
 _seq = itertools.count()
 U32 = struct.Struct("<I")
@@ -51,13 +55,13 @@ def _dev() -> str:
     return f"g{os.getpid() % 1000}{next(_seq)}"
 
 
-def wire(handler: BpfCommandHandler, *, negotiated: bool = True, log: list | None = None):
-    """A transport straight into ``handler``: split class / command / body as the device does."""
-    def transport(req: bytes, cap: int) -> bytes:
-        assert req[0] == CTRL_CLASS_BPF
+def wire(handler: BpfCommandHandler, *, log: list | None = None):
+    """A transport straight into ``handler``: the request frame in, the reply frame out."""
+    def transport(req: CtrlRequest, cap: int) -> CtrlReply:
+        assert req.cls == CTRL_CLASS_BPF
         if log is not None:
-            log.append((req[1], cap))
-        return handler.handle(req[1], req[2:], cap, negotiated=negotiated)
+            log.append((req.command, cap))
+        return handler.handle(req, cap)
     return transport
 
 
@@ -116,7 +120,7 @@ MIX = (("ipv4/udp", 17, 300), ("ipv4/tcp", 6, 200), ("ipv4/icmp", 1, 100), ("ipv
 
 def test_xdp1_offloaded_counts_read_back_through_remote_maps(port, service):
     dev = _dev()
-    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    service.add_device(dev, port.b, netns=port.ns_b, acked_features=lambda: OFFLOADED)
     progs_before, maps_before = prog_ids(), map_ids()
     engine = OffloadEngine(_client(service, dev))
     try:
@@ -152,7 +156,7 @@ def test_xdp1_offloaded_counts_read_back_through_remote_maps(port, service):
 
 def test_xdp2_offloaded_sends_frames_back_with_macs_swapped(port, service):
     dev = _dev()
-    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    service.add_device(dev, port.b, netns=port.ns_b, acked_features=lambda: OFFLOADED)
     engine = OffloadEngine(_client(service, dev))
     # On the traffic side a counter: slot 0 frames whose MACs came back swapped, slot 1 others.
     seen = KernelMap.create(MapSpec("t_seen", MapType.ARRAY, 4, 8, 2))
@@ -201,7 +205,7 @@ def test_xdp2_offloaded_sends_frames_back_with_macs_swapped(port, service):
 
 def test_tail_calls_with_a_prog_array_of_guest_handles(port, service):
     dev = _dev()
-    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    service.add_device(dev, port.b, netns=port.ns_b, acked_features=lambda: OFFLOADED)
     engine = OffloadEngine(_client(service, dev))
     try:
         loaded = load_object(engine, elf.load_object(SAMPLES_BUILD / "corpus" / "tail_calls.o"))
@@ -222,7 +226,7 @@ def test_tail_calls_with_a_prog_array_of_guest_handles(port, service):
 
 def test_reset_frees_everything_and_close_after_reset_is_quiet(port, service):
     dev = _dev()
-    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    service.add_device(dev, port.b, netns=port.ns_b, acked_features=lambda: OFFLOADED)
     engine = OffloadEngine(_client(service, dev))
     loaded = load_object(engine, elf.load_object(SAMPLES_BUILD / "corpus" / "tail_calls.o"))
     engine.attach(loaded.programs["xdp_entry"])
@@ -243,7 +247,7 @@ def test_detach_of_an_attach_point_the_device_cleared_is_not_an_error(port, serv
     """`vxdp prog detach` must exit 0 when it freed everything, even if the device had already
     detached the program (another one replaced it, then went): nothing attached is what it wants."""
     dev = _dev()
-    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    service.add_device(dev, port.b, netns=port.ns_b, acked_features=lambda: OFFLOADED)
     engine = OffloadEngine(_client(service, dev))
     loaded = load_object(engine, elf.load_object(SAMPLES_BUILD / "xdp_pass.o"))
     try:
@@ -262,7 +266,7 @@ def test_an_attachment_replaces_only_its_own_slots_program_and_detaches_only_its
     second attached. A third engine that replaces nothing is refused (EBUSY naming the program) unless
     ``replace``."""
     dev = _dev()
-    service.add_device(dev, port.b, netns=port.ns_b, negotiated=True)
+    service.add_device(dev, port.b, netns=port.ns_b, acked_features=lambda: OFFLOADED)
     engines = [OffloadEngine(_client(service, dev)) for _ in range(3)]
     first, second, third = (load_object(e, elf.load_object(SAMPLES_BUILD / "xdp_pass.o")) for e in engines)
     h1, h2, h3 = (lo.programs["xdp_pass"] for lo in (first, second, third))
@@ -317,7 +321,7 @@ def lo_service():
 
 def test_policy_refusals_with_rules(lo_service):
     dev = _dev()
-    lo_service.add_device(dev, "lo", negotiated=True)
+    lo_service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     c = _client(lo_service, dev)
     _refused(c.prog_load, _calls(Helper.redirect), name="r", code=errno.EPERM, rule="helpers.never",
              match="policy: helper bpf_redirect (23)")
@@ -330,7 +334,7 @@ def test_policy_refusals_with_rules(lo_service):
 
 def test_every_quota_through_the_client(lo_service):
     dev = _dev()
-    lo_service.add_device(dev, "lo", negotiated=True)
+    lo_service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     c = _client(lo_service, dev)
     a = c.map_create(MapType.ARRAY, 4, 8, 256, name="a")  # 4096 bytes of 8192
     _refused(c.map_create, MapType.ARRAY, 4, 8, 257, name="b", code=errno.ENOSPC, rule="quota.max_map_memory",
@@ -364,8 +368,8 @@ def test_every_quota_through_the_client(lo_service):
 
 def test_handles_of_another_device_are_refused(service):
     d0, d1 = _dev(), _dev()
-    service.add_device(d0, "lo", negotiated=True)
-    service.add_device(d1, "lo", negotiated=True)
+    service.add_device(d0, "lo", acked_features=lambda: OFFLOADED)
+    service.add_device(d1, "lo", acked_features=lambda: OFFLOADED)
     c0, c1 = _client(service, d0), _client(service, d1)
     c0.map_create(MapType.ARRAY, 4, 8, 1, name="m0")
     c1.map_create(MapType.ARRAY, 4, 8, 1, name="m1")
@@ -378,7 +382,7 @@ def test_handles_of_another_device_are_refused(service):
 
 def test_verifier_refusal_brings_the_log_back_cut_to_log_size(service):
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     c = _client(service, dev)
     e = _refused(c.prog_load, [Insn(EXIT)], name="bad", code=errno.EACCES, rule="verifier",
                  match="kernel verifier refused program 'bad'")
@@ -391,18 +395,18 @@ def test_verifier_refusal_brings_the_log_back_cut_to_log_size(service):
 def test_offload_not_negotiated_is_eopnotsupp(service):
     dev = _dev()
     service.add_device(dev, "lo")
-    c = OffloadClient(wire(BpfCommandHandler(service, dev), negotiated=False))
+    c = OffloadClient(wire(BpfCommandHandler(service, dev)))
     for call in (c.caps, lambda: c.map_create(MapType.ARRAY, 4, 8, 1, name="m")):
-        _refused(call, code=errno.EOPNOTSUPP, match="VIRTIO_NET_F_BPF_OFFLOAD was not negotiated")
+        _refused(call, code=errno.EOPNOTSUPP, match="VIRTIO_NET_F_BPF_OFFLOAD was not negotiated", rule="feature")
     assert service.kernel_ids(dev) == (set(), set())
 
 
 def test_a_malformed_request_is_einval(service):
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     handler = BpfCommandHandler(service, dev)
     # a channel that loses the request's last byte: the device refuses, naming the field
-    c = OffloadClient(lambda req, cap: handler.handle(req[1], req[2:-1], cap, negotiated=True))
+    c = OffloadClient(lambda req, cap: handler.handle(dataclasses.replace(req, data=req.data[:-1]), cap))
     _refused(c.map_create, MapType.ARRAY, 4, 8, 1, name="m", code=errno.EINVAL,
              match="MAP_CREATE: request name: needs 16 bytes, 15 left")
     assert service.kernel_ids(dev) == (set(), set())
@@ -410,7 +414,7 @@ def test_a_malformed_request_is_einval(service):
 
 def test_a_reply_area_too_small_is_enobufs_then_the_retry_works(service):
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     calls: list[tuple[int, int]] = []
     c = OffloadClient(wire(BpfCommandHandler(service, dev), log=calls), capacity=64)
     m = c.map_create(MapType.ARRAY, 4, 256, 2, name="big")
@@ -431,7 +435,7 @@ def test_a_reply_area_too_small_is_enobufs_then_the_retry_works(service):
 
 def test_a_transport_limit_caps_every_area_and_the_device_cuts_the_log(service):
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     calls: list[tuple[int, int]] = []
     c = OffloadClient(wire(BpfCommandHandler(service, dev), log=calls), max_capacity=200)
     e = _refused(c.prog_load, [Insn(EXIT)], name="bad", code=errno.EACCES, rule="verifier")
@@ -444,7 +448,7 @@ def test_a_transport_limit_caps_every_area_and_the_device_cuts_the_log(service):
 
 def test_global_data_maps_are_filled_on_create(service):
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     engine = OffloadEngine(_client(service, dev))
     try:
         obj = elf.load_object(SAMPLES_BUILD / "corpus" / "global_data.o")
@@ -465,7 +469,7 @@ def test_rodata_is_frozen_before_the_program_so_the_device_verifier_sees_constan
     """rodata_config verifies only with .rodata frozen: offloaded, the engine writes the image,
     freezes (MAP_FREEZE), then loads; the guest can no longer write the map (EPERM)."""
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     calls: list[tuple[int, int]] = []
     engine = OffloadEngine(OffloadClient(wire(BpfCommandHandler(service, dev), log=calls)))
     try:
@@ -489,7 +493,7 @@ def test_rodata_left_unfrozen_gets_the_program_refused_offloaded(service):
     """What offloading did before MAP_FREEZE: the same config in a writable map; the device's
     verifier walks the dead branch and refuses its unchecked packet read."""
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     engine = OffloadEngine(_client(service, dev))
     try:
         obj = elf.load_object(SAMPLES_BUILD / "corpus" / "rodata_config.o")
@@ -506,7 +510,7 @@ def test_obj_list_walks_the_device_table_in_areas_the_transport_allows(service):
     """OBJ_LIST (1.2) through the client: every object once, in handle order, however small the ctrl
     buffer (here two records a reply): the client offers all the transport allows, the device fills it."""
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     calls: list[tuple[int, int]] = []
     c = OffloadClient(wire(BpfCommandHandler(service, dev), log=calls), capacity=64,
                       max_capacity=1 + 16 + 16 + 2 * 56)

@@ -1,5 +1,11 @@
 """The BPF control class codec: every message round-trips, every malformed byte string is an
-`OffloadProtocolError` naming command and field (never another exception), caps hold."""
+`OffloadProtocolError` naming command and field (never another exception), caps hold.
+
+The codec speaks in ctrl frames (`CtrlRequest`, `CtrlReply`); the tests pin bytes, so they go
+through the framing once each way as the two ends do (`_wire`, `_parse`, `_reply_wire`,
+`_parse_reply`). Bytes the framing itself refuses (under two request bytes, no ack, an ack that
+is neither OK nor ERR) are a `CtrlError` there and never reach the codec.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,6 @@ from vxdp.offload.codec import (
     Reply,
     decode_reply,
     decode_request,
-    decode_request_body,
     encode_reply,
     encode_request,
     error_reply,
@@ -66,6 +71,7 @@ from vxdp.offload.wire import (
     OffloadEncodeError,
     OffloadProtocolError,
 )
+from vxdp.virtio.ctrl_framing import Ack, CtrlError, CtrlReply, CtrlRequest
 from vxdp.virtio.features import Experimental
 
 MAP = 7  # a guest map handle
@@ -150,6 +156,25 @@ ALL_REPLIES = (
 )
 
 
+def _wire(req) -> bytes:
+    """A request's bytes as a driver puts them in a chain: its frame, encoded once."""
+    return encode_request(req).encode()
+
+
+def _parse(data: bytes):
+    """What a device makes of a chain's readable bytes: the frame, then the message."""
+    return decode_request(CtrlRequest.decode(data))
+
+
+def _reply_wire(cmd: int, reply: Reply, capacity: int | None = None) -> bytes:
+    """The bytes a device writes into a ``capacity``-byte area."""
+    return encode_reply(cmd, reply, capacity).encode(capacity)
+
+
+def _parse_reply(cmd: int, data: bytes) -> Reply:
+    return decode_reply(cmd, CtrlReply.decode(data))
+
+
 def _ids(items):
     return [f"{i}-{type(x).__name__}" for i, x in enumerate(items)]
 
@@ -165,40 +190,44 @@ def test_samples_cover_every_request_and_reply():
 
 @pytest.mark.parametrize("req", REQUEST_SAMPLES, ids=_ids(REQUEST_SAMPLES))
 def test_request_round_trip(req):
-    data = encode_request(req)
-    assert data[:2] == bytes((CTRL_CLASS_BPF, req.COMMAND))
-    assert decode_request(data) == req
-    assert decode_request_body(req.COMMAND, data[2:]) == req
+    ctrl = encode_request(req)
+    assert (ctrl.cls, ctrl.command) == (CTRL_CLASS_BPF, req.COMMAND)
+    assert decode_request(ctrl) == req
+    assert _wire(req)[:2] == bytes((CTRL_CLASS_BPF, req.COMMAND)) and _parse(_wire(req)) == req
 
 
 @pytest.mark.parametrize("req", REQUEST_SAMPLES, ids=_ids(REQUEST_SAMPLES))
 def test_request_truncated_at_every_length(req):
-    data = encode_request(req)
+    data = _wire(req)
     for n in range(len(data)):
-        with pytest.raises(OffloadProtocolError):
-            decode_request(data[:n])
+        with pytest.raises(CtrlError if n < 2 else OffloadProtocolError):  # under 2: the framing's
+            _parse(data[:n])
 
 
 @pytest.mark.parametrize("req", REQUEST_SAMPLES, ids=_ids(REQUEST_SAMPLES))
 def test_request_with_trailing_bytes_is_refused(req):
     with pytest.raises(OffloadProtocolError, match=rf"{req.COMMAND.name}: request end: 1 trailing"):
-        decode_request(encode_request(req) + b"\0")
+        _parse(_wire(req) + b"\0")
 
 
 @pytest.mark.parametrize("cmd,reply", ALL_REPLIES, ids=[f"{c.name}-{i}" for i, (c, _) in enumerate(ALL_REPLIES)])
 def test_reply_round_trip_truncation_and_trailing(cmd, reply):
-    data = encode_reply(cmd, reply)
-    assert data[0] == (0 if reply.ok else 1)  # ack: VIRTIO_NET_OK iff code 0
-    assert decode_reply(cmd, data) == reply
-    for n in range(len(data)):
+    ctrl = encode_reply(cmd, reply)
+    assert ctrl.ack == (Ack.OK if reply.ok else Ack.ERR)  # VIRTIO_NET_OK iff code 0
+    assert decode_reply(cmd, ctrl) == reply
+    data = ctrl.encode()
+    assert _parse_reply(cmd, data) == reply
+    with pytest.raises(CtrlError):  # no ack at all: the framing's refusal
+        _parse_reply(cmd, b"")
+    for n in range(1, len(data)):
         if n == 1 and data[0] == 1:
             # documented tolerance: a bare VIRTIO_NET_ERR ack (what a stock device writes) is EIO
-            assert decode_reply(cmd, data[:1]).code == Errno.EIO
+            assert _parse_reply(cmd, data[:1]).code == Errno.EIO
             continue
         with pytest.raises(OffloadProtocolError):
-            decode_reply(cmd, data[:n])
+            _parse_reply(cmd, data[:n])
     with pytest.raises(OffloadProtocolError, match="trailing"):
-        decode_reply(cmd, data + b"\0")
+        _parse_reply(cmd, data + b"\0")
 
 
 # --- the wire layout, pinned byte for byte (docs/offload-protocol.md §3, §5) -----------------
@@ -207,22 +236,22 @@ def test_reply_round_trip_truncation_and_trailing(cmd, reply):
 def test_map_freeze_layout():
     """MAP_FREEZE (protocol 1.1) is command 0x09: the map handle, nothing else; it answers no payload."""
     assert Command.MAP_FREEZE == 0x09
-    assert encode_request(MapFreezeRequest(0x01020304)) == bytes([0x40, 0x09, 4, 3, 2, 1])
-    assert decode_reply(Command.MAP_FREEZE, encode_reply(Command.MAP_FREEZE, Reply())).ok
+    assert _wire(MapFreezeRequest(0x01020304)) == bytes([0x40, 0x09, 4, 3, 2, 1])
+    assert _parse_reply(Command.MAP_FREEZE, _reply_wire(Command.MAP_FREEZE, Reply())).ok
 
 
 def test_map_create_layout():
-    data = encode_request(MapCreateRequest(MapType.HASH, 4, 8, 1024, 1, "flows"))
+    data = _wire(MapCreateRequest(MapType.HASH, 4, 8, 1024, 1, "flows"))
     assert data == bytes((0x40, 0x01)) + struct.pack("<5I", 1, 4, 8, 1024, 1) + b"flows".ljust(16, b"\0")
 
 
 def test_map_update_layout():
-    data = encode_request(MapUpdateRequest(9, b"KEY!", b"VALUE", UpdateFlag.EXIST))
+    data = _wire(MapUpdateRequest(9, b"KEY!", b"VALUE", UpdateFlag.EXIST))
     assert data == b"\x40\x04" + struct.pack("<IQI", 9, 2, 4) + b"KEY!" + struct.pack("<I", 5) + b"VALUE"
 
 
 def test_prog_load_carries_guest_handles_where_the_kernel_takes_fds():
-    data = encode_request(REQUEST_SAMPLES[13])
+    data = _wire(REQUEST_SAMPLES[13])
     insns_at = data.index(struct.pack("<I", 8)) + 4  # insn_cnt 8, then the raw instructions
     raw = isa.decode(data[insns_at : insns_at + 64])
     assert (raw[0].src, raw[0].imm) == (isa.PseudoSrc.MAP_FD, MAP)
@@ -230,9 +259,9 @@ def test_prog_load_carries_guest_handles_where_the_kernel_takes_fds():
 
 
 def test_reply_layout():
-    data = encode_reply(Command.MAP_CREATE, Reply(payload=MapCreateReply(5), text="ok"))
+    data = _reply_wire(Command.MAP_CREATE, Reply(payload=MapCreateReply(5), text="ok"))
     assert data == b"\x00" + struct.pack("<iIII", 0, 0, 4, 2) + struct.pack("<I", 5) + b"ok"
-    err = encode_reply(Command.MAP_LOOKUP, Reply.error(Errno.ENOENT))
+    err = _reply_wire(Command.MAP_LOOKUP, Reply.error(Errno.ENOENT))
     assert err == b"\x01" + struct.pack("<iIII", 2, 0, 0, 0)
 
 
@@ -244,11 +273,11 @@ def _body(cmd: Command, body: bytes) -> bytes:
 
 
 def test_insn_count_claiming_a_billion_is_refused_before_reading():
-    good = encode_request(ProgLoadRequest(insns=[isa.Insn(isa.EXIT)]))
+    good = _wire(ProgLoadRequest(insns=[isa.Insn(isa.EXIT)]))
     at = good.index(struct.pack("<I", 1) + isa.Insn(isa.EXIT).encode())
     bad = good[:at] + struct.pack("<I", 1_000_000_000) + good[at + 4 :]
     with pytest.raises(OffloadProtocolError, match="PROG_LOAD: request insn_cnt: 1000000000 is above") as e:
-        decode_request(bad)
+        _parse(bad)
     assert e.value.code == Errno.E2BIG and e.value.field == "request insn_cnt"
 
 
@@ -262,18 +291,22 @@ def test_insn_count_claiming_a_billion_is_refused_before_reading():
 ])
 def test_lengths_above_caps(cmd, body, match):
     with pytest.raises(OffloadProtocolError, match=match):
-        decode_request(_body(cmd, body))
+        _parse(_body(cmd, body))
 
 
 def test_whole_request_above_cap():
     with pytest.raises(OffloadProtocolError, match="above") as e:
-        decode_request(_body(Command.STATE_IMPORT, bytes(17 << 20)))
+        _parse(_body(Command.STATE_IMPORT, bytes(17 << 20)))
     assert e.value.code == Errno.E2BIG
 
 
+@pytest.mark.parametrize("data", [b"", b"\x40"])
+def test_requests_without_a_header_are_the_framings_refusal(data):
+    with pytest.raises(CtrlError, match="no class/command header"):
+        _parse(data)
+
+
 @pytest.mark.parametrize("data,match", [
-    (b"", "header"),
-    (b"\x40", "header"),
     (b"\x06\x00", "class: 0x6 is not the BPF class"),
     (b"\x40\x7f", "unknown command 0x7f"),
     (_body(Command.MAP_CREATE, bytes(20) + b"x" * 16), "MAP_CREATE: request name: is not NUL-terminated"),
@@ -282,18 +315,18 @@ def test_whole_request_above_cap():
 ])
 def test_malformed_requests_name_the_field(data, match):
     with pytest.raises(OffloadProtocolError, match=match):
-        decode_request(data)
+        _parse(data)
 
 
 def _with_records(func_rec_size: int, func_records: bytes) -> bytes:
-    base = encode_request(ProgLoadRequest(insns=[isa.Insn(isa.EXIT)]))
+    base = _wire(ProgLoadRequest(insns=[isa.Insn(isa.EXIT)]))
     tail = struct.pack("<II", 8, 0) + struct.pack("<II", 16, 0)  # empty func_info, line_info
     assert base.endswith(tail)
     return base[: -len(tail)] + struct.pack("<II", func_rec_size, 1) + func_records + struct.pack("<II", 16, 0)
 
 
 def test_larger_records_with_zero_tail_are_accepted():
-    req = decode_request(_with_records(12, struct.pack("<III", 0, 5, 0)))
+    req = _parse(_with_records(12, struct.pack("<III", 0, 5, 0)))
     assert req.func_info == (FuncInfo(0, 5),)
 
 
@@ -304,7 +337,7 @@ def test_larger_records_with_zero_tail_are_accepted():
 ])
 def test_bad_records_are_refused(size, records, match):
     with pytest.raises(OffloadProtocolError, match=match):
-        decode_request(_with_records(size, records))
+        _parse(_with_records(size, records))
 
 
 # --- replies: sizing, truncation, contradictions ------------------------------------------------
@@ -312,26 +345,27 @@ def test_bad_records_are_refused(size, records, match):
 
 def test_payload_that_does_not_fit_becomes_enobufs_with_the_needed_size():
     big = Reply(payload=MapLookupReply(bytes(1000)))
-    data = encode_reply(Command.MAP_LOOKUP, big, capacity=MIN_REPLY)
+    data = _reply_wire(Command.MAP_LOOKUP, big, capacity=MIN_REPLY)
     assert len(data) <= MIN_REPLY
-    rep = decode_reply(Command.MAP_LOOKUP, data)
+    rep = _parse_reply(Command.MAP_LOOKUP, data)
     assert (rep.code, rep.payload_omitted, rep.needed, rep.payload) == (Errno.ENOBUFS, True, 1004, None)
-    assert decode_reply(Command.MAP_LOOKUP, encode_reply(Command.MAP_LOOKUP, big, 1 + 16 + 1004)) == big
+    assert _parse_reply(Command.MAP_LOOKUP, _reply_wire(Command.MAP_LOOKUP, big, 1 + 16 + 1004)) == big
 
 
 def test_text_is_cut_to_the_area_at_a_character_boundary():
     log = "\u00e9" * 100  # 2 bytes per character
-    data = encode_reply(Command.PROG_LOAD, Reply.error(Errno.EACCES, log), capacity=MIN_REPLY)
-    rep = decode_reply(Command.PROG_LOAD, data)
+    data = _reply_wire(Command.PROG_LOAD, Reply.error(Errno.EACCES, log), capacity=MIN_REPLY)
+    rep = _parse_reply(Command.PROG_LOAD, data)
     assert len(data) <= MIN_REPLY and rep.text_truncated and rep.code == Errno.EACCES
     assert rep.text == "\u00e9" * 23  # 64 - 17 = 47 bytes of room: 23 whole characters
 
 
 def test_area_too_small_for_a_header_gets_only_the_error_ack():
-    data = encode_reply(Command.CAPS, Reply(payload=REPLY_SAMPLES[0][1]), capacity=16)
+    assert encode_reply(Command.CAPS, Reply(payload=REPLY_SAMPLES[0][1]), capacity=16) == CtrlReply(Ack.ERR)
+    data = _reply_wire(Command.CAPS, Reply(payload=REPLY_SAMPLES[0][1]), capacity=16)
     assert data == b"\x01"
-    assert decode_reply(Command.CAPS, data).code == Errno.EIO
-    assert encode_reply(Command.CAPS, Reply.error(Errno.EINVAL), capacity=0) == b""
+    assert _parse_reply(Command.CAPS, data).code == Errno.EIO
+    assert _reply_wire(Command.CAPS, Reply.error(Errno.EINVAL), capacity=0) == b""
 
 
 @pytest.mark.parametrize("data,match", [
@@ -349,30 +383,30 @@ def test_area_too_small_for_a_header_gets_only_the_error_ack():
 ])
 def test_malformed_replies(data, match):
     with pytest.raises(OffloadProtocolError, match=match):
-        decode_reply(Command.MAP_LOOKUP, data)
+        _parse_reply(Command.MAP_LOOKUP, data)
 
 
 def test_reply_payload_with_trailing_bytes_is_refused():
     data = b"\x00" + struct.pack("<iIII", 0, 0, 5, 0) + struct.pack("<I", 3) + b"\0"
     with pytest.raises(OffloadProtocolError, match="MAP_CREATE: reply payload end: 1 trailing"):
-        decode_reply(Command.MAP_CREATE, data)
+        _parse_reply(Command.MAP_CREATE, data)
 
 
 # --- what our own caller cannot encode ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("build,match", [
-    (lambda: encode_request(MapCreateRequest(1, 4, 4, 1, name="x" * 16)), "name"),
-    (lambda: encode_request(MapCreateRequest(1, -1, 4, 1)), "key_size"),
-    (lambda: encode_request(MapLookupRequest(1, bytes(5000))), "key length: 5000 is above"),
-    (lambda: encode_request(MapUpdateBatchRequest(1, 4, 4, [b"abcd"], [])), "1 keys but 0 values"),
-    (lambda: encode_request(MapUpdateBatchRequest(1, 4, 4, [b"abc"], [b"abcd"])), r"keys\[0\]"),
-    (lambda: encode_request(ProgLoadRequest(insns=[], license="caf\u00e9")), "license"),
-    (lambda: encode_request(MapCreateReply(1)), "not a BPF class request"),
-    (lambda: encode_reply(Command.MAP_CREATE, Reply()), "needs a MapCreateReply"),
-    (lambda: encode_reply(Command.MAP_CREATE, Reply(payload=MapLookupReply(b""))), "not a MAP_CREATE reply"),
-    (lambda: encode_reply(Command.MAP_CREATE, Reply.error(1, payload=MapCreateReply(1))), "carries no payload"),
-    (lambda: encode_reply(Command.PROG_LOAD, Reply(payload=ProgLoadReply(1, b"short"))), "tag"),
+    (lambda: _wire(MapCreateRequest(1, 4, 4, 1, name="x" * 16)), "name"),
+    (lambda: _wire(MapCreateRequest(1, -1, 4, 1)), "key_size"),
+    (lambda: _wire(MapLookupRequest(1, bytes(5000))), "key length: 5000 is above"),
+    (lambda: _wire(MapUpdateBatchRequest(1, 4, 4, [b"abcd"], [])), "1 keys but 0 values"),
+    (lambda: _wire(MapUpdateBatchRequest(1, 4, 4, [b"abc"], [b"abcd"])), r"keys\[0\]"),
+    (lambda: _wire(ProgLoadRequest(insns=[], license="caf\u00e9")), "license"),
+    (lambda: _wire(MapCreateReply(1)), "not a BPF class request"),
+    (lambda: _reply_wire(Command.MAP_CREATE, Reply()), "needs a MapCreateReply"),
+    (lambda: _reply_wire(Command.MAP_CREATE, Reply(payload=MapLookupReply(b""))), "not a MAP_CREATE reply"),
+    (lambda: _reply_wire(Command.MAP_CREATE, Reply.error(1, payload=MapCreateReply(1))), "carries no payload"),
+    (lambda: _reply_wire(Command.PROG_LOAD, Reply(payload=ProgLoadReply(1, b"short"))), "tag"),
     (lambda: Reply.error(0), "non-zero code"),
 ])
 def test_unencodable_messages_raise_encode_error(build, match):
@@ -404,12 +438,15 @@ def _refused_by_name(e: OffloadProtocolError, command: int | None) -> None:
 def _request_property(data: bytes) -> None:
     command = data[1] if len(data) >= 2 and data[0] == CTRL_CLASS_BPF else None
     try:
-        req = decode_request(data)
+        req = _parse(data)
+    except CtrlError:
+        assert len(data) < 2  # the only bytes the framing refuses
+        return
     except OffloadProtocolError as e:
         _refused_by_name(e, command)
         return
-    out = encode_request(req)
-    assert decode_request(out) == req and encode_request(decode_request(out)) == out
+    out = _wire(req)
+    assert _parse(out) == req and _wire(_parse(out)) == out
     # canonical: the decoded request is these bytes exactly, but for the one field with two spellings:
     # PROG_LOAD's func_info/line_info records may be larger than the kernel's (zero past it, spec §5)
     if out != data:
@@ -418,15 +455,18 @@ def _request_property(data: bytes) -> None:
 
 def _reply_property(cmd: int, data: bytes) -> None:
     try:
-        rep = decode_reply(cmd, data)
+        rep = _parse_reply(cmd, data)
+    except CtrlError:
+        assert not data or data[0] not in (Ack.OK, Ack.ERR)  # the only bytes the framing refuses
+        return
     except OffloadProtocolError as e:
         _refused_by_name(e, cmd)
         return
     if len(data) == 1:  # the documented bare VIRTIO_NET_ERR ack: EIO, and it re-encodes to itself
-        assert rep.code == Errno.EIO and encode_reply(cmd, rep, capacity=1) == data
+        assert rep.code == Errno.EIO and _reply_wire(cmd, rep, capacity=1) == data
         return
-    out = encode_reply(cmd, rep)
-    assert decode_reply(cmd, out) == rep and encode_reply(cmd, decode_reply(cmd, out)) == out
+    out = _reply_wire(cmd, rep)
+    assert _parse_reply(cmd, out) == rep and _reply_wire(cmd, _parse_reply(cmd, out)) == out
     # canonical, as for requests, but for OBJ_LIST's rec_size: a later version's longer records are
     # read to the fields this one knows (spec §5), and re-encoded at this version's size
     if out != data:
@@ -448,7 +488,7 @@ def test_fuzz_decode_request_bodies(cmd, body):
 @settings(max_examples=400)
 @given(st.sampled_from(REQUEST_SAMPLES), st.data())
 def test_fuzz_mutated_requests(req, data):
-    raw = bytearray(encode_request(req))
+    raw = bytearray(_wire(req))
     for _ in range(data.draw(st.integers(1, 4))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     _request_property(bytes(raw))
@@ -458,7 +498,7 @@ def test_fuzz_mutated_requests(req, data):
 @given(st.sampled_from(ALL_REPLIES), st.data())
 def test_fuzz_mutated_replies(item, data):
     cmd, reply = item
-    raw = bytearray(encode_reply(cmd, reply))
+    raw = bytearray(_reply_wire(cmd, reply))
     for _ in range(data.draw(st.integers(1, 4))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     _reply_property(cmd, bytes(raw))
@@ -473,7 +513,7 @@ def test_fuzz_decode_reply(cmd, data):
 @given(st.integers(0, 2**32 - 1), st.binary(max_size=64), st.binary(max_size=256), st.sampled_from(list(UpdateFlag)))
 def test_random_map_updates_round_trip(handle, key, value, flags):
     req = MapUpdateRequest(handle, key, value, flags)
-    assert decode_request(encode_request(req)) == req
+    assert _parse(_wire(req)) == req
 
 
 _insn = st.builds(isa.Insn, st.integers(0, 255), st.integers(0, 15), st.integers(0, 15),
@@ -484,29 +524,29 @@ _insn = st.builds(isa.Insn, st.integers(0, 255), st.integers(0, 15), st.integers
        st.lists(st.builds(FuncInfo, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=4))
 def test_random_programs_round_trip(insns, name, func_info):
     req = ProgLoadRequest(insns=insns, name=name, func_info=func_info)
-    assert decode_request(encode_request(req)) == req
+    assert _parse(_wire(req)) == req
 
 
 # --- the device's answer to what it could not decode ----------------------------------------
 
 
 @pytest.mark.parametrize("data,code,text", [
-    (encode_request(MapFreeRequest(1))[:-1], Errno.EINVAL, "MAP_FREE: request map: needs 4 bytes"),
+    (_wire(MapFreeRequest(1))[:-1], Errno.EINVAL, "MAP_FREE: request map: needs 4 bytes"),
     (b"\x40\x7f", Errno.EINVAL, "unknown command 0x7f"),
     (_body(Command.MAP_LOOKUP, struct.pack("<IQI", 1, 0, 1 << 20)), Errno.E2BIG, "key length"),
 ])
 def test_error_reply_carries_code_and_field(data, code, text):
     with pytest.raises(OffloadProtocolError) as e:
-        decode_request(data)
-    wire = error_reply(e.value, MIN_REPLY * 4)
-    assert wire[0] == 1  # VIRTIO_NET_ERR
-    rep = decode_reply(data[1], wire)
+        _parse(data)
+    reply = error_reply(e.value, MIN_REPLY * 4)
+    assert reply.ack == Ack.ERR and len(reply.encode()) <= MIN_REPLY * 4
+    rep = decode_reply(data[1], reply)
     assert rep.code == code and text in rep.text and rep.payload is None
 
 
 def test_unknown_command_cannot_get_a_success_reply():
     with pytest.raises(OffloadEncodeError, match="can only get a payload-less error"):
-        encode_reply(0x7F, Reply())
+        _reply_wire(0x7F, Reply())
 
 
 # --- OBJ_LIST (protocol 1.2): the device's record of its objects ---------------------------------
@@ -515,10 +555,10 @@ def test_unknown_command_cannot_get_a_success_reply():
 def test_obj_list_layout():
     """Command 0x30; the request is max_count and a token blob; each reply record is 56 bytes in 1.2."""
     assert Command.OBJ_LIST == 0x30
-    assert encode_request(ObjListRequest(3, b"\x07\x00\x00\x00")) == bytes([0x40, 0x30]) + struct.pack(
+    assert _wire(ObjListRequest(3, b"\x07\x00\x00\x00")) == bytes([0x40, 0x30]) + struct.pack(
         "<II", 3, 4) + b"\x07\x00\x00\x00"
     rec = ObjInfo(5, ObjKind.PROG, "p", ObjOrigin.IMPORT, ObjFlag.ATTACHED, 6, insns=9, tag=b"T" * 8)
-    data = encode_reply(Command.OBJ_LIST, Reply(payload=ObjListReply((rec,))))
+    data = _reply_wire(Command.OBJ_LIST, Reply(payload=ObjListReply((rec,))))
     payload = data[1 + 16:]
     want = (struct.pack("<I", 0) + struct.pack("<II", 1, 56) + struct.pack("<IBBH", 5, 2, 2, 1)
             + b"p".ljust(16, b"\0") + struct.pack("<6I", 6, 0, 0, 0, 0, 9) + b"T" * 8)
@@ -527,11 +567,11 @@ def test_obj_list_layout():
 
 def test_obj_list_longer_records_of_a_later_version_are_read_to_their_known_fields():
     rec = ObjInfo(5, ObjKind.MAP, "m", type=1, key_size=4, value_size=8, max_entries=1)
-    raw = encode_reply(Command.OBJ_LIST, Reply(payload=ObjListReply((rec, rec))))
+    raw = _reply_wire(Command.OBJ_LIST, Reply(payload=ObjListReply((rec, rec))))
     body = raw[1 + 16 + 12:]
     longer = body[:56] + b"future!!" + body[56:] + b"future!!"
     hdr = struct.pack("<iIII", 0, 0, 12 + len(longer), 0)
-    reply = decode_reply(Command.OBJ_LIST, b"\x00" + hdr + struct.pack("<III", 0, 2, 64) + longer)
+    reply = _parse_reply(Command.OBJ_LIST, b"\x00" + hdr + struct.pack("<III", 0, 2, 64) + longer)
     assert reply.payload.objects == (rec, rec)
 
 
@@ -545,12 +585,12 @@ def test_obj_list_bad_records_are_refused_by_field(rec_size, kind, match):
     payload = struct.pack("<III", 0, 1, rec_size) + rec.ljust(rec_size, b"\0")
     data = b"\x00" + struct.pack("<iIII", 0, 0, len(payload), 0) + payload
     with pytest.raises(OffloadProtocolError, match=match):
-        decode_reply(Command.OBJ_LIST, data)
+        _parse_reply(Command.OBJ_LIST, data)
 
 
 def test_obj_list_refuses_to_encode_an_unknown_kind():
     with pytest.raises(OffloadEncodeError, match=r"objects\[0\].kind"):
-        encode_reply(Command.OBJ_LIST, Reply(payload=ObjListReply((ObjInfo(1, 0),))))
+        _reply_wire(Command.OBJ_LIST, Reply(payload=ObjListReply((ObjInfo(1, 0),))))
 
 
 _u32 = st.integers(0, 2**32 - 1)
@@ -565,24 +605,24 @@ def test_fuzz_obj_list_reply_round_trips(objects, token):
     """Property: any list of records with any token decodes to exactly what was encoded, and a
     reply cut anywhere is a named refusal, never a shorter list."""
     reply = Reply(payload=ObjListReply(tuple(objects), token))
-    data = encode_reply(Command.OBJ_LIST, reply)
-    assert decode_reply(Command.OBJ_LIST, data) == reply
+    data = _reply_wire(Command.OBJ_LIST, reply)
+    assert _parse_reply(Command.OBJ_LIST, data) == reply
     cut = len(data) - 1
     with pytest.raises(OffloadProtocolError, match="OBJ_LIST: reply"):
-        decode_reply(Command.OBJ_LIST, data[:cut])
+        _parse_reply(Command.OBJ_LIST, data[:cut])
 
 
 @given(st.lists(_obj, min_size=1, max_size=4), st.data())
 def test_fuzz_obj_list_mutated_replies_decode_or_refuse_by_field(objects, data):
     """Property: a mutated OBJ_LIST reply either decodes to records that encode back to the same
     bytes (the mutation hit a free field), or is refused naming the OBJ_LIST reply field."""
-    raw = bytearray(encode_reply(Command.OBJ_LIST, Reply(payload=ObjListReply(tuple(objects)))))
+    raw = bytearray(_reply_wire(Command.OBJ_LIST, Reply(payload=ObjListReply(tuple(objects)))))
     for _ in range(data.draw(st.integers(1, 4))):
         raw[data.draw(st.integers(1, len(raw) - 1))] = data.draw(st.integers(0, 255))
     try:
-        got = decode_reply(Command.OBJ_LIST, bytes(raw))
+        got = _parse_reply(Command.OBJ_LIST, bytes(raw))
     except OffloadProtocolError as e:
         assert str(e).startswith("OBJ_LIST: reply"), e
         return
     if got.ok and got.payload is not None and not got.text:
-        assert encode_reply(Command.OBJ_LIST, got) == bytes(raw)
+        assert _reply_wire(Command.OBJ_LIST, got) == bytes(raw)

@@ -1,10 +1,12 @@
 """The guest driver's control-virtqueue client: one command at a time, synchronous, bounded.
 
-A command is rare (promiscuous mode, later the offload class's load/attach), so it is
-driven by the Python ``DriverQueue`` half, not a compiled kernel: the request
-(``class, command, data``; ``vxdp.virtio.ctrl_framing.CtrlRequest``) goes into the first half
-of the ctrl area as one device-readable descriptor, and a device-writable descriptor of
-``1 + reply_capacity`` bytes follows it for the ack and the class's result. We kick the
+A command is rare (promiscuous mode, the offload class's loads and lookups), so it is
+driven by the Python ``DriverQueue`` half, not a compiled kernel. `CtrlClient.command`
+takes a `CtrlRequest` and gives back the `CtrlReply` the device wrote: the frames a
+class's codec makes and reads travel as they are, and this is where they become bytes in
+guest memory and back, once each way. The request goes into the first half of the ctrl area as one
+device-readable descriptor, and a device-writable descriptor of ``capacity`` bytes (the
+ack and the class's result) follows it. We kick the
 ctrl vring and wait for the used entry by polling its call eventfd with a short timeout,
 re-reading the used ring each time, so a notification the device chose not to send (or
 one lost in a race) costs at most one poll period, and the whole wait is bounded by the
@@ -19,7 +21,7 @@ import select
 import time
 
 from vxdp.offload.wire import Command
-from vxdp.virtio.ctrl_framing import Ack, CtrlClass, CtrlError, CtrlReply, CtrlRequest
+from vxdp.virtio.ctrl_framing import CtrlClass, CtrlError, CtrlReply, CtrlRequest
 
 from .rings import CTRL, GuestRings
 
@@ -62,25 +64,23 @@ class CtrlClient:
         self.dq = rings.queues[CTRL]
         self.broken: str | None = None
 
-    def command(self, cls: int, cmd: int, data: bytes = b"", reply_capacity: int = 0,
-                timeout: float = TIMEOUT_S) -> tuple[Ack, bytes]:
-        """Send one command; return ``(ack, result bytes)`` as the device wrote them."""
+    def command(self, request: CtrlRequest, capacity: int = 1, timeout: float = TIMEOUT_S) -> CtrlReply:
+        """Send one command; return the reply the device wrote into a ``capacity``-byte area (the ack
+        byte included, so at least 1)."""
         if self.broken:
             raise CtrlClientError(f"ctrl queue unusable: {self.broken}")
-        try:
-            req = CtrlRequest(cls, cmd, bytes(data)).encode()
-        except CtrlError as e:
-            raise CtrlClientError(str(e)) from None
+        cls, cmd = request.cls, request.command
+        req = request.encode()
         half = self.rings.ctrl_size // 2
-        if len(req) > half or 1 + reply_capacity > half or reply_capacity < 0:
-            raise CtrlClientError(f"ctrl command of {len(req)} bytes with a {reply_capacity}-byte reply "
+        if len(req) > half or capacity > half or capacity < 1:
+            raise CtrlClientError(f"ctrl command of {len(req)} bytes with a {capacity}-byte reply area "
                                   f"does not fit the {half}-byte ctrl buffers")
         mem = self.rings.mem
         req_gpa = self.rings.ctrl_area
         reply_gpa = req_gpa + half
         mem.write(req_gpa, req)
         mem.write(reply_gpa, b"\xff")  # neither OK nor ERR until the device writes it
-        head = self.dq.add_buffers(mem, [(req_gpa, len(req), False), (reply_gpa, 1 + reply_capacity, True)])
+        head = self.dq.add_buffers(mem, [(req_gpa, len(req), False), (reply_gpa, capacity, True)])
         self.dq.enable_interrupts(mem)
         if self.dq.kick_needed(mem):
             self.rings.kick(CTRL)
@@ -103,7 +103,6 @@ class CtrlClient:
             self.broken = f"device returned chain {got}, expected {head}"
             raise CtrlClientError(self.broken)
         try:
-            reply = CtrlReply.decode(mem.read(reply_gpa, length))
+            return CtrlReply.decode(mem.read(reply_gpa, length))
         except CtrlError as e:
-            raise CtrlClientError(f"class {cls} cmd {cmd}: {e}") from None
-        return reply.ack, reply.result
+            raise CtrlClientError(f"{describe(cls, cmd)}: {e}") from None

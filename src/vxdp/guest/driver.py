@@ -24,7 +24,7 @@ from vxdp.sockpath import PathBusy
 from vxdp.vhost_user import transport
 from vxdp.vhost_user.frontend import FrontendSession
 from vxdp.virtio import features as vf
-from vxdp.virtio.ctrl_framing import Ack, CtrlClass, RxCmd
+from vxdp.virtio.ctrl_framing import Ack, CtrlClass, CtrlRequest, RxCmd
 from vxdp.virtio.features import Experimental, Feature
 from vxdp.virtio.net import NetConfig, mac_str
 from vxdp.virtio.virtqueue import VirtqueueError, check_queue_size
@@ -204,7 +204,8 @@ class GuestDriver:
         if self.ctrl is None:
             raise CtrlClientError("the backend did not offer a control virtqueue (CTRL_VQ)")
         try:
-            return self.ctrl.command(cls, cmd, data, reply_capacity, timeout)
+            reply = self.ctrl.command(CtrlRequest(cls, cmd, bytes(data)), 1 + reply_capacity, timeout)
+            return reply.ack, reply.result
         except VirtqueueError as e:
             self.disconnect(f"device broke the ctrl ring: {e}")
             raise CtrlClientError(f"device broke the ctrl ring: {e}") from None

@@ -19,11 +19,15 @@ device's record of its objects over the ctrl vq (OBJ_LIST, protocol 1.2), so
 the guest sees what an import recreated and what the host's operator put there,
 not only what it loaded itself. A device of protocol 1.1 cannot list: the driver
 then shows what it loaded, and ``prog show`` says so in ``notes``.
+
+Every request reaches the device through the driver's ctrl client, which takes the
+`OffloadClient`'s `CtrlRequest` and gives back the device's `CtrlReply` as they are.
+``offload export`` / ``offload import`` carry the device's state as base64 JSON
+(`OffloadClient.state_export_base64`), the document the host's operator path uses too.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
 import logging
 from collections.abc import Callable
@@ -32,9 +36,10 @@ from typing import Any
 from ..engine.interp.engine import InterpEngine
 from ..engine.loader import LoadedObject
 from ..engine.registry import ProgramRegistry, RegistryError
-from ..offload.client import OffloadClient, ctrl_transport
+from ..offload.client import OffloadClient
 from ..offload.device_record import OffloadRecord
 from ..offload.remote import OffloadEngine
+from ..virtio.ctrl_framing import CtrlReply, CtrlRequest
 from ..virtio.features import Experimental, has
 from .native import NativeXdp
 
@@ -50,11 +55,11 @@ class GuestPrograms:
         self._lister: OffloadClient | None = None  # the device's record is read through it; per connection
 
     # -- engines ---------------------------------------------------------------------------
-    def _transport(self, request: bytes, capacity: int) -> bytes:
+    def _transport(self, request: CtrlRequest, capacity: int) -> CtrlReply:
         ctrl = getattr(self.driver, "ctrl", None)
         if ctrl is None or not self.driver.connected:
             raise RegistryError(errno.ENOTCONN, "the driver has no device (not connected, or no ctrl vq)")
-        return ctrl_transport(ctrl)(request, capacity)
+        return ctrl.command(request, capacity)
 
     def _offload(self, path: str, prog: str | None, replace: bool = False) -> dict[str, Any]:
         if self.driver.connected and not has(self.driver.features, Experimental.NET_BPF_OFFLOAD):
@@ -89,18 +94,12 @@ class GuestPrograms:
 
     def state_export(self) -> dict[str, Any]:
         """The device's offloaded state (STATE_EXPORT), base64 for the JSON control socket."""
-        blob = self._state_client().state_export()
-        return {"state": base64.b64encode(blob).decode("ascii"), "bytes": len(blob)}
+        return self._state_client().state_export_base64()
 
     def state_import(self, state: str) -> dict[str, Any]:
         """Recreate a state from `state_export` in the (empty) device. The objects are the device's:
         ``prog show`` and ``map …`` reach them through its record, ``prog detach`` frees them."""
-        try:
-            blob = base64.b64decode(state, validate=True)
-        except (ValueError, TypeError) as e:
-            raise RegistryError(errno.EINVAL, f"state: not base64: {e}") from None
-        self._state_client().state_import(blob)
-        return {"imported": len(blob)}
+        return self._state_client().state_import_base64(state)
 
     def _native(self, path: str, prog: str | None) -> dict[str, Any]:
         engine = InterpEngine()

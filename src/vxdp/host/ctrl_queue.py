@@ -1,5 +1,9 @@
 """The control virtqueue: pop chains, decode ``{class, command, data}``, answer through a table.
 
+A chain's readable bytes become one `CtrlRequest` here and the handler's `CtrlReply` becomes
+the bytes written back here, once each: a class handler (the BPF class's included) works on
+the frames and never sees the bytes.
+
 Only our own guest driver hands the ctrl vq to the backend (QEMU keeps it), and it is
 rare and small, so this runs on the Python reference walker (`QueueState.pop_chain`),
 never on the compiled kernels. Every chain gets an answer: the ack byte (and the
@@ -13,9 +17,9 @@ service plugs its handler in with `CtrlTable.register`; every other class, and a
 malformed request (under two bytes, no writable byte for the ack, a handler that
 raised, more than `MAX_REQUEST` readable bytes, which CAPS advertises), is answered
 VIRTIO_NET_ERR and counted. A handler may answer `Deferred` (PROG_LOAD's verifier pass on a
-worker thread): that chain and the ones after it wait, so chains still complete in order. A hostile chain (outside memory, a
-loop) breaks the ring like any other: the caller turns the `VirtqueueError` into
-NEEDS_RESET.
+worker thread): that chain and the ones after it wait, so chains still complete in order. A
+hostile chain (outside memory, a loop) breaks the ring like any other: the caller turns the
+`VirtqueueError` into NEEDS_RESET.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from vxdp.virtio.memory import GuestMemory, GuestMemoryError
 from vxdp.virtio.virtqueue import QueueState, VirtqueueError
 
 log = logging.getLogger("vxdp.host")
+
 
 @dataclass
 class Deferred:

@@ -7,21 +7,25 @@ command handler, so both go through the same commands, policy and checks.
 
 `OffloadClient` turns Python calls into BPF ctrl requests (`vxdp.offload.codec`)
 and replies back into Python values or an `OffloadRefused`. It does not know how
-bytes reach the device: its transport is any ``(request, capacity) -> reply``
-callable, where ``request`` is the whole device-readable part (class, command,
-data, as `encode_request` gives it) and the reply is what the device wrote in a
-``capacity``-byte writable area (ack byte first). The ctrl virtqueue, a socket to
-a daemon, or a `BpfCommandHandler` in the same process all fit; `ctrl_transport`
-adapts a ``command(cls, cmd, data, reply_capacity) -> (ack, result)`` client.
+a request reaches the device: its transport is any `Transport`, a
+``(CtrlRequest, capacity) -> CtrlReply`` callable, ``capacity`` being the
+writable area the device may fill (its ack byte included). The frames go as they
+are: whoever carries them turns them into bytes once (a ctrl virtqueue client),
+or not at all (the device's command handler called in the same process).
 
 Reply sizing (spec §3): each call offers a writable area big enough for its usual
 reply; a side-effect-free command whose payload did not fit comes back ``ENOBUFS``
 with ``PAYLOAD_OMITTED`` and the needed size, and the client asks once more with
 room for exactly that. Commands with side effects are never repeated.
+
+Both daemons' control sockets carry a device's state as base64 JSON
+(`state_export_base64`, `state_import_base64`): one spelling of that document
+for the guest's and the operator's ``vxdp offload export/import``.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import re
@@ -31,6 +35,7 @@ from typing import Any
 from ..bpf.isa import Insn
 from ..bpf.mapspec import UpdateFlag
 from ..bpf.obj import FuncInfo, LineInfo
+from ..virtio.ctrl_framing import CtrlReply, CtrlRequest
 from .codec import Reply, decode_reply, encode_request
 from .layout import Message
 from .messages import (
@@ -73,8 +78,8 @@ from .wire import (
 
 log = logging.getLogger(__name__)
 
-Transport = Callable[[bytes, int], bytes]
-"""``(request bytes incl. class and command, writable area size incl. the ack) -> bytes the device wrote``."""
+Transport = Callable[[CtrlRequest, int], CtrlReply]
+"""``(request, writable area size incl. the ack) -> the reply the device wrote`` (at most that size)."""
 
 DEFAULT_CAPACITY = 4096  # enough for CAPS, a lookup of a 4 KiB value, a modest batch
 STATE_CHUNK = 64 << 10  # bytes of state per STATE_EXPORT / STATE_IMPORT when the transport has no limit
@@ -104,7 +109,7 @@ class OffloadRefused(OSError):
 
 
 class OffloadTransportError(OSError):
-    """The device answered with bytes that are not a reply to the command sent (a broken device)."""
+    """The device answered with what is not a reply to the command sent (a broken device)."""
 
 
 def _errno_name(code: int) -> str:
@@ -112,20 +117,6 @@ def _errno_name(code: int) -> str:
         return Errno(code).name
     except ValueError:
         return errno.errorcode.get(code, f"errno {code}")
-
-
-def ctrl_transport(ctrl: Any, cls: int | None = None, *, timeout: float | None = None) -> Transport:
-    """A `Transport` over a ctrl-vq client whose ``command(cls, cmd, data, reply_capacity)`` returns
-    ``(ack, result)`` with the capacity counting the result only (the guest driver's ``CtrlClient``).
-    Give the client ``max_capacity`` = the ctrl buffer's writable size so no area exceeds it.
-    ``timeout``: seconds to wait for each answer (default: the ctrl client's own)."""
-    wait = {} if timeout is None else {"timeout": timeout}
-
-    def send(request: bytes, capacity: int) -> bytes:
-        ack, result = ctrl.command(request[0] if cls is None else cls, request[1], request[2:], capacity - 1,
-                                   **wait)
-        return bytes((int(ack),)) + bytes(result)
-    return send
 
 
 class OffloadClient:
@@ -150,26 +141,27 @@ class OffloadClient:
         ``none_on_enoent`` turns ENOENT into ``None`` (lookups, iteration ends).
         """
         cmd = int(req.COMMAND)
-        data = encode_request(req)
+        ctrl = encode_request(req)
         cap = self.capacity if capacity is None else self._clamp(capacity)
-        reply = self._round_trip(cmd, data, cap)
+        reply = self._round_trip(cmd, ctrl, cap)
         if reply.payload_omitted and reply.needed:
             bigger = self._clamp(max(cap, 1 + REPLY_HEADER_SIZE + reply.needed + LOAD_TEXT_ROOM))
             if bigger > cap:
-                reply = self._round_trip(cmd, data, bigger)
+                reply = self._round_trip(cmd, ctrl, bigger)
         if reply.ok:
             return reply.payload
         if none_on_enoent and reply.code == Errno.ENOENT:
             return None
         raise OffloadRefused(cmd, reply)
 
-    def _round_trip(self, cmd: int, data: bytes, cap: int) -> Reply:
-        raw = self.transport(data, cap)
-        if len(raw) > cap:
-            raise OffloadTransportError(errno.EIO, f"{command_name(cmd)}: device wrote {len(raw)} bytes into a "
+    def _round_trip(self, cmd: int, ctrl: CtrlRequest, cap: int) -> Reply:
+        out = self.transport(ctrl, cap)
+        size = 1 + len(out.result)
+        if size > cap:
+            raise OffloadTransportError(errno.EIO, f"{command_name(cmd)}: device wrote {size} bytes into a "
                                         f"{cap}-byte area")
         try:
-            return decode_reply(cmd, raw)
+            return decode_reply(cmd, out)
         except OffloadProtocolError as e:
             raise OffloadTransportError(errno.EIO, f"{command_name(cmd)}: bad reply: {e}") from None
 
@@ -325,3 +317,17 @@ class OffloadClient:
         chunks = [blob[i:i + size] for i in range(0, len(blob), size)] or [b""]
         for i, chunk in enumerate(chunks):
             self.state_import_chunk(chunk, last=i == len(chunks) - 1)
+
+    def state_export_base64(self) -> dict[str, Any]:
+        """`state_export` as a control socket's JSON carries it: ``{"state": base64, "bytes": n}``."""
+        blob = self.state_export()
+        return {"state": base64.b64encode(blob).decode("ascii"), "bytes": len(blob)}
+
+    def state_import_base64(self, state: str) -> dict[str, Any]:
+        """`state_import` of a `state_export_base64` document's ``state``; EINVAL if it is not base64."""
+        try:
+            blob = base64.b64decode(state, validate=True)
+        except (ValueError, TypeError) as e:
+            raise OSError(errno.EINVAL, f"state: not base64: {e}") from None
+        self.state_import(blob)
+        return {"imported": len(blob)}

@@ -1,11 +1,15 @@
-"""The BPF control class of virtio-net (docs/offload-protocol.md): requests and replies as bytes.
+"""The BPF control class of virtio-net (docs/offload-protocol.md): its messages in and out of ctrl frames.
 
-Sans-IO and shared by both ends. The driver (guest) calls `encode_request` and, with
-what the device wrote, `decode_reply`; the device (host) calls `decode_request` on the
-readable bytes of a chain and `encode_reply` with the writable area's size. Nothing
-here touches a socket, guest memory or bpf(2): programs travel as raw instructions
-with guest map handles still in them, and the device's `OffloadService` decides what
-they mean.
+Sans-IO and shared by both ends. A command crosses the generic ctrl framing
+(`CtrlRequest`, `CtrlReply`) once each way, so this module speaks in those frames,
+never in their bytes: the driver calls `encode_request` for the `CtrlRequest` it
+sends and `decode_reply` on the `CtrlReply` the device wrote; the device calls
+`decode_request` on the `CtrlRequest` it was given and `encode_reply` for the
+`CtrlReply` it writes, sized to the writable area. Turning frames into bytes is the
+framing's job (`CtrlRequest.encode`, `CtrlReply.decode`), done once by whoever moves
+them. Nothing here touches a socket, guest memory or bpf(2): programs travel as raw
+instructions with guest map handles still in them, and the device decides what they
+mean.
 
 Malformed peer bytes raise `OffloadProtocolError` (never another exception) whose
 ``code`` and message the device puts in its reply; messages our caller cannot encode
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..virtio.ctrl_framing import Ack, CtrlError, CtrlReply, CtrlRequest
+from ..virtio.ctrl_framing import HEADER_SIZE, Ack, CtrlReply, CtrlRequest
 from .layout import Message
 from .messages import (
     REPLIES,
@@ -76,39 +80,31 @@ def _command(command: int, what: str) -> Command:
         raise OffloadProtocolError(command, what, f"unknown command {command:#04x}") from None
 
 
-def encode_request(req: Message) -> bytes:
-    """The device-readable bytes of one BPF command: class, command, request data."""
+def encode_request(req: Message) -> CtrlRequest:
+    """The ctrl frame of one BPF command: class BPF, the command, the request data."""
     if type(req) not in REQUESTS.values():
         raise OffloadEncodeError(f"{type(req).__name__} is not a BPF class request")
     w = Writer(req.COMMAND)
     req.write(w)
     body = w.bytes()
-    if len(body) + 2 > MAX_REQUEST:
+    if len(body) + HEADER_SIZE > MAX_REQUEST:
         raise OffloadEncodeError(f"{req.COMMAND.name} request of {len(body)} bytes is above {MAX_REQUEST}")
-    return CtrlRequest(CTRL_CLASS_BPF, req.COMMAND, body).encode()
+    return CtrlRequest(CTRL_CLASS_BPF, req.COMMAND, body)
 
 
-def decode_request(data: bytes) -> Message:
-    """Parse the readable bytes of a chain (class and command included) into a request.
+def decode_request(ctrl: CtrlRequest) -> Message:
+    """Parse one BPF ctrl request into its message.
 
     Raises `OffloadProtocolError` for anything malformed: wrong class, unknown command,
     a truncated field, a length over its cap, trailing bytes.
     """
-    if len(data) > MAX_REQUEST:
-        raise OffloadProtocolError(None, "request", f"{len(data)} bytes is above {MAX_REQUEST}", Errno.E2BIG)
-    try:
-        ctrl = CtrlRequest.decode(data)
-    except CtrlError as e:
-        raise OffloadProtocolError(None, "header", str(e)) from None
+    size = HEADER_SIZE + len(ctrl.data)
+    if size > MAX_REQUEST:
+        raise OffloadProtocolError(None, "request", f"{size} bytes is above {MAX_REQUEST}", Errno.E2BIG)
     if ctrl.cls != CTRL_CLASS_BPF:
         raise OffloadProtocolError(None, "class", f"{ctrl.cls:#x} is not the BPF class {CTRL_CLASS_BPF:#x}")
-    return decode_request_body(ctrl.command, ctrl.data)
-
-
-def decode_request_body(command: int, body: bytes) -> Message:
-    """Parse the command-specific data of a BPF request whose header was already split off."""
-    cmd = _command(command, "command")
-    r = Reader(body, cmd)
+    cmd = _command(ctrl.command, "command")
+    r = Reader(ctrl.data, cmd)
     req = REQUESTS[cmd].read(r)
     r.end()
     return req
@@ -128,12 +124,14 @@ def _fit_text(raw: bytes, room: int) -> tuple[bytes, bool]:
     return cut.decode("utf-8", "ignore").encode("utf-8"), True  # never end mid-character
 
 
-def encode_reply(command: int, reply: Reply, capacity: int | None = None) -> bytes:
-    """The device-writable bytes for ``reply``: ack, header, payload, text, within ``capacity``.
+def encode_reply(command: int, reply: Reply, capacity: int | None = None) -> CtrlReply:
+    """The ctrl reply for ``reply``: ack, header, payload, text, fitting a ``capacity``-byte writable
+    area (the ack included).
 
     A payload that does not fit becomes ``ENOBUFS`` with PAYLOAD_OMITTED and the needed
     size; text is cut (at a character boundary) and flagged. Under 17 bytes of capacity
-    only the ack fits, and it says VIRTIO_NET_ERR.
+    only the ack fits, and it says VIRTIO_NET_ERR (`CtrlReply.encode` cuts the frame to the
+    area, so a 0-byte area gets nothing).
     """
     try:
         cmd: Command | int = Command(command)
@@ -158,7 +156,7 @@ def encode_reply(command: int, reply: Reply, capacity: int | None = None) -> byt
     payload_len = reply.needed if reply.payload_omitted else len(payload)
     cap = MAX_REPLY if capacity is None else capacity
     if cap < 1 + REPLY_HEADER_SIZE:
-        return CtrlReply(Ack.ERR).encode(cap)
+        return CtrlReply(Ack.ERR)
     if 1 + REPLY_HEADER_SIZE + len(payload) > cap:
         payload_len, payload, flags, code = len(payload), b"", ReplyFlag.PAYLOAD_OMITTED, Errno.ENOBUFS
     room = min(cap - 1 - REPLY_HEADER_SIZE - len(payload), MAX_TEXT)
@@ -171,28 +169,25 @@ def encode_reply(command: int, reply: Reply, capacity: int | None = None) -> byt
     hdr.u32(payload_len, "payload_len")
     hdr.u32(len(text), "text_len")
     ack = Ack.OK if code == Errno.OK else Ack.ERR
-    return CtrlReply(ack, hdr.bytes() + payload + text).encode(cap)
+    return CtrlReply(ack, hdr.bytes() + payload + text)
 
 
-def error_reply(err: OffloadProtocolError, capacity: int | None = None) -> bytes:
+def error_reply(err: OffloadProtocolError, capacity: int | None = None) -> CtrlReply:
     """The device's answer to a request `decode_request` refused: its code, its message as text."""
     return encode_reply(err.command or 0, Reply.error(err.code, str(err)), capacity)
 
 
-def decode_reply(command: int, data: bytes) -> Reply:
-    """Parse what the device wrote (the used length's worth) for a BPF ``command``.
+def decode_reply(command: int, ctrl: CtrlReply) -> Reply:
+    """Parse the ctrl reply the device wrote (the used length's worth) for a BPF ``command``.
 
-    Raises `OffloadProtocolError` if the bytes are not a valid reply. A device that wrote
+    Raises `OffloadProtocolError` if it is not a valid reply. A device that wrote
     only ``ack = VIRTIO_NET_ERR`` (offload not negotiated, or too small an area) gives
     ``Reply(code=EIO)``.
     """
     cmd = command  # an unknown command's refusal still decodes (it can carry no payload)
-    if len(data) > MAX_REPLY:
-        raise OffloadProtocolError(cmd, "reply", f"{len(data)} bytes is above {MAX_REPLY}", Errno.E2BIG)
-    try:
-        ctrl = CtrlReply.decode(data)
-    except CtrlError as e:
-        raise OffloadProtocolError(cmd, "reply ack", str(e)) from None
+    size = 1 + len(ctrl.result)
+    if size > MAX_REPLY:
+        raise OffloadProtocolError(cmd, "reply", f"{size} bytes is above {MAX_REPLY}", Errno.E2BIG)
     if not ctrl.result:
         if ctrl.ok:
             raise OffloadProtocolError(cmd, "reply header", "ack is VIRTIO_NET_OK but no header follows")

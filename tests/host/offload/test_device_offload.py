@@ -15,7 +15,7 @@ from vxdp.host.offload.policy import Policy, Quota
 from vxdp.host.offload.service import OffloadService
 from vxdp.offload.codec import decode_reply, encode_request
 from vxdp.offload.messages import CapsRequest
-from vxdp.offload.wire import Errno
+from vxdp.offload.wire import Command, Errno
 from vxdp.testing.netns import NetLab
 from vxdp.virtio.features import Experimental
 
@@ -26,9 +26,8 @@ XDP1 = str(SAMPLES_BUILD / "xdp1.o")
 
 def _caps_from_guest(ctrl: CtrlTable) -> int:
     """One CAPS through the device's ctrl table, as the guest's ctrl vq sends it; the reply code."""
-    req = encode_request(CapsRequest())
-    reply = ctrl.answer(req, 4096)
-    return decode_reply(0x00, bytes((int(reply.ack),)) + reply.result).code
+    reply = ctrl.answer(encode_request(CapsRequest()).encode(), 4096)
+    return decode_reply(Command.CAPS, reply).code
 
 
 @pytest.fixture
@@ -57,6 +56,42 @@ def test_operator_load_does_not_spend_the_guest_command_rate(device):
     assert dev.detach() == {"detached": 1}
     # the guest's bucket is whole: three commands pass, the fourth is EAGAIN (rule rate)
     assert [_caps_from_guest(ctrl) for _ in range(4)] == [Errno.OK] * 3 + [Errno.EAGAIN]
+
+
+def test_negotiation_is_the_device_acked_features_for_the_guest_and_host_show():
+    """One source: what the frontend acked, read per command; the guest's ctrl class and ``host show``
+    agree at every moment, and the operator's path (for stock guests) does not depend on it."""
+    service = OffloadService()
+    acked = [0]
+    ctrl = CtrlTable()
+    with NetLab("vxn") as lab:
+        pair = lab.veth(lab.netns(), lab.netns(), "vna", "vnb")
+        dev = DeviceOffload(service, f"n{os.getpid() % 1000}", pair.b, pair.ns_b, features=lambda: acked[0],
+                            ctrl=ctrl)
+        try:
+            assert _caps_from_guest(ctrl) == Errno.EOPNOTSUPP
+            assert dev.show()["device"]["offload_negotiated"] is False
+            assert dev.client.caps().max_maps > 0  # the operator's path still answers
+            acked[0] = Experimental.NET_BPF_OFFLOAD.bit
+            assert _caps_from_guest(ctrl) == Errno.OK
+            assert dev.show()["device"]["offload_negotiated"] is True
+            assert service.show()[0]["offload_negotiated"] is True
+        finally:
+            dev.close()
+            service.close()
+
+
+def test_state_travels_as_base64_and_bad_base64_is_einval(device):
+    dev, _ctrl = device
+    dev.load(XDP1)
+    doc = dev.state_export()
+    assert doc["bytes"] > 0 and isinstance(doc["state"], str)
+    with pytest.raises(OSError) as e:
+        dev.state_import("not base64!")
+    assert e.value.errno == errno.EINVAL and "not base64" in str(e.value)
+    dev.detach()
+    assert dev.state_import(doc["state"]) == {"imported": doc["bytes"]}
+    assert [p["name"] for p in dev.show()["programs"]] == ["xdp_prog1"]
 
 
 def test_operator_is_still_bound_by_the_map_quota():

@@ -4,8 +4,9 @@ handler adds to the service (attach/detach/query, FREE kinds), and hostile bytes
 A real `OffloadService`, on the kernel engine (privileged: ports are the loopback, no attach, or a
 veth end in a netns, `NetLab`, 198.18.0.0/15, where programs are attached) and, for every rule that
 needs no kernel, on the interpreter with a recorded port (unprivileged; `offload_engines.ENGINES`).
-Requests are built with the codec (`encode_request`) and split as the ctrl vq frames them: class
-byte, command byte, body.
+Requests are built with the codec (`encode_request`) as the `CtrlRequest` the ctrl vq hands over, or
+framed by hand (`_ask`) for hostile bodies; the `CtrlReply` is checked against the writable area and
+turned into the bytes the ctrl vq writes (`CtrlReply.encode`, cut to the area) where a test pins bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from offload_engines import ENGINES, offload_service
 
 from vxdp.bpf.isa import EXIT, Insn
 from vxdp.bpf.mapspec import MapType, possible_cpus
+from vxdp.host.ctrl_queue import Deferred
 from vxdp.host.offload.errors import linux_errno
 from vxdp.host.offload.handler import BpfCommandHandler
 from vxdp.host.offload.policy import Policy, Quota
@@ -51,6 +53,7 @@ from vxdp.offload.messages import (
     StateImportRequest,
 )
 from vxdp.offload.wire import (
+    CTRL_CLASS_BPF,
     MIN_REPLY,
     AttachFlag,
     CapsFlag,
@@ -62,7 +65,10 @@ from vxdp.offload.wire import (
     ReplyFlag,
 )
 from vxdp.testing.netns import NetLab
-from vxdp.virtio.ctrl_framing import CtrlRequest
+from vxdp.virtio.ctrl_framing import Ack, CtrlReply, CtrlRequest
+from vxdp.virtio.features import Experimental
+
+OFFLOADED = Experimental.NET_BPF_OFFLOAD.bit  # the acked features of a frontend that negotiated offload
 
 _seq = itertools.count()
 U32 = struct.Struct("<I")
@@ -74,21 +80,32 @@ def _dev() -> str:
     return f"h{os.getpid() % 1000}{next(_seq)}"
 
 
+def _fits(reply: CtrlReply, cap: int) -> CtrlReply:
+    """The reply, checked to fit the area (a bare ack may be cut to nothing in an area of 0)."""
+    assert len(reply.encode()) <= max(cap, 1), (len(reply.encode()), cap)
+    return reply
+
+
+def _ask(h: BpfCommandHandler, cmd: int, body: bytes, cap: int) -> CtrlReply:
+    """One BPF command framed by hand (any body, decodable or not), answered on this thread."""
+    return _fits(h.handle(CtrlRequest(CTRL_CLASS_BPF, cmd, body), cap), cap)
+
+
 class Wire:
     """One device's handler driven with codec-built requests; returns the decoded reply."""
 
-    def __init__(self, service: OffloadService, dev: str, negotiated: bool = True):
+    def __init__(self, service: OffloadService, dev: str):
         self.handler = BpfCommandHandler(service, dev)
-        self.negotiated = negotiated
+        self.acked = OFFLOADED  # the features the device's frontend acked (for devices made with it)
+
+    def reply(self, req: Message, cap: int = 4096) -> CtrlReply:
+        return _fits(self.handler.handle(encode_request(req), cap), cap)
 
     def raw(self, req: Message, cap: int = 4096) -> bytes:
-        data = encode_request(req)
-        out = self.handler.handle(data[1], data[2:], cap, negotiated=self.negotiated)
-        assert len(out) <= cap
-        return out
+        return self.reply(req, cap).encode(cap)
 
     def __call__(self, req: Message, cap: int = 4096) -> Reply:
-        return decode_reply(req.COMMAND, self.raw(req, cap))
+        return decode_reply(req.COMMAND, self.reply(req, cap))
 
     def ok(self, req: Message, cap: int = 4096) -> Message | None:
         r = self(req, cap)
@@ -99,8 +116,9 @@ class Wire:
 @pytest.fixture
 def lo(service):
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
-    return Wire(service, dev)
+    w = Wire(service, dev)
+    service.add_device(dev, "lo", acked_features=lambda: w.acked)
+    return w
 
 
 @pytest.fixture
@@ -108,13 +126,13 @@ def veth(service):
     """A device whose port runs programs: a veth end in a netns on the kernel, a recorded port elsewhere."""
     if service.port_factory is RecordedPort:
         dev = _dev()
-        service.add_device(dev, "vhb", negotiated=True)
+        service.add_device(dev, "vhb", acked_features=lambda: OFFLOADED)
         yield Wire(service, dev)
         return
     with NetLab("vxh") as lab:
         pair = lab.veth(lab.netns(), lab.netns(), "vha", "vhb", addr_a="198.18.0.9/30", addr_b="198.18.0.10/30")
         dev = _dev()
-        service.add_device(dev, pair.b, netns=pair.ns_b, negotiated=True)
+        service.add_device(dev, pair.b, netns=pair.ns_b, acked_features=lambda: OFFLOADED)
         try:
             yield Wire(service, dev)
         finally:
@@ -130,14 +148,15 @@ def _kernel_objects(w: Wire) -> tuple[set[int], set[int]]:
 @pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_not_negotiated_refuses_every_command_without_acting(service):
     dev = _dev()
-    service.add_device(dev, "lo")
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED - 1)  # every bit but offload's
     h = BpfCommandHandler(service, dev)
-    create = encode_request(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m"))
+    create = encode_request(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")).data
     for cmd in range(256):
-        body = create[2:] if cmd == Command.MAP_CREATE else b"\xff"
-        r = decode_reply(cmd, h.handle(cmd, body, 128, negotiated=False))
+        body = create if cmd == Command.MAP_CREATE else b"\xff"
+        r = decode_reply(cmd, _ask(h, cmd, body, 128))
         assert r.code == Errno.EOPNOTSUPP and "VIRTIO_NET_F_BPF_OFFLOAD was not negotiated" in r.text
-    assert h.handle(0, b"", 16, negotiated=False) == b"\x01"  # no room for a header: ack ERR alone
+        assert r.text.endswith("(rule feature)")
+    assert _ask(h, 0, b"", 16) == CtrlReply(Ack.ERR)  # no room for a header: ack ERR alone
     assert service.kernel_ids(dev) == (set(), set()) and service.show()[0]["maps"] == []
 
 
@@ -154,16 +173,16 @@ def test_an_area_below_min_reply_executes_nothing(lo):
 @pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_malformed_requests_are_einval_naming_the_field(lo):
     h = lo.handler
-    body = encode_request(MapUpdateRequest(1, bytes(4), bytes(8)))[2:]
+    body = encode_request(MapUpdateRequest(1, bytes(4), bytes(8))).data
     for n in range(len(body)):  # truncated at every length
-        r = decode_reply(Command.MAP_UPDATE, h.handle(Command.MAP_UPDATE, body[:n], 256, negotiated=True))
+        r = decode_reply(Command.MAP_UPDATE, _ask(h, Command.MAP_UPDATE, body[:n], 256))
         assert r.code == Errno.EINVAL and r.text.startswith("MAP_UPDATE: request ") and "truncated" in r.text
-    r = decode_reply(Command.MAP_UPDATE, h.handle(Command.MAP_UPDATE, body + b"\0", 256, negotiated=True))
+    r = decode_reply(Command.MAP_UPDATE, _ask(h, Command.MAP_UPDATE, body + b"\0", 256))
     assert r.code == Errno.EINVAL and "1 trailing bytes" in r.text
-    r = decode_reply(0x7E, h.handle(0x7E, b"", 256, negotiated=True))
+    r = decode_reply(0x7E, _ask(h, 0x7E, b"", 256))
     assert r.code == Errno.EINVAL and "unknown command 0x7e" in r.text
     big_key = U32.pack(1) + U64.pack(0) + U32.pack(5000)  # key length above the codec's 4096
-    r = decode_reply(Command.MAP_LOOKUP, h.handle(Command.MAP_LOOKUP, big_key, 256, negotiated=True))
+    r = decode_reply(Command.MAP_LOOKUP, _ask(h, Command.MAP_LOOKUP, big_key, 256))
     assert r.code == Errno.E2BIG and "key length: 5000 is above the limit of 4096" in r.text
     assert _kernel_objects(lo) == (set(), set())
 
@@ -173,14 +192,13 @@ def test_malformed_requests_are_einval_naming_the_field(lo):
 @given(cmd=st.sampled_from([*map(int, Command), 0x09, 0xFF]), body=st.binary(max_size=96),
        cap=st.integers(0, 512))
 def test_hostile_bytes_always_get_a_valid_reply(lo, cmd, body, cap):
-    out = lo.handler.handle(cmd, body, cap, negotiated=True)
-    assert len(out) <= cap
+    out = _ask(lo.handler, cmd, body, cap)
     if cap:
         r = decode_reply(cmd, out)  # never raises: the device wrote a well-formed reply
         if cap >= 17:  # room for the header: the code is the device's, never the driver-side EIO
             assert r.code != Errno.EIO
         else:
-            assert out == b"\x01"
+            assert out == CtrlReply(Ack.ERR)
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -253,7 +271,7 @@ def test_map_freeze_makes_the_map_read_only_to_the_guest(lo, service):
     p = lo.ok(ProgLoadRequest(RET2, name="p")).prog
     assert lo(MapFreezeRequest(p)).code == Errno.EBADF  # a program handle
     other = _dev()
-    service.add_device(other, "lo", negotiated=True)
+    service.add_device(other, "lo", acked_features=lambda: OFFLOADED)
     theirs = [Wire(service, other).ok(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="x")).map for _ in range(3)][-1]
     assert theirs not in (m, p)  # (handles are per device: 1 and 2 are ours too)
     assert lo(MapFreezeRequest(theirs)).code == Errno.EBADF  # another device's handle
@@ -327,9 +345,7 @@ def test_state_export_fills_the_smallest_area_and_import_checks_its_flags(lo):
         lo.ok(MapUpdateRequest(m, U64.pack(i), U64.pack(i * i)))
     chunks, token = [], b""
     for _ in range(1000):  # bounded: 16 entries of 16 bytes in chunks of the 64-byte minimum area
-        raw = lo.raw(StateExportRequest(token), MIN_REPLY)
-        assert len(raw) <= MIN_REPLY
-        r = decode_reply(Command.STATE_EXPORT, raw)
+        r = lo(StateExportRequest(token), MIN_REPLY)  # (Wire checks that it fits)
         assert r.ok, r.text
         chunks.append(r.payload.chunk)
         token = r.payload.token
@@ -341,8 +357,8 @@ def test_state_export_fills_the_smallest_area_and_import_checks_its_flags(lo):
     assert r.code == Errno.EINVAL and "unknown flags 0x2" in r.text
     r = lo(StateImportRequest(b"".join(chunks), 1))
     assert r.code == Errno.EBUSY and "empty device" in r.text  # the device has its map
-    off = Wire(lo.handler.service, lo.handler.device, negotiated=False)
-    assert off(StateExportRequest()).code == Errno.EOPNOTSUPP
+    lo.acked = 0  # the frontend renegotiated without offload: the device's record says so at once
+    assert lo(StateExportRequest()).code == Errno.EOPNOTSUPP
 
 
 @pytest.mark.parametrize("service", ENGINES, indirect=True)
@@ -373,7 +389,7 @@ def test_an_internal_error_is_eio_and_one_log_line(caplog, engine):
     s = _BrokenCaps(made.engine_factory, port_factory=made.port_factory)
     try:
         dev = _dev()
-        s.add_device(dev, "lo", negotiated=True)
+        s.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
         w = Wire(s, dev)
         with caplog.at_level(logging.ERROR, logger="vxdp.host.offload.handler"):
             r = w(CapsRequest())
@@ -394,15 +410,19 @@ def test_an_unknown_device_is_enodev(service):
 @pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_the_ctrl_table_shape(service):
     dev = _dev()
-    service.add_device(dev, "lo")
-    state = {"negotiated": False}
-    answer = BpfCommandHandler(service, dev).ctrl_handler(lambda: state["negotiated"])
-    req = CtrlRequest.decode(encode_request(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m")))
+    acked = [0]
+    service.add_device(dev, "lo", acked_features=lambda: acked[0])
+    answer = BpfCommandHandler(service, dev).answer
+    req = encode_request(MapCreateRequest(MapType.ARRAY, 4, 8, 1, name="m"))
     reply = answer(req, 256)
-    assert not reply.ok and decode_reply(req.command, reply.encode()).code == Errno.EOPNOTSUPP
-    state["negotiated"] = True
+    assert not reply.ok and decode_reply(req.command, reply).code == Errno.EOPNOTSUPP
+    assert service.show()[0]["offload_negotiated"] is False  # host show reads the same answer
+    acked[0] = OFFLOADED
     reply = answer(req, 256)
-    assert reply.ok and decode_reply(req.command, reply.encode()).payload.map == 1
+    assert reply.ok and decode_reply(req.command, reply).payload.map == 1
+    assert service.show()[0]["offload_negotiated"] is True
+    load = answer(encode_request(ProgLoadRequest(RET2, name="p")), 4096)  # the verifier pass: off the loop
+    assert isinstance(load, Deferred) and decode_reply(Command.PROG_LOAD, load.future.result(10)).ok
 
 
 # -- OBJ_LIST (1.2): the device's table, whoever made the objects -----------------------------------
@@ -455,7 +475,7 @@ def test_obj_list_says_import_for_what_a_state_import_made(lo, service):
     p = lo.ok(ProgLoadRequest(insns=RET2, name="pass2")).prog
     blob = service.state_export(lo.handler.device)
     dest = _dev()
-    service.add_device(dest, "lo", negotiated=True)
+    service.add_device(dest, "lo", acked_features=lambda: OFFLOADED)
     w = Wire(service, dest)
     service.state_import(dest, blob)
     assert [(o.handle, o.kind, o.origin) for o in _listing(w)] == [
@@ -493,14 +513,14 @@ def test_the_rate_is_charged_before_decoding_and_by_size(engine):
     service = offload_service(engine, Policy(quota=Quota(commands_per_second=1.0, command_burst=20)),
                               clock=lambda: 0.0)
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     try:
         h = BpfCommandHandler(service, dev)
         big = b"\xff" * ((256 << 10) - 2)  # with class and command 256 KiB: 5 tokens
         for _ in range(4):
-            r = decode_reply(Command.PROG_LOAD, h.handle(Command.PROG_LOAD, big, 256, negotiated=True))
+            r = decode_reply(Command.PROG_LOAD, _ask(h, Command.PROG_LOAD, big, 256))
             assert r.code == Errno.EINVAL
-        r = decode_reply(Command.MAP_UPDATE, h.handle(Command.MAP_UPDATE, b"\xff", 256, negotiated=True))
+        r = decode_reply(Command.MAP_UPDATE, _ask(h, Command.MAP_UPDATE, b"\xff", 256))
         assert r.code == Errno.EAGAIN and r.text.endswith("(rule rate)")  # not decoded: no field named
         counters = service.show()[0]["counters"]
         assert counters["commands"] == 5 and counters["rate_limited"] == 1

@@ -38,6 +38,9 @@ from vxdp.host.offload.service import OffloadService, kernel_prefix
 from vxdp.packets import frame
 from vxdp.testing.kobjects import prog_names
 from vxdp.testing.netns import NetLab
+from vxdp.virtio.features import Experimental
+
+OFFLOADED = Experimental.NET_BPF_OFFLOAD.bit  # the acked features of a frontend that negotiated offload
 
 _seq = itertools.count()
 U32 = struct.Struct("<I")
@@ -393,7 +396,7 @@ def test_operator_commands_take_nothing_from_the_guest_rate_but_quotas_still_app
 def test_handles_of_another_device_and_the_feature_bit(engine):
     s, dev0 = _lo_service(engine)
     dev1 = _dev()
-    s.add_device(dev1, "lo", negotiated=True)
+    s.add_device(dev1, "lo", acked_features=lambda: OFFLOADED)
     try:
         m0 = s.map_create(dev0, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="m")
         s.map_create(dev1, type=MapType.ARRAY, key_size=4, value_size=8, max_entries=1, name="m")

@@ -43,6 +43,9 @@ from vxdp.offload.wire import CapsFlag, Errno
 from vxdp.packets import frame
 from vxdp.testing.kobjects import device_name, map_names, prog_names
 from vxdp.testing.netns import NetLab
+from vxdp.virtio.features import Experimental
+
+OFFLOADED = Experimental.NET_BPF_OFFLOAD.bit  # the acked features of a frontend that negotiated offload
 
 U32 = struct.Struct("<I")
 PACKETS = [frame(k) for k in ("ipv4/udp", "ipv4/tcp", "ipv4/icmp", "arp", "ipv6/udp")]
@@ -54,7 +57,7 @@ def _dev() -> str:
 
 def _client(s: OffloadService, dev: str, max_capacity: int | None = None) -> OffloadClient:
     h = BpfCommandHandler(s, dev)
-    return OffloadClient(lambda req, cap: h.handle(req[1], req[2:], cap, negotiated=True), max_capacity=max_capacity)
+    return OffloadClient(h.handle, max_capacity=max_capacity)
 
 
 def _load(s: OffloadService, dev: str, path, programs: list[str]) -> tuple[dict[str, int], dict[str, int]]:
@@ -151,8 +154,8 @@ def pair(service):
 @pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_state_moves_maps_programs_prog_array_and_attachment_under_the_same_handles(pair, service):
     a, b = _dev(), _dev()
-    service.add_device(a, pair.b if pair else "vsb", netns=pair.ns_b if pair else None, negotiated=True)
-    service.add_device(b, pair.a if pair else "vsa", netns=pair.ns_a if pair else None, negotiated=True)
+    service.add_device(a, pair.b if pair else "vsb", netns=pair.ns_b if pair else None, acked_features=lambda: OFFLOADED)
+    service.add_device(b, pair.a if pair else "vsa", netns=pair.ns_a if pair else None, acked_features=lambda: OFFLOADED)
     h = _populate(service, a)
     assert _client(service, a).caps().flags & CapsFlag.STATE
     # small ctrl buffers: the state crosses in many chunks each way
@@ -191,7 +194,7 @@ def test_state_moves_maps_programs_prog_array_and_attachment_under_the_same_hand
 @pytest.mark.parametrize("service", ENGINES, indirect=True)
 def test_export_snapshot_is_kept_across_interleaved_commands_and_tokens_go_stale(service):
     a = _dev()
-    service.add_device(a, "lo", negotiated=True)
+    service.add_device(a, "lo", acked_features=lambda: OFFLOADED)
     h = _populate(service, a, attach=False)
     c = _client(service, a)
     first = c.state_export_chunk(b"", 200)
@@ -216,13 +219,13 @@ def test_export_snapshot_is_kept_across_interleaved_commands_and_tokens_go_stale
 def test_a_program_the_destination_policy_forbids_refuses_the_whole_import(service, request):
     engine = request.node.callspec.params["service"]
     a = _dev()
-    service.add_device(a, "lo", negotiated=True)
+    service.add_device(a, "lo", acked_features=lambda: OFFLOADED)
     _populate(service, a, attach=False)
     blob = service.state_export(a)
     strict = offload_service(engine, Policy(helpers=DEFAULT_HELPERS - {Helper.tail_call}))
     try:
         b = _dev()
-        strict.add_device(b, "lo", negotiated=True)
+        strict.add_device(b, "lo", acked_features=lambda: OFFLOADED)
         with pytest.raises(OffloadRefused) as e:
             _client(strict, b).state_import(blob)
         assert e.value.code == Errno.EPERM and e.value.rule == "helpers.allow", str(e.value)
@@ -234,7 +237,7 @@ def test_a_program_the_destination_policy_forbids_refuses_the_whole_import(servi
         small = offload_service(engine, Policy(quota=Quota(max_map_memory=4096)))
         try:
             c = _dev()
-            small.add_device(c, "lo", negotiated=True)
+            small.add_device(c, "lo", acked_features=lambda: OFFLOADED)
             with pytest.raises(OffloadRefused) as e:
                 _client(small, c).state_import(blob)
             assert e.value.code in (Errno.ENOSPC, Errno.E2BIG) and e.value.rule in ("quota.max_map_memory",
@@ -251,7 +254,7 @@ def test_oversized_state_is_refused_before_it_is_buffered(engine):
     b = _dev()
     tiny = offload_service(engine, Policy(quota=Quota(max_map_memory=1024, max_total_insns=64, max_progs=1)))
     try:
-        tiny.add_device(b, "lo", negotiated=True)
+        tiny.add_device(b, "lo", acked_features=lambda: OFFLOADED)
         c = _client(tiny, b)
         limit = 1024 + 64 * 48 + (2 << 20) + (1 << 20)
         with pytest.raises(OffloadRefused) as e:
@@ -269,8 +272,8 @@ def lo_pair():
     s = OffloadService(policy=Policy(quota=Quota(commands_per_second=1e9, command_burst=10 ** 9)))
     try:
         a, b = _dev(), _dev()
-        s.add_device(a, "lo", negotiated=True)
-        s.add_device(b, "lo", negotiated=True)
+        s.add_device(a, "lo", acked_features=lambda: OFFLOADED)
+        s.add_device(b, "lo", acked_features=lambda: OFFLOADED)
         _populate(s, a, attach=False)
         yield s, a, b, s.state_export(a)
     finally:
@@ -279,8 +282,8 @@ def lo_pair():
 
 def _import(s: OffloadService, dev: str, blob: bytes):
     h = BpfCommandHandler(s, dev)
-    data = encode_request(StateImportRequest(blob, 1))
-    return decode_reply(data[1], h.handle(data[1], data[2:], 1 << 16, negotiated=True))
+    req = encode_request(StateImportRequest(blob, 1))
+    return decode_reply(req.command, h.handle(req, 1 << 16))
 
 
 @pytest.mark.privileged
@@ -335,8 +338,8 @@ def test_no_kernel_object_of_the_destination_survives_the_damaged_imports(lo_pai
 def test_export_request_with_a_forged_token_is_refused(lo_pair):
     s, a, _, _ = lo_pair
     h = BpfCommandHandler(s, a)
-    data = encode_request(StateExportRequest(b"\x01" * 12))
-    r = decode_reply(data[1], h.handle(data[1], data[2:], 4096, negotiated=True))
+    req = encode_request(StateExportRequest(b"\x01" * 12))
+    r = decode_reply(req.command, h.handle(req, 4096))
     assert r.code == Errno.EINVAL and "token" in r.text
     assert errno.EINVAL == Errno.EINVAL
 
@@ -349,7 +352,7 @@ def test_a_state_declaring_a_huge_map_is_refused_from_its_header_before_anything
     the buffered blob, the decoder's one copy of it and a chunk in flight, 3 x the blob + 8 MiB
     (Python allocations, tracemalloc's peak); a per-entry object would be ~100 bytes each, 100 MB."""
     dev = _dev()
-    service.add_device(dev, "lo", negotiated=True)
+    service.add_device(dev, "lo", acked_features=lambda: OFFLOADED)
     n = 1 << 20
     huge = MapState(1, "huge", int(MapType.HASH), 4, 8, 4 << 20, 0, False, 8,
                     Entries(b"".join(U32.pack(i) + bytes(8) for i in range(n)), 4, 8))
@@ -375,7 +378,7 @@ def test_a_state_declaring_a_huge_map_is_refused_from_its_header_before_anything
     assert e.value.code == Errno.ENOSPC and e.value.rule == "quota.max_maps", str(e.value)
     # a good state still imports: the blob of a populated device, whole
     src = _dev()
-    service.add_device(src, "lo", negotiated=True)
+    service.add_device(src, "lo", acked_features=lambda: OFFLOADED)
     _populate(service, src, attach=False)
     client.state_import(service.state_export(src))
     assert _objects(service, dev) == _objects(service, src)

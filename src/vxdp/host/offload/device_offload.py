@@ -1,17 +1,21 @@
-"""A device's XDP offload: the feature bit, the BPF ctrl class, and the operator's path.
+"""A device's XDP offload: the BPF ctrl class on its ctrl vq, and the operator's path.
 
 One `OffloadService` per daemon holds the policy, the handle tables and the
 kernel objects. Each device registers there and gets:
 
-- the offload feature bit offered to its frontend, and the BPF class plugged
-  into its ctrl-vq table (`BpfCommandHandler`), refusing every command unless
-  the frontend acked the bit (QEMU, which does not know it, never does);
+- the BPF class plugged into its ctrl-vq table (`BpfCommandHandler.answer`),
+  refusing every command unless the frontend acked the offload bit (QEMU, which
+  does not know it, never does). The service's record of the device reads the
+  device's acked features for that (``features``, given here), the one answer
+  the handler and ``host show`` both use;
 - the operator's path for a stock guest that cannot speak the class: ``vxdp
   prog load FILE.o --device DEV`` reaches the daemon's control socket and loads
   through an `OffloadEngine` whose transport is the same handler, in process.
   So both paths run the same commands under the same policy and quotas, except
   the command rate: that bucket is the guest's, and the operator's commands
   (through a handler of their own, ``operator=True``) take nothing from it.
+  That transport hands the client's `CtrlRequest` to the handler and its
+  `CtrlReply` back, the same frames the ctrl vq carries, never encoded.
 
 Views: ``prog show``, ``map …`` and ``prog detach`` with ``--device`` read the
 device's record (`OffloadRecord` over OBJ_LIST through the operator's handler),
@@ -26,7 +30,6 @@ so a guest reboot does not undo what the operator set up.
 
 from __future__ import annotations
 
-import base64
 import errno
 import logging
 from collections.abc import Callable
@@ -36,8 +39,7 @@ from vxdp.engine.registry import ProgramRegistry, RegistryError
 from vxdp.offload.client import OffloadClient
 from vxdp.offload.device_record import OffloadRecord
 from vxdp.offload.remote import OffloadEngine
-from vxdp.virtio.ctrl_framing import CtrlClass
-from vxdp.virtio.features import Experimental, has
+from vxdp.virtio.ctrl_framing import CtrlClass, CtrlReply, CtrlRequest
 
 from ..ctrl_queue import CtrlTable
 from .handler import BpfCommandHandler
@@ -46,24 +48,18 @@ from .service import OffloadService
 log = logging.getLogger("vxdp.host")
 
 
-
 class DeviceOffload:
     def __init__(self, service: OffloadService, name: str, port: str, netns: str | None,
                  features: Callable[[], int], ctrl: CtrlTable) -> None:
         self.service = service
         self.name = name
-        self._features = features
-        service.add_device(name, port, netns=netns, negotiated=self.negotiated)
+        service.add_device(name, port, netns=netns, acked_features=features)
         self.handler = BpfCommandHandler(service, name)
         self.operator_handler = BpfCommandHandler(service, name, operator=True)
-        ctrl.register(CtrlClass.BPF, self.handler.ctrl_handler(self.negotiated))
-        record = OffloadRecord(OffloadClient(self._transport))
+        ctrl.register(CtrlClass.BPF, self.handler.answer)
+        self.client = OffloadClient(self._transport)
+        record = OffloadRecord(self.client)
         self.registry = ProgramRegistry(record=lambda mode: record if mode == "offload" else None)
-
-    def negotiated(self) -> bool:
-        """Whether the frontend acked the offload bit: read from the device's negotiated features, the one
-        source the ctrl handler and ``host show`` (``offload_negotiated``) both use."""
-        return has(self._features(), Experimental.NET_BPF_OFFLOAD)
 
     def session_ended(self, negotiated: bool) -> None:
         """The frontend went away; ``negotiated``: it had acked the offload bit."""
@@ -74,8 +70,8 @@ class DeviceOffload:
         self.registry.forget("offload")
 
     # -- the operator's path ---------------------------------------------------------------
-    def _transport(self, request: bytes, capacity: int) -> bytes:
-        return self.operator_handler.handle(request[1], request[2:], capacity, negotiated=True)
+    def _transport(self, request: CtrlRequest, capacity: int) -> CtrlReply:
+        return self.operator_handler.handle(request, capacity)
 
     def load(self, path: str, mode: str = "offload", prog: str | None = None, replace: bool = False) -> dict[str, Any]:
         if mode != "offload":
@@ -86,18 +82,12 @@ class DeviceOffload:
 
     def state_export(self) -> dict[str, Any]:
         """The device's offloaded state (STATE_EXPORT through the operator's handler), base64."""
-        blob = OffloadClient(self._transport).state_export()
-        return {"state": base64.b64encode(blob).decode("ascii"), "bytes": len(blob)}
+        return self.client.state_export_base64()
 
     def state_import(self, state: str) -> dict[str, Any]:
         """Recreate a state in the (empty) device; the views (``prog show``, ``map …``) read it from the
         device's record, and ``prog detach`` frees it."""
-        try:
-            blob = base64.b64decode(state, validate=True)
-        except (ValueError, TypeError) as e:
-            raise RegistryError(errno.EINVAL, f"state: not base64: {e}") from None
-        OffloadClient(self._transport).state_import(blob)
-        return {"imported": len(blob)}
+        return self.client.state_import_base64(state)
 
     def show(self) -> dict[str, Any]:
         """The operator's view: the device's record (the operator's files named), and the device as

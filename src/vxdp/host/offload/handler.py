@@ -1,24 +1,27 @@
-"""The device end of the BPF control class: request bytes in, reply bytes out, through `OffloadService`.
+"""The device end of the BPF control class: a `CtrlRequest` in, its `CtrlReply` out, through `OffloadService`.
 
-The host's ctrl-vq loop (``vxdp.host.ctrl_queue``) gathers the readable bytes of a chain,
-splits off the class byte, and for class ``VIRTIO_NET_CTRL_BPF`` calls
-`BpfCommandHandler.handle` with the command, the command-specific data and the size of
-the device-writable area; what comes back is written there verbatim (the ack byte
-first) and its length is the used length. Nothing here knows about descriptors,
-guest memory or vhost-user, so the same handler serves the virtqueue, an in-process
-test pair and any other transport.
+`BpfCommandHandler` answers one device's BPF ctrl requests. It takes the request as the
+ctrl framing decoded it and gives back the reply frame to write, sized to the writable
+area (``capacity``, the ack included), so a command is decoded and encoded once on this
+side whoever carries it: `answer` has the ``(request, capacity) -> reply | Deferred``
+shape a ctrl-vq class table plugs in, `handle` the same on the caller's thread (the
+operator's in-process path, tests). Nothing here knows about descriptors, guest memory
+or vhost-user.
 
 The order of checks is the spec's (docs/offload-protocol.md §2, §3, §6):
 
-1. offload feature not negotiated → ``EOPNOTSUPP``; the command is not looked at;
+1. offload feature not negotiated → ``EOPNOTSUPP`` (rule ``feature``); the command is not looked
+   at. The service answers that (`OffloadService.require_negotiated`) from the device's acked
+   features, as ``host show`` does; the operator's handler skips it (it offloads for stock
+   guests, which never negotiate);
 2. the guest's command rate is charged (`OffloadService.charged`: one token, one more per
    64 KiB) → ``EAGAIN`` (rule ``rate``); before decoding, so malformed requests pay too;
 3. writable area under ``MIN_REPLY`` → ``ENOBUFS``; the command is not executed;
 4. decode; a malformed request → ``EINVAL`` (``E2BIG`` for a field above a cap) with
    the codec's message (command and field) as text;
 5. dispatch through `_HANDLERS` (one method per `Command`) to the service. PROG_LOAD's
-   verifier pass comes back as a callable (`begin`): the ctrl queue runs it on this device's
-   worker thread and completes the chain when it is done (`vxdp.host.ctrl_queue.Deferred`).
+   verifier pass comes back from `begin` as a callable; `answer` runs it on this handler's
+   worker thread (one per device) and returns it `Deferred`, `handle` runs it in place.
 
 Refusal codes are Linux user-space errnos: a kernel-internal one (ENOTSUPP 524...) is mapped
 here (`errors.linux_errno`), the one place refusals become replies.
@@ -26,11 +29,11 @@ here (`errors.linux_errno`), the one place refusals become replies.
 Every refusal the service raises is an `OffloadError`; its reply text is one line,
 ``message`` followed by `` (rule R)`` when a policy rule refused, then, for a program
 the verifier refused, a newline and the verifier log, cut to the request's
-``log_size`` when that is non-zero (``TEXT_TRUNCATED`` set). The client
-(`vxdp.guest.offload`) splits the text back the same way. Anything else that goes
-wrong is a bug on our side: it is logged once and answered ``EIO``; nothing is ever
-raised out of `handle`, whatever the bytes (spec §6: the device never fails as a
-whole because of a request).
+``log_size`` when that is non-zero (``TEXT_TRUNCATED`` set); a driver splits it back
+at the first newline. Anything else that goes wrong is a bug on our side: it is logged
+once and answered ``EIO``; nothing is ever raised out of `answer`, `handle` or
+`begin`, whatever the request (spec §6: the device never fails as a whole because of a
+request).
 
 Where the service and the spec differ, the handler bridges: the spec's ATTACH
 without REPLACE on an occupied port is ``EBUSY`` (naming who loaded the running
@@ -55,7 +58,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ...bpf.isa import ACTION_NAMES
-from ...offload.codec import Reply, decode_request_body, encode_reply, error_reply
+from ...offload.codec import Reply, decode_request, encode_reply, error_reply
 from ...offload.layout import Message
 from ...offload.messages import (
     CapsReply,
@@ -90,7 +93,7 @@ from ...offload.wire import (
     command_name,
     wire_name,
 )
-from ...virtio.ctrl_framing import Ack, CtrlReply, CtrlRequest
+from ...virtio.ctrl_framing import HEADER_SIZE, Ack, CtrlReply, CtrlRequest
 from ..ctrl_queue import Deferred
 from .errors import OffloadError, linux_errno
 from .handles import Kind
@@ -123,7 +126,7 @@ def refusal_text(err: OffloadError, log_size: int = 0) -> tuple[str, bool]:
 
 
 class BpfCommandHandler:
-    """Answers one device's BPF ctrl commands with the bytes the device writes back."""
+    """Answers one device's BPF ctrl requests with the replies the device writes back."""
 
     def __init__(self, service: OffloadService, device: str, *, operator: bool = False):
         """``operator``: this handler carries the host operator's commands (`OffloadService.as_operator`:
@@ -132,66 +135,68 @@ class BpfCommandHandler:
         self.device = device
         self.operator = operator
         self._capacity = MIN_REPLY  # the writable area of the command being answered
-        self._executor: ThreadPoolExecutor | None = None  # PROG_LOAD's verifier passes (ctrl_handler)
+        self._executor: ThreadPoolExecutor | None = None  # PROG_LOAD's verifier passes (answer)
 
-    # -- the entry point -----------------------------------------------------------------------
-    def handle(self, command: int, body: bytes, reply_capacity: int, *, negotiated: bool) -> bytes:
-        """The device-writable bytes (ack first, at most ``reply_capacity``) answering one command,
-        on this thread (a PROG_LOAD's verifier pass included)."""
-        out = self.begin(command, body, reply_capacity, negotiated=negotiated)
-        return out if isinstance(out, bytes) else out()
+    # -- the entry points ----------------------------------------------------------------------
+    def answer(self, req: CtrlRequest, capacity: int) -> CtrlReply | Deferred:
+        """The ctrl-vq table's entry (``CtrlTable.register(CtrlClass.BPF, handler.answer)``). A PROG_LOAD
+        comes back `Deferred`: its verifier pass runs on this handler's worker thread, and the ctrl
+        ring completes the chain (and those after it, in order) when it is done."""
+        out = self.begin(req, capacity)
+        return out if isinstance(out, CtrlReply) else Deferred(self._worker().submit(out))
 
-    def begin(self, command: int, body: bytes, reply_capacity: int, *,
-              negotiated: bool) -> bytes | Callable[[], bytes]:
-        """Like `handle`, but a command whose work may take long (PROG_LOAD: the host verifier) comes
-        back as a callable giving those bytes, to run on a worker thread; it never raises either."""
+    def handle(self, req: CtrlRequest, capacity: int) -> CtrlReply:
+        """The reply to one command, made on this thread (a PROG_LOAD's verifier pass included)."""
+        out = self.begin(req, capacity)
+        return out if isinstance(out, CtrlReply) else out()
+
+    def begin(self, req: CtrlRequest, capacity: int) -> CtrlReply | Callable[[], CtrlReply]:
+        """The reply to one command, or, for one whose work may take long (PROG_LOAD: the host
+        verifier), a callable making it, to run on a worker thread; neither ever raises."""
+        command = req.command
         try:
             if self.operator:
                 with self.service.as_operator():
-                    out = self._handle(command, bytes(body), reply_capacity, negotiated)
+                    out = self._handle(req, capacity)
             else:
-                out = self._handle(command, bytes(body), reply_capacity, negotiated)
+                out = self._handle(req, capacity)
         except Exception as e:  # noqa: BLE001 -- a bug of ours: one line in the log, EIO to the guest
-            return self._internal_error(command, e, reply_capacity)
-        if isinstance(out, bytes):
+            return self._internal_error(command, e, capacity)
+        if isinstance(out, CtrlReply):
             return out
         finish = out
 
-        def later() -> bytes:
+        def later() -> CtrlReply:
             try:
                 return finish()
             except Exception as e:  # noqa: BLE001 -- as above, on the worker thread
-                return self._internal_error(command, e, reply_capacity)
+                return self._internal_error(command, e, capacity)
         return later
 
-    def _internal_error(self, command: int, e: Exception, capacity: int) -> bytes:
+    def _internal_error(self, command: int, e: Exception, capacity: int) -> CtrlReply:
         # with the traceback: an internal error is a bug of ours, and the log is where it gets reported
         log.error("device %s: %s: internal error: %s: %s", self.device, command_name(command), type(e).__name__, e,
                   exc_info=e)
         return self._encode_safely(command, Reply.error(Errno.EIO, f"{command_name(command)}: device "
                                                         "internal error"), capacity)
 
-    def _handle(self, command: int, body: bytes, capacity: int,
-                negotiated: bool) -> bytes | Callable[[], bytes]:
-        if not negotiated:
-            return self._encode_safely(command, Reply.error(
-                Errno.EOPNOTSUPP, f"device {self.device}: VIRTIO_NET_F_BPF_OFFLOAD was not negotiated; "
-                "BPF commands are refused"), capacity)
-        if self.operator:
-            return self._decode_and_run(command, body, capacity)
+    def _handle(self, req: CtrlRequest, capacity: int) -> CtrlReply | Callable[[], CtrlReply]:
+        if self.operator:  # the operator offloads for stock guests, which never negotiate; not rate-charged
+            return self._decode_and_run(req, capacity)
         try:
+            self.service.require_negotiated(self.device)
             # charged before anything is looked at: a malformed request pays like a good one
-            with self.service.charged(self.device, len(body) + 2):
-                return self._decode_and_run(command, body, capacity)
+            with self.service.charged(self.device, HEADER_SIZE + len(req.data)):
+                return self._decode_and_run(req, capacity)
         except OffloadError as e:
-            return self._encode_safely(command, self._refusal(e, 0), capacity)
+            return self._encode_safely(req.command, self._refusal(e, 0), capacity)
 
-    def _decode_and_run(self, command: int, body: bytes, capacity: int) -> bytes | Callable[[], bytes]:
+    def _decode_and_run(self, ctrl: CtrlRequest, capacity: int) -> CtrlReply | Callable[[], CtrlReply]:
         if capacity < MIN_REPLY:
-            return self._encode_safely(command, Reply.error(
+            return self._encode_safely(ctrl.command, Reply.error(
                 Errno.ENOBUFS, f"writable area of {capacity} bytes is below {MIN_REPLY}"), capacity)
         try:
-            req = decode_request_body(command, body)
+            req = decode_request(ctrl)
         except OffloadProtocolError as e:
             return error_reply(e, capacity)
         self._capacity = capacity
@@ -215,20 +220,6 @@ class BpfCommandHandler:
         text, cut = refusal_text(e, log_size)
         return Reply(code=linux_errno(e.errno or Errno.EIO), text=text, text_truncated=cut)
 
-    def ctrl_handler(self, negotiated: Callable[[], bool]) -> Callable[[CtrlRequest, int], CtrlReply | Deferred]:
-        """This handler in the ``(CtrlRequest, capacity) -> CtrlReply`` shape of
-        ``vxdp.host.ctrl_queue.CtrlTable``: ``negotiated()`` reads the device's feature state per command;
-        the capacity is the chain's writable room, the ack included. A PROG_LOAD comes back
-        `Deferred`: its verifier pass runs on this handler's worker thread, and the ctrl ring
-        completes the chain (and those after it, in order) when it is done."""
-        def answer(req: CtrlRequest, capacity: int) -> CtrlReply | Deferred:
-            out = self.begin(req.command, req.data, capacity, negotiated=negotiated())
-            if isinstance(out, bytes):
-                return _ctrl_reply(out)
-            finish = out
-            return Deferred(self._worker().submit(lambda: _ctrl_reply(finish())))
-        return answer
-
     def _worker(self) -> ThreadPoolExecutor:
         """One thread per device: its ctrl ring has one command in flight at most."""
         if self._executor is None:
@@ -236,11 +227,11 @@ class BpfCommandHandler:
         return self._executor
 
     @staticmethod
-    def _encode_safely(command: int, reply: Reply, capacity: int) -> bytes:
+    def _encode_safely(command: int, reply: Reply, capacity: int) -> CtrlReply:
         try:
             return encode_reply(command, reply, capacity)
         except Exception:  # noqa: BLE001 -- cannot happen for payload-less errors; never let it escape
-            return bytes((1,))[: max(capacity, 0)]
+            return CtrlReply(Ack.ERR)
 
     # -- helpers -------------------------------------------------------------------------------
     def _dev(self) -> Device:
@@ -415,10 +406,6 @@ def _obj_info(o: MapObj | ProgObj, dev: Device) -> ObjInfo:
     return ObjInfo(o.handle, ObjKind.PROG, wire_name(o.name), origin,
                    ObjFlag.ATTACHED if dev.attached == o.handle else 0,
                    o.source.prog_type if o.source else 6, insns=o.guest_insns, tag=bytes.fromhex(o.tag))
-
-
-def _ctrl_reply(out: bytes) -> CtrlReply:
-    return CtrlReply.decode(out) if out else CtrlReply(Ack.ERR)
 
 
 class _Later:

@@ -19,6 +19,7 @@ from ...bpf.isa import Insn
 from ...bpf.mapapi import Map
 from ...bpf.mapspec import MapSpec, MapType
 from ...bpf.obj import FuncInfo, LineInfo
+from ...virtio.features import Experimental, has
 from .btf_ledger import BtfLedger
 from .handles import HandleTable, Kind
 from .policy import TimeBudget, TokenBucket
@@ -121,8 +122,8 @@ class Device:
     bucket: TokenBucket  # the guest's command rate
     budget: TimeBudget  # the device's verifier time (PROG_LOAD)
     btf: BtfLedger = field(default_factory=BtfLedger)  # the BTF its live programs hold (charged)
-    # whether the frontend acked the offload bit: read from the device's negotiated features, never copied
-    negotiated_source: Callable[[], bool] = field(default=lambda: False)
+    # the frontend's acked features, read from the device each time (never copied): see `negotiated`
+    acked_features: Callable[[], int] = lambda: 0
     attached: int | None = None  # guest handle of the program on the port
     # STATE_EXPORT's snapshot (serial, blob) from the start of a walk to its end; STATE_IMPORT's chunks so far
     export_snapshot: tuple[int, bytes] | None = None
@@ -134,7 +135,9 @@ class Device:
 
     @property
     def negotiated(self) -> bool:
-        return bool(self.negotiated_source())
+        """Whether the frontend acked the offload bit: the one answer the ctrl handler refuses by and
+        ``host show`` reports (``offload_negotiated``)."""
+        return has(self.acked_features(), Experimental.NET_BPF_OFFLOAD)
 
     def maps(self) -> Iterator[MapObj]:
         """The device's maps, in handle order."""

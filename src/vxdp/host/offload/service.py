@@ -34,10 +34,12 @@ device's prog_arrays cannot be freed (EBUSY): detach, delete the entry or free t
 so every program the engine holds for a device is one its quota counts. BTF is charged to the
 device's map memory (`btf_ledger`).
 
-The feature bit: `add_device` takes a callable reading whether the frontend negotiated offload
-(the device's negotiated features, the one source), and ``show`` reports it as
-``offload_negotiated``. The service refuses nothing on it: the operator offloads on behalf of
-stock guests, which never negotiate.
+The feature bit: a guest that did not negotiate offload gets every BPF command refused. The
+device's acked features are the one source: `add_device` takes a callable reading them, the device
+record answers from it each time (`Device.negotiated`), ``show`` reports that as
+``offload_negotiated`` and `require_negotiated` refuses by it, which the guest's ctrl handler calls
+before decoding. The operator path offloads on behalf of stock guests, which never negotiate, so
+it skips that check and nothing else.
 
 State export/import (`state`) goes through a small public API that works on a device record
 under the lock, skipping the command rate: `create_map_at`, `load_prog_at`, `fill_map`,
@@ -141,10 +143,11 @@ class OffloadService:
 
     # -- devices -------------------------------------------------------------------------------
     def add_device(self, name: str, ifname: str, *, netns: str | None = None,
-                   negotiated: bool | Callable[[], bool] = False) -> Device:
-        """Register device ``name`` whose host port is ``ifname`` (in ``netns``, else ours), made by the
-        port factory. ``negotiated``: reads whether the frontend acked the offload bit (the backend's
-        negotiated features); a plain bool is a fixed answer (tests)."""
+                   acked_features: Callable[[], int] = lambda: 0) -> Device:
+        """Register device ``name`` whose host port is ``ifname`` (in ``netns``, else ours).
+
+        ``acked_features``: reads the features the device's frontend acked (whether it negotiated
+        offload is read from them per command, never copied); without it, none (a stock frontend)."""
         with self._lock:
             if name in self.devices:
                 raise OffloadError(errno.EEXIST, f"device {name} already exists")
@@ -154,7 +157,7 @@ class OffloadService:
                          handles=HandleTable(name),
                          bucket=TokenBucket(q.commands_per_second, q.command_burst, self.clock),
                          budget=TimeBudget(q.verifier_seconds_per_minute, self.clock),
-                         negotiated_source=negotiated if callable(negotiated) else (lambda: bool(negotiated)))
+                         acked_features=acked_features)
             self.devices[name] = dev
             port.open(name, kernel_prefix(name))
             return dev
@@ -168,6 +171,13 @@ class OffloadService:
             finally:
                 dev.engine.close()
                 del self.devices[name]
+
+    def require_negotiated(self, device: str) -> None:
+        """Refuse (EOPNOTSUPP, rule ``feature``) unless the guest negotiated the offload feature bit."""
+        dev = self._device(device)
+        if not dev.negotiated:
+            raise OffloadError(errno.EOPNOTSUPP, f"device {device}: VIRTIO_NET_F_BPF_OFFLOAD was not negotiated; "
+                               "BPF commands are refused", "feature")
 
     def close(self) -> None:
         """Remove every device (daemon shutdown)."""
