@@ -1,4 +1,5 @@
-"""PROG_LOAD's stages, apart so the verifier pass can run off the event loop: the host kernel may verify for seconds, and the daemon serves every device from one loop.
+"""PROG_LOAD's stages, apart so the verifier pass can run off the event loop (the host kernel may
+verify for seconds, and one loop serves every device of the daemon).
 
 `prepare` (policy, handles, the rewritten host copy and its counters map; under the service's
 lock), `verify` (the one kernel verifier pass: no lock, it touches only what `prepare` made),
