@@ -9,8 +9,8 @@ scalar); packet_end, map pointers and maybe-null map values take none at all.
 
 from __future__ import annotations
 
-from ...bpf.isa import Cls, Insn
 from ...bpf.disasm import ALU_OP_TEXT
+from ...bpf.isa import Cls, Insn
 from .access import Refuse, add_offset
 from .scalar import Scalar, alu32, alu64, endian, neg
 from .state import NOT_INIT, Reg, RegType, State, scalar

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...bpf.isa import LDDW, Cls, Insn, JmpOp, PseudoCall, PseudoSrc
 from ...bpf.helpers import PROTOTYPES, Helper
+from ...bpf.isa import LDDW, Cls, Insn, JmpOp, PseudoCall, PseudoSrc
 
 MAX_INSNS = 1_000_000
 
@@ -158,7 +158,7 @@ def _uses_defs(insn: Insn) -> tuple[set[int], set[int]]:
                 nargs = len(PROTOTYPES[Helper(insn.imm)].args)
             else:
                 nargs = 5
-            return set(range(1, nargs + 1)), set(range(0, 6))
+            return set(range(1, nargs + 1)), set(range(6))
         if op in (JmpOp.JA, JmpOp.JCOND):
             return set(), set()
         return ({insn.dst, insn.src} if insn.code & 0x08 else {insn.dst}), set()

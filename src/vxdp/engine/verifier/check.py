@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 from ...bpf.disasm import format_insn
 from ...bpf.helpers import Helper
-from ...bpf.isa import LDDW, Cls, Insn, JmpOp, Mode, PseudoCall, PseudoSrc, Size, SIZE_BYTES, lddw_value
+from ...bpf.isa import LDDW, SIZE_BYTES, Cls, Insn, JmpOp, Mode, PseudoCall, PseudoSrc, Size, lddw_value
 from ...bpf.mapspec import ARRAY_TYPES, MapSpec
 from . import access, alu, cfg
 from .access import Refuse
@@ -31,7 +31,18 @@ from .branch import refine
 from .calls import HelperCall
 from .errors import VerifierRejected, VerifierResult
 from .scalar import Scalar
-from .state import MAX_CALL_FRAMES, NEVER_NULL, NOT_INIT, STACK_SIZE, UNKNOWN, Frame, Reg, RegType, State, scalar
+from .state import (
+    MAX_CALL_FRAMES,
+    NEVER_NULL,
+    NOT_INIT,
+    STACK_SIZE,
+    UNKNOWN,
+    Frame,
+    Reg,
+    RegType,
+    State,
+    scalar,
+)
 
 DEFAULT_BUDGET = 1_000_000
 MAX_STATES_PER_INSN = 64

@@ -72,10 +72,7 @@ class Reg:
             return False
         if self.range > new.range:
             return False
-        if self.id or new.id:
-            if ids.setdefault(self.id, new.id) != new.id:
-                return False
-        return True
+        return not ((self.id or new.id) and ids.setdefault(self.id, new.id) != new.id)
 
     def __str__(self) -> str:
         t = self.type
