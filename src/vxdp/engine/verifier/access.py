@@ -179,3 +179,19 @@ def add_offset(reg: Reg, s: Scalar, regno: int, sub: bool, next_id) -> Reg:
     if reg.type in (RegType.PACKET, RegType.PACKET_META):
         return replace(reg, scalar=var, id=next_id(reg.type), range=0)
     return replace(reg, scalar=var)
+
+
+def stack_const(st: State, reg: Reg, size: int) -> int | None:
+    """The number in ``[reg, reg + size)`` of the stack, if every byte of it is known."""
+    lo = reg.off + reg.scalar.value
+    if lo % 8 == 0 and size <= 8:
+        slot = st.frames[reg.frame].stack.get((-lo - 1) // 8)
+        if isinstance(slot, Reg) and slot.is_const:
+            return slot.scalar.value & ((1 << (8 * size)) - 1)
+    value = 0
+    for i, b in enumerate(range(lo, lo + size)):
+        slot = st.frames[reg.frame].stack.get((-b - 1) // 8, "iiiiiiii")
+        kind = (_spill_bytes(slot) if isinstance(slot, Reg) else slot)[b % 8]
+        if kind != "z":
+            return None
+    return value

@@ -117,6 +117,8 @@ def _pointer_op(insn: Insn, op: int, wide: bool, dst: Reg, src: Reg, next_id) ->
     ptr, off = (dst, src) if dst.is_pointer else (src, dst)
     if not dst.is_pointer and op == 0x10:
         raise Refuse(f"R{insn.dst} tried to subtract pointer from scalar")
+    if op == 0x10 and ptr.type is RegType.STACK:
+        raise Refuse(f"R{insn.dst} subtraction from stack pointer prohibited (add a negative number instead)")
     if ptr.type in NO_ARITH:
         raise Refuse(f"R{ptr_no} pointer arithmetic on {NO_ARITH[ptr.type]} prohibited")
     return add_offset(ptr, off.scalar, ptr_no, op == 0x10, next_id)

@@ -43,6 +43,7 @@ class HelperCall:
         self.st, self.helper, self.maps, self.privileged, self.next_id = st, helper, maps, privileged, next_id
         self.map: MapSpec | None = None
         self.callback: int | None = None
+        self.const_key: int | None = None
 
     def check(self) -> None:
         proto = PROTOTYPES.get(self.helper)  # type: ignore[call-overload]
@@ -88,6 +89,8 @@ class HelperCall:
             assert self.map is not None
             size = self.map.key_size if kind is ArgType.MAP_KEY else self.map.value_size
             self._memory(regno, reg, size, write=False)
+            if kind is ArgType.MAP_KEY and reg.type is RegType.STACK and reg.scalar.is_const:
+                self.const_key = access.stack_const(self.st, reg, size)
             return
         # MEM, MEM_OR_NULL, UNINIT_MEM: the size is the next argument
         size_reg = read(self.st, regno + 1)
@@ -131,4 +134,9 @@ class HelperCall:
         else:
             assert self.map is not None
             handle = next(h for h, m in self.maps.items() if m is self.map)
-            st.regs[0] = Reg(RegType.MAP_VALUE_OR_NULL, Scalar.const(0), id=self.next_id(None), map=handle)
+            # an array lookup of a constant key below max_entries cannot fail (the kernel knows it too)
+            if self.map.type in (MapType.ARRAY, MapType.PERCPU_ARRAY) and self.const_key is not None \
+                    and self.const_key < self.map.max_entries:
+                st.regs[0] = Reg(RegType.MAP_VALUE, Scalar.const(0), map=handle)
+            else:
+                st.regs[0] = Reg(RegType.MAP_VALUE_OR_NULL, Scalar.const(0), id=self.next_id(None), map=handle)

@@ -56,6 +56,7 @@ class Checkpoint:
 
     state: State
     key: tuple
+    hash: int
     parent: Checkpoint | None
     branches: int = 1
 
@@ -123,15 +124,16 @@ class Verifier:
         """``None`` when a verified state covers ``st``; otherwise the new checkpoint for the path."""
         seen = self.visited.setdefault(pc, [])
         key = st.key()
+        h = hash(key)
         live = self._live(pc, st)
         for old in seen:
             if old.branches:
-                if old.key == key:
+                if old.hash == h and old.key == key:
                     raise self._rejected(pc, f"infinite loop detected at insn {pc}: the state repeats exactly, "
                                          "so the loop never ends", st)
             elif old.state.subsumes(st, live):
                 return None
-        new = Checkpoint(st.copy(), key, cp)
+        new = Checkpoint(st.copy(), key, h, cp)
         if len(seen) >= MAX_STATES_PER_INSN:
             seen.pop(0)
         seen.append(new)
@@ -389,8 +391,8 @@ class Verifier:
     def _exit(self, pc: int, st: State, insn: Insn) -> list[tuple[int, State]]:
         if insn.code & 0x08 or insn.src or insn.dst or insn.off or insn.imm:
             raise Refuse("BPF_EXIT uses reserved fields")
-        r0 = alu.read(st, 0)
         frame = st.cur
+        r0 = alu.read(st, 0) if len(st.frames) == 1 or frame.callback else st.regs[0]
         self.depths[frame.start] = max(self.depths.get(frame.start, 0), frame.depth)
         if len(st.frames) == 1:
             if r0.type is not RegType.SCALAR and not self.privileged:

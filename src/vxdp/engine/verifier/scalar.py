@@ -24,7 +24,8 @@ S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def s64(v: int) -> int:
-    return alu.s64(v)
+    v &= M64
+    return v - (1 << 64) if v >> 63 else v
 
 
 @dataclass(frozen=True, slots=True)
