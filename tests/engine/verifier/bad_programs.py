@@ -106,7 +106,7 @@ BAD: list[Bad] = [
         "R2 type=scalar expected="),
     Bad("map.key runs past the stack top", "r1 = map[fd:{arr}] ll\nr2 = r10\nr2 += -2\n*(u16 *)(r10 -2) = 0\n"
         "call bpf_map_lookup_elem\nr0 = 2\nexit", "invalid indirect access to stack"),
-    Bad("map.lookup given a stack pointer for the map", f"r1 = r10\nr1 += -8\n*(u64 *)(r10 -8) = 0\nr2 = r1\n"
+    Bad("map.lookup given a stack pointer for the map", "r1 = r10\nr1 += -8\n*(u64 *)(r10 -8) = 0\nr2 = r1\n"
         "call bpf_map_lookup_elem\nr0 = 2\nexit", "expected=map_ptr"),
     Bad("map.update value runs past the stack top",
         "r1 = map[fd:{arr}] ll\n*(u64 *)(r10 -8) = 0\nr2 = r10\nr2 += -8\nr3 = r10\nr3 += -8\nr4 = 0\n"

@@ -12,7 +12,7 @@ from vxdp.engine.kernel import KernelEngine
 from vxdp.engine.verifier import VerifierResult, verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "isa"))
-from isa_run import FUNC_BTF, func_info  # noqa: E402
+from isa_run import FUNC_BTF, func_info
 
 OUR_HANDLES = {name: i + 1 for i, name in enumerate(MAPS)}
 
