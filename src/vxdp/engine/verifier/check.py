@@ -153,6 +153,8 @@ class Verifier:
     def _step(self, pc: int, st: State) -> list[tuple[int, State]]:
         insn = self.insns[pc]
         cls = insn.cls
+        if insn.dst > 10 or insn.src > 10 and cls is not Cls.LD:
+            raise Refuse(f"R{max(insn.dst, insn.src)} is invalid: there are registers r0-r10 only")
         if cls in (Cls.ALU, Cls.ALU64):
             alu.step(st, insn, self.next_id)
             return [(pc + 1, st)]
