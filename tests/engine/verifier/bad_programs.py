@@ -186,6 +186,8 @@ BAD: list[Bad] = [
     Bad("alu.32-bit shift by 40", "w0 = 1\nw0 <<= 40\nexit", "invalid shift 40"),
     Bad("alu.unknown opcode", "r0 = 2\nraw(code=0xf7, dst=0, src=0, off=0, imm=0)\nexit", "unknown opcode f7"),
     Bad("alu.neg with a source register", "r0 = 2\nraw(code=0x8f, dst=0, src=1, off=0, imm=0)\nexit",
+        "unknown opcode 8f"),
+    Bad("alu.neg with an immediate", "r0 = 2\nraw(code=0x87, dst=0, src=0, off=0, imm=1)\nexit",
         "BPF_NEG uses reserved fields"),
     Bad("alu.exit with reserved fields", "r0 = 2\nraw(code=0x95, dst=1, src=0, off=0, imm=0)", "BPF_EXIT uses reserved"),
     # --- control flow --------------------------------------------------------------------------

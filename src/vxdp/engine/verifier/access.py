@@ -103,17 +103,34 @@ def stack_write(st: State, reg: Reg, regno: int, off: int, size: int, value: Reg
     if lo == hi and size == 8 and value is not None:
         frame.stack[(-lo - 8) // 8] = value
         return
-    kind = "z" if value is not None and value.is_const and value.scalar.value == 0 and lo == hi else "m"
-    for b in range(lo, hi + size):
+    if value is not None and value.is_const and lo == hi and (lo % 8 == 0 or value.scalar.value == 0):
+        # the kernel keeps a number written at an 8-aligned offset (a "spill" of any size), and zeros anywhere
+        kinds = _byte_kinds(value.scalar.value, size)
+    else:
+        kinds = "m" * (hi + size - lo)
+    for i, b in enumerate(range(lo, hi + size)):
         k, j = (-b - 1) // 8, b % 8
         slot = frame.stack.get(k, "iiiiiiii")
         if isinstance(slot, Reg):
             slot = _spill_bytes(slot)
-        frame.stack[k] = slot[:j] + kind + slot[j + 1:]
+        frame.stack[k] = slot[:j] + kinds[i] + slot[j + 1:]
+
+
+def _byte_kinds(value: int, size: int) -> str:
+    """Byte kinds of a known number: ``z`` for a zero byte, ``chr(256 + b)`` for byte ``b``."""
+    return "".join("z" if b == 0 else chr(256 + b) for b in (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+
+
+def _known(kinds: str) -> int | None:
+    if any(c in "imp" for c in kinds):
+        return None
+    return int.from_bytes(bytes(0 if c == "z" else ord(c) - 256 for c in kinds), "little")
 
 
 def _spill_bytes(reg: Reg) -> str:
-    return "zzzzzzzz" if reg.is_const and reg.scalar.value == 0 else "mmmmmmmm"
+    if reg.is_const:
+        return _byte_kinds(reg.scalar.value, 8)
+    return "mmmmmmmm" if reg.type is RegType.SCALAR else "pppppppp"
 
 
 def stack_read(st: State, reg: Reg, regno: int, off: int, size: int, signed: bool, privileged: bool) -> Reg:
@@ -135,12 +152,13 @@ def stack_read(st: State, reg: Reg, regno: int, off: int, size: int, signed: boo
     kinds = ""
     for b in range(lo, hi + size):
         slot = frame.stack.get((-b - 1) // 8, "iiiiiiii")
-        kinds += (_spill_bytes(slot) if isinstance(slot, Reg) and slot.type is RegType.SCALAR
-                  else "p" if isinstance(slot, Reg) else slot[b % 8])
+        kinds += (_spill_bytes(slot) if isinstance(slot, Reg) else slot)[b % 8]
     if "i" in kinds and not privileged:
         raise Refuse(f"invalid read from stack R{regno} off {lo}+{hi - lo} size {size}: bytes never written")
-    if set(kinds) == {"z"}:
-        return scalar(Scalar.const(0))
+    known = _known(kinds) if lo == hi else None
+    if known is not None:
+        s = Scalar.const(known)
+        return scalar(s.sign_extend(8 * size) if signed and size < 8 else s)
     return _loaded(size, signed)
 
 
@@ -160,7 +178,7 @@ def stack_range(st: State, reg: Reg, regno: int, size_max: int, write: bool, pri
         slot = frame.stack.get(k, "iiiiiiii")
         if write:
             if isinstance(slot, Reg):
-                slot = _spill_bytes(slot) if slot.type is RegType.SCALAR else "mmmmmmmm"
+                slot = _spill_bytes(slot).replace("p", "m")
             frame.stack[k] = slot[:j] + "m" + slot[j + 1:]
         elif not privileged and not isinstance(slot, Reg) and slot[j] == "i":
             raise Refuse(f"invalid indirect read from stack R{regno} off {lo}+{b - lo} size {size_max}: "
@@ -187,14 +205,11 @@ def add_offset(reg: Reg, s: Scalar, regno: int, sub: bool, next_id) -> Reg:
 def stack_const(st: State, reg: Reg, size: int) -> int | None:
     """The number in ``[reg, reg + size)`` of the stack, if every byte of it is known."""
     lo = reg.off + reg.scalar.value
-    if lo % 8 == 0 and size <= 8:
-        slot = st.frames[reg.frame].stack.get((-lo - 1) // 8)
-        if isinstance(slot, Reg) and slot.is_const:
-            return slot.scalar.value & ((1 << (8 * size)) - 1)
-    value = 0
-    for i, b in enumerate(range(lo, lo + size)):
+    slot = st.frames[reg.frame].stack.get((-lo - 1) // 8)
+    if isinstance(slot, Reg):
+        return slot.scalar.value if slot.is_const and size == 8 and lo % 8 == 0 else None
+    kinds = ""
+    for b in range(lo, lo + size):
         slot = st.frames[reg.frame].stack.get((-b - 1) // 8, "iiiiiiii")
-        kind = (_spill_bytes(slot) if isinstance(slot, Reg) else slot)[b % 8]
-        if kind != "z":
-            return None
-    return value
+        kinds += (_spill_bytes(slot) if isinstance(slot, Reg) else slot)[b % 8]
+    return _known(kinds)

@@ -130,7 +130,7 @@ class HelperCall:
         if proto.ret is RetType.INTEGER:
             st.regs[0] = UNKNOWN
         elif proto.ret is RetType.VOID:
-            st.regs[0] = UNKNOWN if self.helper == Helper.tail_call else Reg(RegType.NOT_INIT)
+            st.regs[0] = Reg(RegType.NOT_INIT)
         else:
             assert self.map is not None
             handle = next(h for h, m in self.maps.items() if m is self.map)

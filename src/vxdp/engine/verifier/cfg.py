@@ -51,6 +51,29 @@ class Cfg:
         return self.starts[i + 1] if i + 1 < len(self.starts) else n
 
 
+def _opcode_table() -> frozenset[int]:
+    """Every opcode byte the kernel knows (``bpf_opcode_in_insntable``); any other is refused up front."""
+    codes = {0x18} | {0x20 | s for s in (0x00, 0x08, 0x10)} | {0x40 | s for s in (0x00, 0x08, 0x10)}
+    for cls in (Cls.ALU, Cls.ALU64):
+        for op in (0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x90, 0xA0, 0xB0, 0xC0):
+            codes |= {cls | op, cls | op | 0x08}
+        codes.add(cls | 0x80)
+    codes |= {0xD4, 0xDC, 0xD7}
+    for cls in (Cls.JMP, Cls.JMP32):
+        for op in (0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0xA0, 0xB0, 0xC0, 0xD0):
+            codes |= {cls | op, cls | op | 0x08}
+        codes.add(cls | 0x00)
+    codes |= {0x85, 0x95, 0xE5}
+    for size in (0x00, 0x08, 0x10, 0x18):
+        codes |= {Cls.LDX | 0x60 | size, Cls.ST | 0x60 | size, Cls.STX | 0x60 | size, Cls.STX | 0xC0 | size}
+        if size != 0x18:
+            codes.add(Cls.LDX | 0x80 | size)
+    return frozenset(int(c) for c in codes)
+
+
+OPCODES = _opcode_table()
+
+
 def _width(insns: list[Insn], pc: int) -> int:
     return 2 if insns[pc].code == LDDW else 1
 
@@ -66,6 +89,10 @@ def build(insns: list[Insn]) -> Cfg:
     for pc, insn in enumerate(insns):
         if pc in second:
             continue
+        if insn.code not in OPCODES:
+            raise CfgError(pc, f"unknown opcode {insn.code:02x}")
+        if insn.cls is Cls.LDX and insn.imm:
+            raise CfgError(pc, "BPF_LDX uses reserved fields")
         if insn.code == LDDW:
             if pc + 1 >= n or insns[pc + 1].code or insns[pc + 1].dst or insns[pc + 1].src or insns[pc + 1].off:
                 raise CfgError(pc, "invalid bpf_ld_imm64 insn: its second slot is missing or not zero-coded")

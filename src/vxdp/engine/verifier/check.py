@@ -391,7 +391,7 @@ class Verifier:
         return target
 
     def _exit(self, pc: int, st: State, insn: Insn) -> list[tuple[int, State]]:
-        if insn.code & 0x08 or insn.src or insn.dst or insn.off or insn.imm:
+        if insn.code & 0x08 or insn.src or insn.dst or insn.imm:
             raise Refuse("BPF_EXIT uses reserved fields")
         frame = st.cur
         r0 = alu.read(st, 0) if len(st.frames) == 1 or frame.callback else st.regs[0]

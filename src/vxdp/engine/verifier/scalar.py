@@ -227,11 +227,18 @@ def alu32(op: int, a: Scalar, b: Scalar, signed: bool = False) -> Scalar:
 
 
 def neg(a: Scalar, wide: bool) -> Scalar:
-    if a.is_const:
-        return Scalar.const(alu.ALU64[0x80](a.value, 0) if wide else alu.ALU32[0x80](a.value, 0))
-    return UNKNOWN_SCALAR if wide else Scalar.urange(0, M32)
+    """``-a``: ``0 - a``, so the kernel's bounds tracking of ``neg`` (6.x) is matched."""
+    return (alu64 if wide else alu32)(0x10, Scalar.const(0), a)
 
 
 def endian(a: Scalar, bits: int, swap: bool) -> Scalar:
-    """``le``/``be``/``bswap``: an unknown number, as the kernel has it (it does not track them)."""
-    return UNKNOWN_SCALAR
+    """``le`` truncates; ``be``/``bswap`` swap the bytes of the known bits (exact for constants)."""
+    low = a.truncate(bits // 8)
+    if not swap:
+        return low
+    t = low.tnum
+    nbytes = bits // 8
+    def sw(v: int) -> int:
+        return int.from_bytes(v.to_bytes(nbytes, "little"), "big")
+    swapped = Tnum(sw(t.value), sw(t.mask))
+    return _from_u(swapped, swapped.umin, swapped.umax)

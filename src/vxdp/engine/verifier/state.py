@@ -8,7 +8,8 @@ pointer, so that one null check or one ``data_end`` comparison teaches every
 copy at once (in registers and in stack spills).
 
 The stack is kept per 8-byte slot: a whole spilled register, or eight byte
-kinds (``i`` never written, ``m`` some data, ``z`` known zero). `State.subsumes`
+kinds (``i`` never written, ``m`` some data, ``z`` known zero, ``chr(256 + b)``
+the known byte ``b``, ``p`` part of a pointer). `State.subsumes`
 is the pruning test: a state already verified from an instruction covers a new
 one if every live register and every stack slot of the new one is within it.
 """
@@ -190,10 +191,9 @@ def _slot_subsumes(old: Slot, new: Slot, ids: dict[int, int]) -> bool:
     if isinstance(old, Reg):
         return isinstance(new, Reg) and old.subsumes(new, ids)
     if isinstance(new, Reg):
-        new = "zzzzzzzz" if new.is_const and new.scalar.value == 0 else (
-            "mmmmmmmm" if new.type is RegType.SCALAR else "pppppppp")
+        new = "mmmmmmmm" if new.type is RegType.SCALAR else "pppppppp"
     for o, n in zip(old, new):
-        if o == "i" and n != "p" or o == "m" and n in "mz" or o == n:
+        if o == "i" and n != "p" or o == "m" and n not in "ip" or o == n:
             continue
         return False
     return True
