@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ...bpf.mapspec import MapFlag, MapSpec
-from .scalar import Scalar, alu64
+from .scalar import S64_MIN, Scalar, alu64
 from .state import STACK_SIZE, UNKNOWN, Reg, RegType, State, scalar
 
 MAX_VAR_OFF = 1 << 29
@@ -193,10 +193,15 @@ def add_offset(reg: Reg, s: Scalar, regno: int, sub: bool, next_id) -> Reg:
         if not -MAX_VAR_OFF < off < MAX_VAR_OFF:
             raise Refuse(f"value {v} makes {reg.type.value} pointer be out of bounds")
         return replace(reg, off=off)
-    if s.smin <= -MAX_VAR_OFF or s.smax >= MAX_VAR_OFF:
+    if s.smin == S64_MIN:  # the kernel's check_reg_sane_offset looks at the minimum only
         raise Refuse(f"math between {reg.type.value} pointer and register with unbounded min value is not allowed "
                      f"(R{regno}+={s}): bound it first (&= or a comparison)")
+    if not -MAX_VAR_OFF < s.smin < MAX_VAR_OFF:
+        raise Refuse(f"value {s.smin} makes {reg.type.value} pointer be out of bounds")
     var = alu64(0x10 if sub else 0x00, reg.scalar, s)
+    if not -MAX_VAR_OFF < var.smin + reg.off < MAX_VAR_OFF:  # the result is checked too
+        raise Refuse(f"{reg.type.value} pointer offset {var.smin + reg.off} is not allowed (R{regno} {'-=' if sub else '+='} "
+                     f"{s})")
     if reg.type in (RegType.PACKET, RegType.PACKET_META):
         return replace(reg, scalar=var, id=next_id(reg.type), range=0)
     return replace(reg, scalar=var)

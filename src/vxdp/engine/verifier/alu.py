@@ -13,7 +13,7 @@ from ...bpf.disasm import ALU_OP_TEXT
 from ...bpf.isa import Cls, Insn
 from .access import Refuse, add_offset
 from .scalar import Scalar, alu32, alu64, endian, neg
-from .state import NOT_INIT, Reg, RegType, State, scalar
+from .state import NOT_INIT, UNKNOWN, Reg, RegType, State, scalar
 from .tnum import M32
 
 NO_ARITH = {RegType.PACKET_END: "pkt_end", RegType.MAP_PTR: "map_ptr",
@@ -83,14 +83,13 @@ def step(st: State, insn: Insn, next_id) -> None:
             regs[insn.dst] = scalar(Scalar.const(insn.imm if wide else insn.imm & M32))
         return
     dst = read(st, insn.dst)
+    if op in (0xD0, 0x80) and dst.is_pointer:
+        regs[insn.dst] = UNKNOWN  # privileged: a swapped or negated address is just a number
+        return
     if op == 0xD0:
-        if dst.is_pointer:
-            raise Refuse(f"R{insn.dst} pointer arithmetic with byte swap prohibited")
         regs[insn.dst] = scalar(endian(dst.scalar, insn.imm, wide or bool(insn.code & 0x08)))
         return
     if op == 0x80:
-        if dst.is_pointer:
-            raise Refuse(f"R{insn.dst} pointer arithmetic with neg prohibited")
         regs[insn.dst] = scalar(neg(dst.scalar, wide))
         return
     src = read(st, insn.src) if is_x else scalar(Scalar.const(insn.imm))
@@ -105,6 +104,8 @@ def _pointer_op(insn: Insn, op: int, wide: bool, dst: Reg, src: Reg, next_id) ->
     text = ALU_OP_TEXT[op]
     ptr_no = insn.dst if dst.is_pointer else insn.src
     if not wide:
+        if op == 0x10:
+            return UNKNOWN  # privileged: a 32-bit difference involving an address is a number
         raise Refuse(f"R{ptr_no} 32-bit pointer arithmetic prohibited")
     if dst.is_pointer and src.is_pointer:
         if op == 0x10:

@@ -194,7 +194,8 @@ def _uses_defs(insn: Insn) -> tuple[set[int], set[int]]:
 
 def _liveness(insns: list[Insn], succ: list[list[int]], second: set[int]) -> list[frozenset[int]]:
     n = len(insns)
-    ud = [_uses_defs(insns[pc]) if pc not in second else (set(), set()) for pc in range(n)]
+    regs = set(range(11))  # a field naming r11-r15 is refused when its instruction is walked
+    ud = [tuple(x & regs for x in _uses_defs(insns[pc])) if pc not in second else (set(), set()) for pc in range(n)]
     live: list[set[int]] = [set() for _ in range(n)]
     changed = True
     while changed:

@@ -273,6 +273,11 @@ class Verifier:
             alu.read(st, 0)
         if base.type in (RegType.PACKET, RegType.PACKET_META, RegType.CTX):
             raise Refuse(f"BPF_ATOMIC stores into R{insn.dst} {base.type.value} is not allowed")
+        fixed = base.off + insn.off
+        if fixed % size or not base.scalar.is_const and base.scalar.tnum.value & (size - 1) | (
+                base.scalar.tnum.mask & (size - 1)) or base.scalar.is_const and base.scalar.value % size:
+            raise Refuse(f"misaligned {base.type.value} access off {base.off}+{insn.off} size {size}: "
+                         "atomics must be aligned")
         self._load(st, base, regno, insn.off, size, False)
         if base.type is RegType.STACK:
             access.stack_write(st, base, regno, insn.off, size, None)
