@@ -328,10 +328,11 @@ class Verifier:
         b = alu.read(st, insn.src) if is_x else scalar(Scalar.const(insn.imm if wide else insn.imm & 0xFFFFFFFF))
         target = pc + 1 + insn.off
         out = []
-        for taken, where in ((False, pc + 1), (True, target)):
-            branch = st.copy()
-            if self._cond(branch, JmpOp(op), insn, a, b, taken, wide, is_x):
-                out.append((where, branch))
+        fall = st.copy()
+        if self._cond(fall, JmpOp(op), insn, a, b, False, wide, is_x):
+            out.append((pc + 1, fall))
+        if self._cond(st, JmpOp(op), insn, a, b, True, wide, is_x):
+            out.append((target, st))
         return out
 
     def _cond(self, st: State, op: JmpOp, insn: Insn, a: Reg, b: Reg, taken: bool, wide: bool, is_x: bool) -> bool:
