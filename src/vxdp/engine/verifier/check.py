@@ -465,11 +465,13 @@ def _packet_range(st: State, op: JmpOp, a: Reg, b: Reg, taken: bool) -> None:
     """``if a op b`` between a packet pointer and its end: the bytes proven on this side."""
     pairs = {(RegType.PACKET, RegType.PACKET_END), (RegType.PACKET_META, RegType.PACKET)}
     if (a.type, b.type) in pairs:
-        ptr, ptr_is_dst = a, True
+        ptr, end, ptr_is_dst = a, b, True
     elif (b.type, a.type) in pairs:
-        ptr, ptr_is_dst = b, False
+        ptr, end, ptr_is_dst = b, a, False
     else:
         return
+    if end.off or not end.scalar.is_const or end.scalar.value:
+        return  # data_meta is bounded by data itself, not by data + n
     # normalise to "ptr OP end"
     if not ptr_is_dst:
         op = {JmpOp.JGT: JmpOp.JLT, JmpOp.JLT: JmpOp.JGT, JmpOp.JGE: JmpOp.JLE, JmpOp.JLE: JmpOp.JGE}[op]
