@@ -70,8 +70,9 @@ def map_value(reg: Reg, regno: int, off: int, size: int, spec: MapSpec, write: b
     if reg.scalar.umax >= MAX_VAR_OFF and not reg.scalar.is_const:
         raise Refuse(f"R{regno} unbounded memory access, make sure to bounds check any such access")
     if lo < 0 or hi + size > spec.value_size:
-        raise Refuse(f"invalid access to map value, value_size={spec.value_size} off={lo} size={size} "
-                     f"(map {spec.name!r}, R{regno}={reg})")
+        where = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        raise Refuse(f"invalid access to map value, value_size={spec.value_size} off={where} size={size} "
+                     f"(map {spec.name!r}, R{regno}={reg}): bound the offset so that off + size <= value_size")
     # a .rodata map is frozen before any program loads (the loader does it, as libbpf): its bytes are constants
     if (not write and spec.origin is MapOrigin.RODATA and spec.flags & MapFlag.RDONLY_PROG and spec.data is not None
             and reg.scalar.is_const and size <= 8 and lo + size <= len(spec.data)):
