@@ -14,7 +14,9 @@ or the budget of processed instructions (the kernel's 1,000,000) runs out.
 Memory, ALU and helper rules live in `access`, `alu` and `calls`; this module
 does the control flow: jumps and what they teach, bpf-to-bpf calls (one
 `Frame` each, at most 8, 512 bytes of stack each and in all), ``bpf_loop``
-callbacks, and ``exit``.
+callbacks, and ``exit``. A ``bpf_loop`` callback is walked once, from the state
+at the call: what a first iteration leaves in the caller's stack is not fed to
+a second one (the kernel iterates callbacks to a fixed point).
 """
 
 from __future__ import annotations
