@@ -1,9 +1,11 @@
 """Helper function ids, as numbered by the kernel's uapi (``enum bpf_func_id``).
 
 Generated once from libbpf's ``bpf_helper_defs.h``; the numbers are ABI and never change,
-so a table is clearer than parsing headers at run time.
+so a table is clearer than parsing headers at run time. `PROTOTYPES` gives the argument and
+return kinds of the helpers an XDP program may call (the verifier and the policy share it).
 """
 
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -221,3 +223,72 @@ class Helper(IntEnum):
     user_ringbuf_drain = 209
     cgrp_storage_get = 210
     cgrp_storage_delete = 211
+
+
+# --- prototypes -------------------------------------------------------------------------------
+# What a helper takes and gives, as the kernel's ``struct bpf_func_proto`` says it for an XDP
+# program. The verifier checks calls against this table and the offload policy reads the same
+# one, so "which helpers exist for XDP, and how they are called" is written once.
+
+
+class ArgType(IntEnum):
+    """What one argument register must hold (the kernel's ``enum bpf_arg_type``, the kinds XDP uses)."""
+
+    ANYTHING = 0  # any initialised value
+    CONST_MAP_PTR = 1  # a map, from ``lddw map[fd:N]``
+    MAP_KEY = 2  # readable memory of the map's key_size bytes
+    MAP_VALUE = 3  # readable memory of the map's value_size bytes
+    CTX = 4  # the program's context, unmodified
+    MEM = 5  # readable memory; the next argument is its size
+    MEM_OR_NULL = 6  # as MEM, or the constant 0
+    UNINIT_MEM = 7  # writable memory the helper fills; the next argument is its size
+    CONST_SIZE = 8  # a size > 0 with known bounds (for the memory argument before it)
+    CONST_SIZE_OR_ZERO = 9  # as CONST_SIZE, 0 allowed
+    FUNC = 10  # a callback, from ``lddw func[...]``
+    STACK_OR_NULL = 11  # a pointer to the stack, or the constant 0
+
+
+class RetType(IntEnum):
+    """What r0 holds after the call."""
+
+    INTEGER = 0
+    VOID = 1
+    MAP_VALUE_OR_NULL = 2
+
+
+@dataclass(frozen=True)
+class HelperProto:
+    """One helper's signature: up to five argument kinds, the return kind, and whether the call moves
+    ``data``/``data_end`` (every packet pointer is then stale, as the kernel's ``changes_pkt_data``)."""
+
+    args: tuple[ArgType, ...]
+    ret: RetType = RetType.INTEGER
+    changes_pkt_data: bool = False
+
+
+_A = ArgType
+PROTOTYPES: dict[Helper, HelperProto] = {
+    Helper.map_lookup_elem: HelperProto((_A.CONST_MAP_PTR, _A.MAP_KEY), RetType.MAP_VALUE_OR_NULL),
+    Helper.map_update_elem: HelperProto((_A.CONST_MAP_PTR, _A.MAP_KEY, _A.MAP_VALUE, _A.ANYTHING)),
+    Helper.map_delete_elem: HelperProto((_A.CONST_MAP_PTR, _A.MAP_KEY)),
+    Helper.ktime_get_ns: HelperProto(()),
+    Helper.ktime_get_boot_ns: HelperProto(()),
+    Helper.jiffies64: HelperProto(()),
+    Helper.trace_printk: HelperProto((_A.MEM, _A.CONST_SIZE, _A.ANYTHING, _A.ANYTHING, _A.ANYTHING)),
+    Helper.get_prandom_u32: HelperProto(()),
+    Helper.get_smp_processor_id: HelperProto(()),
+    Helper.get_numa_node_id: HelperProto(()),
+    Helper.csum_diff: HelperProto((_A.MEM_OR_NULL, _A.CONST_SIZE_OR_ZERO, _A.MEM_OR_NULL, _A.CONST_SIZE_OR_ZERO,
+                                   _A.ANYTHING)),
+    Helper.xdp_adjust_head: HelperProto((_A.CTX, _A.ANYTHING), changes_pkt_data=True),
+    Helper.xdp_adjust_tail: HelperProto((_A.CTX, _A.ANYTHING), changes_pkt_data=True),
+    Helper.xdp_adjust_meta: HelperProto((_A.CTX, _A.ANYTHING), changes_pkt_data=True),
+    Helper.xdp_get_buff_len: HelperProto((_A.CTX,)),
+    Helper.xdp_load_bytes: HelperProto((_A.CTX, _A.ANYTHING, _A.UNINIT_MEM, _A.CONST_SIZE)),
+    Helper.xdp_store_bytes: HelperProto((_A.CTX, _A.ANYTHING, _A.MEM, _A.CONST_SIZE)),
+    Helper.tail_call: HelperProto((_A.CTX, _A.CONST_MAP_PTR, _A.ANYTHING), RetType.VOID),
+    Helper.redirect: HelperProto((_A.ANYTHING, _A.ANYTHING)),
+    Helper.redirect_map: HelperProto((_A.CONST_MAP_PTR, _A.ANYTHING, _A.ANYTHING)),
+    Helper.loop: HelperProto((_A.ANYTHING, _A.FUNC, _A.STACK_OR_NULL, _A.ANYTHING)),
+}
+"""The helpers an XDP program may call, with their prototypes; a helper not here is refused."""
