@@ -9,7 +9,8 @@ from bad_programs import MAPS, Bad
 
 from vxdp.bpf.asm import assemble
 from vxdp.engine.kernel import KernelEngine
-from vxdp.engine.verifier import VerifierResult, verify
+from vxdp.engine.verifier import verify
+from vxdp.engine.verifier.errors import VerifierResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "isa"))
 from isa_run import FUNC_BTF, func_info

@@ -24,7 +24,8 @@ from vxdp.bpf.elf import load_object
 from vxdp.bpf.kernel.prog import VerifierError
 from vxdp.engine.kernel import KernelEngine
 from vxdp.engine.loader import load_object as load_into
-from vxdp.engine.verifier import VerifierRejected, verify
+from vxdp.engine.verifier import verify
+from vxdp.engine.verifier.errors import VerifierRejected
 from vxdp.engine.verifier.program import verify_program
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "isa"))

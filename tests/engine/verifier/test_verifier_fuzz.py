@@ -25,7 +25,8 @@ from vxdp.bpf.link import link, resolve_maps
 from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.interp.machine import InterpLoadError
 from vxdp.engine.kernel import KernelEngine
-from vxdp.engine.verifier import VerifierRejected, VerifierResult, verify
+from vxdp.engine.verifier import verify
+from vxdp.engine.verifier.errors import VerifierRejected, VerifierResult
 
 RUNNABLE = {n: s for n, s in MAPS.items() if n != "dev"}  # the interpreter has no devmap
 HANDLES = {name: i + 1 for i, name in enumerate(RUNNABLE)}  # as the interpreter numbers its maps

@@ -1,4 +1,5 @@
-"""Our own eBPF verifier for privileged XDP programs: `verify` accepts a program or raises `VerifierRejected`.
+"""Our own eBPF verifier for privileged XDP programs: `verify` accepts a program or raises
+`vxdp.engine.verifier.errors.VerifierRejected`.
 
 Abstract interpretation in the spirit of the kernel's verifier: `check` walks
 every path, `state` holds what each register and stack slot may be, `scalar`,
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from ...bpf.isa import Insn
 from ...bpf.mapspec import MapSpec
 from .check import DEFAULT_BUDGET, Verifier
-from .errors import VerifierRejected, VerifierResult
+from .errors import VerifierResult
 
 
 def verify(insns: list[Insn], maps: Mapping[int, object], *, prog_type: str = "xdp", privileged: bool = True,
@@ -31,5 +32,3 @@ def verify(insns: list[Insn], maps: Mapping[int, object], *, prog_type: str = "x
     specs = {h: m if isinstance(m, MapSpec) else m.spec for h, m in maps.items()}  # type: ignore[attr-defined]
     return Verifier(insns, specs, privileged=privileged, func_info=func_info, budget=budget).run()
 
-
-__all__ = ["VerifierRejected", "VerifierResult", "verify"]
