@@ -14,7 +14,6 @@ import errno
 import itertools
 import os
 import struct
-import time
 from collections import Counter
 
 import pytest
@@ -38,6 +37,7 @@ from vxdp.offload.client import OffloadClient, OffloadRefused
 from vxdp.offload.remote import OffloadEngine
 from vxdp.offload.wire import CTRL_CLASS_BPF, Errno
 from vxdp.packets import frame
+from vxdp.testing.kobjects import wait_gone
 from vxdp.testing.netns import NetLab
 from vxdp.virtio.ctrl_framing import CtrlReply, CtrlRequest
 from vxdp.virtio.features import Experimental
@@ -74,15 +74,6 @@ def port():
 
 def _client(service: OffloadService, dev: str, **kw) -> OffloadClient:
     return OffloadClient(wire(BpfCommandHandler(service, dev)), **kw)
-
-
-def _wait_gone(ids: set[int], live) -> set[int]:
-    """The kernel frees maps after an RCU grace period: poll, bounded (10 s)."""
-    for _ in range(1000):
-        if not ids & live():
-            return set()
-        time.sleep(0.01)
-    return ids & live()
 
 
 # The generator: TX each frame out of the traffic end with the MACs of `vxdp.packets.frame` written
@@ -149,9 +140,9 @@ def test_xdp1_offloaded_counts_read_back_through_remote_maps(port, service):
     assert query_xdp(port.b, netns=port.ns_b) is None
     assert service.show()[0]["programs"] == [] and service.show()[0]["maps"] == []
     assert kernel_progs & prog_ids() == set()
-    assert _wait_gone(kernel_maps, map_ids) == set()
+    assert wait_gone(kernel_maps, map_ids) == set()
     assert prog_ids() - progs_before == set()
-    assert _wait_gone(map_ids() - maps_before, map_ids) == set()
+    assert wait_gone(map_ids() - maps_before, map_ids) == set()
 
 
 def test_xdp2_offloaded_sends_frames_back_with_macs_swapped(port, service):
@@ -235,7 +226,7 @@ def test_reset_frees_everything_and_close_after_reset_is_quiet(port, service):
     service.reset(dev)  # the guest reset the device
     assert query_xdp(port.b, netns=port.ns_b) is None
     assert pids & prog_ids() == set()
-    assert _wait_gone(mids, map_ids) == set()
+    assert wait_gone(mids, map_ids) == set()
     with pytest.raises(OffloadRefused) as e:
         loaded.maps["hops"].lookup(U32.pack(0))
     assert e.value.errno == errno.EBADF

@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import time
 
 from ..bpf.kernel.maps import KernelMap
 from ..bpf.kernel.objects import btf_ids, map_get_fd_by_id, map_ids, prog_get_fd_by_id, prog_ids
 from ..bpf.kernel.prog import KernelProgram
 
-__all__ = ["btf_ids", "btf_variant", "device_name", "map_names", "prog_names"]
+__all__ = ["btf_ids", "btf_variant", "device_name", "kernel_ids", "map_names", "names_left", "prog_names",
+           "wait_gone"]
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _seq = itertools.count()
@@ -75,6 +77,39 @@ def map_names(prefix: str) -> dict[int, str]:
         if name.startswith(prefix):
             out[mid] = name
     return out
+
+
+def kernel_ids() -> tuple[frozenset[int], frozenset[int]]:
+    """The ids of every live program and map, read without opening any (a baseline for `names_left`)."""
+    return frozenset(prog_ids()), frozenset(map_ids())
+
+
+def wait_gone(ids: set[int] | frozenset[int], live, timeout: float = 10.0) -> set[int]:
+    """Poll ``live()`` (ids only) until none of ``ids`` is in it or ``timeout`` passed; the ids left.
+
+    The kernel frees a map a program used after an RCU grace period and a work item, so a test that
+    has closed everything still sees the map for a while: it waits for the ids, it does not assert
+    on a time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = set(ids) & set(live())
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.01)
+
+
+def names_left(prefix: str, since: tuple[frozenset[int], frozenset[int]],
+               timeout: float = 10.0) -> tuple[list[str], list[str]]:
+    """Names of live programs and maps starting with ``prefix``, once what was made after ``since``
+    (a `kernel_ids`) had the time to go.
+
+    The wait reads ids only: opening a dying prog_array by id (as `map_names` does) while the
+    kernel's clear of it is queued leaks the array (see `map_names`), so scanning names in a loop
+    while the objects die would make the leak it looks for."""
+    progs, maps = kernel_ids()
+    wait_gone(progs - since[0], prog_ids, timeout)
+    wait_gone(maps - since[1], map_ids, timeout)
+    return sorted(prog_names(prefix).values()), sorted(map_names(prefix).values())
 
 
 def btf_variant(raw: bytes, n: int, pad: int = 0) -> bytes:

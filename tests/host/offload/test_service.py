@@ -14,7 +14,6 @@ import itertools
 import logging
 import os
 import struct
-import time
 from collections import Counter
 
 import pytest
@@ -36,7 +35,7 @@ from vxdp.host.offload.policy import Policy, Quota
 from vxdp.host.offload.port import RecordedPort
 from vxdp.host.offload.service import OffloadService, kernel_prefix
 from vxdp.packets import frame
-from vxdp.testing.kobjects import prog_names
+from vxdp.testing.kobjects import prog_names, wait_gone
 from vxdp.testing.netns import NetLab
 from vxdp.virtio.features import Experimental
 
@@ -84,16 +83,6 @@ def _u64(b: bytes | None) -> int:
 def _names_alive(prefix: str) -> list[str]:
     """Names of live kernel programs starting with ``prefix`` (ours: the device prefix is unique)."""
     return list(prog_names(prefix).values())
-
-
-def _wait_gone(ids: set[int], live) -> set[int]:
-    """Maps a program used are released after an RCU grace period: poll, bounded (10 s)."""
-    for _ in range(1000):
-        left = ids & live()
-        if not left:
-            return left
-        time.sleep(0.01)
-    return ids & live()
 
 
 # -- the xdp1 offload, end to end on a veth port --------------------------------------------------
@@ -212,7 +201,7 @@ def test_reset_and_remove_free_every_kernel_object(port, service):
     service.reset(dev)
     assert query_xdp(port.b, netns=port.ns_b) is None
     assert pids & prog_ids() == set()  # program ids go at the last close
-    assert _wait_gone(mids, map_ids) == set()
+    assert wait_gone(mids, map_ids) == set()
     assert _names_alive(dev + "_") == []
     assert service.show()[0]["programs"] == [] and service.caps(dev)["usage"]["maps"] == 0
     # the device still works after a reset, and its handles keep counting up
@@ -220,7 +209,7 @@ def test_reset_and_remove_free_every_kernel_object(port, service):
     assert h > 5
     _, mids2 = service.kernel_ids(dev)
     service.remove_device(dev)
-    assert _wait_gone(mids2, map_ids) == set()
+    assert wait_gone(mids2, map_ids) == set()
     assert dev not in service.devices
 
 

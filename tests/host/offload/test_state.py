@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import struct
-import time
 import tracemalloc
 import zlib
 from dataclasses import replace
@@ -41,7 +40,7 @@ from vxdp.offload.codec import decode_reply, encode_request
 from vxdp.offload.messages import StateExportRequest, StateImportRequest
 from vxdp.offload.wire import CapsFlag, Errno
 from vxdp.packets import frame
-from vxdp.testing.kobjects import device_name, map_names, prog_names
+from vxdp.testing.kobjects import device_name, kernel_ids, names_left, prog_names
 from vxdp.testing.netns import NetLab
 from vxdp.virtio.features import Experimental
 
@@ -116,21 +115,6 @@ def _runs(s: OffloadService, dev: str) -> list[tuple[int, int, bytes]]:
             r = d.engine.run(p.engine_handle, pkt)
             out.append((p.handle, r.action, r.packet))
     return out
-
-
-def _names_alive(prefix: str) -> tuple[list[str], list[str]]:
-    """Live kernel programs and maps whose names start with ``prefix`` (a device's own prefix)."""
-    return sorted(prog_names(prefix).values()), sorted(map_names(prefix).values())
-
-
-def _no_kernel_objects(prefix: str) -> tuple[list[str], list[str]]:
-    """Maps go after an RCU grace period once their last program is gone: poll, bounded (10 s)."""
-    for _ in range(1000):
-        progs, maps = _names_alive(prefix)
-        if not progs and not maps:
-            break
-        time.sleep(0.01)
-    return progs, maps
 
 
 def _empty(s: OffloadService, dev: str) -> bool:
@@ -226,13 +210,14 @@ def test_a_program_the_destination_policy_forbids_refuses_the_whole_import(servi
     try:
         b = _dev()
         strict.add_device(b, "lo", acked_features=lambda: OFFLOADED)
+        before = kernel_ids()
         with pytest.raises(OffloadRefused) as e:
             _client(strict, b).state_import(blob)
         assert e.value.code == Errno.EPERM and e.value.rule == "helpers.allow", str(e.value)
         assert "tail_call" in e.value.message
         assert _empty(strict, b)
         if engine == "kernel":
-            assert _no_kernel_objects(b + "_") == ([], [])
+            assert names_left(b + "_", before) == ([], [])
         # quotas of the destination apply too: too little map memory
         small = offload_service(engine, Policy(quota=Quota(max_map_memory=4096)))
         try:
@@ -311,7 +296,7 @@ def test_damaged_state_is_refused_cleanly_and_leaves_the_device_empty(lo_pair, d
     else:
         assert r.code in set(Errno) - {Errno.EIO}, r.text  # a refusal of ours, never an internal error
         assert _empty(s, b), r.text
-        assert _names_alive(b + "_")[0] == []  # programs go at their last close
+        assert list(prog_names(b + "_").values()) == []  # programs go at their last close
     assert _empty(s, b)
 
 
@@ -323,10 +308,11 @@ def test_no_kernel_object_of_the_destination_survives_the_damaged_imports(lo_pai
     state = decode_state(blob)
     last = state.progs[-1]
     bad_prog = replace(last, load=replace(last.load, insns=(Insn(EXIT),), func_info=(), line_info=()))
+    before = kernel_ids()
     r = _import(s, b, encode_state(replace(state, progs=state.progs[:-1] + (bad_prog,))))
     assert r.code == Errno.EACCES and "verifier" in r.text and "R0 !read_ok" in r.text, r.text
     assert _empty(s, b)
-    assert _no_kernel_objects(b + "_") == ([], [])
+    assert names_left(b + "_", before) == ([], [])
     assert _import(s, b, b"").code == Errno.EINVAL
     r = _import(s, b, blob)
     assert r.ok, r.text
