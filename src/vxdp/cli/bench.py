@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 
+from ..engine import ENGINES
 from .objects import SAMPLES_DIR, read_object, sample
 from .output import CliError, emit_json
 
@@ -14,8 +15,11 @@ from .output import CliError, emit_json
 def add_parser(objects: argparse._SubParsersAction) -> None:
     bench = objects.add_parser("bench", help="benchmarks (results to JSON and Markdown)")
     cmds = bench.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    engines = cmds.add_parser("engines", help="ns per program run of xdp1 and xdp2 on each engine")
-    engines.add_argument("--samples", metavar="DIR", help=f"where xdp1.o and xdp2.o are (default: {SAMPLES_DIR})")
+    engines = cmds.add_parser("engines", help="ns per program run of xdp1, xdp2 and xdp_flow on each engine")
+    engines.add_argument("--samples", metavar="DIR",
+                         help=f"where xdp1.o, xdp2.o and xdp_flow.o are (default: {SAMPLES_DIR})")
+    engines.add_argument("--engine", action="append", choices=ENGINES, metavar="ENGINE",
+                         help=f"only this engine (repeatable; one of {', '.join(ENGINES)}; default: all)")
     engines.add_argument("--quick", action="store_true", help="fewer frames and runs")
     engines.add_argument("--out", default="bench-results", metavar="DIR", help="default: bench-results")
     engines.add_argument("-j", "--json", action="store_true", help="JSON output")
@@ -53,7 +57,8 @@ def cmd_engines(args: argparse.Namespace) -> int:
     from ..bench import engines
 
     _check_out(args.out)
-    plan = engines.plan(str(args.samples or SAMPLES_DIR), quick=args.quick)
+    plan = engines.plan(str(args.samples or SAMPLES_DIR), quick=args.quick,
+                        engines=tuple(args.engine) if args.engine else ENGINES)
     for path in plan.objects:  # each one there and an object, or one clear line before any run
         read_object(sample(os.path.basename(path), args.samples))
     doc = engines.run(plan)

@@ -8,7 +8,14 @@ from collections import Counter
 from typing import Any
 
 from ..bpf.isa import XdpAction
+from ..engine import ENGINES
 from .daemons import add_target, call
+
+ENGINE_HELP = {
+    "interp": "the reference interpreter",
+    "jit": "our verifier, then native code through LLVM",
+    "kernel": "the host kernel's verifier and JIT (BPF_PROG_TEST_RUN, needs root)",
+}
 from .objects import check_readable, pick_program, read_object
 from .output import CliError, emit_json, print_map, show_tag
 
@@ -32,7 +39,8 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     )
     run.add_argument("file", metavar="FILE.o")
     run.add_argument("--prog", metavar="NAME", help="the program to run (default: the first in the object)")
-    run.add_argument("--engine", choices=("interp", "kernel"), default="interp", help="default: interp")
+    run.add_argument("--engine", choices=ENGINES, default="interp",
+                     help="; ".join(f"{e}: {ENGINE_HELP[e]}" for e in ENGINES) + ". Default: interp")
     src = run.add_argument_group("packets (one source; they may be combined)")
     src.add_argument("--packet", metavar="HEX", action="append", default=[], help="a frame in hex; repeatable")
     src.add_argument("--pcap", metavar="FILE", help="every frame of a pcap file")
@@ -131,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..engine import make_engine
     from ..engine.loader import LoadError, load_object
     from ..engine.registry import map_doc
+    from ..engine.verifier.errors import VerifierRejected
 
     if args.repeat < 1:
         raise CliError("--repeat must be at least 1")
@@ -155,6 +164,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             maps = [map_doc(name, m, handle=False) for name, m in loaded.maps.items()]
     except LoadError as e:
         raise CliError(str(e)) from None
+    except VerifierRejected as e:  # our verifier, before the JIT compiles anything
+        raise CliError(f"{args.file}: refused by the verifier at insn {e.insn}: {e.reason}", e.log,
+                       log=e.log) from None
     except OSError as e:
         # the kernel engine's refusals carry the verifier log
         log = getattr(e, "log", "") or ""
