@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from ..bpf.isa import XdpAction
-from ..engine import ENGINES
+from ..engine import DEFAULT_IN_PROCESS, ENGINES, IN_PROCESS
 from .daemons import add_target, call
 
 ENGINE_HELP = {
@@ -65,6 +65,9 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     mode.add_argument("--native", dest="mode", action="store_const", const="native",
                       help="run in the guest (with --guest, give --offload or --native)")
     load.add_argument("--prog", metavar="NAME", help="the program to attach (default: the first)")
+    load.add_argument("--engine", choices=IN_PROCESS, metavar="ENGINE",
+                      help=f"--native: what runs it in the guest ({', '.join(IN_PROCESS)}; default "
+                      f"{DEFAULT_IN_PROCESS}). Offloaded programs run on the engine the host was started with")
     load.add_argument("--replace", action="store_true",
                       help="offloaded: replace the program another loader attached to the device (the guest's, "
                       "for --device; the operator's, for --guest), atomically; without it that is refused "
@@ -253,7 +256,12 @@ def cmd_load(args: argparse.Namespace) -> int:
         raise CliError("say where the program runs: --offload (on the host) or --native (in the guest)")
     if args.device and mode != "offload":
         raise CliError("--device loads on the host: --native needs --guest")
-    result = call(args, "prog.load", path=path, mode=mode, prog=args.prog, **({"replace": True} if args.replace else {}))
+    if args.engine and mode != "native":
+        raise CliError("--engine picks what runs a --native program; an offloaded one runs on the host's engine")
+    extra = {"replace": True} if args.replace else {}
+    if args.engine:
+        extra["engine"] = args.engine
+    result = call(args, "prog.load", path=path, mode=mode, prog=args.prog, **extra)
     if args.json:
         emit_json(result)
         return 0

@@ -9,6 +9,10 @@ from __future__ import annotations
 from .base import Engine
 
 ENGINES = ("interp", "kernel")
+IN_PROCESS = tuple(e for e in ENGINES if e != "kernel")
+"""The engines that run programs in this process, not in the host kernel: what a guest's native XDP
+runs on, and what a host runs offloaded programs on when no guest code may enter its kernel."""
+DEFAULT_IN_PROCESS = "interp"
 
 
 def make_engine(name: str) -> Engine:

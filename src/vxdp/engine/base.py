@@ -18,9 +18,12 @@ import abc
 import hashlib
 from dataclasses import dataclass
 
-from ..bpf.isa import LDDW, Insn, PseudoSrc
+import numpy as np
+
+from ..bpf.isa import LDDW, Insn, PseudoSrc, XdpAction
 from ..bpf.mapapi import Map
 from ..bpf.mapspec import MapSpec
+from ..frames import FrameBatch
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,9 @@ class RunResult:
     """What one program run (or the last of ``repeat`` runs) gave."""
 
     action: int  # the program's return value: an XdpAction for XDP programs
-    packet: bytes  # the packet after the run, from data to data_end
+    packet: bytes  # the packet after the run, from data_meta to data_end (as BPF_PROG_TEST_RUN's data_out)
     duration_ns: float  # mean wall time of one run, as the engine measures it
+    meta_len: int = 0  # how many of ``packet``'s first bytes are metadata (data - data_meta), not frame
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,25 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> RunResult: ...
+
+    def run_batch(self, prog: int, batch: FrameBatch, actions: np.ndarray, *, ctx: XdpMd | None = None) -> None:
+        """Run ``prog`` once on each frame of ``batch``, each in a fresh XDP frame: frame ``i`` comes back
+        rewritten in place (``lens[i]`` its new length) and its verdict in ``actions[i]``. A frame the
+        program grew past the batch's slot is ABORTED, left as it came in. A fault ends that frame
+        ABORTED, never the batch.
+
+        This default runs `run` per frame (in Python: the reference engines, whose point is not
+        speed); an engine that compiles programs overrides it with one native call per batch."""
+        for i in range(batch.count):
+            n = int(batch.lens[i])
+            result = self.run(prog, batch.data[i, :n].tobytes(), ctx=ctx)
+            out = result.packet[result.meta_len:]  # the metadata stays behind with the XDP frame
+            if len(out) > batch.slot_size:
+                actions[i] = XdpAction.ABORTED
+                continue
+            batch.data[i, : len(out)] = np.frombuffer(out, np.uint8)
+            batch.lens[i] = len(out)
+            actions[i] = result.action
 
     def program_info(self, prog: int) -> ProgramInfo:
         """The id, name and tag of a loaded program."""

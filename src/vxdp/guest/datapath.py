@@ -7,7 +7,7 @@ Never a Python loop per frame:
   only when the ring says the device wants one (EVENT_IDX / NO_NOTIFY). With the tx
   ring full the port is not watched until a completion frees buffers.
 - rx call eventfd readable → drain it → ``reap_rx`` → ``rx_program`` (the hook where a
-  guest-native XDP program runs, `vxdp.guest.native`) → ``rx_sink`` (the port's
+  guest-native XDP program runs, `vxdp.engine.xdp_hook`) → ``rx_sink`` (the port's
   ``write_batch``) → ``refill`` → kick if needed.
 - tx call eventfd → ``reap_tx`` (and watch the port again if it was paused).
 
@@ -60,7 +60,7 @@ class GuestDatapath:
         self.buf_size = buf_size
         self.on_broken = on_broken
         self.counters = DatapathCounters()
-        self.rx_program: Callable[[FrameBatch], None] | None = None  # guest-native XDP (`NativeXdp`)
+        self.rx_program: Callable[[FrameBatch], None] | None = None  # guest-native XDP (`XdpHook`)
         # where received frames go (returns how many it took): the port's write_batch, or None (counted only)
         self.rx_sink: Callable[[FrameBatch], int] | None = None
         self.loop: Loop | None = None

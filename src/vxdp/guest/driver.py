@@ -125,7 +125,7 @@ class GuestDriver:
 
     @property
     def rx_program(self) -> Callable[[FrameBatch], None] | None:
-        """The hook every received batch goes through before the port (guest-native XDP: `NativeXdp`)."""
+        """The hook every received batch goes through before the port (guest-native XDP: `XdpHook`)."""
         return self.datapath.rx_program
 
     @rx_program.setter

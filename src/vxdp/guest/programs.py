@@ -7,8 +7,9 @@ with ``--guest``: the guest's "user programs" ask its "kernel" (the driver).
   programs with guest handles, prog_arrays filled with program handles) and its
   program is attached on the host's port. If the device was not offered the
   offload feature, every request is refused there with EOPNOTSUPP.
-- ``native``: the object runs on the reference interpreter in the driver, hooked
-  on the rx path (`NativeXdp`), after whatever the host passed.
+- ``native``: the object runs in the driver on an engine of ours (``engine``: `DEFAULT_IN_PROCESS` by
+  default, ``interp`` the reference), hooked on the rx path (`vxdp.engine.xdp_hook.XdpHook`: one
+  `Engine.run_batch` per rx batch), after whatever the host passed.
 
 A backend that goes away resets the device, which frees everything offloaded:
 the driver forgets its offload slot then (`on_disconnect`), so ``prog show``
@@ -33,15 +34,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..engine.interp.engine import InterpEngine
+from ..engine import DEFAULT_IN_PROCESS, IN_PROCESS, make_engine
 from ..engine.loader import LoadedObject
 from ..engine.registry import ProgramRegistry, RegistryError
+from ..engine.xdp_hook import XdpHook
 from ..offload.client import OffloadClient
 from ..offload.device_record import OffloadRecord
 from ..offload.remote import OffloadEngine
 from ..virtio.ctrl_framing import CtrlReply, CtrlRequest
 from ..virtio.features import Experimental, has
-from .native import NativeXdp
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,14 @@ class GuestPrograms:
         ``prog show`` and ``map …`` reach them through its record, ``prog detach`` frees them."""
         return self._state_client().state_import_base64(state)
 
-    def _native(self, path: str, prog: str | None) -> dict[str, Any]:
-        engine = InterpEngine()
+    def _native(self, path: str, prog: str | None, engine_name: str) -> dict[str, Any]:
+        if engine_name not in IN_PROCESS:
+            raise RegistryError(errno.EINVAL, f"engine {engine_name!r}: a native program runs on "
+                                f"{' or '.join(IN_PROCESS)}")
+        engine = make_engine(engine_name)
 
         def attach(loaded: LoadedObject, handle: int) -> tuple[Callable[[], None], Callable[[], dict[str, int]]]:
-            hook = NativeXdp(engine, handle, self._send_back)
+            hook = XdpHook(engine, handle, self._send_back)
             self.driver.rx_program = hook
 
             def detach() -> None:
@@ -124,10 +128,16 @@ class GuestPrograms:
         self._lister = None
 
     # -- control-socket methods ------------------------------------------------------------
-    def load(self, path: str, mode: str, prog: str | None = None, replace: bool = False) -> dict[str, Any]:
+    def load(self, path: str, mode: str, prog: str | None = None, replace: bool = False,
+             engine: str | None = None) -> dict[str, Any]:
         if mode not in MODES:
             raise RegistryError(errno.EINVAL, f"mode {mode!r}: one of {', '.join(MODES)}")
-        return self._offload(path, prog, replace) if mode == "offload" else self._native(path, prog)
+        if mode == "offload":
+            if engine is not None:
+                raise RegistryError(errno.EINVAL, "an offloaded program runs on the engine the host chose "
+                                    "(vxdp host serve --engine); engine is for native loads")
+            return self._offload(path, prog, replace)
+        return self._native(path, prog, engine or DEFAULT_IN_PROCESS)
 
     def show(self) -> dict[str, Any]:
         return self.registry.show()

@@ -102,7 +102,8 @@ class InterpEngine(Engine):
                 break
         elapsed = time.perf_counter_ns() - start
         self.last_fault = fault
-        return InterpRunResult(action, machine.xdp.output(), elapsed / runs, fault)
+        xdp = machine.xdp
+        return InterpRunResult(action, xdp.output(), elapsed / runs, xdp.data - xdp.data_meta, fault)
 
     def freeze(self, m: Map) -> None:
         if not isinstance(m, InterpMap) or self.maps.get(m.handle) is not m:

@@ -1,4 +1,5 @@
-"""Guest-native XDP on an rx batch: verdicts filter the batch, TX frames go back, PASS frames keep edits."""
+"""An XDP program on an rx batch (guest-native XDP, the host's in-process offload): verdicts filter the
+batch, TX frames go back, PASS frames keep edits, the rest is counted."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from vxdp import packets
 from vxdp.bpf.elf import load_object as parse_object
 from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.loader import load_object
+from vxdp.engine.xdp_hook import XdpHook
 from vxdp.frames import FrameBatch
-from vxdp.guest.native import NativeXdp
 
 
 def _run(obj_name: str, frames: list[bytes], prog: str | None = None):
     loaded = load_object(InterpEngine(), parse_object(str(SAMPLES_BUILD / obj_name)))
     sent: list[list[bytes]] = []
-    native = NativeXdp(loaded.engine, loaded.program_handle(prog), lambda b: sent.append(b.frames()) or b.count)
+    native = XdpHook(loaded.engine, loaded.program_handle(prog), lambda b: sent.append(b.frames()) or b.count)
     batch = FrameBatch.allocate(64, 2048)
     batch.fill(frames)
     native(batch)
@@ -43,3 +44,26 @@ def test_pass_keeps_frames_in_order(samples_built):
     frames = [packets.frame("ipv6/udp", payload=bytes([i])) for i in range(5)]
     _, native, batch, sent = _run("corpus/tail_calls.o", frames, "xdp_entry")
     assert native.snapshot().get("pass") == 5 and batch.frames() == frames and sent == []
+
+
+def test_a_frame_grown_past_its_slot_is_aborted_and_the_others_go_on(samples_built):
+    # adjust.c grows IPv6 frames by 16 bytes (TX) and shrinks long non-IP ones to 60 (PASS): in slots of
+    # exactly the frames' size the grown ones cannot fit
+    v6 = packets.frame("ipv6/udp", payload=bytes(40))
+    other = bytes(6) + bytes(6) + b"\x88\xb5" + bytes(len(v6) - 14)  # a local-experimental EtherType
+    loaded = load_object(InterpEngine(), parse_object(str(SAMPLES_BUILD / "corpus/adjust.o")))
+    sent: list[bytes] = []
+    hook = XdpHook(loaded.engine, loaded.program_handle(None), lambda b: sent.extend(b.frames()) or b.count)
+    batch = FrameBatch.allocate(4, len(v6))
+    batch.fill([v6, other, v6])
+    hook(batch)
+    assert hook.snapshot() == {"aborted": 2, "pass": 1} and sent == []
+    assert batch.frames() == [other[:60]]
+
+
+def test_no_program_leaves_the_batch_alone():
+    hook = XdpHook(InterpEngine(), None, lambda b: 0)
+    batch = FrameBatch.allocate(2)
+    batch.fill([b"\x01" * 60, b"\x02" * 60])
+    hook(batch)
+    assert batch.count == 2 and hook.snapshot() == {}
