@@ -23,6 +23,8 @@ from guest_helpers import GuestProc, HostProc, ping, poll
 
 from vxdp.testing.netns import NetLab
 
+# every offload end-to-end test runs on the host kernel and on our fastest engine outside it
+OFFLOAD_ENGINES = ("kernel", "interp")
 TRAFFIC_IP = "198.18.21.1"
 GUEST_IP = "198.18.21.2"
 HOST_MAC = "52:54:00:0a:0b:0d"
@@ -48,9 +50,12 @@ class OffloadTopo:
     guest: str  # the guest netns (the driver's tap ``vxg0``)
     sock: str
     run_dir: Path
+    engine: str = "kernel"  # what the backend runs offloaded programs on (``host serve --engine``)
 
     def host(self, *extra: str) -> HostProc:
-        return HostProc(self.sock, "vxp0", self.hostns, self.run_dir, mac=HOST_MAC, name=DEVICE, extra=extra)
+        engine = ("--engine", self.engine) if self.engine != "kernel" else ()
+        return HostProc(self.sock, "vxp0", self.hostns, self.run_dir, mac=HOST_MAC, name=DEVICE,
+                        extra=(*engine, *extra))
 
     def guest_proc(self, **kw) -> GuestProc:
         return GuestProc(self.sock, self.guest, "vxg0", self.run_dir, addr=f"{GUEST_IP}/24", name=GUEST, **kw)
@@ -83,13 +88,14 @@ class OffloadTopo:
         return self.sh(ns, "cat", f"/sys/class/net/{ifname}/address").strip()
 
 
-def offload_topology(tmp_path: Path, prefix: str = "vxo"):
-    """A generator for a pytest fixture: yields an `OffloadTopo`, removes every namespace after."""
+def offload_topology(tmp_path: Path, prefix: str = "vxo", engine: str = "kernel"):
+    """A generator for a pytest fixture: yields an `OffloadTopo` whose backend runs offloaded programs
+    on ``engine``, removes every namespace after."""
     with NetLab(prefix) as lab:
         # IPv6 off: only the tests' frames on the wire
         traffic, hostns, guest = lab.netns(ipv6=False), lab.netns(ipv6=False), lab.netns(ipv6=False)
         lab.veth(traffic, hostns, "vxt0", "vxp0", addr_a=f"{TRAFFIC_IP}/24")
-        yield OffloadTopo(lab, traffic, hostns, guest, str(tmp_path / "vh.sock"), tmp_path)
+        yield OffloadTopo(lab, traffic, hostns, guest, str(tmp_path / "vh.sock"), tmp_path, engine)
 
 
 __all__ = [
@@ -97,6 +103,7 @@ __all__ = [
     "GUEST",
     "GUEST_IP",
     "HOST_MAC",
+    "OFFLOAD_ENGINES",
     "TRAFFIC_IP",
     "CliResult",
     "GuestProc",

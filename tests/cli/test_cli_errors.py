@@ -176,3 +176,16 @@ def test_other_files_and_numbers_are_one_line(tmp_path: Path, samples_built):
         f"{tmp_path}: is a directory"
     assert one_line_error(vxdp("offload", "import", str(missing), "--device", "nodev0")) == \
         f"{missing}: no such file"
+
+
+def test_engine_choices_are_refused_before_any_daemon_starts(tmp_path: Path, samples_built):
+    # --engine picks a native program's engine; an offloaded one runs on the host's
+    assert one_line_error(vxdp("prog", "load", XDP1, "--offload", "--engine", "interp", "--guest", "noguest0")) == \
+        "--engine picks what runs a --native program; an offloaded one runs on the host's engine"
+    # a policy file and a flag that disagree on the engine: which did the operator mean?
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[engine]\nname = 'kernel'\n")
+    err = one_line_error(vxdp("host", "serve", "--socket", str(tmp_path / "s.sock"), "--port", "nosuch0",
+                              "--engine", "interp", "--policy", str(policy)))
+    assert err == f"--engine interp but the policy {policy} says engine.name = 'kernel': say one"
+    assert not (tmp_path / "s.sock").exists()

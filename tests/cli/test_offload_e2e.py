@@ -1,5 +1,7 @@
 """XDP offload end to end, as a user drives it: ``vxdp prog/map … --guest`` through the guest
-driver's ctrl vq to ``vxdp host serve``, which loads into the host kernel and attaches to its port.
+driver's ctrl vq to ``vxdp host serve``, which loads into the host kernel and attaches to its port,
+or (``--engine``, every test runs on each of `OFFLOAD_ENGINES`) runs the program itself on the
+port's frames and puts nothing of the guest's in the host kernel.
 
 Real parts only: namespaces, a veth, bpf(2), both daemons and the CLI as subprocesses. Frames
 are injected and captured exactly with a `Port` on the traffic veth end.
@@ -19,6 +21,7 @@ from offload_topology import (
     GUEST,
     GUEST_IP,
     HOST_MAC,
+    OFFLOAD_ENGINES,
     TRAFFIC_IP,
     OffloadTopo,
     offload_topology,
@@ -27,6 +30,7 @@ from offload_topology import (
 from testpaths import SAMPLES_BUILD
 
 from vxdp import packets
+from vxdp.engine import DEFAULT_IN_PROCESS
 from vxdp.frames import FrameBatch
 from vxdp.netdev.port import Port
 
@@ -39,9 +43,9 @@ TAIL_CALLS = str(SAMPLES_BUILD / "corpus" / "tail_calls.o")
 RODATA_CONFIG = str(SAMPLES_BUILD / "corpus" / "rodata_config.o")
 
 
-@pytest.fixture
-def topo(tmp_path, samples_built):
-    yield from offload_topology(tmp_path)
+@pytest.fixture(params=OFFLOAD_ENGINES)
+def topo(request, tmp_path, samples_built):
+    yield from offload_topology(tmp_path, engine=request.param)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -123,16 +127,23 @@ def test_xdp1_offloaded_counts_and_drops_before_the_guest(topo):
         got = poll(lambda: map_counts(topo, "rxcnt", "--guest", GUEST), lambda c: c == want, timeout=20,
                    what="xdp1's counters read back through the ctrl vq")
         assert got == want
-        # the host kernel dropped them: nothing crossed the virtio ring, nothing reached the tap
+        # the host dropped them: nothing crossed the virtio ring, nothing reached the tap
         assert g.show()["counters"]["rx_frames"] == rx_before
         assert topo.link_stat(topo.guest, "vxg0", "rx_packets") == tap_before
 
         dev = device_offload(topo)
         (prog,) = dev["programs"]
+        assert dev["engine"] == topo.engine
         assert prog["attached"]["ifname"] == "vxp0"
         assert prog["actions"].get("drop") == len(frames), prog["actions"]
-        assert prog["kernel_name"].startswith(DEVICE)
-        assert prog["kernel_name"] in kernel_names(topo, "prog")
+        if topo.engine == "kernel":
+            assert prog["kernel_name"].startswith(DEVICE)
+            assert prog["attached"]["mode"] == "native" and dev["rx_frames"] is None
+            assert prog["kernel_name"] in kernel_names(topo, "prog")
+        else:  # the daemon ran it on the port's frames; bpftool sees nothing of the device's
+            assert prog["attached"]["mode"] == topo.engine
+            assert dev["rx_frames"] == {"drop": len(frames)}
+            assert not [n for what in ("prog", "map") for n in kernel_names(topo, what) if n.startswith(DEVICE)]
         assert doc["connected"]
 
 
@@ -238,6 +249,7 @@ def test_offloaded_and_native_programs_at_once(topo):
         assert progs["offload"]["name"] == "xdp_pass" and progs["native"]["name"] == "xdp_prog1"
         assert progs["offload"]["counters"]["pass"] == len(frames)
         assert progs["native"]["counters"].get("drop") == len(frames)
+        assert progs["native"]["engine"] == DEFAULT_IN_PROCESS  # what --native runs on unless told
 
 
 # -- 5. refusals through the CLI ---------------------------------------------------------------------
@@ -337,7 +349,11 @@ def test_guest_killed_host_frees_everything(topo):
         assert len(dev["programs"]) == 3 and len(dev["maps"]) == 2
         # by kernel id, not name: other runs on this machine may have a device of the same name
         progs, maps = {p["kernel_id"] for p in dev["programs"]}, {m["kernel_id"] for m in dev["maps"]}
-        assert progs <= kernel_ids("prog") and maps <= kernel_ids("map")
+        if topo.engine == "kernel":
+            assert progs <= kernel_ids("prog") and maps <= kernel_ids("map")
+        else:  # in the daemon's engine: nothing in the kernel to free
+            assert not [n for what in ("prog", "map") for n in kernel_names(topo, what) if n.startswith(DEVICE)]
+            progs, maps = set(), set()
         g.stop(sig=9)
         poll(lambda: device_offload(topo), lambda d: d["programs"] == [] and d["maps"] == [], timeout=20,
              what="the host freeing the killed guest's objects")
@@ -451,9 +467,15 @@ def test_state_export_and_import_through_guest_and_operator(topo, tmp_path):
             (p["handle"], p["name"], p["tag"]) for p in before["programs"]]
         assert [(m["handle"], m["name"]) for m in after["maps"]] == [(m["handle"], m["name"]) for m in before["maps"]]
         assert after["attached"] == before["attached"] is not None
+        # the imported maps hold what was exported (read by bpftool on the kernel, over the device's table
+        # on an engine of the daemon), and the recreated programs run: more frames count on
         hops = next(m for m in after["maps"] if m["name"] == "hops")
-        assert _kernel_map(hops["kernel_id"]) == {0: 40, 3: 30, 2: 10}
-        # the recreated programs run: more frames count on
+
+        def read_hops() -> dict[int, int]:
+            if topo.engine == "kernel":
+                return _kernel_map(hops["kernel_id"])
+            return map_counts(topo, "hops", "--device", DEVICE)
+
+        assert read_hops() == {0: 40, 3: 30, 2: 10}
         send(topo, retarget(packets.mix(8), HOST_MAC))
-        poll(lambda: _kernel_map(hops["kernel_id"]), lambda c: c == {0: 44, 3: 33, 2: 11}, timeout=20,
-             what="hop counters after the import")
+        poll(read_hops, lambda c: c == {0: 44, 3: 33, 2: 11}, timeout=20, what="hop counters after the import")

@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from ..engine import ENGINES
 from .output import CliError, emit_json
 
 
@@ -27,6 +28,12 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     serve.add_argument("--mac", default="52:54:00:12:34:56", help="MAC address in the config space")
     serve.add_argument("--mtu", type=int, default=1500, help="MTU in the config space (default 1500)")
     serve.add_argument("--policy", metavar="FILE", help="offload policy (TOML; default: the safe built-in one)")
+    serve.add_argument("--engine", choices=ENGINES,
+                       help="what runs offloaded programs: kernel (the host kernel's verifier and JIT on the "
+                       "port's XDP hook), or an engine of this daemon that keeps every guest program and map "
+                       "out of the host kernel and runs them on each batch of the port's frames: "
+                       + ", ".join(e for e in ENGINES if e != "kernel")
+                       + ". Default: the policy's engine.name, else kernel")
     serve.add_argument("--no-offload", dest="offload", action="store_false",
                        help="plain virtio-net: do not offer XDP offload (feature bit 58)")
     serve.add_argument("--group", metavar="GROUP",
@@ -60,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = ServeConfig(socket_path=args.socket, port=args.port, name=args.name, netns=args.netns,
                       client=args.client, mac=mac, mtu=args.mtu, offload=args.offload, policy=args.policy,
-                      group=args.group)
+                      group=args.group, engine=args.engine)
     try:
         daemon = HostDaemon(cfg)
     except (NetdevError, PolicyError, ServeError) as e:
@@ -140,15 +147,23 @@ def _print_offload(doc: dict | None) -> None:
         print("  offload: off")
         return
     dev = doc.get("device") or {}
+    engine = dev.get("engine", "kernel")
     progs, maps = dev.get("programs", []), dev.get("maps", [])
+    where_run = ("the host kernel" if engine == "kernel" else
+                 f"this daemon ({engine}); nothing of the guest's in the host kernel")
+    print(f"  offload: engine {engine}: programs run in {where_run}")
+    frames = dev.get("rx_frames")
+    if frames:
+        print("    port frames run: " + "  ".join(f"{k} {v}" for k, v in frames.items()))
     if not progs and not maps:
         print("  offload: nothing offloaded")
         return
+    own = "kernel" if engine == "kernel" else engine
     for p in progs:
         at = p.get("attached")
         where = f"attached to {at['ifname']} ({at['mode']} XDP)" if at else "loaded"
         print(f"  offloaded prog {p['handle']}: {p['name']}  tag {p['tag']}  {p['insns']} insns  {where}"
-              f"  (kernel: {p['kernel_name']} id {p['kernel_id']})")
+              f"  ({own}: {p['kernel_name']} id {p['kernel_id']})")
         actions = p.get("actions") or {}
         if actions:
             print("    " + "  ".join(f"{k} {v}" for k, v in actions.items()))
@@ -156,4 +171,4 @@ def _print_offload(doc: dict | None) -> None:
         print(f"  offloaded map {m['handle']}: {m['name']}  {m['type']}  key {m['key_size']}B  "
               f"value {m['value_size']}B  max_entries {m['max_entries']}  memory {m['memory']}B"
               f"{'  frozen' if m.get('frozen') else ''}"
-              f"  (kernel: {m['kernel_name']} id {m['kernel_id']})")
+              f"  ({own}: {m['kernel_name']} id {m['kernel_id']})")

@@ -283,7 +283,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("no programs loaded")
     for p in result["programs"]:
         where = p.get("attach") or ("attached" if p.get("attached") else "loaded")
-        print(f"{p['handle']}: {p['name']}  {p['mode']}  {show_tag(p.get('tag'))}  {where}")
+        mode = f"{p['mode']} ({p['engine']})" if p["mode"] == "native" and p.get("engine") else p["mode"]
+        print(f"{p['handle']}: {p['name']}  {mode}  {show_tag(p.get('tag'))}  {where}")
         counters = p.get("counters") or {}
         if counters:
             print("    " + "  ".join(f"{k} {v}" for k, v in counters.items()))

@@ -257,6 +257,7 @@ class ProgramRegistry:
                 "name": name,
                 "handle": handle,
                 "mode": slot.mode,
+                "engine": slot.loaded.engine.name,
                 "object": slot.path,
                 "attached": name == slot.attached,
                 "insns": len(slot.loaded.obj.programs[name].function.insns),

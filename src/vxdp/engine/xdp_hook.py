@@ -21,7 +21,7 @@ from numba import njit
 
 from ..bpf.isa import ACTION_NAMES, XdpAction
 from ..frames import FrameBatch
-from .base import Engine
+from .base import Engine, XdpMd
 
 _PASS, _TX = int(XdpAction.PASS), int(XdpAction.TX)
 _OTHER = len(ACTION_NAMES)  # the counting slot of a return value that is no XDP action
@@ -55,12 +55,15 @@ class XdpHook:
 
     ``send(batch) -> int`` puts TX frames back out and says how many it took; those it did not
     are counted ``tx_dropped``. The program is the engine's handle and may change between batches
-    (`prog`, set by whoever attaches: the guest's driver, the host's port)."""
+    (`prog`, set by whoever attaches: the guest's driver, the host's port). ``ctx``: what the program
+    reads from ``xdp_md`` besides the frame (the host's port's ifindex as ``ingress_ifindex``)."""
 
-    def __init__(self, engine: Engine, prog: int | None, send: Callable[[FrameBatch], int]) -> None:
+    def __init__(self, engine: Engine, prog: int | None, send: Callable[[FrameBatch], int],
+                 ctx: XdpMd | None = None) -> None:
         self.engine = engine
         self.prog = prog
         self.send = send
+        self.ctx = ctx
         self._counts = np.zeros(_OTHER + 1, np.int64)
         self._dropped = 0
         self._tx: FrameBatch | None = None
@@ -73,7 +76,7 @@ class XdpHook:
         if self._tx is None or self._tx.capacity < batch.capacity or self._tx.slot_size < batch.slot_size:
             self._tx = FrameBatch.allocate(batch.capacity, batch.slot_size)
             self._actions = np.zeros(batch.capacity, np.int32)
-        self.engine.run_batch(prog, batch, self._actions)
+        self.engine.run_batch(prog, batch, self._actions, ctx=self.ctx)
         tx = self._tx
         keep, ntx = split_verdicts(batch.data, batch.lens, batch.count, self._actions, tx.data, tx.lens,
                                    self._counts)

@@ -1,7 +1,9 @@
 """The pumps between the host port and the guest's rings: one compiled call per batch.
 
 port -> guest (the "rx" direction, the guest's receive queue 0):
-  the port's fd is readable -> ``Port.recv_batch`` fills a `FrameBatch` -> one
+  the port's fd is readable -> ``Port.recv_batch`` fills a `FrameBatch` -> (an offloaded
+  program on an engine outside the kernel runs on the batch here: ``rx_program``, which
+  keeps the PASS frames and sends TX ones back out of the port) -> one
   ``DeviceRing.deliver`` copies the frames into the guest's rx buffers (header first)
   -> the call eventfd is written when the ring says so (EVENT_IDX aware; without
   EVENT_IDX after every used update unless the driver set NO_INTERRUPT, which is what
@@ -40,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -90,8 +93,11 @@ class Datapath:
     """Moves frames between ``port`` and ``device``'s rings on ``loop``; the device's `RingListener`."""
 
     def __init__(self, device: NetDevice, port: Port, loop: Loop, ctrl: CtrlTable | None = None,
-                 batch: int = BATCH) -> None:
+                 batch: int = BATCH, rx_program: Callable[[FrameBatch], None] | None = None) -> None:
         self.device, self.port, self.loop = device, port, loop
+        # an offloaded program run here on each batch from the port, before the guest's ring (an engine
+        # outside the kernel: `OffloadService.run_rx`); it leaves the PASS frames in the batch
+        self.rx_program = rx_program
         self.ctrl = ctrl or CtrlTable()
         self.rx = DirStats()  # port -> guest
         self.tx = DirStats()  # guest -> port
@@ -196,6 +202,12 @@ class Datapath:
             n = self.port.recv_batch(self._rxb)
             if n == 0:
                 return
+            if self.rx_program is not None:
+                self._rxb.count = n
+                self.rx_program(self._rxb)
+                n = self._rxb.count
+                if n == 0:
+                    continue
             if not self._rx_ready():
                 self.rx.drops += n
                 continue

@@ -35,8 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vxdp import jitcache, rpc
-from vxdp.engine import xdp_hook
+from vxdp.engine import make_engine, xdp_hook
+from vxdp.engine.base import Engine
+from vxdp.engine.interp.engine import InterpEngine
 from vxdp.eventloop import Loop
+from vxdp.frames import FrameBatch
 from vxdp.netdev import warmup as netdev_warmup
 from vxdp.netdev.port import Port
 from vxdp.sockpath import PathBusy, SocketClaim
@@ -51,7 +54,8 @@ from .ctrl_queue import CtrlTable
 from .datapath import Datapath
 from .net_device import NUM_VRINGS, QUEUE_PAIRS, NetDevice
 from .offload.device_offload import DeviceOffload
-from .offload.policy import load_policy
+from .offload.policy import Policy, load_policy
+from .offload.port import RecordedPort
 from .offload.service import OffloadService
 
 log = logging.getLogger("vxdp.host")
@@ -74,6 +78,7 @@ class ServeConfig:
     offload: bool = True  # offer XDP offload (feature bit 58, the BPF ctrl class, the operator path)
     policy: str | None = None  # offload policy file (TOML); None: the safe defaults
     group: str | None = None  # operator group: both sockets 0660 and its members may use the control socket
+    engine: str | None = None  # what runs offloaded programs (kernel, jit, interp); None: the policy's, else kernel
 
 
 class ServeError(Exception):
@@ -89,6 +94,30 @@ def _group_id(name: str | None) -> int | None:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         raise ServeError(f"--group {name}: no such group") from None
+
+
+def _engine(cfg: ServeConfig, policy: Policy) -> str:
+    """The device's engine: ``--engine``, else the policy file's, else the kernel; the two disagreeing
+    is an error (which one did the operator mean?)."""
+    if cfg.engine and policy.engine and cfg.engine != policy.engine:
+        raise ServeError(f"--engine {cfg.engine} but the policy {cfg.policy} says engine.name = "
+                         f"{policy.engine!r}: say one")
+    return cfg.engine or policy.engine or "kernel"
+
+
+def _service(engine: str, policy: Policy, ifindex: int) -> OffloadService:
+    """The offload service on ``engine``: the kernel's objects on a kernel port, or an engine of this
+    process whose port records the attached program for the datapath to run (`OffloadService.run_rx`)."""
+    if engine == "kernel":
+        return OffloadService(policy=policy)
+    if engine == "interp":  # the reference runs what it is given: here, only what our verifier accepts
+        def factory(_prefix: str) -> Engine:
+            return InterpEngine(verify=True)
+    else:
+        def factory(_prefix: str) -> Engine:
+            return make_engine(engine)
+    return OffloadService(factory, policy,
+                          port_factory=lambda ifname, netns: RecordedPort(ifname, netns, ifindex, mode=engine))
 
 
 class HostDaemon:
@@ -110,11 +139,15 @@ class HostDaemon:
         self._next_connect = 0.0
         self._waiting_logged = False
         self.offload: DeviceOffload | None = None
+        self.engine = "kernel"  # what runs offloaded programs (`_engine`)
         self._acked_ever = 0  # every feature bit the current session acked at some point
         ctrl = ctrl or CtrlTable()
         self.control_path = Path(cfg.control_socket) if cfg.control_socket else rpc.host_socket(cfg.name)
         self._claims: list[SocketClaim] = []
         try:
+            # the policy and the engine first: a file or a flag that cannot be used is refused before anything
+            policy = load_policy(cfg.policy) if cfg.policy else Policy()
+            self.engine = _engine(cfg, policy)
             # claimed first (a second daemon for this device or socket is refused at once), bound last
             gid = _group_id(cfg.group)
             control = self._claim(self.control_path, cfg.name)
@@ -125,11 +158,13 @@ class HostDaemon:
             self.port = Port(cfg.port, netns=cfg.netns)
             extra = cfg.extra_features | (Experimental.NET_BPF_OFFLOAD.bit if cfg.offload else 0)
             self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu, extra_features=extra)
+            rx_program = None
             if cfg.offload:
-                policy = load_policy(cfg.policy) if cfg.policy else None
-                self.offload = DeviceOffload(OffloadService(policy=policy), cfg.name, cfg.port, cfg.netns,
-                                             lambda: self.device.features, ctrl)
-            self.datapath = Datapath(self.device, self.port, self.loop, ctrl)
+                self.offload = DeviceOffload(_service(self.engine, policy, self.port.ifindex), cfg.name, cfg.port,
+                                             cfg.netns, lambda: self.device.features, ctrl)
+                if self.engine != "kernel":
+                    rx_program = self._run_offloaded
+            self.datapath = Datapath(self.device, self.port, self.loop, ctrl, rx_program=rx_program)
             if vhost is not None:
                 self.listen_sock, _ = transport.listen(vhost, group=gid)
                 self.listen_sock.setblocking(False)
@@ -142,6 +177,10 @@ class HostDaemon:
             raise
         log.info("%s: serving %s on %s (%s mode), port %s%s", cfg.name, "virtio-net", cfg.socket_path,
                  "client" if cfg.client else "server", cfg.port, f" in netns {cfg.netns}" if cfg.netns else "")
+
+    def _run_offloaded(self, batch: FrameBatch) -> None:
+        """The offloaded program on a batch from the port (an engine outside the kernel); TX goes back out."""
+        self.offload.service.run_rx(self.cfg.name, batch, self.port.send_batch)
 
     def _claim(self, path: Path, device: str | None) -> SocketClaim:
         """`SocketClaim.take`; refused as ``device DEV is already served by pid N`` for the control

@@ -9,6 +9,7 @@ import pytest
 
 from vxdp.bpf.helpers import Helper
 from vxdp.bpf.mapspec import MapType
+from vxdp.engine import ENGINES
 from vxdp.host.offload.errors import OffloadError
 from vxdp.host.offload.policy import (
     DEFAULT_HELPERS,
@@ -94,6 +95,9 @@ command_burst = 3
     ("[quota]\nmax_maps = -1\n", "must be positive"),
     ("[helpers]\nallow_ktime = 1\n", "helpers.allow_ktime must be bool"),
     ("[quota\n", "not valid TOML"),
+    ("[engine]\nname = 'ebpf'\n", "engine.name: 'ebpf'; one of"),
+    ("[engine]\nname = 1\n", "engine.name must be str"),
+    ("[engine]\nkind = 'jit'\n", "unknown key engine.kind"),
 ])
 def test_bad_files_say_what_is_wrong(text, needle):
     with pytest.raises(PolicyError) as e:
@@ -153,3 +157,9 @@ def test_token_bucket_with_an_injected_clock():
     assert [b.take() for _ in range(4)] == [True, True, True, False]
     now[0] -= 50  # a clock going backwards gives nothing back
     assert not b.take()
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_engine_is_named_by_the_file_or_left_to_the_daemon(name):
+    assert policy_from_toml(f"[engine]\nname = '{name}'\n").engine == name
+    assert policy_from_toml("").engine is None

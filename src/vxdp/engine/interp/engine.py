@@ -21,6 +21,7 @@ from ...bpf.isa import Insn, XdpAction
 from ...bpf.mapapi import Map, freezes_after_init
 from ...bpf.mapspec import MapSpec, possible_cpus
 from ..base import Engine, ProgramInfo, RunResult, XdpMd, program_tag
+from ..verifier import verify
 from .helpers import HELPERS
 from .machine import InterpLoadError, Machine, Program, compile_program
 from .maps import InterpMap, make_map
@@ -46,13 +47,17 @@ class InterpEngine(Engine):
 
     ``cpu`` is the CPU a program believes it runs on (``bpf_get_smp_processor_id``
     and the per-CPU slot it sees); ``budget`` bounds the instructions of one run;
-    ``seed`` makes ``bpf_get_prandom_u32`` reproducible.
+    ``seed`` makes ``bpf_get_prandom_u32`` reproducible. ``verify``: every program goes through our
+    verifier first (`vxdp.engine.verifier`; refusals raise `VerifierRejected`), as a host running
+    guest programs on it wants; off by default, so the reference runs whatever it is given and faults
+    where the program goes wrong.
     """
 
     name = "interp"
 
     def __init__(self, *, cpu: int = 0, budget: int = DEFAULT_BUDGET, ncpus: int | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, verify: bool = False):
+        self.verify = verify
         self.ncpus = ncpus or possible_cpus()
         self.cpu = cpu
         self.budget = budget
@@ -73,7 +78,10 @@ class InterpEngine(Engine):
         return m
 
     def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:
-        """Decode ``insns`` once into threaded code. Raises `InterpLoadError` for broken programs."""
+        """Decode ``insns`` once into threaded code. Raises `InterpLoadError` for broken programs (and
+        `VerifierRejected` for unsafe ones, with ``verify``)."""
+        if self.verify:
+            verify(list(insns), self.maps, func_info=bool(extra.get("func_info")))
         prog = Program(name, self._next_prog, list(insns))
         compile_program(prog, self.machine)
         self.programs[prog.handle] = prog

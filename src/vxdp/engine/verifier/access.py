@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...bpf.mapspec import MapFlag, MapOrigin, MapSpec
+from ...bpf.mapspec import MapFlag, MapSpec
 from .scalar import S64_MIN, Scalar, alu64
 from .state import STACK_SIZE, UNKNOWN, Reg, RegType, State, scalar
 
@@ -73,8 +73,10 @@ def map_value(reg: Reg, regno: int, off: int, size: int, spec: MapSpec, write: b
         where = f"{lo}" if lo == hi else f"{lo}..{hi}"
         raise Refuse(f"invalid access to map value, value_size={spec.value_size} off={where} size={size} "
                      f"(map {spec.name!r}, R{regno}={reg}): bound the offset so that off + size <= value_size")
-    # a .rodata map is frozen before any program loads (the loader does it, as libbpf): its bytes are constants
-    if (not write and spec.origin is MapOrigin.RODATA and spec.flags & MapFlag.RDONLY_PROG and spec.data is not None
+    # a frozen read-only array of one element (``.rodata``, frozen before any program loads, as libbpf
+    # does): `verify` hands its bytes in ``spec.data`` and only then; they are constants, as the
+    # kernel's bpf_map_direct_read makes them
+    if (not write and spec.flags & MapFlag.RDONLY_PROG and spec.data is not None
             and reg.scalar.is_const and size <= 8 and lo + size <= len(spec.data)):
         return Scalar.const(int.from_bytes(spec.data[lo:lo + size], "little"))
     return None

@@ -31,6 +31,7 @@ from ...bpf.kernel.prog import VerifierError
 from ...bpf.mapspec import MapSpec, MapType
 from ...bpf.obj import FuncInfo, LineInfo
 from ...engine.base import Engine
+from ...engine.verifier.errors import VerifierRejected
 from .errors import OffloadError, engine_call
 from .handles import Kind
 from .objects import Device, MapObj, ProgObj, ProgSource
@@ -166,6 +167,9 @@ def verify(prep: Prepared) -> int:
                                    "have; its tail follows)", "verifier", log) from None
             raise OffloadError(code, f"kernel verifier refused program {name!r}: {last}", "verifier",
                                log) from None
+        except VerifierRejected as e:  # our verifier, in front of an engine outside the kernel
+            raise OffloadError(errno.EACCES, f"verifier refused program {name!r}: insn {e.insn}: {e.reason}",
+                               "verifier", e.log) from None
         except OSError as e:
             raise OffloadError(e.errno or errno.EINVAL, f"program {name!r}: {e}") from None
         except ValueError as e:  # an engine outside the kernel that cannot load it

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ...bpf.isa import Insn
 from ...bpf.mapapi import Map
@@ -25,6 +26,9 @@ from .handles import HandleTable, Kind
 from .policy import TimeBudget, TokenBucket
 from .port import Port
 from .rewrite import ACTION_SLOTS
+
+if TYPE_CHECKING:
+    from ...engine.xdp_hook import XdpHook
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -132,6 +136,8 @@ class Device:
     # commands: the guest's (rate-limited); operator_commands: the host operator's (not rate-limited)
     counters: dict[str, int] = field(default_factory=lambda: {"commands": 0, "refused": 0, "rate_limited": 0,
                                                               "operator_commands": 0})
+    # on an engine outside the kernel: what runs the attached program on the port's frames (`run_rx`)
+    rx_hook: XdpHook | None = None
 
     @property
     def negotiated(self) -> bool:
@@ -171,6 +177,8 @@ class Device:
             "name": self.name, "port": port.ifname, "ifindex": port.ifindex, "netns": port.netns,
             "offload_negotiated": self.negotiated, "engine": getattr(self.engine, "name", "?"),
             "attached": self.attached, "map_memory": self.map_memory, "counters": dict(self.counters),
+            # frames of the port the daemon ran the program on, by verdict (engines outside the kernel)
+            "rx_frames": self.rx_hook.snapshot() if self.rx_hook is not None else None,
             "programs": [self._describe_prog(p) for p in self.progs()],
             "maps": [m.describe() for m in self.maps()],
         }

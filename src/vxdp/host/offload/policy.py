@@ -20,7 +20,12 @@ program and nothing that reads or changes host state:
 - map types: array, hash, their per-CPU and LRU forms, and prog_array (for
   tail calls between the guest's own programs);
 - quotas per device (see `Quota`); the command rate is a token bucket whose
-  clock is injectable, so tests need no sleeps.
+  clock is injectable, so tests need no sleeps;
+- the engine (``[engine] name``): ``kernel`` runs the guest's programs in the host
+  kernel (its verifier, its JIT, the port's XDP hook); ``jit`` and ``interp`` keep
+  every guest program and map out of the host kernel and run them in the daemon on
+  the port's frames (our verifier first). The daemon's ``--engine`` says it too; a
+  file and a flag that disagree are refused at start.
 
 Map memory is an accounting estimate, the same formula everywhere so that a
 guest can predict it::
@@ -43,6 +48,7 @@ from pathlib import Path
 from ...bpf.helpers import Helper
 from ...bpf.mapspec import PERCPU_TYPES, MapType, possible_cpus
 from ...bpf.sections import ProgType
+from ...engine import ENGINES
 from .errors import OffloadError
 
 
@@ -113,6 +119,9 @@ class Policy:
     allow_ktime: bool = True
     map_types: frozenset[MapType] = DEFAULT_MAP_TYPES
     quota: Quota = field(default_factory=Quota)
+    engine: str | None = None
+    """What runs the device's programs (``[engine] name``: kernel, jit, interp); ``None``: the daemon's
+    ``--engine`` (default kernel)."""
 
     def helper_allowed(self, helper_id: int) -> str | None:
         """``None`` if programs may call helper ``helper_id``, else the rule that refuses it."""
@@ -242,6 +251,7 @@ _SECTIONS = {
     "helpers": {"allow", "allow_ktime"},
     "map_types": {"allow"},
     "quota": set(Quota.__dataclass_fields__),
+    "engine": {"name"},
 }
 
 
@@ -322,6 +332,12 @@ def policy_from_dict(data: dict, where: str = "<policy>") -> Policy:
             if q[key] < 0 or (key in ("command_burst",) and q[key] < 1):
                 raise PolicyError(f"policy {where}: quota.{key} must be positive, not {value}")
         kwargs["quota"] = Quota(**q)
+    engine = data.get("engine", {})
+    if "name" in engine:
+        name = _typed(engine["name"], str, "engine.name", where)
+        if name not in ENGINES:
+            raise PolicyError(f"policy {where}: engine.name: {name!r}; one of {', '.join(ENGINES)}")
+        kwargs["engine"] = name
     return Policy(**kwargs)
 
 

@@ -16,9 +16,9 @@ program of the device's engine on RX or takes it off. Two kinds:
   anything else (somebody else's program) is left alone with a warning naming it, and our attach
   then fails with EBUSY naming it too. Keeping state across a crash on purpose (pinning) is a
   later feature; nothing is kept unseen.
-- `RecordedPort`, for engines that do not run in the host kernel (the interpreter; later a JIT):
-  it records which program runs on RX (`rx`), for the backend to run on the port's frames; it
-  attaches nothing in the kernel and needs no privilege.
+- `RecordedPort`, for engines that do not run in the host kernel (the JIT, the interpreter):
+  it records which program runs on RX (`rx`), which the backend runs on each batch of the port's
+  frames (`OffloadService.run_rx`); it attaches nothing in the kernel and needs no privilege.
 """
 
 from __future__ import annotations
@@ -139,10 +139,9 @@ class KernelPort:
 class RecordedPort:
     """A port whose frames an engine outside the kernel runs: records the program on RX, no syscall."""
 
-    mode = "interp"
-
-    def __init__(self, ifname: str, netns: str | None = None, ifindex: int = 0):
+    def __init__(self, ifname: str, netns: str | None = None, ifindex: int = 0, mode: str = "interp"):
         self.ifname, self.netns, self.ifindex = ifname, netns, ifindex
+        self.mode = mode  # the engine's name: what ``host show`` says runs the program
         self.rx: int | None = None  # the engine's handle of the program that runs on RX
 
     def open(self, device: str, prefix: str) -> None:

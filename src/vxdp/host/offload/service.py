@@ -63,15 +63,17 @@ from ...bpf.isa import Insn
 from ...bpf.kernel.maps import sanitize_name
 from ...bpf.mapspec import MapFlag, MapSpec, MapType, UpdateFlag, possible_cpus
 from ...bpf.obj import FuncInfo, LineInfo
-from ...engine.base import Engine
+from ...engine.base import Engine, XdpMd
 from ...engine.kernel import KernelEngine
+from ...engine.xdp_hook import XdpHook
+from ...frames import FrameBatch
 from ...offload.messages import ProgLoadRequest
 from . import loading, state
 from .errors import OffloadError, engine_call
 from .handles import HandleTable, Kind
 from .objects import Device, MapObj, ProgObj, in_prog_array
 from .policy import PROG_TYPES, Policy, TimeBudget, TokenBucket
-from .port import KernelPort, Port
+from .port import KernelPort, Port, RecordedPort
 
 _U32 = struct.Struct("<I")
 ALLOWED_MAP_FLAGS = MapFlag.NO_PREALLOC | MapFlag.NO_COMMON_LRU | MapFlag.RDONLY_PROG | MapFlag.WRONLY_PROG
@@ -493,6 +495,24 @@ class OffloadService:
             dev.export_snapshot, dev.import_buffer = None, None
             dev.engine.close()  # BTF objects the engine cached
             dev.engine = self.engine_factory(kernel_prefix(dev.name))
+
+    def run_rx(self, device: str, batch: FrameBatch, send: Callable[[FrameBatch], int]) -> None:
+        """Run the device's attached program on a batch of its port's frames, in place (PASS frames stay,
+        in order; TX ones go to ``send``, the port; the rest are dropped and counted): what the backend
+        calls per batch when the device's engine is outside the kernel. Nothing attached, or a kernel
+        port (the kernel runs the program itself): the batch is left as it is. Under the lock, so no
+        command frees the program or its maps in the middle of a batch."""
+        with self._lock:
+            dev = self.devices.get(device)
+            if dev is None or not isinstance(dev.port, RecordedPort) or dev.port.rx is None:
+                return
+            hook = dev.rx_hook
+            if hook is None:
+                ctx = XdpMd(ingress_ifindex=dev.port.ifindex) if dev.port.ifindex else None
+                hook = dev.rx_hook = XdpHook(dev.engine, None, send, ctx)  # type: ignore[arg-type]
+            # the engine is made anew at each reset; the device's counts go on
+            hook.engine, hook.prog, hook.send = dev.engine, dev.port.rx, send  # type: ignore[assignment]
+            hook(batch)
 
     def kernel_ids(self, device: str) -> tuple[set[int], set[int]]:
         """(program ids, map ids) of every kernel object the device holds now, counters included
