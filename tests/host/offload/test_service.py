@@ -29,6 +29,7 @@ from vxdp.bpf.kernel.prog import KernelProgram
 from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp, query_xdp
 from vxdp.bpf.mapspec import MapType, possible_cpus
 from vxdp.engine.kernel import KERNEL_NAME_SHOWN, KernelEngine
+from vxdp.frames import FrameBatch
 from vxdp.host.offload.errors import OffloadError
 from vxdp.host.offload.handles import Kind
 from vxdp.host.offload.policy import Policy, Quota
@@ -433,6 +434,40 @@ def test_map_operations_through_handles(engine):
 
 
 # -- what the port runs, and prog_arrays, on every engine ---------------------------------------
+
+def test_run_rx_runs_the_attached_program_on_a_batch_and_counts_the_verdicts():
+    """What the backend calls per batch of port frames on an engine outside the kernel: the program sees
+    the batch, TX frames go to ``send``, PASS ones stay in order, the others are dropped; ``show``
+    counts them by verdict, across a reset (a new engine) and a new attach."""
+    s, dev = _lo_service("interp")
+    try:
+        # even-length frames are sent back (TX), odd ones dropped, 60-byte ones passed
+        code = [Insn(0x61, 2, 1, 4), Insn(0x61, 3, 1, 0), Insn(0x1F, 2, 3),  # r2 = data_end - data
+                Insn(0xB7, 0, 0, 0, XdpAction.PASS), Insn(0x15, 2, 0, 4, 60),
+                Insn(0xB7, 0, 0, 0, XdpAction.DROP), Insn(0x57, 2, 0, 0, 1), Insn(0x55, 2, 0, 1, 0),
+                Insn(0xB7, 0, 0, 0, XdpAction.TX), Insn(EXIT)]
+        h, _ = s.prog_load(dev, code, name="split")
+        frames = [bytes([i]) * n for i, n in enumerate((60, 64, 65, 60, 100))]
+        batch = FrameBatch.allocate(8)
+        batch.fill(frames)
+        sent: list[bytes] = []
+        s.run_rx(dev, batch, lambda b: sent.extend(b.frames()) or b.count)
+        assert batch.frames() == frames  # nothing attached: the batch is left alone
+        s.prog_attach(dev, h)
+        s.run_rx(dev, batch, lambda b: sent.extend(b.frames()) or b.count)
+        assert batch.frames() == [frames[0], frames[3]] and sent == [frames[1], frames[4]]
+        (shown,) = s.show()
+        assert shown["engine"] == "interp" and shown["rx_frames"] == {"drop": 1, "pass": 2, "tx": 2}
+        (prog,) = shown["programs"]
+        # the program's own counters agree
+        assert {k: v for k, v in prog["actions"].items() if v} == {"drop": 1, "pass": 2, "tx": 2}
+        s.reset(dev)
+        batch.fill(frames)
+        s.run_rx(dev, batch, lambda b: b.count)
+        assert batch.count == len(frames) and s.show()[0]["rx_frames"] == {"drop": 1, "pass": 2, "tx": 2}
+    finally:
+        s.close()
+
 
 def test_a_recorded_port_runs_the_attached_program_and_nothing_is_attached_in_the_kernel():
     """The interpreter's port: attach puts the program's engine handle on RX, a second attach replaces
