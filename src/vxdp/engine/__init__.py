@@ -1,4 +1,4 @@
-"""Execution engines behind one interface (`base.Engine`): ``kernel``, ``interp``.
+"""Execution engines behind one interface (`base.Engine`): ``kernel``, ``interp``, ``jit``.
 
 `make_engine` imports an engine only when asked for, so a tool that never runs
 the kernel engine never needs bpf(2).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .base import Engine
 
-ENGINES = ("interp", "kernel")
+ENGINES = ("interp", "kernel", "jit")
 
 
 def make_engine(name: str) -> Engine:
@@ -21,4 +21,8 @@ def make_engine(name: str) -> Engine:
         from .interp.engine import InterpEngine
 
         return InterpEngine()
+    if name == "jit":
+        from .jit.engine import JitEngine
+
+        return JitEngine()
     raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -1,9 +1,9 @@
 """LLVM's lifetime in one place: the native target, the optimisation pipeline, one MCJIT engine per program.
 
-LLVM is initialised once per process and the host's target machine is made once
-(``-O2``-like, the CPU we run on, so the code uses what this CPU has); every program
-then gets its own module and MCJIT execution engine, which owns the machine code for as
-long as the program is loaded. `Compiled` keeps the engine and the entry addresses
+LLVM is initialised once per process; every program then gets its own module, target
+machine (``-O2``-like, for the CPU we run on, so the code uses what this CPU has) and MCJIT
+execution engine, which owns the machine code (and the target machine) for as long as the
+program is loaded. `Compiled` keeps the engine and the entry addresses
 together so that nothing frees code a prog_array slot still points to.
 """
 
@@ -16,19 +16,20 @@ import llvmlite.binding as llvm
 
 OPT_LEVEL = 2  # -O2: the loops of helpers vectorise, compile time stays in milliseconds
 
-_target: llvm.TargetMachine | None = None
+_initialised = False
 
 
 def target_machine() -> llvm.TargetMachine:
-    """The host's target machine, made once (LLVM's native target initialised on first use)."""
-    global _target
-    if _target is None:
+    """A new target machine for the host (LLVM's native target initialised on first use). One per
+    program: an MCJIT engine takes ownership of the target machine it is given and frees it with itself."""
+    global _initialised
+    if not _initialised:
         llvm.initialize_native_target()
         llvm.initialize_native_asmprinter()
-        target = llvm.Target.from_default_triple()
-        _target = target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features()
-                                               .flatten(), opt=OPT_LEVEL, codemodel="jitdefault")
-    return _target
+        _initialised = True
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=llvm.get_host_cpu_features().flatten(),
+                                        opt=OPT_LEVEL, codemodel="jitdefault")
 
 
 class CompileError(RuntimeError):
@@ -56,10 +57,11 @@ def compile_module(ir_text: str, exports: list[str]) -> Compiled:
         raise CompileError(f"LLVM refused the generated IR: {e}") from e
     mod.triple = tm.triple
     mod.data_layout = str(tm.target_data)
-    pto = llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL) if hasattr(
-        llvm, "create_pipeline_tuning_options") else llvm.PipelineTuningOptions(speed_level=OPT_LEVEL)
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=OPT_LEVEL))
+    mpm = pb.getModulePassManager()
+    mpm.run(mod, pb)
+    mpm.close()
+    pb.close()
     engine = llvm.create_mcjit_compiler(mod, tm)
     engine.finalize_object()
     engine.run_static_constructors()
