@@ -96,6 +96,7 @@ class JitEngine(Engine):
         self.ctx = np.zeros(CTX_WORDS, np.uint64)
         self.stack = np.zeros(STACK_AREA // 8, np.uint64)
         self.ctx[Ctx.STACK_BASE // 8] = self.stack.ctypes.data
+        self._ctx_addr = self.ctx.ctypes.data
         self.ctx[Ctx.RNG // 8] = random.Random(seed).getrandbits(64) | 1
         self.faults = 0
         self.last_fault: str | None = None
@@ -168,28 +169,29 @@ class JitEngine(Engine):
             (ctx.ingress_ifindex or LOOPBACK_IFINDEX) & 0xFFFFFFFF)
         c[Ctx.EGRESS_IFINDEX // 8] = 0
         c[Ctx.CPU // 8] = self.cpu
-        c[Ctx.LAST_FAULT // 8] = 0
 
-    def run_batch(self, prog: int, frames: np.ndarray, geometry: np.ndarray, *, ctx: XdpMd | None = None,
-                  repeat: int = 1) -> np.ndarray:
-        """Run ``prog`` on every frame of ``frames`` (uint8, shape (n, stride), C-contiguous) whose
-        ``geometry`` (int32, shape (n, 3)) gives data_meta, data, data_end offsets; both are rewritten in
-        place. Returns the actions (int32, shape (n,)); a faulted packet's is XDP_ABORTED."""
+    def batch_runner(self, prog: int, frames: np.ndarray, geometry: np.ndarray) -> BatchRunner:
+        """A `BatchRunner` over arrays the caller keeps and refills (a ring of frames): the addresses
+        are taken once, so each batch costs one native call."""
         p = self.program(prog)
         if frames.dtype != np.uint8 or frames.ndim != 2 or not frames.flags.c_contiguous or frames.shape[1] < PAGE_SIZE:
             raise JitError(f"frames must be a C-contiguous uint8 array of shape (n, >= {PAGE_SIZE})")
         n = frames.shape[0]
         if geometry.dtype != np.int32 or geometry.shape != (n, 3) or not geometry.flags.c_contiguous:
             raise JitError(f"geometry must be a C-contiguous int32 array of shape ({n}, 3)")
-        ctx = ctx or XdpMd()
-        self._set_ctx(ctx)
-        actions = np.zeros(n, np.int32)
-        faults = p.batch(self.ctx.ctypes.data, frames.ctypes.data, n, frames.shape[1], geometry.ctypes.data,
-                         actions.ctypes.data, max(1, repeat))
+        return BatchRunner(self, p, frames, geometry, np.zeros(n, np.int32))
+
+    def run_batch(self, prog: int, frames: np.ndarray, geometry: np.ndarray, *, ctx: XdpMd | None = None,
+                  repeat: int = 1) -> np.ndarray:
+        """Run ``prog`` on every frame of ``frames`` (uint8, shape (n, stride), C-contiguous) whose
+        ``geometry`` (int32, shape (n, 3)) gives data_meta, data, data_end offsets; both are rewritten in
+        place. Returns the actions (int32, shape (n,)); a faulted packet's is XDP_ABORTED."""
+        return self.batch_runner(prog, frames, geometry).run(ctx=ctx or XdpMd(), repeat=repeat)
+
+    def _finish(self, p: JitProgram, faults: int) -> None:
         self.faults += faults
-        word = int(self.ctx[Ctx.LAST_FAULT // 8])
+        word = int(self.ctx[Ctx.LAST_FAULT // 8]) if faults else 0
         self.last_fault = describe_fault(p.name, word) if word else None
-        return actions
 
     def run(self, prog: int, packet: bytes, *, repeat: int = 1, ctx: XdpMd | None = None) -> JitRunResult:
         self.program(prog)
@@ -213,6 +215,38 @@ class JitEngine(Engine):
                             self.last_fault)
 
 
+class BatchRunner:
+    """One program over fixed arrays: ``run()`` runs the first ``n`` frames in one native call.
+
+    ``frames``, ``geometry`` (data_meta, data, data_end offsets per frame) and ``actions`` are
+    the caller's to fill and read between runs; the context (device, queue) stays as the last
+    run that named one set it."""
+
+    def __init__(self, engine: JitEngine, prog: JitProgram, frames: np.ndarray, geometry: np.ndarray,
+                 actions: np.ndarray):
+        self.engine, self.prog = engine, prog
+        self.frames, self.geometry, self.actions = frames, geometry, actions
+        self._args = (engine._ctx_addr, _address(frames), frames.shape[0], frames.shape[1], _address(geometry),
+                      _address(actions))
+        engine._set_ctx(XdpMd())
+
+    def run(self, n: int | None = None, *, ctx: XdpMd | None = None, repeat: int = 1) -> np.ndarray:
+        """Run the program on frames ``[0, n)`` (all by default); returns ``actions`` (the first n count)."""
+        if ctx is not None:
+            self.engine._set_ctx(ctx)
+        a = self._args
+        count = a[2] if n is None else max(0, min(n, a[2]))
+        faults = self.prog.batch(a[0], a[1], count, a[3], a[4], a[5], max(1, repeat))
+        if faults or self.engine.last_fault:
+            self.engine._finish(self.prog, faults)
+        return self.actions
+
+
+def _address(a: np.ndarray) -> int:
+    """The data address of an array (``a.ctypes.data`` costs microseconds; this does not)."""
+    return a.__array_interface__["data"][0]
+
+
 def describe_fault(name: str, word: int) -> str:
     """The fault word as a person reads it: program, instruction, reason."""
     kind = word & 0xFF
@@ -221,4 +255,4 @@ def describe_fault(name: str, word: int) -> str:
     return f"{name}: pc {(word >> 8) - 1}: {reason}"
 
 
-__all__ = ["JitEngine", "JitError", "JitProgram", "JitRunResult"]
+__all__ = ["BatchRunner", "JitEngine", "JitError", "JitProgram", "JitRunResult"]
