@@ -15,8 +15,8 @@ from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.engine import make_engine
 from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.jit.analysis import observe
-from vxdp.engine.jit.codegen import JitLoadError
 from vxdp.engine.jit.engine import JitEngine
+from vxdp.engine.jit.irtypes import JitLoadError
 from vxdp.engine.loader import load_object
 from vxdp.engine.verifier.errors import VerifierRejected
 

@@ -21,58 +21,45 @@ unwinds and the batch loop counts the packet as XDP_ABORTED.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
 from llvmlite import ir
 
 from ...bpf.helpers import Helper
 from ...bpf.isa import LDDW, AluOp, Cls, Insn, JmpOp, Mode, PseudoCall, PseudoSrc, Size, lddw_value
+from ..interp.memory import STACK_SIZE
 from ..verifier.state import RegType
 from .analysis import PACKET_TYPES, Notes
 from .batch import add_batch
-from .context import MAX_LOOPS, MAX_TAIL_CALL_CNT, STACK_SIZE, XDP_MD_FIELDS, Ctx, FaultKind
-
-I1, I8, I16, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-I8P = I8.as_pointer()
-FUNC_TYPE = ir.FunctionType(I64, [I8P, I64, I64, I64, I64, I64, I64])
-ENTRY_TYPE = ir.FunctionType(I64, [I8P, I64])
-INT = {1: I8, 2: I16, 4: I32, 8: I64}
-SIZE_BYTES = {Size.B: 1, Size.H: 2, Size.W: 4, Size.DW: 8}
-M32 = 0xFFFFFFFF
-LOAD_ACQ, STORE_REL, XCHG, CMPXCHG = 0x100, 0x110, 0xE1, 0xF1
-RMW = {0x00: "add", 0x40: "or", 0x50: "and", 0xA0: "xor"}
-ENTRY = "vxdp_entry"
-BATCH = "vxdp_batch"
-
-
-class JitLoadError(ValueError):
-    """A program the JIT cannot translate (something our verifier let through that the JIT has no code for)."""
-
-
-@dataclass(frozen=True)
-class MapRef:
-    """What the generated code needs of one map: its descriptor and, for arrays, where the values are."""
-
-    handle: int
-    desc: int  # address of the descriptor (what ``lddw MAP_FD`` gives)
-    kind: int  # `maps.NativeKind`
-    values: int  # array element storage (kind 1, 2) or the prog table (7); 0 for hash maps
-    max_entries: int
-    stride: int
-    ncpus: int
-    region: tuple[int, int] | None  # [lo, hi) of the memory its values live in, for run-time checks
-
-
-ARRAY, PERCPU_ARRAY, PROG_ARRAY = 1, 2, 7
+from .context import MAX_LOOPS, MAX_TAIL_CALL_CNT, XDP_MD_FIELDS, Ctx, FaultKind
+from .helpers import HelperEmitter
+from .irtypes import (
+    ARRAY,
+    CMPXCHG,
+    ENTRY,
+    ENTRY_TYPE,
+    FUNC_TYPE,
+    I1,
+    I32,
+    I64,
+    INT,
+    LOAD_ACQ,
+    M32,
+    RMW,
+    SIZE_BYTES,
+    STORE_REL,
+    XCHG,
+    JitLoadError,
+    MapRef,
+)
 
 
 def function_starts(insns: list[Insn]) -> list[int]:
     """Where functions begin: 0, every bpf-to-bpf call target, every function whose address is taken."""
     starts = {0}
     for pc, insn in enumerate(insns):
-        if insn.code == (Cls.JMP | JmpOp.CALL) and insn.src == PseudoCall.CALL:
-            starts.add(pc + 1 + insn.imm)
-        elif insn.code == LDDW and insn.src == PseudoSrc.FUNC:
+        if (insn.code == (Cls.JMP | JmpOp.CALL) and insn.src == PseudoCall.CALL
+                or insn.code == LDDW and insn.src == PseudoSrc.FUNC):
             starts.add(pc + 1 + insn.imm)
     return sorted(starts)
 
@@ -100,8 +87,6 @@ class ModuleBuilder:
     """Builds the IR module of one program; `text` is what `compiler.compile_module` takes."""
 
     def __init__(self, name: str, insns: list[Insn], notes: Notes, maps: dict[int, MapRef], addresses: dict[str, int]):
-        from .helpers import HelperEmitter  # helpers emit into functions this module owns
-
         self.name = name
         self.insns = insns
         self.notes = notes
@@ -287,7 +272,7 @@ class FunctionBuilder:
         raise JitLoadError(f"{self.mb.name}: unknown ALU operation {op:#x}")
 
     # -- jumps and calls -----------------------------------------------------------------------
-    _PRED = {JmpOp.JEQ: ("==", False), JmpOp.JNE: ("!=", False), JmpOp.JGT: (">", False),
+    _PRED: ClassVar[dict] = {JmpOp.JEQ: ("==", False), JmpOp.JNE: ("!=", False), JmpOp.JGT: (">", False),
              JmpOp.JGE: (">=", False), JmpOp.JLT: ("<", False), JmpOp.JLE: ("<=", False),
              JmpOp.JSGT: (">", True), JmpOp.JSGE: (">=", True), JmpOp.JSLT: ("<", True),
              JmpOp.JSLE: ("<=", True)}

@@ -27,12 +27,19 @@ from ...bpf.isa import Insn
 from ...bpf.mapapi import Map
 from ...bpf.mapspec import MapSpec, possible_cpus
 from ..base import Engine, ProgramInfo, RunResult, XdpMd, program_tag
-from ..interp.xdp import (LOOPBACK_IFINDEX, MAX_LINEAR, PAGE_SIZE, XDP_PACKET_HEADROOM, PacketSizeError,
-                          check_context)
+from ..interp.xdp import (
+    LOOPBACK_IFINDEX,
+    MAX_LINEAR,
+    PAGE_SIZE,
+    XDP_PACKET_HEADROOM,
+    PacketSizeError,
+    check_context,
+)
 from .analysis import Notes, observe
-from .codegen import BATCH, ENTRY, ARRAY, PERCPU_ARRAY, PROG_ARRAY, MapRef, ModuleBuilder
+from .codegen import ModuleBuilder
 from .compiler import Compiled, compile_module
 from .context import CTX_WORDS, STACK_AREA, Ctx, FaultKind
+from .irtypes import ARRAY, BATCH, ENTRY, PERCPU_ARRAY, PROG_ARRAY, MapRef
 from .map_runtime import ADDRESSES
 from .maps import make_native_map
 

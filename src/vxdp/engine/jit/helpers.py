@@ -20,10 +20,9 @@ from llvmlite import ir
 
 from ...bpf.helpers import Helper
 from ..interp.xdp import ETH_HLEN, META_MAX, XDP_FRAME_SIZE
-from .codegen import ARRAY, I1, I8, I8P, I32, I64, PERCPU_ARRAY, JitLoadError
 from .context import HARD_END, Ctx
+from .irtypes import ARRAY, I1, I8, I8P, I32, I64, M32, PERCPU_ARRAY, JitLoadError
 
-M32 = 0xFFFFFFFF
 CLOCK_MONOTONIC = 1
 
 
