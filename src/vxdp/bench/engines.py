@@ -31,9 +31,9 @@ class Plan:
 def plan(samples_dir: str, *, quick: bool) -> Plan:
     return Plan(
         objects=(f"{samples_dir}/xdp1.o", f"{samples_dir}/xdp2.o"),
-        engines=("interp", "kernel"),
+        engines=("interp", "kernel", "jit"),
         frames=16 if quick else 64,
-        repeat={"interp": 20 if quick else 200, "kernel": 1000 if quick else 100000},
+        repeat={"interp": 20 if quick else 200, "kernel": 1000 if quick else 100000, "jit": 1000 if quick else 100000},
     )
 
 
@@ -78,5 +78,7 @@ def to_markdown(doc: dict[str, Any], command: str) -> str:
         f"`{command}` on {env['date']}: kernel {env['kernel']}, {env['cpu']} ({env['cpus']} CPUs), "
         f"Python {env['python']}.\n\n"
         "Kernel: BPF_PROG_TEST_RUN's per-run time (JIT, in-kernel). "
-        "Interpreter: wall time of its run loop.\n\n" + report.markdown_table(COLUMNS, doc["results"])
+        "Interpreter: wall time of its run loop. "
+        "JIT: its native batch loop's own time of the runs (clock_gettime around the loop, as the kernel's).\n\n"
+        + report.markdown_table(COLUMNS, doc["results"])
     )

@@ -7,7 +7,9 @@ context at each frame in turn, runs the program ``repeat`` times on it (as
 BPF_PROG_TEST_RUN's repeat does: the runs share the frame, so an ``adjust_head`` is seen by
 the next), writes the offsets the program left back and the action into ``actions``
 (XDP_ABORTED for a packet that faulted), and returns how many packets faulted. Being in
-the same module as the program lets LLVM inline the program into the loop.
+the same module as the program lets LLVM inline the program into the loop. The loop times
+itself (``clock_gettime`` around it, into the context's ``ELAPSED_NS``), as the kernel's test
+run does, so a run's duration is the program's and not the Python call's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ def _c(v: int) -> ir.Constant:
     return ir.Constant(I64, v)
 
 
+def _now(module: ir.Module, b: ir.IRBuilder) -> ir.Value:
+    """CLOCK_MONOTONIC in nanoseconds."""
+    clock = module.globals.get("clock_gettime") or ir.Function(
+        module, ir.FunctionType(I32, [I32, I8P]), name="clock_gettime")
+    ts = b.alloca(ir.ArrayType(I64, 2))
+    b.call(clock, [ir.Constant(I32, 1), b.bitcast(ts, I8P)])
+    sec = b.load(b.gep(ts, [_c(0), ir.Constant(I32, 0)]))
+    nsec = b.load(b.gep(ts, [_c(0), ir.Constant(I32, 1)]))
+    return b.add(b.mul(sec, _c(1_000_000_000)), nsec)
+
+
 def add_batch(module: ir.Module, entry: ir.Function, name: str = "vxdp_batch") -> ir.Function:
     fn = ir.Function(module, BATCH_TYPE, name=name)
     ctx, frames, n, stride, geo, actions, repeat = fn.args
@@ -34,6 +47,7 @@ def add_batch(module: ir.Module, entry: ir.Function, name: str = "vxdp_batch") -
         return b.bitcast(b.gep(ctx, [_c(off)]), I64.as_pointer())
 
     stack = b.load(slot(Ctx.STACK_BASE))
+    started = _now(module, b)
     i_slot, faults, r_slot, act = b.alloca(I64), b.alloca(I64), b.alloca(I64), b.alloca(I32)
     b.store(_c(0), i_slot)
     b.store(_c(0), faults)
@@ -84,5 +98,6 @@ def add_batch(module: ir.Module, entry: ir.Function, name: str = "vxdp_batch") -
     b.branch(head)
 
     b.position_at_end(done)
+    b.store(b.sub(_now(module, b), started), slot(Ctx.ELAPSED_NS))
     b.ret(b.load(faults))
     return fn

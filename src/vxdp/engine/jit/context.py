@@ -51,6 +51,7 @@ class Ctx(IntEnum):
     RNG = 80  # xorshift64* state of bpf_get_prandom_u32
     STACK_BASE = 88
     LAST_FAULT = 96  # the fault word of the last aborted packet of the batch (0: none)
+    ELAPSED_NS = 104  # CLOCK_MONOTONIC time the last batch took, measured by the batch loop itself
 
 
 CTX_WORDS = 16
