@@ -28,9 +28,9 @@ from ..interp.xdp import PAGE_SIZE, SKB_SHARED_INFO_TAILROOM
 MAX_TAIL_CALL_CNT = 33  # the kernel's MAX_TAIL_CALL_CNT
 MAX_LOOPS = 8 * 1024 * 1024  # BPF_MAX_LOOPS: may_goto's budget per run, bpf_loop's largest nr
 HARD_END = PAGE_SIZE - SKB_SHARED_INFO_TAILROOM  # how far adjust_tail may grow the packet
-# A call chain has at most MAX_CALL_FRAMES frames; a tail call from the deepest of them starts the
-# target's own chain there, so twice that is the most a run can use.
-STACK_FRAMES = 2 * MAX_CALL_FRAMES
+# A call chain has at most MAX_CALL_FRAMES frames; a tail call replaces the frame it is made in, and the
+# target's chain grows from there: up to 7 more frames per tail call, 33 tail calls (122 KiB in all).
+STACK_FRAMES = MAX_CALL_FRAMES + MAX_TAIL_CALL_CNT * (MAX_CALL_FRAMES - 1)
 STACK_AREA = STACK_FRAMES * STACK_SIZE
 
 
