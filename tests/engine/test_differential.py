@@ -1,15 +1,15 @@
-"""The interpreter against the oracle: every sample program, the same packets, the same answers.
+"""The interpreter and the JIT against the oracle: every sample program, the same packets, the same answers.
 
 For each program of each compiled sample object, and of one program of our own
 (``ctx_fields``, compiled here, that reads every ``xdp_md`` field a test run may
 set), hypothesis draws at least `FLOOR` (1,000) frames, each with a context; each
 frame runs once in the host kernel (BPF_PROG_TEST_RUN on the object loaded through
-our own loader and the kernel's verifier) and once in the interpreter, on engines
-that have seen the same frames before it. After every frame the action, the packet
+our own loader and the kernel's verifier), once in the interpreter and once as the
+JIT's native code, on engines that have seen the same frames before it. After every frame the action, the packet
 that came out and the contents of every map must be equal. Maps named ``nondet_*``
 hold ktime/prandom values by the corpus's convention and are compared by key only.
 The test pins itself to CPU 0 so that per-CPU maps are written in the same slot on
-both sides.
+every side.
 
 The context (`XdpMd`, BPF_PROG_TEST_RUN's ctx_in) is drawn from what the kernel
 accepts: ``ingress_ifindex`` 0 (the default device) or a real device of a
@@ -18,7 +18,7 @@ kernel resolving the index in the calling thread's namespace, so the kernel side
 runs on a thread inside it), an ``rx_queue_index`` that device has, and 0 to 216
 bytes of metadata in steps of 4 (ctx_in's ``data``; the kernel refuses more). What the kernel refuses
 whatever its devices (a non-zero ``egress_ifindex``, a queue without a device,
-metadata of another size) both engines must refuse: `test_contexts_the_kernel_refuses`.
+metadata of another size) our engines must refuse: `test_contexts_the_kernel_refuses`.
 
 The number of examples: ``VXDP_DIFF_EXAMPLES`` may raise it. Below the floor the
 test refuses to run (it fails, saying so) unless ``VXDP_DIFF_BELOW_FLOOR=1`` is
@@ -52,6 +52,7 @@ from vxdp.bpf.mapspec import MapType
 from vxdp.engine.base import XdpMd
 from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.interp.xdp import META_CTX_MAX, XdpContextError
+from vxdp.engine.jit.engine import JitEngine
 from vxdp.engine.kernel import KernelEngine
 from vxdp.engine.loader import LoadedObject, load_object
 from vxdp.testing.netns import NetLab
@@ -172,7 +173,7 @@ def on_cpu0():
     os.sched_setaffinity(0, before)
 
 
-_pairs: dict[str, tuple[LoadedObject, LoadedObject]] = {}
+_loads: dict[str, tuple[LoadedObject, LoadedObject, LoadedObject]] = {}
 
 U32 = struct.Struct("<I")
 
@@ -195,26 +196,25 @@ SETUP = {"tail_chain": _fill_tail_chain, "hash_maps": _fill_blocklist}
 
 @pytest.fixture(scope="module")
 def engines(on_cpu0):
-    """One kernel and one interpreter load per object, shared by that object's programs."""
+    """One kernel, one interpreter and one JIT load per object, shared by that object's programs."""
 
-    def get(path) -> tuple[LoadedObject, LoadedObject]:
+    def get(path) -> tuple[LoadedObject, LoadedObject, LoadedObject]:
         key = str(path)
-        if key not in _pairs:
+        if key not in _loads:
             obj = parse_object(key)
             kernel = load_object(KernelEngine(), obj)
-            interp_engine = InterpEngine()
-            interp_engine.cpu = 0
-            interp = load_object(interp_engine, obj)
-            for loaded in (kernel, interp):
+            interp = load_object(InterpEngine(cpu=0), obj)
+            jit = load_object(JitEngine(cpu=0), obj)
+            for loaded in (kernel, interp, jit):
                 SETUP.get(path.stem, lambda _: None)(loaded)
-            _pairs[key] = (kernel, interp)
-        return _pairs[key]
+            _loads[key] = (kernel, interp, jit)
+        return _loads[key]
 
     yield get
-    for kernel, interp in _pairs.values():
-        kernel.close()
-        interp.close()
-    _pairs.clear()
+    for loads in _loads.values():
+        for loaded in loads:
+            loaded.close()
+    _loads.clear()
 
 
 def _prog_names_by_value(loaded: LoadedObject) -> dict[int, str]:
@@ -239,9 +239,9 @@ def map_state(loaded: LoadedObject) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(("path", "prog"), _cases())
-def test_interpreter_matches_kernel(engines, ctx_lab, ctx_object, path, prog):
+def test_engines_match_kernel(engines, ctx_lab, ctx_object, path, prog):
     assert path is not None, "no sample objects under samples/build: run `make samples`"
-    kernel, interp = engines(ctx_object if path == OWN else path)
+    kernel, interp, jit = engines(ctx_object if path == OWN else path)
     examples = _examples()
     seen = {"n": 0, "ctx": set()}
 
@@ -257,12 +257,15 @@ def test_interpreter_matches_kernel(engines, ctx_lab, ctx_object, path, prog):
         seen["ctx"].add((ctx.ingress_ifindex, ctx.rx_queue_index, ctx.meta_len))
         packet = meta[: ctx.meta_len] + frame  # the metadata comes first in data_in
         want = ctx_lab.run(kernel.run, packet, prog=prog, ctx=ctx)
-        got = interp.run(packet, prog=prog, ctx=ctx)
-        fault = getattr(interp.engine, "last_fault", None)
         where = f"{packet.hex()} with {ctx}"
-        assert got.action == want.action, f"action differs on {where} (interp fault: {fault})"
-        assert got.packet == want.packet, f"output packet differs on {where}"
-        assert map_state(interp) == map_state(kernel), f"maps differ after {where}"
+        kernel_maps = map_state(kernel)
+        for ours in (interp, jit):
+            got = ours.run(packet, prog=prog, ctx=ctx)
+            fault = getattr(ours.engine, "last_fault", None)
+            side = ours.engine.name
+            assert got.action == want.action, f"{side}: action differs on {where} (fault: {fault})"
+            assert got.packet == want.packet, f"{side}: output packet differs on {where}"
+            assert map_state(ours) == kernel_maps, f"{side}: maps differ after {where}"
 
     check()
     assert seen["n"] >= examples
@@ -277,25 +280,27 @@ def test_interpreter_matches_kernel(engines, ctx_lab, ctx_object, path, prog):
     (XdpMd(meta_len=16), 14),
 ], ids=["egress", "queue-without-device", "meta-unaligned", "meta-220", "meta-past-data-end"])
 def test_contexts_the_kernel_refuses(engines, ctx_lab, ctx_object, ctx, size):
-    """Refused alike, whatever the devices: the kernel with EINVAL, the interpreter with XdpContextError."""
-    kernel, interp = engines(ctx_object)
+    """Refused alike, whatever the devices: the kernel with EINVAL, our engines with XdpContextError."""
+    kernel, interp, jit = engines(ctx_object)
     packet = bytes(size)
     with pytest.raises(BpfError) as k:
         ctx_lab.run(kernel.run, packet, prog="ctx_fields", ctx=ctx)
     assert k.value.errno == errno.EINVAL
-    with pytest.raises(XdpContextError):
-        interp.run(packet, prog="ctx_fields", ctx=ctx)
+    for ours in (interp, jit):
+        with pytest.raises(XdpContextError):
+            ours.run(packet, prog="ctx_fields", ctx=ctx)
 
 
 def test_ctx_fields_program_sees_the_device_and_queue(engines, ctx_lab, ctx_object):
     """The fields are really read (not constant): both engines store the given ones, and the
     loopback's index when the context names no device."""
-    kernel, interp = engines(ctx_object)
+    kernel, interp, jit = engines(ctx_object)
     veth = max(ctx_lab.queues, key=ctx_lab.queues.get)  # the 4-queue end
     for ctx, stored in ((XdpMd(ingress_ifindex=veth, rx_queue_index=3, meta_len=8), (veth, 3, 8)),
                         (XdpMd(ingress_ifindex=0, rx_queue_index=0), (1, 0, 0))):
         for loaded, run in ((kernel, lambda p, c: ctx_lab.run(kernel.run, p, prog="ctx_fields", ctx=c)),
-                            (interp, lambda p, c: interp.run(p, prog="ctx_fields", ctx=c))):
+                            (interp, lambda p, c: interp.run(p, prog="ctx_fields", ctx=c)),
+                            (jit, lambda p, c: jit.run(p, prog="ctx_fields", ctx=c))):
             run(bytes(8) + bytes(60), ctx)
             values = dict(loaded.maps["seen"].items())
             assert [int.from_bytes(values[U32.pack(i)], "little") for i in range(3)] == list(stored), loaded.engine

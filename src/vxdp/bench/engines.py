@@ -4,8 +4,8 @@ Each engine loads the object through the same loader and runs the program on
 every frame of the built-in traffic mix, ``repeat`` times per frame; the figure
 is the mean time of one run. The kernel's figure is BPF_PROG_TEST_RUN's own
 per-run duration (JIT-compiled code, measured inside the kernel, no syscall
-cost); the others' are wall time around their own run loop in this process (the
-JIT's loop is native code: one call runs all ``repeat`` runs of a frame).
+cost); the JIT's is its native loop's own clock around the runs (one call runs all
+``repeat`` runs of a frame); the interpreter's is wall time around its run loop.
 
 Three programs: xdp1 (parse, count, DROP), xdp2 (the same, MAC swap, TX) and
 xdp_flow (a HASH flow table keyed by the 5-tuple and a checksum update: what a
@@ -117,8 +117,9 @@ def to_markdown(doc: dict[str, Any], command: str) -> str:
         "# Engines: cost of one program run\n\n"
         f"`{command}` on {env['date']}: kernel {env['kernel']}, {env['cpu']} ({env['cpus']} CPUs), "
         f"Python {env['python']}.\n\n"
-        "Kernel: BPF_PROG_TEST_RUN's per-run time (its JIT, in-kernel). JIT and interpreter: wall time "
-        "of their run loop in this process. Load: maps made, programs verified and compiled.\n\n"
+        "Kernel: BPF_PROG_TEST_RUN's per-run time (its JIT, in-kernel). JIT: its native batch loop's own "
+        "time of the runs (clock_gettime around the loop, as the kernel's). Interpreter: wall time of its run "
+        "loop. Load: maps made, programs verified and compiled.\n\n"
         + report.markdown_table(COLUMNS, doc["results"])
         + "\nSpeed against the kernel and the interpreter (ns per packet of theirs over this engine's; "
         "above 1 is faster):\n\n" + report.markdown_table(RATIO_COLUMNS, doc.get("ratios", []))

@@ -1,4 +1,4 @@
-"""Execution engines behind one interface (`base.Engine`): ``kernel``, ``interp``.
+"""Execution engines behind one interface (`base.Engine`): ``kernel``, ``interp``, ``jit``.
 
 `make_engine` imports an engine only when asked for, so a tool that never runs
 the kernel engine never needs bpf(2).
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from .base import Engine
 
-ENGINES = ("interp", "kernel")
+ENGINES = ("interp", "jit", "kernel")
 IN_PROCESS = tuple(e for e in ENGINES if e != "kernel")
 """The engines that run programs in this process, not in the host kernel: what a guest's native XDP
 runs on, and what a host runs offloaded programs on when no guest code may enter its kernel."""
-DEFAULT_IN_PROCESS = "interp"
+DEFAULT_IN_PROCESS = "jit"
 
 
 def make_engine(name: str) -> Engine:
@@ -25,4 +25,8 @@ def make_engine(name: str) -> Engine:
         from .interp.engine import InterpEngine
 
         return InterpEngine()
+    if name == "jit":
+        from .jit.engine import JitEngine
+
+        return JitEngine()
     raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
