@@ -69,7 +69,7 @@ def test_a_failed_run_time_check_aborts_the_packet_and_is_counted():
         prog = engine.install("unsafe", unsafe, notes)
         pkts = [bytes([b]) + bytes(63) for b in (0, 5, 0, 200, 1)]
         frames, geometry = _frames(pkts)
-        actions = engine.run_batch(prog, frames, geometry)
+        actions = engine.run_frames(prog, frames, geometry)
         assert list(actions) == [3, XdpAction.ABORTED, 3, XdpAction.ABORTED, XdpAction.ABORTED]
         assert engine.faults == 3
         assert "pc 11" in engine.last_fault and "outside every region" in engine.last_fault
@@ -78,7 +78,7 @@ def test_a_failed_run_time_check_aborts_the_packet_and_is_counted():
         r = engine.run(prog, b"\x07" + bytes(63))
         assert r.action == XdpAction.ABORTED and r.fault and engine.faults == 4
         good = engine.load_program("safe", safe)  # the verified program: in range for every byte
-        assert list(engine.run_batch(good, *_frames(pkts))) == [3] * 5
+        assert list(engine.run_frames(good, *_frames(pkts))) == [3] * 5
     finally:
         engine.close()
 
@@ -112,7 +112,7 @@ def test_a_batch_equals_runs_one_by_one(sample):
     interp = load_object(InterpEngine(), obj)
     try:
         frames, geometry = _frames(pkts)
-        actions = batch_side.engine.run_batch(batch_side.program_handle(), frames, geometry)
+        actions = batch_side.engine.run_frames(batch_side.program_handle(), frames, geometry)
         for i, p in enumerate(pkts):
             one = single_side.run(p)
             ref = interp.run(p)

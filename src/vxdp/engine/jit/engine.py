@@ -4,7 +4,7 @@ A program loads only once our verifier accepts it (`analysis.observe` is that ve
 taking notes for the code generator); it is then compiled to native code whose batch loop
 (`batch`) runs many frames per call. `run` mirrors BPF_PROG_TEST_RUN as `InterpEngine.run`
 does (same frame layout, same refusals of a bad packet or context, the result from
-``data_meta`` to ``data_end``), as a batch of one frame; `run_batch` is the fast path: a
+``data_meta`` to ``data_end``), as a batch of one frame; `run_frames` is the fast path: a
 numpy array of frames and their offsets in, actions out, frames rewritten in place.
 
 Handles are small integers from 1, and a program's id (what a user-space lookup of a
@@ -25,6 +25,7 @@ import numpy as np
 from ...bpf.isa import Insn
 from ...bpf.mapapi import Map
 from ...bpf.mapspec import MapSpec, possible_cpus
+from ...frames import FrameBatch
 from ..base import Engine, ProgramInfo, RunResult, XdpMd, program_tag
 from ..interp.xdp import (
     LOOPBACK_IFINDEX,
@@ -41,6 +42,7 @@ from .context import CTX_WORDS, STACK_AREA, Ctx, FaultKind
 from .irtypes import ARRAY, BATCH, ENTRY, PERCPU_ARRAY, PROG_ARRAY, MapRef
 from .map_runtime import ADDRESSES
 from .maps import make_native_map
+from .staging import stage_in, stage_out
 
 BATCH_FN = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64,
                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
@@ -109,6 +111,8 @@ class JitEngine(Engine):
         self.compile_ns: dict[int, int] = {}
         self._next_map = 1
         self._next_prog = 1
+        self._stage: tuple[np.ndarray, np.ndarray] | None = None  # XDP pages for `run_batch`
+        self._runners: dict[int, BatchRunner] = {}  # per program, over those pages
 
     # -- maps ---------------------------------------------------------------------------------
     def create_map(self, spec: MapSpec) -> Map:
@@ -164,6 +168,7 @@ class JitEngine(Engine):
 
     def free_program(self, prog: int) -> None:
         p = self.programs.pop(prog, None)
+        self._runners.pop(prog, None)
         if p is not None:
             self._retired.append(p)
 
@@ -193,8 +198,29 @@ class JitEngine(Engine):
             raise JitError(f"geometry must be a C-contiguous int32 array of shape ({n}, 3)")
         return BatchRunner(self, p, frames, geometry, np.zeros(n, np.int32))
 
-    def run_batch(self, prog: int, frames: np.ndarray, geometry: np.ndarray, *, ctx: XdpMd | None = None,
-                  repeat: int = 1) -> np.ndarray:
+    def run_batch(self, prog: int, batch: FrameBatch, actions: np.ndarray, *, ctx: XdpMd | None = None) -> None:
+        """`Engine.run_batch`: the batch's frames staged into XDP pages (`staging`), one native call for
+        all of them, the results copied back; no Python per frame."""
+        n = batch.count
+        if n == 0:
+            return
+        pages, geometry = self._pages(n)
+        stage_in(batch.data, batch.lens, n, pages, geometry)
+        runner = self._runners.get(prog)
+        if runner is None or runner.frames is not pages or runner.prog is not self.program(prog):
+            runner = self._runners[prog] = self.batch_runner(prog, pages, geometry)
+        raw = runner.run(n, ctx=ctx or XdpMd())
+        stage_out(pages, geometry, raw, n, batch.data, batch.lens, actions)
+
+    def _pages(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """XDP pages and their geometry for at least ``n`` frames, kept across batches."""
+        if self._stage is None or self._stage[0].shape[0] < n:
+            self._stage = (np.zeros((max(n, 64), PAGE_SIZE), np.uint8), np.zeros((max(n, 64), 3), np.int32))
+            self._runners.clear()
+        return self._stage
+
+    def run_frames(self, prog: int, frames: np.ndarray, geometry: np.ndarray, *, ctx: XdpMd | None = None,
+                   repeat: int = 1) -> np.ndarray:
         """Run ``prog`` on every frame of ``frames`` (uint8, shape (n, stride), C-contiguous) whose
         ``geometry`` (int32, shape (n, 3)) gives data_meta, data, data_end offsets; both are rewritten in
         place. Returns the actions (int32, shape (n,)); a faulted packet's is XDP_ABORTED."""
@@ -219,11 +245,11 @@ class JitEngine(Engine):
         meta = XDP_PACKET_HEADROOM - ctx.meta_len
         frames[0, meta:meta + len(packet)] = np.frombuffer(packet, np.uint8)
         geometry = np.array([[meta, XDP_PACKET_HEADROOM, meta + len(packet)]], np.int32)
-        actions = self.run_batch(prog, frames, geometry, ctx=ctx, repeat=repeat)
-        lo, _, hi = (int(x) for x in geometry[0])
+        actions = self.run_frames(prog, frames, geometry, ctx=ctx, repeat=repeat)
+        lo, data, hi = (int(x) for x in geometry[0])
         elapsed = int(self.ctx[Ctx.ELAPSED_NS // 8])  # timed by the native loop, as the kernel's test run is
         return JitRunResult(int(actions[0]) & 0xFFFFFFFF, frames[0, lo:hi].tobytes(), elapsed / max(1, repeat),
-                            self.last_fault)
+                            data - lo, self.last_fault)
 
 
 class BatchRunner:
