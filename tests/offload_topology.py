@@ -24,7 +24,7 @@ from guest_helpers import GuestProc, HostProc, ping, poll
 from vxdp.testing.netns import NetLab
 
 # every offload end-to-end test runs on the host kernel and on our fastest engine outside it
-OFFLOAD_ENGINES = ("kernel", "interp")
+OFFLOAD_ENGINES = ("kernel", "jit")
 TRAFFIC_IP = "198.18.21.1"
 GUEST_IP = "198.18.21.2"
 HOST_MAC = "52:54:00:0a:0b:0d"
