@@ -13,11 +13,13 @@ address the verifier bounded only by a range (or saw with more than one pointer 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ...bpf.helpers import Helper
 from ...bpf.isa import CALL, Insn, PseudoCall
 from ...bpf.mapspec import MapSpec
+from ..verifier import constant_image
 from ..verifier.check import DEFAULT_BUDGET, Verifier
 from ..verifier.errors import VerifierResult
 from ..verifier.state import Reg, RegType, State
@@ -96,9 +98,12 @@ class ObservingVerifier(Verifier):
         return super()._store(st, base, regno, off, size, value)
 
 
-def observe(insns: list[Insn], maps: dict[int, MapSpec], *, func_info: bool = False,
+def observe(insns: list[Insn], maps: Mapping[int, object], *, func_info: bool = False,
             budget: int = DEFAULT_BUDGET) -> Notes:
-    """Verify ``insns`` (raises `VerifierRejected` as `vxdp.engine.verifier.verify` does) and return the notes."""
-    v = ObservingVerifier(insns, maps, func_info=func_info, budget=budget)
+    """Verify ``insns`` (raises `VerifierRejected` as `vxdp.engine.verifier.verify` does) and return the notes.
+    ``maps``: handle -> `MapSpec` or engine map, as `verify` takes them (a frozen read-only array's bytes
+    are constants then)."""
+    specs = {h: constant_image(m) for h, m in maps.items()}
+    v = ObservingVerifier(insns, specs, func_info=func_info, budget=budget)
     v.notes.result = v.run()
     return v.notes

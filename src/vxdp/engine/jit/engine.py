@@ -137,7 +137,7 @@ class JitEngine(Engine):
     def load_program(self, name: str, insns: list[Insn], *, license: str = "GPL", **extra: object) -> int:
         """Verify (raises `VerifierRejected` with the log), compile, and return the handle."""
         insns = list(insns)
-        notes = observe(insns, {h: m.spec for h, m in self.maps.items()}, func_info=bool(extra.get("func_info")))
+        notes = observe(insns, self.maps, func_info=bool(extra.get("func_info")))
         return self.install(name, insns, notes)
 
     def install(self, name: str, insns: list[Insn], notes: Notes) -> int:
