@@ -80,9 +80,23 @@ class OffloadTopo:
         return int(self.sh(ns, "cat", f"/sys/class/net/{ifname}/statistics/{stat}"))
 
     def xdp_on_port(self) -> bool:
-        """Whether the backend's port ``vxp0`` runs an XDP program, as iproute2 reports it (``ip -j link``)."""
+        """Whether a program runs on the backend's port ``vxp0``: on the kernel engine as iproute2 reports
+        it (``ip -j link``); on an engine of the daemon the kernel's hook must run nothing (checked) and
+        the daemon's record says (a daemon that is gone runs nothing)."""
         (link,) = json.loads(self.sh(self.hostns, "ip", "-j", "link", "show", "vxp0"))
-        return "xdp" in link
+        if self.engine == "kernel":
+            return "xdp" in link
+        assert "xdp" not in link, f"engine {self.engine}: the kernel runs XDP on vxp0: {link['xdp']}"
+        return self.attached_in_daemon() is not None
+
+    def attached_in_daemon(self) -> int | None:
+        """The engine id of the program the backend runs on the port's frames, per ``host show``
+        (``None``: none, or no backend)."""
+        r = self.vxdp("host", "show", "--name", DEVICE, "-j")
+        if r.code:
+            return None
+        (dev,) = r.json()
+        return next((p["kernel_id"] for p in dev["offload"]["device"]["programs"] if p["attached"]), None)
 
     def mac(self, ns: str, ifname: str) -> str:
         return self.sh(ns, "cat", f"/sys/class/net/{ifname}/address").strip()

@@ -11,15 +11,15 @@ import json
 import subprocess
 
 import pytest
-from offload_topology import DEVICE, GUEST, offload_topology, poll
+from offload_topology import DEVICE, GUEST, OFFLOAD_ENGINES, offload_topology, poll
 from test_offload_e2e import SNIPPETS, XDP1, device_offload, started
 
 pytestmark = [pytest.mark.privileged]
 
 
-@pytest.fixture
-def topo(tmp_path, samples_built):
-    yield from offload_topology(tmp_path, prefix="vxc")
+@pytest.fixture(params=OFFLOAD_ENGINES)
+def topo(request, tmp_path, samples_built):
+    yield from offload_topology(tmp_path, prefix="vxc", engine=request.param)
 
 
 def failed(r) -> str:

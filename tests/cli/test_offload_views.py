@@ -10,7 +10,7 @@ daemons and the CLI as subprocesses).
 from __future__ import annotations
 
 import pytest
-from offload_topology import DEVICE, GUEST, HOST_MAC, OffloadTopo, offload_topology, poll
+from offload_topology import DEVICE, GUEST, HOST_MAC, OFFLOAD_ENGINES, OffloadTopo, offload_topology, poll
 from test_offload_e2e import (
     TAIL_CALLS,
     device_offload,
@@ -28,9 +28,9 @@ pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 HOPS_AFTER_80 = {0: 40, 3: 30, 2: 10}  # tail_calls' hop counters after 80 frames of the mix
 
 
-@pytest.fixture
-def topo(tmp_path, samples_built):
-    yield from offload_topology(tmp_path, "vxv")
+@pytest.fixture(params=OFFLOAD_ENGINES)
+def topo(request, tmp_path, samples_built):
+    yield from offload_topology(tmp_path, "vxv", engine=request.param)
 
 
 def _u(hexed: str) -> int:

@@ -9,10 +9,10 @@ differential test runs every one of them.
 from __future__ import annotations
 
 import pytest
-from offload_topology import DEVICE, GUEST, offload_topology
+from offload_topology import DEVICE, GUEST, OFFLOAD_ENGINES, offload_topology
 from test_offload_e2e import XDP_PASS, device_offload, started
 
-from vxdp.bpf.kernel.xdp import query_xdp
+from vxdp.engine import ENGINES
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
@@ -33,9 +33,9 @@ def tc_obj(tmp_path):
     return str(compile_bpf(tmp_path, TC, "tc_count"))
 
 
-@pytest.fixture
-def topo(tmp_path, samples_built):
-    yield from offload_topology(tmp_path, prefix="vxt")
+@pytest.fixture(params=OFFLOAD_ENGINES)
+def topo(request, tmp_path, samples_built):
+    yield from offload_topology(tmp_path, prefix="vxt", engine=request.param)
 
 
 def first_line_of_refusal(r) -> str:
@@ -56,7 +56,7 @@ def test_a_tc_program_is_refused_offloaded_by_the_guest_and_the_operator_and_nat
             assert "tc_count" in first, first
             dev = device_offload(topo)
             assert dev["programs"] == [] and dev["maps"] == [], dev  # its map was freed with the refusal
-            assert query_xdp("vxp0", netns=topo.hostns) is None
+            assert not topo.xdp_on_port()
 
         first = first_line_of_refusal(topo.vxdp("prog", "load", tc_obj, "--native", "--guest", GUEST))
         assert 'section "tc"' in first and "SCHED_CLS" in first and "XDP programs only" in first, first
@@ -64,10 +64,10 @@ def test_a_tc_program_is_refused_offloaded_by_the_guest_and_the_operator_and_nat
 
         # and an XDP program still loads after the refusals
         topo.ok("prog", "load", XDP_PASS, "--offload", "--guest", GUEST)
-        assert query_xdp("vxp0", netns=topo.hostns) is not None
+        assert topo.xdp_on_port()
 
 
-@pytest.mark.parametrize("engine", ["interp", "kernel"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_prog_run_refuses_a_non_xdp_program_naming_its_section(topo, tmp_path, tc_obj, engine):
     from bpf.bpf_cc import compile_bpf
 

@@ -166,6 +166,9 @@ class HostDaemon:
                 if self.engine != "kernel":
                     rx_program = self._run_offloaded
             self.datapath = Datapath(self.device, self.port, self.loop, ctrl, rx_program=rx_program)
+            if rx_program is not None:
+                log.info("%s: offloaded programs run in this daemon on the %s engine, on each batch of port %s's "
+                         "frames: nothing of the guest's enters the host kernel", cfg.name, self.engine, cfg.port)
             if vhost is not None:
                 self.listen_sock, _ = transport.listen(vhost, group=gid)
                 self.listen_sock.setblocking(False)
