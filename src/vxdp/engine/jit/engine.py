@@ -84,6 +84,8 @@ def map_ref(m: Map) -> MapRef:
         region = (values, values + ncpus * max_entries * stride)
     elif kind == PROG_ARRAY:
         region = (0, 0)  # never a value a program may touch
+    else:  # hash maps: the preallocated pool of every element's values (word 15: slots per element)
+        region = (values, values + max_entries * words[15] * stride)
     return MapRef(m.handle, m.desc, kind, values, max_entries, stride, ncpus, region)
 
 
