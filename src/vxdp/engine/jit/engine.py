@@ -178,6 +178,8 @@ class JitEngine(Engine):
 
     # -- running ------------------------------------------------------------------------------
     def _set_ctx(self, ctx: XdpMd) -> None:
+        if not 0 <= self.cpu < self.ncpus:  # inlined per-CPU lookups index by it: never past the storage
+            raise JitError(f"cpu {self.cpu} is not one of the {self.ncpus} possible CPUs")
         c = self.ctx
         c[Ctx.INGRESS_IFINDEX // 8] = ((ctx.rx_queue_index & 0xFFFFFFFF) << 32) | (
             (ctx.ingress_ifindex or LOOPBACK_IFINDEX) & 0xFFFFFFFF)
