@@ -317,7 +317,7 @@ class NativeHashMap(NativeMap):
             raise _err(errno.ENOENT, f"key {bytes(key).hex()} not in {self.spec.name!r}")
 
     def next_key(self, key: bytes | None) -> bytes | None:
-        if key is None:
+        if key is None or not len(self):  # an empty map answers before looking at the key, as interp's
             e = t.hash_next(self.desc, 0, False)
         else:
             e = t.hash_next(self.desc, self._key_addr(key), True)
