@@ -22,14 +22,60 @@ missing key starts it again from the head, as the kernel does.
 
 Nothing here allocates, raises or calls Python: a full map is -E2BIG, a bad flag
 -EINVAL, as the helpers return them to programs.
+
+Why everything, down to the pointer intrinsics and the C entry points, is in this
+one module: numba's cache (``cache=True``) checks only the source file that
+defines a function, not the modules its callees come from. With the entry
+points elsewhere an edit here would leave their cached machine code stale (a
+test caught exactly that); in one file, any edit recompiles all of it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .map_mem import i32, i64, load64, u8
+# -- raw memory: an integer address as a typed view, in one place ----------------------------------------------
+# numba has no pointer arithmetic on integers: `as_ptr` is a one-instruction ``inttoptr`` intrinsic, and
+# `u8`/`i32`/`i64` wrap the pointer in a ``carray`` (no bounds checks: the sizes come from the descriptor the
+# runtime itself wrote). `load64` reads 8 bytes at any alignment in one ``mov`` (a program's key may sit at any
+# stack offset).
+
+@intrinsic
+def as_ptr(typingctx, addr):
+    """``inttoptr``: the ``void *`` at integer address ``addr``."""
+    def codegen(context, builder, sig, args):
+        a = context.cast(builder, args[0], sig.args[0], types.int64)
+        return builder.inttoptr(a, cgutils.voidptr_t)
+    return types.voidptr(addr), codegen
+
+
+@intrinsic
+def load64(typingctx, addr):
+    """The 8 bytes at ``addr`` (any alignment) as a little-endian uint64."""
+    def codegen(context, builder, sig, args):
+        a = context.cast(builder, args[0], sig.args[0], types.int64)
+        return builder.load(builder.inttoptr(a, ir.IntType(64).as_pointer()), align=1)
+    return types.uint64(addr), codegen
+
+
+@njit(inline="always")
+def u8(addr, n):
+    return carray(as_ptr(addr), n, np.uint8)
+
+
+@njit(inline="always")
+def i32(addr, n):
+    return carray(as_ptr(addr), n, np.int32)
+
+
+@njit(inline="always")
+def i64(addr, n):
+    return carray(as_ptr(addr), n, np.int64)
+
 
 # descriptor words (the JIT contract)
 W_KIND, W_KEY_SIZE, W_VALUE_SIZE, W_MAX_ENTRIES, W_NCPUS, W_STRIDE, W_VALUES, W_RDONLY_PROG, W_FROZEN = range(9)
@@ -335,3 +381,25 @@ def prog_delete(desc, key, cpu):
     if kind == KIND_ARRAY or kind == KIND_PERCPU_ARRAY or kind == KIND_PROG_ARRAY:
         return np.int64(-EINVAL)
     return hash_delete(desc, key)
+
+
+# -- the C entry points (the JIT contract's ABI) ---------------------------------------------------------------
+# int64 arguments and result: on x86-64 a pointer and a 64-bit integer travel in the same registers, and one
+# integer type means the table functions above are compiled once for both callers.
+
+_i64 = types.int64
+
+
+@cfunc(_i64(_i64, _i64, _i64), nopython=True, cache=True)
+def c_lookup(desc, key, cpu):
+    return prog_lookup(desc, key, cpu)
+
+
+@cfunc(_i64(_i64, _i64, _i64, _i64, _i64), nopython=True, cache=True)
+def c_update(desc, key, value, flags, cpu):
+    return prog_update(desc, key, value, flags, cpu)
+
+
+@cfunc(_i64(_i64, _i64, _i64), nopython=True, cache=True)
+def c_delete(desc, key, cpu):
+    return prog_delete(desc, key, cpu)

@@ -3,8 +3,8 @@
 The user-space `NativeMap` API calls `vxdp.engine.jit.map_table`'s numba
 functions with Python ints and bools; one map of each hash kind and both array
 kinds, each taken through update, lookup, next_key and delete, types every one
-of them as the API does. The C entry points of `map_runtime` need nothing here:
-they are compiled (or loaded from the cache) when that module is imported.
+of them as the API does. The C entry points need no call: they are compiled (or
+loaded from the cache) when `map_table` is imported, which this module does.
 """
 
 from __future__ import annotations
