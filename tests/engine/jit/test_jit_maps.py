@@ -479,6 +479,19 @@ def test_refused_specs_are_einval(spec):
         assert spec.type.name in str(e.value)
 
 
+@pytest.mark.parametrize("spec", [
+    MapSpec("big", MapType.ARRAY, 4, 1 << 20, 1 << 12), MapSpec("huge", MapType.HASH, 8, 8, 0xFFFFFFFF),
+    MapSpec("wide", MapType.HASH, 1 << 31, 8, 1), MapSpec("pa", MapType.PROG_ARRAY, 4, 4, 1 << 30),
+    MapSpec("pc", MapType.PERCPU_ARRAY, 4, 1 << 24, 64),
+], ids=lambda s: s.name)
+def test_oversized_specs_are_enomem_before_allocating(spec):
+    """A spec is input (a guest sends it): storage past MAX_MAP_BYTES is refused at once, nothing allocated."""
+    with pytest.raises(OSError) as e:
+        make_native_map(spec, 1, ncpus=2)
+    assert e.value.errno == errno.ENOMEM
+    assert spec.name in str(e.value)
+
+
 def test_warmup_types_every_user_space_call():
     """After `map_warmup.maps`, using every kind of map from Python compiles nothing new (`vxdp.jitcache`)."""
     from vxdp import jitcache
@@ -497,3 +510,30 @@ def test_warmup_types_every_user_space_call():
     assert {n: s for n, s in after.items() if "engine.jit" in n} == {n: s for n, s in before.items()
                                                                     if "engine.jit" in n}
     assert any("map_table.hash_update" in n for n in after)
+
+
+@pytest.mark.parametrize("key_size", [1, 2, 3, 5, 6, 7, 8, 9, 13, 16, 20])
+def test_every_key_size_hashes_and_compares_all_its_bytes(key_size):
+    """Keys are hashed and compared in 8-, 4-, 2- and 1-byte pieces: keys that differ only in their last byte
+    (or first) are different keys, and the program side finds what user space stored, at any key address."""
+    import random
+    rnd = random.Random(key_size)
+    spec = MapSpec("ks", MapType.HASH, key_size, 8, 64)
+    im, nm = InterpEngine(ncpus=1).create_map(spec), make_native_map(spec, 1, ncpus=1)
+    base = bytes(rnd.randrange(256) for _ in range(key_size))
+    keys = {base[:-1] + bytes([b]) for b in range(20)} | {bytes([b]) + base[1:] for b in range(20)}
+    keys |= {bytes(rnd.randrange(256) for _ in range(key_size)) for _ in range(30)}
+    keys = sorted(keys)[:64]
+    for i, key in enumerate(keys):
+        for m in (im, nm):
+            m.update(key, i.to_bytes(8, "little"))
+    assert list(im.items()) == list(nm.items())
+    for i, key in enumerate(keys):
+        for shift in range(3):  # a key at odd addresses, as on a program's stack
+            buf = ctypes.create_string_buffer(bytes(shift) + key, shift + key_size)
+            p = _lookup(nm.desc, ctypes.cast(ctypes.addressof(buf) + shift, ctypes.c_char_p), 0)
+            assert ctypes.string_at(p, 8) == i.to_bytes(8, "little")
+    for key in keys[::2]:
+        im.delete(key)
+        nm.delete(key)
+    assert list(im.items()) == list(nm.items())
