@@ -420,6 +420,11 @@ def test_descriptor_words(map_type):
         assert m.lookup(k(2)) == (4).to_bytes(4, "little")
         m.delete(k(2))
         assert not np.frombuffer(ctypes.string_at(w[6], 5 * 8), np.uint64).any()
+        m.update(k(1), (4).to_bytes(4, "little"))
+        m.update(k(3), (5).to_bytes(4, "little"))
+        m.unlink_program(4)  # the engine frees program 4's code: no jump to it remains
+        assert list(np.frombuffer(ctypes.string_at(w[6], 5 * 8), np.uint64)) == [0, 0, 0, 0xABC005, 0]
+        assert m.lookup(k(1)) == (4).to_bytes(4, "little")
     m.close()
     assert _words(m)[0] == 0  # a closed map's descriptor says no kind
 

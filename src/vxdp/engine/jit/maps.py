@@ -273,6 +273,14 @@ class NativeProgArrayMap(NativeMap):
         """The program id a tail call through slot ``index`` jumps to, if any."""
         return self.slots[index] if 0 <= index < len(self.slots) else None
 
+    def unlink_program(self, prog_id: int) -> None:
+        """Before the engine frees ``prog_id``'s native code: zero every table entry that jumps to it, so a
+        tail call through those slots falls through as one to a missing program does in the interpreter
+        (user space still reads the id there, as from the interpreter's map)."""
+        for i, slot in enumerate(self.slots):
+            if slot == prog_id:
+                self.table[i] = 0
+
 
 class NativeHashMap(NativeMap):
     """HASH, PERCPU_HASH, LRU_HASH, LRU_PERCPU_HASH: preallocated chained buckets (see `map_table`)."""
