@@ -426,7 +426,9 @@ def test_descriptor_words(map_type):
         assert list(np.frombuffer(ctypes.string_at(w[6], 5 * 8), np.uint64)) == [0, 0, 0, 0xABC005, 0]
         assert m.lookup(k(1)) == (4).to_bytes(4, "little")
     m.close()
-    assert _words(m)[0] == 0  # a closed map's descriptor says no kind
+    assert _words(m)[0] == 0  # a closed map's descriptor says no kind: the entry points find nothing there
+    assert (_lookup(m.desc, k(0), 0), _update(m.desc, k(0), bytes(16), 0, 0), _delete(m.desc, k(0), 0)) == (
+        None, -errno.EINVAL, -errno.EINVAL)
 
 
 def test_global_data_written_and_rodata_frozen():

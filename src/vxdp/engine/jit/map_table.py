@@ -360,6 +360,11 @@ def _hash_next(desc, key, has_key):
 # -- the program side: what map_runtime's C entry points run -----------------------------------------------
 
 @njit(inline="always")
+def _is_hash(kind):
+    return KIND_HASH <= kind <= KIND_LRU_PERCPU_HASH
+
+
+@njit(inline="always")
 def _prog_lookup(desc, key, cpu):
     """Address of the value (``cpu``'s slot), 0 if absent. A program lookup is a use for LRU types."""
     d = i64(desc, DESC_WORDS)
@@ -369,7 +374,7 @@ def _prog_lookup(desc, key, cpu):
         if index >= d[W_MAX_ENTRIES]:
             return np.int64(0)
         return array_slot(d, index, cpu)
-    if kind == KIND_PROG_ARRAY:
+    if not _is_hash(kind):  # a prog_array, or a closed map (kind 0)
         return np.int64(0)
     e = _hash_find(desc, key)
     if e < 0:
@@ -384,7 +389,7 @@ def _prog_update(desc, key, value, flags, cpu):
     kind = d[W_KIND]
     if kind == KIND_ARRAY or kind == KIND_PERCPU_ARRAY:
         return _array_update(desc, key, value, flags, cpu, False)
-    if kind == KIND_PROG_ARRAY:
+    if not _is_hash(kind):
         return np.int64(-EINVAL)
     return _hash_update(desc, key, value, flags, cpu, False)
 
@@ -392,8 +397,7 @@ def _prog_update(desc, key, value, flags, cpu):
 @njit(inline="always")
 def _prog_delete(desc, key, cpu):
     d = i64(desc, DESC_WORDS)
-    kind = d[W_KIND]
-    if kind == KIND_ARRAY or kind == KIND_PERCPU_ARRAY or kind == KIND_PROG_ARRAY:
+    if not _is_hash(d[W_KIND]):
         return np.int64(-EINVAL)
     return _hash_delete(desc, key)
 
