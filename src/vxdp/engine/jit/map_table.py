@@ -22,14 +22,68 @@ missing key starts it again from the head, as the kernel does.
 
 Nothing here allocates, raises or calls Python: a full map is -E2BIG, a bad flag
 -EINVAL, as the helpers return them to programs.
+
+Why everything, down to the pointer intrinsics and the C entry points, is in this
+one module: numba's cache (``cache=True``) checks only the source file that
+defines a function, not the modules its callees come from. With the entry
+points elsewhere an edit here would leave their cached machine code stale (a
+test caught exactly that); in one file, any edit recompiles all of it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .map_mem import i32, i64, load64, u8
+# -- raw memory: an integer address as a typed view, in one place ----------------------------------------------
+# numba has no pointer arithmetic on integers: `as_ptr` is a one-instruction ``inttoptr`` intrinsic, and
+# `u8`/`i32`/`i64` wrap the pointer in a ``carray`` (no bounds checks: the sizes come from the descriptor the
+# runtime itself wrote). `load64` reads 8 bytes at any alignment in one ``mov`` (a program's key may sit at any
+# stack offset).
+
+@intrinsic
+def as_ptr(typingctx, addr):
+    """``inttoptr``: the ``void *`` at integer address ``addr``."""
+    def codegen(context, builder, sig, args):
+        a = context.cast(builder, args[0], sig.args[0], types.int64)
+        return builder.inttoptr(a, cgutils.voidptr_t)
+    return types.voidptr(addr), codegen
+
+
+def _loader(bits: int):
+    """An intrinsic: the ``bits``-wide little-endian integer at ``addr`` (any alignment, one ``mov``), as uint64."""
+    ity = ir.IntType(bits)
+
+    @intrinsic
+    def load(typingctx, addr):
+        def codegen(context, builder, sig, args):
+            a = context.cast(builder, args[0], sig.args[0], types.int64)
+            v = builder.load(builder.inttoptr(a, ity.as_pointer()), align=1)
+            return builder.zext(v, ir.IntType(64)) if bits < 64 else v
+        return types.uint64(addr), codegen
+    return load
+
+
+load16, load32, load64 = _loader(16), _loader(32), _loader(64)
+
+
+@njit(inline="always")
+def u8(addr, n):
+    return carray(as_ptr(addr), n, np.uint8)
+
+
+@njit(inline="always")
+def i32(addr, n):
+    return carray(as_ptr(addr), n, np.int32)
+
+
+@njit(inline="always")
+def i64(addr, n):
+    return carray(as_ptr(addr), n, np.int64)
+
 
 # descriptor words (the JIT contract)
 W_KIND, W_KEY_SIZE, W_VALUE_SIZE, W_MAX_ENTRIES, W_NCPUS, W_STRIDE, W_VALUES, W_RDONLY_PROG, W_FROZEN = range(9)
@@ -55,14 +109,21 @@ _S32 = np.uint64(32)
 
 @njit(inline="always")
 def key_word(key, i, key_size):
-    """The ``i``-th 8-byte word of a ``key_size``-byte key, zero padded past its end."""
+    """The ``i``-th 8-byte word of a ``key_size``-byte key, zero padded past its end (never read past it)."""
     off = i * 8
-    if off + 8 <= key_size:
+    rest = key_size - off
+    if rest >= 8:
         return load64(key + off)
-    b = u8(key + off, key_size - off)
     w = np.uint64(0)
-    for j in range(key_size - off):
-        w |= np.uint64(b[j]) << np.uint64(8 * j)
+    shift = 0
+    if rest >= 4:
+        w = load32(key + off)
+        shift = 4
+    if rest - shift >= 2:
+        w |= load16(key + off + shift) << np.uint64(8 * shift)
+        shift += 2
+    if rest - shift >= 1:
+        w |= np.uint64(u8(key + off + shift, 1)[0]) << np.uint64(8 * shift)
     return w
 
 
@@ -104,8 +165,8 @@ def array_slot(d, index, cpu):
     return d[W_VALUES] + index * d[W_STRIDE]
 
 
-@njit(cache=True, nogil=True)
-def array_update(desc, key, value, flags, cpu, user):
+@njit(inline="always")
+def _array_update(desc, key, value, flags, cpu, user):
     """0 or -errno. ``user``: ``value`` is user space's buffer (every CPU's slot at ``stride`` for a
     per-CPU array); else it is one value of a program's, written to ``cpu``'s slot only."""
     d = i64(desc, DESC_WORDS)
@@ -149,8 +210,8 @@ def _same_key(d, e, key):
     return True
 
 
-@njit(cache=True, nogil=True)
-def hash_find(desc, key):
+@njit(inline="always")
+def _hash_find(desc, key):
     """The element holding ``key``, or -1."""
     d = i64(desc, DESC_WORDS)
     buckets = i32(d[W_BUCKETS], d[W_BUCKET_MASK] + 1)
@@ -194,8 +255,8 @@ def _is_lru(d):
     return d[W_KIND] == KIND_LRU_HASH or d[W_KIND] == KIND_LRU_PERCPU_HASH
 
 
-@njit(cache=True, nogil=True)
-def hash_touch(desc, e):
+@njit(inline="always")
+def _hash_touch(desc, e):
     """A use of element ``e``: for LRU types it becomes the most recently used."""
     d = i64(desc, DESC_WORDS)
     if _is_lru(d):
@@ -206,8 +267,8 @@ def hash_touch(desc, e):
             _append_order(meta, st, e)
 
 
-@njit(cache=True, nogil=True)
-def hash_remove(desc, e):
+@njit(inline="always")
+def _hash_remove(desc, e):
     """Take element ``e`` out of its chain and the order list and free it."""
     d = i64(desc, DESC_WORDS)
     buckets = i32(d[W_BUCKETS], d[W_BUCKET_MASK] + 1)
@@ -228,17 +289,17 @@ def hash_remove(desc, e):
     st[S_COUNT] -= 1
 
 
-@njit(cache=True, nogil=True)
-def hash_delete(desc, key):
-    e = hash_find(desc, key)
+@njit(inline="always")
+def _hash_delete(desc, key):
+    e = _hash_find(desc, key)
     if e < 0:
         return -ENOENT
-    hash_remove(desc, e)
+    _hash_remove(desc, e)
     return 0
 
 
-@njit(cache=True, nogil=True)
-def hash_update(desc, key, value, flags, cpu, user):
+@njit(inline="always")
+def _hash_update(desc, key, value, flags, cpu, user):
     """0 or -errno, the interpreter's (and kernel's) rules. ``user``: ``value`` is user space's buffer
     (every CPU's slot at ``stride`` for a per-CPU map), written whole; else one program value written to
     ``cpu``'s slot, the other CPUs' slots of a new element zeroed. An existing element is written in
@@ -246,7 +307,7 @@ def hash_update(desc, key, value, flags, cpu, user):
     d = i64(desc, DESC_WORDS)
     if flags < 0 or flags > EXIST:
         return -EINVAL
-    e = hash_find(desc, key)
+    e = _hash_find(desc, key)
     if e >= 0 and flags == NOEXIST:
         return -EEXIST
     if e < 0 and flags == EXIST:
@@ -257,7 +318,7 @@ def hash_update(desc, key, value, flags, cpu, user):
         if st[S_COUNT] >= d[W_MAX_ENTRIES]:
             if not _is_lru(d):
                 return -E2BIG
-            hash_remove(desc, st[S_HEAD])
+            _hash_remove(desc, st[S_HEAD])
         meta = i32(d[W_META], d[W_MAX_ENTRIES] * META_WORDS)
         buckets = i32(d[W_BUCKETS], d[W_BUCKET_MASK] + 1)
         e = st[S_FREE]
@@ -274,7 +335,7 @@ def hash_update(desc, key, value, flags, cpu, user):
         if nslots > 1 and not user:
             _zero(elem_value(d, e, 0), nslots * stride)
     else:
-        hash_touch(desc, e)
+        _hash_touch(desc, e)
     if user and nslots > 1:
         for c in range(nslots):
             _copy(elem_value(d, e, c), value + c * stride, size)
@@ -283,13 +344,13 @@ def hash_update(desc, key, value, flags, cpu, user):
     return 0
 
 
-@njit(cache=True, nogil=True)
-def hash_next(desc, key, has_key):
+@njit(inline="always")
+def _hash_next(desc, key, has_key):
     """The element after ``key`` in the order list (the head if there is no key or it is missing); -1 at the end."""
     d = i64(desc, DESC_WORDS)
     st = i64(d[W_STATE], STATE_WORDS)
     if has_key:
-        e = hash_find(desc, key)
+        e = _hash_find(desc, key)
         if e >= 0:
             meta = i32(d[W_META], d[W_MAX_ENTRIES] * META_WORDS)
             return np.int64(meta[e * META_WORDS + M_NEXT])
@@ -298,8 +359,13 @@ def hash_next(desc, key, has_key):
 
 # -- the program side: what map_runtime's C entry points run -----------------------------------------------
 
-@njit(cache=True, nogil=True)
-def prog_lookup(desc, key, cpu):
+@njit(inline="always")
+def _is_hash(kind):
+    return KIND_HASH <= kind <= KIND_LRU_PERCPU_HASH
+
+
+@njit(inline="always")
+def _prog_lookup(desc, key, cpu):
     """Address of the value (``cpu``'s slot), 0 if absent. A program lookup is a use for LRU types."""
     d = i64(desc, DESC_WORDS)
     kind = d[W_KIND]
@@ -308,30 +374,78 @@ def prog_lookup(desc, key, cpu):
         if index >= d[W_MAX_ENTRIES]:
             return np.int64(0)
         return array_slot(d, index, cpu)
-    if kind == KIND_PROG_ARRAY:
+    if not _is_hash(kind):  # a prog_array, or a closed map (kind 0)
         return np.int64(0)
-    e = hash_find(desc, key)
+    e = _hash_find(desc, key)
     if e < 0:
         return np.int64(0)
-    hash_touch(desc, e)
+    _hash_touch(desc, e)
     return elem_value(d, e, cpu)
 
 
-@njit(cache=True, nogil=True)
-def prog_update(desc, key, value, flags, cpu):
+@njit(inline="always")
+def _prog_update(desc, key, value, flags, cpu):
     d = i64(desc, DESC_WORDS)
     kind = d[W_KIND]
     if kind == KIND_ARRAY or kind == KIND_PERCPU_ARRAY:
-        return array_update(desc, key, value, flags, cpu, False)
-    if kind == KIND_PROG_ARRAY:
+        return _array_update(desc, key, value, flags, cpu, False)
+    if not _is_hash(kind):
         return np.int64(-EINVAL)
-    return hash_update(desc, key, value, flags, cpu, False)
+    return _hash_update(desc, key, value, flags, cpu, False)
+
+
+@njit(inline="always")
+def _prog_delete(desc, key, cpu):
+    d = i64(desc, DESC_WORDS)
+    if not _is_hash(d[W_KIND]):
+        return np.int64(-EINVAL)
+    return _hash_delete(desc, key)
+
+
+# -- what user space calls (and the warm-up types): compiled entry points over the inlined bodies ----------------
+
+@njit(cache=True, nogil=True)
+def array_update(desc, key, value, flags, cpu, user):
+    return _array_update(desc, key, value, flags, cpu, user)
 
 
 @njit(cache=True, nogil=True)
-def prog_delete(desc, key, cpu):
-    d = i64(desc, DESC_WORDS)
-    kind = d[W_KIND]
-    if kind == KIND_ARRAY or kind == KIND_PERCPU_ARRAY or kind == KIND_PROG_ARRAY:
-        return np.int64(-EINVAL)
-    return hash_delete(desc, key)
+def hash_find(desc, key):
+    return _hash_find(desc, key)
+
+
+@njit(cache=True, nogil=True)
+def hash_update(desc, key, value, flags, cpu, user):
+    return _hash_update(desc, key, value, flags, cpu, user)
+
+
+@njit(cache=True, nogil=True)
+def hash_delete(desc, key):
+    return _hash_delete(desc, key)
+
+
+@njit(cache=True, nogil=True)
+def hash_next(desc, key, has_key):
+    return _hash_next(desc, key, has_key)
+
+
+# -- the C entry points (the JIT contract's ABI) ---------------------------------------------------------------
+# int64 arguments and result: on x86-64 a pointer and a 64-bit integer travel in the same registers, and one
+# integer type means the table functions above are compiled once for both callers.
+
+_i64 = types.int64
+
+
+@cfunc(_i64(_i64, _i64, _i64), nopython=True, cache=True)
+def c_lookup(desc, key, cpu):
+    return _prog_lookup(desc, key, cpu)
+
+
+@cfunc(_i64(_i64, _i64, _i64, _i64, _i64), nopython=True, cache=True)
+def c_update(desc, key, value, flags, cpu):
+    return _prog_update(desc, key, value, flags, cpu)
+
+
+@cfunc(_i64(_i64, _i64, _i64), nopython=True, cache=True)
+def c_delete(desc, key, cpu):
+    return _prog_delete(desc, key, cpu)

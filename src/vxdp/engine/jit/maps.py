@@ -59,6 +59,9 @@ _KINDS = {MapType.ARRAY: NativeKind.ARRAY, MapType.PERCPU_ARRAY: NativeKind.PERC
           MapType.PROG_ARRAY: NativeKind.PROG_ARRAY}
 
 
+MAX_MAP_BYTES = 1 << 30  # one map's preallocated storage; above it a create is ENOMEM (a guest's spec is input)
+
+
 def _err(code: int, what: str) -> OSError:
     return OSError(code, f"{errno.errorcode.get(code, code)}: {what}")
 
@@ -85,9 +88,16 @@ class NativeMap(Map):
         self._desc = np.zeros(t.DESC_WORDS, np.uint64)
         self._desc[:t.W_VALUES] = [kind, spec.key_size, spec.value_size, spec.max_entries, self.ncpus, self.stride]
         self._desc[t.W_RDONLY_PROG] = 1 if spec.flags & MapFlag.RDONLY_PROG else 0
+        self._check_size(spec.key_size + self.user_value_size)
         self._key = _zeroed(max(spec.key_size, 8))
         self._value = _zeroed(self.user_value_size)
         self._frozen = False
+
+    def _check_size(self, nbytes: int) -> None:
+        """Refuse a map whose storage would pass `MAX_MAP_BYTES` before allocating any of it."""
+        if nbytes > MAX_MAP_BYTES:
+            raise _err(errno.ENOMEM, f"map {self.spec.name!r}: {nbytes} bytes of storage, more than the "
+                       f"{MAX_MAP_BYTES} one map may take")
 
     @property
     def desc(self) -> int:
@@ -160,6 +170,7 @@ class NativeArrayMap(NativeMap):
         if spec.key_size != 4:
             raise _err(errno.EINVAL, f"array map {spec.name!r}: key_size must be 4")
         slots = self.ncpus if spec.is_percpu else 1
+        self._check_size(slots * spec.max_entries * self.stride)
         self.values = _zeroed(slots * spec.max_entries * self.stride)
         self._desc[t.W_VALUES] = self.values.ctypes.data
         if spec.data is not None:
@@ -213,6 +224,7 @@ class NativeProgArrayMap(NativeMap):
         super().__init__(spec, handle, ncpus)
         if spec.key_size != 4 or spec.value_size != 4:
             raise _err(errno.EINVAL, f"prog_array {spec.name!r}: key_size and value_size must be 4")
+        self._check_size(8 * spec.max_entries)
         self.table = np.zeros(spec.max_entries, np.uint64)
         self._desc[t.W_VALUES] = self.table.ctypes.data
         self.slots: list[int | None] = [None] * spec.max_entries
@@ -261,6 +273,14 @@ class NativeProgArrayMap(NativeMap):
         """The program id a tail call through slot ``index`` jumps to, if any."""
         return self.slots[index] if 0 <= index < len(self.slots) else None
 
+    def unlink_program(self, prog_id: int) -> None:
+        """Before the engine frees ``prog_id``'s native code: zero every table entry that jumps to it, so a
+        tail call through those slots falls through as one to a missing program does in the interpreter
+        (user space still reads the id there, as from the interpreter's map)."""
+        for i, slot in enumerate(self.slots):
+            if slot == prog_id:
+                self.table[i] = 0
+
 
 class NativeHashMap(NativeMap):
     """HASH, PERCPU_HASH, LRU_HASH, LRU_PERCPU_HASH: preallocated chained buckets (see `map_table`)."""
@@ -271,6 +291,7 @@ class NativeHashMap(NativeMap):
         self.kstride = (spec.key_size + 7) & ~7
         self.nslots = self.ncpus if spec.is_percpu else 1
         nbuckets = 1 << max(1, (2 * n - 1).bit_length())
+        self._check_size(n * (self.nslots * self.stride + self.kstride + 4 * t.META_WORDS) + 4 * nbuckets)
         self.values = _zeroed(n * self.nslots * self.stride)
         self.keys_mem = _zeroed(n * self.kstride)
         self.buckets = np.full(nbuckets, -1, np.int32)
@@ -317,7 +338,7 @@ class NativeHashMap(NativeMap):
             raise _err(errno.ENOENT, f"key {bytes(key).hex()} not in {self.spec.name!r}")
 
     def next_key(self, key: bytes | None) -> bytes | None:
-        if key is None:
+        if key is None or not len(self):  # an empty map answers before looking at the key, as interp's
             e = t.hash_next(self.desc, 0, False)
         else:
             e = t.hash_next(self.desc, self._key_addr(key), True)
