@@ -15,7 +15,7 @@ from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.engine import make_engine
 from vxdp.engine.interp.engine import InterpEngine
 from vxdp.engine.jit.analysis import observe
-from vxdp.engine.jit.engine import JitEngine
+from vxdp.engine.jit.engine import JitEngine, JitError
 from vxdp.engine.jit.irtypes import JitLoadError
 from vxdp.engine.loader import load_object
 from vxdp.engine.verifier.errors import VerifierRejected
@@ -53,6 +53,20 @@ def test_make_engine_gives_the_jit():
     engine = make_engine("jit")
     try:
         assert engine.name == "jit" and isinstance(engine, JitEngine)
+    finally:
+        engine.close()
+
+
+def test_a_cpu_outside_the_possible_ones_is_refused():
+    """Inlined per-CPU lookups index storage by the CPU: one past the possible CPUs never runs."""
+    engine = JitEngine(ncpus=2)
+    try:
+        prog = engine.load_program("p", assemble("r0 = 2\nexit"))
+        engine.cpu = 1
+        assert engine.run(prog, bytes(64)).action == XdpAction.PASS
+        engine.cpu = 2
+        with pytest.raises(JitError, match="cpu 2"):
+            engine.run(prog, bytes(64))
     finally:
         engine.close()
 

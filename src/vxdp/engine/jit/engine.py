@@ -86,6 +86,8 @@ def map_ref(m: Map) -> MapRef:
         region = (values, values + ncpus * max_entries * stride)
     elif kind == PROG_ARRAY:
         region = (0, 0)  # never a value a program may touch
+    else:  # hash maps: the preallocated pool of every element's values (word 15: slots per element)
+        region = (values, values + max_entries * words[15] * stride)
     return MapRef(m.handle, m.desc, kind, values, max_entries, stride, ncpus, region)
 
 
@@ -181,6 +183,8 @@ class JitEngine(Engine):
 
     # -- running ------------------------------------------------------------------------------
     def _set_ctx(self, ctx: XdpMd) -> None:
+        if not 0 <= self.cpu < self.ncpus:  # inlined per-CPU lookups index by it: never past the storage
+            raise JitError(f"cpu {self.cpu} is not one of the {self.ncpus} possible CPUs")
         c = self.ctx
         c[Ctx.INGRESS_IFINDEX // 8] = ((ctx.rx_queue_index & 0xFFFFFFFF) << 32) | (
             (ctx.ingress_ifindex or LOOPBACK_IFINDEX) & 0xFFFFFFFF)
