@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from testpaths import SAMPLES_BUILD
+from testpaths import SAMPLES_BUILD, sample_objects
 
 from vxdp import packets
 from vxdp.bpf.asm import assemble
 from vxdp.bpf.elf import load_object as parse_object
 from vxdp.bpf.isa import XdpAction
+from vxdp.bpf.link import link, resolve_maps
 from vxdp.bpf.mapspec import MapSpec, MapType
 from vxdp.engine import make_engine
 from vxdp.engine.interp.engine import InterpEngine
@@ -154,3 +155,21 @@ def test_prog_array_slot_reaches_the_target_natively():
         assert jmp.lookup((1).to_bytes(4, "little")) == target.to_bytes(4, "little")
     finally:
         engine.close()
+
+
+def _checked(stem: str) -> list[int]:
+    obj = parse_object(str(next(p for p in sample_objects() if p.stem == stem)))
+    handles = {n: i + 1 for i, n in enumerate(obj.maps)}
+    linked = link(obj, obj.program().name)
+    insns = resolve_maps(linked, handles)
+    notes = observe(insns, {handles[n]: s for n, s in obj.maps.items()}, func_info=bool(linked.func_info))
+    return [pc for pc, insn in enumerate(insns) if insn.code & 7 in (1, 2, 3) and notes.needs_check(pc)]
+
+
+def test_run_time_checks_go_only_where_the_verifier_saw_a_range():
+    """xdp1 and xdp2 touch only bytes the verifier pinned down (constant stack and map value offsets,
+    packet bytes proven below data_end): no check. global_data indexes its .data array with a bounded
+    variable: those accesses, and only those, are checked."""
+    assert _checked("xdp1") == [] and _checked("xdp2") == []
+    checked = _checked("global_data")
+    assert checked and len(checked) <= 4
