@@ -73,7 +73,10 @@ def _zeroed(nbytes: int) -> np.ndarray:
 
 
 class NativeMap(Map):
-    """Common parts: the descriptor, scratch buffers for user-space keys and values, checks, freeze."""
+    """Common parts: the descriptor, scratch buffers for user-space keys and values, checks, freeze.
+
+    The scratch buffers are per map, so user-space calls on one map come from one thread at a time (the
+    engine's loop thread, as the host runs them); programs never touch them."""
 
     def __init__(self, spec: MapSpec, handle: int, ncpus: int | None):
         kind = _KINDS.get(spec.type)
