@@ -354,6 +354,9 @@ def test_percpu_program_update_writes_only_its_cpu():
     m.update(k(1), b"\5" * 24)
     assert n.update(k(1), b"\2\2\2\2", 0, 0) == 0  # existing: only CPU 0's slot changes
     assert m.lookup(k(1)) == b"\2\2\2\2" + bytes(4) + (b"\5" * 4 + bytes(4)) * 2
+    m.delete(k(1))  # its element is reused by the next insert: the old slots must not show through
+    assert n.update(k(2), b"\3\3\3\3", 0, 1) == 0
+    assert m.lookup(k(2)) == bytes(8) + b"\3\3\3\3" + bytes(12)
 
 
 def test_program_side_errnos():
