@@ -21,7 +21,10 @@ as in the kernel (``lookup_elem_sys_only``). ``next_key`` walks the list, and a
 missing key starts it again from the head, as the kernel does.
 
 Nothing here allocates, raises or calls Python: a full map is -E2BIG, a bad flag
--EINVAL, as the helpers return them to programs.
+-EINVAL, as the helpers return them to programs. The bodies are ``inline="always"``
+(numba does not inline one cached function into another), so each C entry point
+is one function with no inner calls; user space calls the ``cache=True`` wrappers
+at the end (`hash_update`, `hash_find`, ...).
 
 Why everything, down to the pointer intrinsics and the C entry points, is in this
 one module: numba's cache (``cache=True``) checks only the source file that
@@ -32,6 +35,8 @@ test caught exactly that); in one file, any edit recompiles all of it.
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
@@ -41,8 +46,8 @@ from numba.extending import intrinsic
 # -- raw memory: an integer address as a typed view, in one place ----------------------------------------------
 # numba has no pointer arithmetic on integers: `as_ptr` is a one-instruction ``inttoptr`` intrinsic, and
 # `u8`/`i32`/`i64` wrap the pointer in a ``carray`` (no bounds checks: the sizes come from the descriptor the
-# runtime itself wrote). `load64` reads 8 bytes at any alignment in one ``mov`` (a program's key may sit at any
-# stack offset).
+# runtime itself wrote). `load16`/`load32`/`load64` read at any alignment in one ``mov`` each (a program's key
+# may sit at any stack offset).
 
 @intrinsic
 def as_ptr(typingctx, addr):
@@ -96,15 +101,17 @@ KIND_ARRAY, KIND_PERCPU_ARRAY, KIND_HASH, KIND_PERCPU_HASH, KIND_LRU_HASH, KIND_
 
 META_WORDS = 4  # int32 per element
 M_CHAIN, M_PREV, M_NEXT = 0, 1, 2
-S_COUNT, S_FREE, S_HEAD, S_TAIL = range(4)  # the hash state words (int64)
-STATE_WORDS = 4
+S_COUNT, S_FREE, S_HEAD, S_TAIL, S_SEED = range(5)  # the hash state words (int64)
+STATE_WORDS = 5
 
 ANY, NOEXIST, EXIST = 0, 1, 2
-ENOENT, E2BIG, EEXIST, EINVAL = 2, 7, 17, 22
+ENOENT, E2BIG, EEXIST, EINVAL = errno.ENOENT, errno.E2BIG, errno.EEXIST, errno.EINVAL
 
 _K = np.uint64(0x9E3779B97F4A7C15)
 _S29 = np.uint64(29)
-_S32 = np.uint64(32)
+_S33 = np.uint64(33)
+_F1 = np.uint64(0xFF51AFD7ED558CCD)
+_F2 = np.uint64(0xC4CEB9FE1A85EC53)
 
 
 @njit(inline="always")
@@ -128,12 +135,26 @@ def key_word(key, i, key_size):
 
 
 @njit(inline="always")
-def key_hash(key, key_size):
-    h = np.uint64(0xCBF29CE484222325)
+def key_hash(key, key_size, seed):
+    """Multiply-xorshift over the key's 8-byte words, then murmur3's 64-bit finaliser, so every key bit
+    reaches the low bits a bucket index takes (a plain multiply carries high bits only upwards)."""
+    h = seed ^ np.uint64(0xCBF29CE484222325)
     for i in range((key_size + 7) // 8):
         h = (h ^ key_word(key, i, key_size)) * _K
         h ^= h >> _S29
-    return h ^ (h >> _S32)
+    h ^= h >> _S33
+    h *= _F1
+    h ^= h >> _S33
+    h *= _F2
+    return h ^ (h >> _S33)
+
+
+@njit(inline="always")
+def _bucket(d, key):
+    """The bucket of ``key``: the hash is seeded per map (random at creation), so a sender who picks keys
+    cannot aim them all at one chain."""
+    seed = np.uint64(i64(d[W_STATE], STATE_WORDS)[S_SEED])
+    return np.int64(key_hash(key, d[W_KEY_SIZE], seed) & np.uint64(d[W_BUCKET_MASK]))
 
 
 @njit(inline="always")
@@ -216,7 +237,7 @@ def _hash_find(desc, key):
     d = i64(desc, DESC_WORDS)
     buckets = i32(d[W_BUCKETS], d[W_BUCKET_MASK] + 1)
     meta = i32(d[W_META], d[W_MAX_ENTRIES] * META_WORDS)
-    b = np.int64(key_hash(key, d[W_KEY_SIZE]) & np.uint64(d[W_BUCKET_MASK]))
+    b = _bucket(d, key)
     e = buckets[b]
     while e >= 0:
         if _same_key(d, e, key):
@@ -274,7 +295,7 @@ def _hash_remove(desc, e):
     buckets = i32(d[W_BUCKETS], d[W_BUCKET_MASK] + 1)
     meta = i32(d[W_META], d[W_MAX_ENTRIES] * META_WORDS)
     st = i64(d[W_STATE], STATE_WORDS)
-    b = np.int64(key_hash(elem_key(d, e), d[W_KEY_SIZE]) & np.uint64(d[W_BUCKET_MASK]))
+    b = _bucket(d, elem_key(d, e))
     cur, prev = buckets[b], -1
     while cur >= 0 and cur != e:
         prev, cur = cur, meta[cur * META_WORDS + M_CHAIN]
@@ -328,7 +349,7 @@ def _hash_update(desc, key, value, flags, cpu, user):
         kdst = elem_key(d, e)
         _zero(kdst, d[W_KSTRIDE])
         _copy(kdst, key, ks)
-        b = np.int64(key_hash(key, ks) & np.uint64(d[W_BUCKET_MASK]))
+        b = _bucket(d, key)
         meta[e * META_WORDS + M_CHAIN] = buckets[b]
         buckets[b] = e
         _append_order(meta, st, e)

@@ -20,6 +20,7 @@ lengths are the caller's bug, not the kernel's answer: `MapSpecError`, as there.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Callable
 from enum import IntEnum
 
@@ -72,7 +73,10 @@ def _zeroed(nbytes: int) -> np.ndarray:
 
 
 class NativeMap(Map):
-    """Common parts: the descriptor, scratch buffers for user-space keys and values, checks, freeze."""
+    """Common parts: the descriptor, scratch buffers for user-space keys and values, checks, freeze.
+
+    The scratch buffers are per map, so user-space calls on one map come from one thread at a time (the
+    engine's loop thread, as the host runs them); programs never touch them."""
 
     def __init__(self, spec: MapSpec, handle: int, ncpus: int | None):
         kind = _KINDS.get(spec.type)
@@ -298,7 +302,8 @@ class NativeHashMap(NativeMap):
         self.meta = np.full(n * t.META_WORDS, -1, np.int32)
         self.meta[t.M_CHAIN:n * t.META_WORDS:t.META_WORDS] = np.arange(1, n + 1, dtype=np.int32)
         self.meta[(n - 1) * t.META_WORDS + t.M_CHAIN] = -1  # the free list: 0, 1, ..., n-1
-        self.state = np.array([0, 0, -1, -1], np.int64)  # count, free head, order head, order tail
+        seed = int.from_bytes(os.urandom(8), "little", signed=True)
+        self.state = np.array([0, 0, -1, -1, seed], np.int64)  # count, free head, order head and tail, hash seed
         d = self._desc
         d[t.W_VALUES] = self.values.ctypes.data
         d[t.W_BUCKETS] = self.buckets.ctypes.data
