@@ -26,12 +26,12 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     from .. import jitcache
     from ..engine import xdp_hook
-    from ..engine.jit import staging
+    from ..engine.jit import map_warmup, staging
     from ..netdev import warmup as netdev_warmup
     from ..virtio import warmup as virtio_warmup
 
     report = jitcache.run([virtio_warmup.device, virtio_warmup.driver, netdev_warmup.port, netdev_warmup.tap,
-                           xdp_hook.warmup, staging.warmup])
+                           xdp_hook.warmup, staging.warmup, map_warmup.maps])
     if args.json:
         emit_json({"cache": jitcache.cache_location(), "compiled": report.compiled, "loaded": report.loaded,
                    "seconds": round(report.seconds, 3)})

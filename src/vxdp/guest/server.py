@@ -24,7 +24,7 @@ from pyroute2 import netns as pr_netns
 
 from vxdp import jitcache, rpc
 from vxdp.engine import xdp_hook
-from vxdp.engine.jit import staging
+from vxdp.engine.jit import map_warmup, staging
 from vxdp.eventloop import Loop
 from vxdp.netdev import warmup as netdev_warmup
 from vxdp.netdev.tap import Tap
@@ -62,7 +62,8 @@ class GuestDaemon:
             raise GuestDaemonError(f"guest {self.name}: control socket {path}: {e.strerror or e}") from None
         self._claim = claim
         try:
-            jitcache.prepare(log, f"guest {self.name}", [virtio_warmup.driver, netdev_warmup.tap, xdp_hook.warmup, staging.warmup], first_run_s=10)
+            jitcache.prepare(log, f"guest {self.name}", [virtio_warmup.driver, netdev_warmup.tap, xdp_hook.warmup,
+                                                           staging.warmup, map_warmup.maps], first_run_s=10)
             self.driver = GuestDriver(socket_path, mem_mb=mem_mb, queue_size=queue_size, mac=mac, server=server,
                                       mtu=mtu)
         except BaseException:

@@ -38,7 +38,7 @@ from vxdp import jitcache, rpc
 from vxdp.engine import make_engine, xdp_hook
 from vxdp.engine.base import Engine
 from vxdp.engine.interp.engine import InterpEngine
-from vxdp.engine.jit import staging
+from vxdp.engine.jit import map_warmup, staging
 from vxdp.eventloop import Loop
 from vxdp.frames import FrameBatch
 from vxdp.netdev import warmup as netdev_warmup
@@ -155,7 +155,12 @@ class HostDaemon:
             vhost = None if cfg.client else self._claim(Path(cfg.socket_path), None)
             if cfg.netns is not None and not Path("/run/netns", cfg.netns).exists():
                 raise ServeError(f"--netns {cfg.netns}: no such network namespace (`ip netns list` shows them)")
-            jitcache.prepare(log, cfg.name, [virtio_warmup.device, netdev_warmup.port, xdp_hook.warmup, staging.warmup], first_run_s=20)
+            warmups = [virtio_warmup.device, netdev_warmup.port]
+            if self.engine == "jit":  # its maps' table functions and the batch staging loops
+                warmups += [xdp_hook.warmup, staging.warmup, map_warmup.maps]
+            elif self.engine != "kernel":
+                warmups += [xdp_hook.warmup]
+            jitcache.prepare(log, cfg.name, warmups, first_run_s=20)
             self.port = Port(cfg.port, netns=cfg.netns)
             extra = cfg.extra_features | (Experimental.NET_BPF_OFFLOAD.bit if cfg.offload else 0)
             self.device = NetDevice(name=cfg.name, mac=cfg.mac, mtu=cfg.mtu, extra_features=extra)
