@@ -130,7 +130,7 @@ def test_bench_engines_outside_the_repository_finds_the_samples(tmp_path: Path, 
     r = vxdp("bench", "engines", "--quick", "--out", str(tmp_path / "out"), "-j", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)["results"]
-    assert {row["object"] for row in rows} == {"xdp1.o", "xdp2.o"}
+    assert {row["object"] for row in rows} == {"xdp1.o", "xdp2.o", "xdp_flow.o"}
 
 
 def test_help_says_the_defaults_and_the_exit_status():
