@@ -55,7 +55,9 @@ def testpmd_virtio_user(sock: str, mode: str, prefix: str, lcores: str) -> Testp
                   file_prefix=prefix, lcores=lcores)
     try:
         poll(lambda: "Link status: up" in pmd.command("show port info 0"), timeout=30, what="virtio_user link")
-        pmd.command("start")
+        # starting the port is vhost-user messages to the backend, answered between its datapath
+        # batches: on a loaded 2-CPU machine it once took more than the default 10 s
+        pmd.command("start", timeout=30)
     except BaseException:
         pmd.close()
         raise
