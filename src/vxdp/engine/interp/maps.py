@@ -24,6 +24,7 @@ from collections import OrderedDict
 
 from ...bpf.mapapi import Map
 from ...bpf.mapspec import HASH_TYPES, MapSpec, MapType, UpdateFlag, percpu_value_stride, possible_cpus
+from ..prog_slots import ProgSlots
 
 SUPPORTED = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.PROG_ARRAY} | HASH_TYPES)
 _LRU = frozenset({MapType.LRU_HASH, MapType.LRU_PERCPU_HASH})
@@ -177,8 +178,9 @@ class ArrayMap(InterpMap):
         return -errno.EINVAL
 
 
-class ProgArrayMap(InterpMap):
-    """PROG_ARRAY: slots hold program handles; user-space lookup gives the program id (= handle)."""
+class ProgArrayMap(ProgSlots, InterpMap):
+    """PROG_ARRAY: slots hold program handles (`ProgSlots`); user-space lookup gives the program id
+    (= handle)."""
 
     def __init__(self, spec: MapSpec, handle: int, ncpus: int | None = None, programs: dict | None = None):
         super().__init__(spec, handle, ncpus)
@@ -187,47 +189,17 @@ class ProgArrayMap(InterpMap):
         self.slots: list[int | None] = [None] * spec.max_entries
         self.programs = programs if programs is not None else {}
 
-    def _index(self, key: bytes) -> int:
+    def _slot_index(self, key: bytes) -> int:
         self._check_key(key)
         return int.from_bytes(key, "little")
 
-    def lookup(self, key: bytes) -> bytes | None:
-        i = self._index(key)
-        if i >= len(self.slots) or self.slots[i] is None:
-            return None
-        return self.slots[i].to_bytes(4, "little")
-
-    def update(self, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
-        i = self._index(key)
+    def _check_prog_value(self, value: bytes) -> None:
         self._check_value(value)
-        self._check_writable()
-        if flags != UpdateFlag.ANY:
-            raise _err(errno.EINVAL, "prog_array updates take BPF_ANY only")
-        if i >= len(self.slots):
-            raise _err(errno.E2BIG, f"index {i} >= max_entries {len(self.slots)}")
-        prog = int.from_bytes(value, "little")
+
+    def _bind(self, index: int, prog: int) -> None:
         if prog not in self.programs:
             raise _err(errno.EBADF, f"no program with handle {prog}")
-        self.slots[i] = prog
-
-    def delete(self, key: bytes) -> None:
-        i = self._index(key)
-        self._check_writable()
-        if i >= len(self.slots):
-            raise _err(errno.E2BIG, f"index {i} >= max_entries {len(self.slots)}")
-        if self.slots[i] is None:
-            raise _err(errno.ENOENT, f"slot {i} is empty")
-        self.slots[i] = None
-
-    def next_key(self, key: bytes | None) -> bytes | None:
-        i = self._index(key) if key is not None else len(self.slots)
-        if i >= len(self.slots):
-            return (0).to_bytes(4, "little")
-        return (i + 1).to_bytes(4, "little") if i + 1 < len(self.slots) else None
-
-    def target(self, index: int) -> int | None:
-        """The program handle a tail call through slot ``index`` jumps to, if any."""
-        return self.slots[index] if 0 <= index < len(self.slots) else None
+        self.slots[index] = prog
 
     def prog_lookup(self, key: bytes) -> bytearray | None:
         return None  # the verifier refuses map_lookup_elem on a prog_array

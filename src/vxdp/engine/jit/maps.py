@@ -37,6 +37,7 @@ from ...bpf.mapspec import (
     possible_cpus,
 )
 from ..interp.maps import MapSpecError
+from ..prog_slots import ProgSlots
 from . import map_table as t
 
 __all__ = ["NativeArrayMap", "NativeHashMap", "NativeKind", "NativeMap", "NativeProgArrayMap", "make_native_map"]
@@ -221,8 +222,9 @@ def _no_programs(prog_id: int) -> int:
     raise _err(errno.EBADF, f"no program with handle {prog_id}")
 
 
-class NativeProgArrayMap(NativeMap):
-    """PROG_ARRAY: user space stores program ids; the descriptor's table holds their native entry points."""
+class NativeProgArrayMap(ProgSlots, NativeMap):
+    """PROG_ARRAY: user space stores program ids (`ProgSlots`); the descriptor's table holds their native
+    entry points."""
 
     def __init__(self, spec: MapSpec, handle: int, ncpus: int | None, resolve_prog: Callable[[int], int] | None):
         super().__init__(spec, handle, ncpus)
@@ -234,48 +236,21 @@ class NativeProgArrayMap(NativeMap):
         self.slots: list[int | None] = [None] * spec.max_entries
         self.resolve_prog = resolve_prog or _no_programs
 
-    def _index(self, key: bytes) -> int:
+    def _slot_index(self, key: bytes) -> int:
         self._key_addr(key)
         return int.from_bytes(key, "little")
 
-    def lookup(self, key: bytes) -> bytes | None:
-        i = self._index(key)
-        if i >= len(self.slots) or self.slots[i] is None:
-            return None
-        return self.slots[i].to_bytes(4, "little")
-
-    def update(self, key: bytes, value: bytes, flags: UpdateFlag = UpdateFlag.ANY) -> None:
-        i = self._index(key)
+    def _check_prog_value(self, value: bytes) -> None:
         self._value_addr(value)
-        self._check_writable()
-        if flags != UpdateFlag.ANY:
-            raise _err(errno.EINVAL, "prog_array updates take BPF_ANY only")
-        if i >= len(self.slots):
-            raise _err(errno.E2BIG, f"index {i} >= max_entries {len(self.slots)}")
-        prog = int.from_bytes(value, "little")
+
+    def _bind(self, index: int, prog: int) -> None:
         entry = self.resolve_prog(prog)  # OSError for an unknown program
-        self.slots[i] = prog
-        self.table[i] = entry
+        self.slots[index] = prog
+        self.table[index] = entry
 
-    def delete(self, key: bytes) -> None:
-        i = self._index(key)
-        self._check_writable()
-        if i >= len(self.slots):
-            raise _err(errno.E2BIG, f"index {i} >= max_entries {len(self.slots)}")
-        if self.slots[i] is None:
-            raise _err(errno.ENOENT, f"slot {i} is empty")
-        self.slots[i] = None
-        self.table[i] = 0
-
-    def next_key(self, key: bytes | None) -> bytes | None:
-        i = self._index(key) if key is not None else len(self.slots)
-        if i >= len(self.slots):
-            return (0).to_bytes(4, "little")
-        return (i + 1).to_bytes(4, "little") if i + 1 < len(self.slots) else None
-
-    def target(self, index: int) -> int | None:
-        """The program id a tail call through slot ``index`` jumps to, if any."""
-        return self.slots[index] if 0 <= index < len(self.slots) else None
+    def _unbind(self, index: int) -> None:
+        self.slots[index] = None
+        self.table[index] = 0
 
     def unlink_program(self, prog_id: int) -> None:
         """Before the engine frees ``prog_id``'s native code: zero every table entry that jumps to it, so a
