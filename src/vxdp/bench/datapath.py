@@ -36,7 +36,6 @@ peers are context managers and PDEATHSIG'd).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -55,8 +54,9 @@ from vxdp.bpf.kernel.prog import KernelProgram, enable_stats
 from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp
 from vxdp.testing.netns import NetLab
 
-from . import report
+from . import report, tools
 from .env import environment
+from .measure import settled
 from .peers import Backend, Guest, testpmd_vhost, testpmd_virtio_user
 
 FRAME_64 = port_bench.FRAME_64  # broadcast, ethertype 0x88b5 (local experimental): nobody answers it
@@ -178,27 +178,11 @@ def _generate(lab: Lab, count: int) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
-def _settled(counter: Callable[[], int], start: int, *, timeout: float = 60.0) -> None:
-    """Wait until ``counter`` has moved past ``start`` and then stands still (bounded).
-
-    The first frames wake every lazy path, and in a fresh checkout that includes numba
-    compiling the daemons' kernels on first use (seconds): a measurement taken before that
-    would count nothing."""
-    deadline = time.monotonic() + timeout
-    last = counter()
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = counter()
-        if now > start and now == last:
-            return
-        last = now
-
-
 def _generated(lab: Lab, p: Plan, counter: Callable[[], int]) -> Sample:
     """Live frames into the port for about ``p.seconds``; what ``counter`` saw meanwhile."""
     start = counter()
     _generate(lab, 20_000)  # warm up
-    _settled(counter, start)
+    settled(counter, start)
     before = counter()
     sent, seconds = _generate(lab, int(GEN_MPPS * 1e6 * p.seconds))
     return Sample(counter() - before, seconds, sent)
@@ -206,7 +190,7 @@ def _generated(lab: Lab, p: Plan, counter: Callable[[], int]) -> Sample:
 
 def _interval(p: Plan, counter: Callable[[], int]) -> Sample:
     """A source that is already running (testpmd txonly): ``counter`` over ``p.seconds``."""
-    deadline = time.monotonic() + 60.0  # past the start-up: frames flowing (see `_settled`)
+    deadline = time.monotonic() + 60.0  # past the start-up: frames flowing (see `settled`)
     first = counter()
     while counter() == first and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -322,31 +306,10 @@ def tx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
 # ---------------------------------------------------------------------------- TCP
 def _iperf3(lab: Lab, server_ip: str, seconds: int, reverse: bool) -> float:
     """Gbps received in one iperf3 TCP run: client in the traffic netns, server in the guest's."""
-    if shutil.which("iperf3") is None:
-        raise DatapathBenchError("iperf3 is not installed (Debian package iperf3)")
-    server = subprocess.Popen(["ip", "netns", "exec", lab.guest, "iperf3", "-s", "-1", "-B", server_ip],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while ":5201" not in subprocess.run(["ip", "netns", "exec", lab.guest, "ss", "-ltn"], check=False,
-                                            capture_output=True, text=True).stdout:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise DatapathBenchError("iperf3 server did not listen within 10 s")
-            time.sleep(0.05)
-        argv = ["ip", "netns", "exec", lab.traffic, "iperf3", "-c", server_ip, "-J", "-t", str(seconds)]
-        r = subprocess.run(argv + (["-R"] if reverse else []), check=False, capture_output=True, text=True,
-                           timeout=seconds + 30)
-        try:
-            doc = json.loads(r.stdout)
-        except json.JSONDecodeError:
-            raise DatapathBenchError(f"iperf3 failed: {r.stdout[-500:]} {r.stderr[-500:]}") from None
-        if "error" in doc:
-            raise DatapathBenchError(f"iperf3: {doc['error']}")
-        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(5)
+        return tools.iperf3(lab.traffic, lab.guest, server_ip, seconds, reverse=reverse).bits_per_second / 1e9
+    except tools.ToolError as e:
+        raise DatapathBenchError(str(e)) from None
 
 
 def tcp_runs(lab: Lab, p: Plan) -> dict[str, dict[str, float]]:

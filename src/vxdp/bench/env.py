@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
+import shutil
+import subprocess
 import time
 
 
@@ -27,3 +30,30 @@ def environment() -> dict[str, object]:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+# the tools a figure depends on, and the flag that makes each say its version
+TOOLS = {"ip": "-V", "iperf3": "--version", "sockperf": "--version", "clang": "--version"}
+PACKAGES = ("vxdp", "numba", "llvmlite", "numpy")
+
+
+def versions() -> dict[str, str | None]:
+    """Our Python packages' versions and each tool's own first line (None: not installed)."""
+    out: dict[str, str | None] = {}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    for tool, flag in TOOLS.items():
+        if shutil.which(tool) is None:
+            out[tool] = None
+            continue
+        try:
+            r = subprocess.run([tool, flag], check=False, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            out[tool] = None
+            continue
+        lines = (r.stdout or r.stderr).strip().splitlines()
+        out[tool] = lines[0].strip() if lines else None
+    return out

@@ -7,6 +7,7 @@ a CPU. Each is a context manager that always stops its process. Every wait is bo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from vxdp.testing.daemon import GuestDaemon, HostDaemon
@@ -18,8 +19,8 @@ class Backend(HostDaemon):
     """``vxdp host serve`` on ``port`` in ``netns``, listening on ``sock``."""
 
     def __init__(self, sock: str, port: str, netns: str, run_dir: Path, name: str = "bh0",
-                 mac: str = "52:54:00:0a:0b:0c", cpu: int | None = None) -> None:
-        super().__init__(sock, port, netns, run_dir, name=name, mac=mac, cpu=cpu)
+                 mac: str = "52:54:00:0a:0b:0c", cpu: int | None = None, extra: Sequence[str] = ()) -> None:
+        super().__init__(sock, port, netns, run_dir, name=name, mac=mac, cpu=cpu, extra=extra)
 
 
 class Guest(GuestDaemon):

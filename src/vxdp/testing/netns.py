@@ -17,7 +17,7 @@ import ipaddress
 import itertools
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
@@ -145,6 +145,24 @@ class NetLab:
             raise NetnsError(f"cannot make veth {a}@{ns_a or '(current)'} <-> {b}@{ns_b or '(current)'}: "
                              f"{e}") from e
         return VethPair(ns_a, a, indexes["a"], ns_b, b, indexes["b"])
+
+    def bridge(self, ns: str, name: str, ports: Sequence[str]) -> int:
+        """A Linux bridge ``name`` in ``ns`` (STP off: ports forward at once) with ``ports`` (links already
+        in ``ns``) enslaved, all up; it goes with its namespace. Returns its ifindex."""
+        if not name or len(name) >= IFNAMSIZ:
+            raise NetnsError(f"interface name {name!r} must have 1..{IFNAMSIZ - 1} characters")
+        try:
+            with _ipr(ns) as ip:
+                ip.link("add", ifname=name, kind="bridge", br_stp_state=0)
+                index = _index(ip, name, ns)
+                for port in ports:
+                    ip.link("set", index=_index(ip, port, ns), master=index)
+                ip.link("set", index=index, state="up")
+        except NetnsError:
+            raise
+        except Exception as e:  # pyroute2's NetlinkError and OSError: say what we were making
+            raise NetnsError(f"cannot make bridge {name}@{ns} with {', '.join(ports)}: {e}") from e
+        return index
 
     def run(self, ns: str, fn: Callable[..., T], *args, **kwargs) -> T:
         """Call ``fn`` inside ``ns`` (on a thread of its own; see vxdp.bpf.kernel.netns)."""
