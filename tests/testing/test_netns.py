@@ -39,6 +39,21 @@ def test_veth_between_namespaces_carries_traffic_and_is_removed():
 
 
 @pytest.mark.privileged
+def test_bridge_forwards_between_its_ports_and_goes_with_its_namespace():
+    with NetLab() as lab:
+        a, hub, b = lab.netns(), lab.netns(), lab.netns()
+        lab.veth(a, hub, "vxa", "vxha", addr_a="198.18.4.1/24")
+        lab.veth(b, hub, "vxb", "vxhb", addr_a="198.18.4.2/24")
+        index = lab.bridge(hub, "vxbr", ("vxha", "vxhb"))
+        with IPRoute(netns=hub, flags=0) as ip:
+            masters = {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_MASTER") for link in ip.get_links()}
+        assert masters["vxha"] == masters["vxhb"] == index
+        assert _udp_roundtrip(lab, b, a, "198.18.4.2") == b"vxdp-netlab"  # a to b, across the bridge
+        with pytest.raises(NetnsError, match="nosuchport"):
+            lab.bridge(hub, "vxbr2", ("nosuchport",))
+
+
+@pytest.mark.privileged
 def test_teardown_after_a_failure_and_a_veth_end_in_our_namespace():
     names: list[str] = []
     with pytest.raises(RuntimeError), NetLab() as lab:

@@ -202,14 +202,14 @@ class SeedLab:
     def point(self, case: int, program: str, column: str, counter: Callable[[], int]) -> dict[str, Any]:
         """Warm-up, then ``plan.runs`` runs of ``plan.seconds``: frames ``counter`` saw per second."""
         p = self.plan
-        self.progress.step(f"case {case} {program} {column}: warm-up", p.warm_seconds + 1)
+        self.progress.step(f"case {case} {program} {column}: warm-up", _warm_cost(p))
         start = counter()
         self.generate(case, p.warm_seconds)
         if settled(counter, start) <= start:
             raise SeedBenchError(f"case {case} {program} {column}: no frame counted after the warm-up")
         runs: list[Run] = []
         for i in range(p.runs):
-            self.progress.step(f"case {case} {program} {column}: run {i + 1}/{p.runs}", p.seconds + 0.5)
+            self.progress.step(f"case {case} {program} {column}: run {i + 1}/{p.runs}", _run_cost(p))
             before, t0 = counter(), time.perf_counter()
             offered = self.generate(case, p.seconds)
             after = counter()  # what drained meanwhile counts, and so does the time it took to read
@@ -403,7 +403,7 @@ def regression(lab: SeedLab) -> list[dict[str, Any]]:
             with lab.daemons(1, *(() if on else ("--no-offload",))):
                 for test, _, run in REGRESSION:
                     lab.progress.step(f"regression {test}, offload {'on' if on else 'off'}: run {i + 1}/{p.runs}",
-                                      p.regression_seconds + 1.5)
+                                      _test_cost(p))
                     try:
                         got.setdefault((test, on), []).append(run(lab, p.regression_seconds))
                     except tools.ToolError as e:
@@ -419,12 +419,23 @@ def regression(lab: SeedLab) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- the whole run
+def _warm_cost(p: Plan) -> float:
+    return p.warm_seconds + 1
+
+
+def _run_cost(p: Plan) -> float:
+    return p.seconds + 0.5
+
+
+def _test_cost(p: Plan) -> float:
+    return p.regression_seconds + 1.5
+
+
 def estimate_seconds(p: Plan) -> float:
-    """What the run should take, for the progress line (daemon starts ~4 s a pair)."""
-    point = p.warm_seconds + 1 + p.runs * (p.seconds + 0.5) + 1.5
-    mpps = len(p.cases) * (len(p.programs) * len(COLUMNS) * point + 2 * 4)
-    reg = p.runs * 2 * (4 + len(REGRESSION) * (p.regression_seconds + 1.5)) if p.regression else 0
-    return mpps + reg
+    """The sum of every step's cost, for the progress line (which scales it by what steps really took:
+    daemon starts and loads come on top)."""
+    mpps = len(p.cases) * len(p.programs) * len(COLUMNS) * (_warm_cost(p) + p.runs * _run_cost(p))
+    return mpps + (p.runs * 2 * len(REGRESSION) * _test_cost(p) if p.regression else 0)
 
 
 def run(p: Plan, progress: Progress | None = None) -> dict[str, Any]:
