@@ -46,7 +46,7 @@ def test_markdown_has_the_rfc_shape_with_its_figures_beside_ours():
     assert "## Case 1" in md and "## Case 2" in md and "## Regression" in md
     assert "| xdp1 (DROP) | 2.46 | 12.9 | 5.24 | 0.5 ±0% | 0.4 ±0% | 4 ±0% | 1 ±0% | 5 ±0% | 8 | 80% |" in md
     assert "| xdp2 (TX) | 1.1 | 0.99 | 0.9 |" in md  # Case 2: the RFC's offload lost there
-    assert "| TCP_STREAM | Gbps | 2 | 2.02 | 1 |" in md
+    assert "| TCP_STREAM | Gbps | 2 | - | 2.02 | - | 1 |" in md
     assert "`vxdp bench seed` on 2026-12-02" in md and "6.18.0-test" in md and "--quick" not in md
 
 

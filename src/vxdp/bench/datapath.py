@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -56,7 +54,7 @@ from vxdp.testing.netns import NetLab
 
 from . import report, tools
 from .env import environment
-from .measure import settled
+from .measure import profiled, settled
 from .peers import Backend, Guest, testpmd_vhost, testpmd_virtio_user
 
 FRAME_64 = port_bench.FRAME_64  # broadcast, ethertype 0x88b5 (local experimental): nobody answers it
@@ -236,32 +234,9 @@ def _cpu_use(lab: Lab, name: str, daemons: dict[str, Any]) -> Iterator[None]:
         lab.cpu[f"{name}-{who}"] = {"user": round((u1 - u0) / wall, 3), "system": round((s1 - s0) / wall, 3)}
 
 
-@contextlib.contextmanager
-def _profiled(lab: Lab, p: Plan, name: str, daemons: dict[str, int]) -> Iterator[None]:
+def _profiled(lab: Lab, p: Plan, name: str, daemons: dict[str, int]) -> contextlib.AbstractContextManager:
     """py-spy record each daemon (by pid) while the body runs, when asked and available."""
-    beside = Path(sys.executable).parent / "py-spy"
-    spy = str(beside) if beside.exists() else shutil.which("py-spy")
-    if not p.profile_dir or not spy:
-        yield
-        return
-    out = Path(p.profile_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for who, pid in daemons.items():
-        path = out / f"{name}-{who}.txt"
-        procs.append(subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-                                       "--nonblocking", "-d", str(int(p.seconds) + 3), "-o", str(path)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        lab.profiles[f"{name}-{who}"] = str(path)
-    try:
-        yield
-    finally:
-        for pr in procs:
-            try:
-                pr.wait(timeout=p.seconds + 20)
-            except subprocess.TimeoutExpired:
-                pr.kill()
-                pr.wait(5)
+    return profiled(p.profile_dir, name, daemons, p.seconds, lab.profiles)
 
 
 # ---------------------------------------------------------------------------- port -> guest

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TextIO
 
 
@@ -57,3 +61,51 @@ class Progress:
 
     def done(self) -> None:
         print(f"{self.name}: done in {_duration(time.monotonic() - self.started)}", file=self.stream, flush=True)
+
+
+def _py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+@contextlib.contextmanager
+def profiled(out_dir: str | None, name: str, pids: dict[str, int], seconds: float,
+             record: dict[str, str], *, kernel: bool = False) -> Iterator[None]:
+    """While the body runs (about ``seconds``): py-spy records each process of ``pids`` (raw stacks,
+    ``NAME-WHO.txt``) and, with ``kernel``, ``perf record -a -g`` the whole machine, kernel included
+    (``NAME-perf.txt``, its report by symbol). Each file written goes into ``record``; a profiler
+    that is not installed is skipped; nothing at all without ``out_dir``."""
+    if not out_dir:
+        yield
+        return
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spy, perf = _py_spy(), shutil.which("perf") if kernel else None
+    procs = []
+    for who, pid in pids.items() if spy else ():
+        path = out / f"{name}-{who}.txt"
+        procs.append(subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+                                       "--nonblocking", "-d", str(int(seconds) + 3), "-o", str(path)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        record[f"{name}-{who}"] = str(path)
+    data = out / f"{name}-perf.data"
+    if perf:
+        procs.append(subprocess.Popen([perf, "record", "-q", "-a", "-g", "-F", "499", "-o", str(data), "--",
+                                       "sleep", str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        yield
+    finally:
+        for pr in procs:
+            try:
+                pr.wait(timeout=seconds + 20)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                pr.wait(5)
+        if perf and data.exists():
+            report = out / f"{name}-perf.txt"
+            with report.open("w") as f:
+                subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "comm,sym",
+                                "--percent-limit", "1", "-g", "none"], stdout=f, stderr=subprocess.DEVNULL,
+                               check=False, timeout=120)
+            data.unlink()
+            record[f"{name}-perf"] = str(report)

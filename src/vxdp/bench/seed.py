@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from vxdp.testing.netns import NetLab
 
 from . import tools
 from .env import environment, versions
-from .measure import Progress, settled
+from .measure import Progress, profiled, settled
 from .peers import Backend, Guest
 
 CASES = (1, 2)
@@ -111,10 +111,12 @@ class Plan:
     programs: tuple[str, ...] = PROGRAMS
     regression: bool = True
     quick: bool = False
+    profile_dir: str | None = None  # py-spy the daemons and perf the machine during each point's first run
 
 
 def plan(samples_dir: str, *, quick: bool, runs: int | None = None, seconds: float | None = None,
-         cases: tuple[int, ...] = CASES, programs: tuple[str, ...] = PROGRAMS, regression: bool = True) -> Plan:
+         cases: tuple[int, ...] = CASES, programs: tuple[str, ...] = PROGRAMS, regression: bool = True,
+         profile_dir: str | None = None) -> Plan:
     base = Plan(samples_dir, 1, 0.3, 0.2, 1, quick=True) if quick else Plan(samples_dir)
     if runs is not None and runs < 1:
         raise ValueError(f"runs must be at least 1, not {runs}")
@@ -127,7 +129,7 @@ def plan(samples_dir: str, *, quick: bool, runs: int | None = None, seconds: flo
         if prog not in PROGRAMS:
             raise ValueError(f"program {prog!r}: one of {', '.join(PROGRAMS)}")
     return Plan(samples_dir, runs or base.runs, seconds or base.seconds, base.warm_seconds,
-                base.regression_seconds, tuple(cases), tuple(programs), regression, quick)
+                base.regression_seconds, tuple(cases), tuple(programs), regression, quick, profile_dir)
 
 
 def _ret(action: int) -> list[Insn]:
@@ -170,6 +172,8 @@ class SeedLab:
     npass: KernelProgram
     ifindex: dict[int, int]  # case -> the generator's device
     frames: dict[int, bytes]  # case -> the frame it sends
+    pids: dict[str, int] = field(default_factory=dict)  # the daemons running now, for the profilers
+    profiles: dict[str, str] = field(default_factory=dict)  # what each profile was written to
 
     @property
     def sock(self) -> str:
@@ -210,16 +214,17 @@ class SeedLab:
         runs: list[Run] = []
         for i in range(p.runs):
             self.progress.step(f"case {case} {program} {column}: run {i + 1}/{p.runs}", _run_cost(p))
-            before, t0 = counter(), time.perf_counter()
-            offered = self.generate(case, p.seconds)
-            after = counter()  # what drained meanwhile counts, and so does the time it took to read
+            name = f"case{case}-{program}-{column.replace('/', '-')}"
+            with profiled(p.profile_dir if i == 0 else None, name, self.pids, p.seconds, self.profiles, kernel=True):
+                before, t0 = counter(), time.perf_counter()
+                offered = self.generate(case, p.seconds)
+                after = counter()  # what drained meanwhile counts, and so does the time it took to read
             runs.append(Run(after - before, time.perf_counter() - t0, offered))
             settled(counter, None, timeout=10.0)
         mpps = [r.mpps for r in runs]
-        median = statistics.median(mpps)
-        return {"case": case, "program": program, "column": column, "mpps": round(median, 4),
+        return {"case": case, "program": program, "column": column, "mpps": round(statistics.median(mpps), 4),
                 "runs": [round(m, 4) for m in mpps],
-                "spread_pct": round((max(mpps) - min(mpps)) / median * 100, 1) if median else None,
+                "spread_pct": _spread(mpps),
                 "offered_mpps": round(statistics.median(r.offered / r.seconds / 1e6 for r in runs), 4)}
 
     # -- what runs where ----------------------------------------------------------------------
@@ -260,7 +265,11 @@ class SeedLab:
                      extra=extra) as b, \
                 Guest(self.sock, self.guest, "vxg0", self.run_dir, addr=f"{GUEST_IP}/24", cpu=DRIVER_CPU) as g:
             g.wait_connected()
-            yield b, g
+            self.pids.update(backend=b.pid, driver=g.pid)
+            try:
+                yield b, g
+            finally:
+                self.pids.clear()
 
     @contextlib.contextmanager
     def guest_load(self, g: Guest, program: str, mode: str, **kw: str) -> Iterator[Callable[[], int]]:
@@ -291,6 +300,12 @@ class SeedLab:
                 yield _map_counter(rxcnt)
         finally:
             _sh(self.hostns, "ip", "link", "set", "dev", ifname, "xdpdrv", "off")
+
+
+def _spread(values: list[float]) -> float | None:
+    """(max - min) of the runs, in % of their median: how far one run may be from another."""
+    median = statistics.median(values)
+    return round((max(values) - min(values)) / median * 100, 1) if median else None
 
 
 def _map_counter(m) -> Callable[[], int]:
@@ -413,6 +428,7 @@ def regression(lab: SeedLab) -> list[dict[str, Any]]:
         off, on = statistics.median(got[(test, False)]), statistics.median(got[(test, True)])
         rows.append({"test": test, "unit": unit, "off": round(off, 3), "on": round(on, 3),
                      "delta_pct": round((on - off) / off * 100, 2) if off else None,
+                     "off_spread_pct": _spread(got[(test, False)]), "on_spread_pct": _spread(got[(test, True)]),
                      "off_runs": [round(v, 3) for v in got[(test, False)]],
                      "on_runs": [round(v, 3) for v in got[(test, True)]]})
     return rows
@@ -443,6 +459,7 @@ def run(p: Plan, progress: Progress | None = None) -> dict[str, Any]:
     with build_lab(p, progress) as lab:
         rows = mpps_rows(lab)
         reg = regression(lab) if p.regression else []
+        profiles = dict(lab.profiles)
     progress.done()
     return {
         "benchmark": "seed",
@@ -452,6 +469,7 @@ def run(p: Plan, progress: Progress | None = None) -> dict[str, Any]:
         "results": rows,
         "summary": summary(rows),
         "regression": reg,
+        "profiles": profiles,
         "rfc": {"mpps": [{"case": c, "program": prog, "non_offload": a, "offload": b}
                          for (c, prog), (a, b) in RFC_MPPS.items()],
                 "regression": "netperf UDP_STREAM 18 B and 1472 B, TCP_STREAM, UDP_RR, TCP_RR: within ±2%"},

@@ -39,7 +39,7 @@ def _case_rows(doc: dict[str, Any], case: int) -> list[dict[str, Any]]:
                                "of_limit": _pct(s.get("offload_kernel_of_limit"))}
         for col in COLUMNS:
             r = got.get(col)
-            row[col] = None if r is None else f"{r['mpps']:.3g} ±{r['spread_pct'] or 0:.0f}%"
+            row[col] = None if r is None else f"{r['mpps']:.3g} {_spread(r['spread_pct']) or ''}".strip()
         out.append(row)
     return out
 
@@ -51,8 +51,17 @@ def _pct(v: float | None) -> str | None:
 MPPS_COLUMNS = [("program", "program"), ("rfc_non", "RFC non-offload"), ("rfc_off", "RFC offload"),
                 ("rfc_x", "RFC ×")] + [(c, HEADINGS[c]) for c in COLUMNS] + [
                 ("x", "ours × (offload kernel ÷ best non-offload)"), ("of_limit", "offload kernel ÷ limit")]
-REGRESSION_COLUMNS = [("test", "test"), ("unit", "unit"), ("off", "offload off"), ("on", "offload on"),
-                      ("delta_pct", "Δ %")]
+REGRESSION_COLUMNS = [("test", "test"), ("unit", "unit"), ("off", "offload off"), ("off_spread", "off: spread"),
+                      ("on", "offload on"), ("on_spread", "on: spread"), ("delta_pct", "Δ %")]
+
+
+def _regression_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r | {"off_spread": _spread(r.get("off_spread_pct")), "on_spread": _spread(r.get("on_spread_pct"))}
+            for r in doc["regression"]]
+
+
+def _spread(pct: float | None) -> str | None:
+    return None if pct is None else f"±{pct:.0f}%"
 
 
 def to_markdown(doc: dict[str, Any], command: str, chart: str | None = "seed.png") -> str:
@@ -80,7 +89,7 @@ def to_markdown(doc: dict[str, Any], command: str, chart: str | None = "seed.png
                      "streams (received rate) and sockperf ping-pong (answers per second), "
                      f"{p['regression_seconds']} s each, median of {p['runs']} runs alternating off and on. "
                      "The RFC (netperf): every figure within ±2%.\n\n"
-                     + report.markdown_table(REGRESSION_COLUMNS, doc["regression"]))
+                     + report.markdown_table(REGRESSION_COLUMNS, _regression_rows(doc)))
     if chart:
         parts.append(f"\n![Case 1 and Case 2, Mpps per program and column]({chart})\n")
     return "".join(parts)

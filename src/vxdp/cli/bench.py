@@ -46,6 +46,8 @@ def add_parser(objects: argparse._SubParsersAction) -> None:
     seed.add_argument("--program", action="append", choices=("xdp1", "xdp2"), help="only this program (repeatable)")
     seed.add_argument("--no-regression", dest="regression", action="store_false", help="skip iperf3/sockperf")
     seed.add_argument("--samples", metavar="DIR", help=f"where xdp1.o and xdp2.o are (default: {SAMPLES_DIR})")
+    seed.add_argument("--profile", metavar="DIR", help="py-spy both daemons and perf the machine during each "
+                      "point's first run (raw stacks, perf report by symbol)")
     seed.add_argument("--out", default="bench-results", metavar="DIR", help="default: bench-results")
     seed.add_argument("-j", "--json", action="store_true", help="JSON output")
     seed.set_defaults(func=cmd_seed)
@@ -104,7 +106,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     try:
         plan = seed.plan(samples, quick=args.quick, runs=args.runs, seconds=args.seconds,
                          cases=tuple(args.case or seed.CASES), programs=tuple(args.program or seed.PROGRAMS),
-                         regression=args.regression)
+                         regression=args.regression, profile_dir=args.profile)
     except ValueError as e:
         raise CliError(str(e)) from None
     try:
