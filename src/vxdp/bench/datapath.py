@@ -54,7 +54,7 @@ from vxdp.testing.netns import NetLab
 
 from . import report, tools
 from .env import environment
-from .measure import profiled, settled
+from .measure import Sample, profiled, settled
 from .peers import Backend, Guest, testpmd_vhost, testpmd_virtio_user
 
 FRAME_64 = port_bench.FRAME_64  # broadcast, ethertype 0x88b5 (local experimental): nobody answers it
@@ -90,23 +90,6 @@ def plan(*, quick: bool, profile_dir: str | None = None) -> Plan:
     if quick:
         return Plan(seconds=0.5, tcp_seconds=1, port_frames=200_000, profile_dir=profile_dir)
     return Plan(seconds=4.0, tcp_seconds=4, port_frames=2_000_000, profile_dir=profile_dir)
-
-
-@dataclass(frozen=True)
-class Sample:
-    frames: int
-    seconds: float
-    offered_frames: int | None = None  # what the source sent, where it says
-
-    @property
-    def mpps(self) -> float:
-        return self.frames / self.seconds / 1e6 if self.seconds > 0 else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"frames": self.frames, "seconds": round(self.seconds, 4), "mpps": round(self.mpps, 4)}
-        if self.offered_frames is not None:
-            d["offered_mpps"] = round(self.offered_frames / self.seconds / 1e6, 4) if self.seconds else 0.0
-        return d
 
 
 def _ret(action: int) -> list[Insn]:

@@ -8,8 +8,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+
+@dataclass(frozen=True)
+class Sample:
+    frames: int
+    seconds: float
+    offered_frames: int | None = None  # what the source sent, where it says
+
+    @property
+    def mpps(self) -> float:
+        return self.frames / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"frames": self.frames, "seconds": round(self.seconds, 4), "mpps": round(self.mpps, 4)}
+        if self.offered_frames is not None:
+            d["offered_mpps"] = round(self.offered_frames / self.seconds / 1e6, 4) if self.seconds else 0.0
+        return d
 
 
 def settled(counter: Callable[[], int], start: int | None, *, timeout: float = 60.0, step: float = 0.2) -> int:

@@ -60,7 +60,7 @@ from vxdp.testing.netns import NetLab
 
 from . import tools
 from .env import environment, versions
-from .measure import Progress, profiled, settled
+from .measure import Progress, Sample, profiled, settled
 from .peers import Backend, Guest
 
 CASES = (1, 2)
@@ -150,17 +150,6 @@ def _sh(ns: str, *argv: str) -> str:
 
 
 @dataclass
-class Run:
-    frames: int  # counted where they ended
-    seconds: float
-    offered: int  # the generator sent
-
-    @property
-    def mpps(self) -> float:
-        return self.frames / self.seconds / 1e6 if self.seconds > 0 else 0.0
-
-
-@dataclass
 class SeedLab:
     traffic: str
     hostns: str
@@ -211,7 +200,7 @@ class SeedLab:
         self.generate(case, p.warm_seconds)
         if settled(counter, start) <= start:
             raise SeedBenchError(f"case {case} {program} {column}: no frame counted after the warm-up")
-        runs: list[Run] = []
+        runs: list[Sample] = []
         for i in range(p.runs):
             self.progress.step(f"case {case} {program} {column}: run {i + 1}/{p.runs}", _run_cost(p))
             name = f"case{case}-{program}-{column.replace('/', '-')}"
@@ -219,13 +208,13 @@ class SeedLab:
                 before, t0 = counter(), time.perf_counter()
                 offered = self.generate(case, p.seconds)
                 after = counter()  # what drained meanwhile counts, and so does the time it took to read
-            runs.append(Run(after - before, time.perf_counter() - t0, offered))
+            runs.append(Sample(after - before, time.perf_counter() - t0, offered))
             settled(counter, None, timeout=10.0)
         mpps = [r.mpps for r in runs]
         return {"case": case, "program": program, "column": column, "mpps": round(statistics.median(mpps), 4),
                 "runs": [round(m, 4) for m in mpps],
                 "spread_pct": _spread(mpps),
-                "offered_mpps": round(statistics.median(r.offered / r.seconds / 1e6 for r in runs), 4)}
+                "offered_mpps": round(statistics.median((r.offered_frames or 0) / r.seconds / 1e6 for r in runs), 4)}
 
     # -- what runs where ----------------------------------------------------------------------
     @contextlib.contextmanager
