@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from vxdp.bench import port as bench
+from vxdp.bpf.isa import XdpAction, verdict_program
 from vxdp.bpf.kernel.prog import KernelProgram
 from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp
 
@@ -23,7 +24,7 @@ def _threaded(ns: str, ifname: str) -> str:
 def test_threaded_napi_pins_the_peer_thread_and_restores():
     cpu = max(os.sched_getaffinity(0))
     with bench._veth_pair() as (_ns_a, ns_b), \
-            KernelProgram.load(bench._ret(bench.XdpAction.DROP), name="t_drop") as drop:
+            KernelProgram.load(verdict_program(XdpAction.DROP), name="t_drop") as drop:
         attach_xdp("vbb", drop.fd, XdpMode.NATIVE, netns=ns_b)  # NAPI exists only with XDP (or GRO)
         try:
             before = bench._napi_threads("vbb")

@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from vxdp.bench import port as port_bench
-from vxdp.bpf.isa import EXIT, Insn, XdpAction
+from vxdp.bpf.isa import XdpAction, verdict_program
 from vxdp.bpf.kernel.live_frames import send_live_frames_in
 from vxdp.bpf.kernel.prog import KernelProgram, enable_stats
-from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp
+from vxdp.bpf.kernel.xdp import xdp_attached
 from vxdp.testing.netns import NetLab
 
 from . import report, tools
@@ -90,10 +90,6 @@ def plan(*, quick: bool, profile_dir: str | None = None) -> Plan:
     if quick:
         return Plan(seconds=0.5, tcp_seconds=1, port_frames=200_000, profile_dir=profile_dir)
     return Plan(seconds=4.0, tcp_seconds=4, port_frames=2_000_000, profile_dir=profile_dir)
-
-
-def _ret(action: int) -> list[Insn]:
-    return [Insn(0xB7, 0, 0, 0, int(action)), Insn(EXIT)]
 
 
 @dataclass
@@ -146,9 +142,9 @@ def build_lab() -> Iterator[Lab]:
                        capture_output=True)
         lab.veth(traffic, guest, "vxt1", "vxd1", addr_a=f"{DIRECT_TRAFFIC_IP}/24", addr_b=f"{DIRECT_GUEST_IP}/24")
         run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vxdp-bench-")))
-        gen = stack.enter_context(KernelProgram.load(_ret(XdpAction.TX), name="bench_gen"))
-        npass = stack.enter_context(KernelProgram.load(_ret(XdpAction.PASS), name="bench_pass"))
-        drop = stack.enter_context(KernelProgram.load(_ret(XdpAction.DROP), name="bench_drop"))
+        gen = stack.enter_context(KernelProgram.load(verdict_program(XdpAction.TX), name="bench_gen"))
+        npass = stack.enter_context(KernelProgram.load(verdict_program(XdpAction.PASS), name="bench_pass"))
+        drop = stack.enter_context(KernelProgram.load(verdict_program(XdpAction.DROP), name="bench_drop"))
         yield Lab(traffic, hostns, guest, run_dir, pair.a_index, gen, npass, drop, tag=str(os.getpid()))
 
 
@@ -197,15 +193,6 @@ def _pmd_rx(pmd) -> Callable[[], int]:
 
 
 @contextlib.contextmanager
-def _xdp(lab: Lab, ns: str, ifname: str, prog: KernelProgram) -> Iterator[None]:
-    attach_xdp(ifname, prog.fd, XdpMode.NATIVE, netns=ns)
-    try:
-        yield
-    finally:
-        detach_xdp(ifname, XdpMode.NATIVE, netns=ns)
-
-
-@contextlib.contextmanager
 def _cpu_use(lab: Lab, name: str, daemons: dict[str, Any]) -> Iterator[None]:
     """Each daemon's share of one CPU (user, system) while the body runs: busy near 1.0 = CPU-bound."""
     before = {who: d.cpu_seconds() for who, d in daemons.items()}
@@ -225,7 +212,7 @@ def _profiled(lab: Lab, p: Plan, name: str, daemons: dict[str, int]) -> contextl
 # ---------------------------------------------------------------------------- port -> guest
 def rx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
     out: dict[str, Sample] = {}
-    with _xdp(lab, lab.hostns, "vxp0", lab.npass):  # a PASS program gives vxp0 NAPI: frames are kept
+    with xdp_attached("vxp0", lab.npass.fd, netns=lab.hostns):  # a PASS program gives vxp0 NAPI: frames are kept
         with lab.backend() as b, lab.guest_daemon(discard=True) as g, \
                 _profiled(lab, p, "rx", {"backend": b.pid, "guest": g.pid}), \
                 _cpu_use(lab, "rx", {"backend": b, "guest": g}):
@@ -244,7 +231,7 @@ def rx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
 # ---------------------------------------------------------------------------- guest -> port
 def tx_runs(lab: Lab, p: Plan) -> dict[str, Sample]:
     out: dict[str, Sample] = {}
-    with enable_stats(), _xdp(lab, lab.traffic, "vxt0", lab.drop), \
+    with enable_stats(), xdp_attached("vxt0", lab.drop.fd, netns=lab.traffic), \
             port_bench.threaded_napi(lab.traffic, "vxt0", PEER_NAPI_CPU):
         def at_peer() -> int:
             return lab.drop.info().run_cnt

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from vxdp.bpf.isa import EXIT, Insn, XdpAction
+from vxdp.bpf.isa import XdpAction, verdict_program
 from vxdp.bpf.kernel.live_frames import send_live_frames_in
 from vxdp.bpf.kernel.prog import KernelProgram, enable_stats
 from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp
@@ -56,10 +56,6 @@ class Rate:
         return self.frames / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
 
-def _ret(action: int) -> list[Insn]:
-    return [Insn(0xB7, 0, 0, 0, int(action)), Insn(EXIT)]
-
-
 @contextlib.contextmanager
 def _veth_pair() -> Iterator[tuple[str, str]]:
     """Two fresh namespaces joined by a veth pair ``vba`` (in the first) -- ``vbb`` (in the second).
@@ -78,8 +74,8 @@ def _veth_pair() -> Iterator[tuple[str, str]]:
 def port_rx_mpps(frames: int = 2_000_000, batch: int = 256, **port_args) -> Rate:
     """Receive ``frames`` live 64-byte frames (or as many as the ring keeps) on a Port; the rate it read them."""
     with _veth_pair() as (ns_a, ns_b), \
-            KernelProgram.load(_ret(XdpAction.PASS), name="bench_pass") as npass, \
-            KernelProgram.load(_ret(XdpAction.TX), name="bench_gen") as gen, \
+            KernelProgram.load(verdict_program(XdpAction.PASS), name="bench_pass") as npass, \
+            KernelProgram.load(verdict_program(XdpAction.TX), name="bench_gen") as gen, \
             Port("vbb", netns=ns_b, **port_args) as port:
         attach_xdp("vbb", npass.fd, XdpMode.NATIVE, netns=ns_b)
         with IPRoute(netns=ns_a, flags=0) as ip:
@@ -168,7 +164,7 @@ def port_tx_mpps(frames: int = 2_000_000, batch: int = 256, *, peer_napi_cpu: in
     send from that CPU. None: the kernel's defaults (peer's work in our syscall, sender unpinned).
     """
     with _veth_pair() as (ns_a, ns_b), enable_stats(), \
-            KernelProgram.load(_ret(XdpAction.DROP), name="bench_drop") as drop, \
+            KernelProgram.load(verdict_program(XdpAction.DROP), name="bench_drop") as drop, \
             Port("vba", netns=ns_a, **port_args) as port:
         attach_xdp("vbb", drop.fd, XdpMode.NATIVE, netns=ns_b)
         with contextlib.ExitStack() as stack:

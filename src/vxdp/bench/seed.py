@@ -47,13 +47,13 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from vxdp.bpf.elf import load_object as parse_object
-from vxdp.bpf.isa import EXIT, Insn, XdpAction
+from vxdp.bpf.isa import XdpAction, verdict_program
 from vxdp.bpf.kernel.live_frames import send_live_frames
 from vxdp.bpf.kernel.maps import KernelMap
 from vxdp.bpf.kernel.netns import run_in_netns
 from vxdp.bpf.kernel.objects import map_get_fd_by_id, prog_get_fd_by_id
 from vxdp.bpf.kernel.prog import KernelProgram
-from vxdp.bpf.kernel.xdp import XdpMode, attach_xdp, detach_xdp
+from vxdp.bpf.kernel.xdp import xdp_attached
 from vxdp.engine.kernel import KernelEngine
 from vxdp.engine.loader import LoadedObject, load_object
 from vxdp.testing.netns import NetLab
@@ -130,10 +130,6 @@ def plan(samples_dir: str, *, quick: bool, runs: int | None = None, seconds: flo
             raise ValueError(f"program {prog!r}: one of {', '.join(PROGRAMS)}")
     return Plan(samples_dir, runs or base.runs, seconds or base.seconds, base.warm_seconds,
                 base.regression_seconds, tuple(cases), tuple(programs), regression, quick, profile_dir)
-
-
-def _ret(action: int) -> list[Insn]:
-    return [Insn(0xB7, 0, 0, 0, int(action)), Insn(EXIT)]
 
 
 def _frame(src_mac: str, src_ip: str) -> bytes:
@@ -220,15 +216,10 @@ class SeedLab:
     @contextlib.contextmanager
     def napi(self, ifnames: tuple[str, ...]) -> Iterator[None]:
         """An XDP_PASS program on each of ``ifnames`` (host netns): a veth end drops XDP frames without NAPI."""
-        done = []
-        try:
+        with contextlib.ExitStack() as stack:
             for ifname in ifnames:
-                attach_xdp(ifname, self.npass.fd, XdpMode.NATIVE, netns=self.hostns)
-                done.append(ifname)
+                stack.enter_context(xdp_attached(ifname, self.npass.fd, netns=self.hostns))
             yield
-        finally:
-            for ifname in done:
-                detach_xdp(ifname, XdpMode.NATIVE, netns=self.hostns)
 
     @contextlib.contextmanager
     def kernel_xdp(self, program: str, ns: str, ifname: str) -> Iterator[LoadedObject]:
@@ -236,11 +227,8 @@ class SeedLab:
         with load_object(KernelEngine(name_prefix="seed_"), parse_object(self.path(program))) as loaded:
             engine = loaded.engine
             assert isinstance(engine, KernelEngine)
-            attach_xdp(ifname, engine.program(loaded.program_handle()).fd, XdpMode.NATIVE, netns=ns)
-            try:
+            with xdp_attached(ifname, engine.program(loaded.program_handle()).fd, netns=ns):
                 yield loaded
-            finally:
-                detach_xdp(ifname, XdpMode.NATIVE, netns=ns)
 
     @contextlib.contextmanager
     def bounced(self, case: int) -> Iterator[Callable[[], int]]:
@@ -318,8 +306,8 @@ def build_lab(p: Plan, progress: Progress) -> Iterator[SeedLab]:
         for port in ("vxp0", "vxp1"):  # the Mpps rows count frames, not GRO merges
             _sh(hostns, "ethtool", "-K", port, "gro", "off")
         run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vxdp-seed-")))
-        gen = stack.enter_context(KernelProgram.load(_ret(XdpAction.TX), name="seed_gen"))
-        npass = stack.enter_context(KernelProgram.load(_ret(XdpAction.PASS), name="seed_pass"))
+        gen = stack.enter_context(KernelProgram.load(verdict_program(XdpAction.TX), name="seed_gen"))
+        npass = stack.enter_context(KernelProgram.load(verdict_program(XdpAction.PASS), name="seed_pass"))
         t0_mac = _sh(traffic, "cat", "/sys/class/net/vxt0/address").strip()
         frames = {1: _frame(t0_mac, TRAFFIC_IP), 2: _frame(t1_mac, CASE2_TRAFFIC_IP)}
         yield SeedLab(traffic, hostns, guest, run_dir, p, progress, gen, npass, {1: one.a_index, 2: two.a_index},

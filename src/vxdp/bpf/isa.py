@@ -153,6 +153,7 @@ ACTION_NAMES = tuple(a.name.lower() for a in XdpAction)
 LDDW = Cls.LD | Size.DW | Mode.IMM  # 0x18
 CALL = Cls.JMP | JmpOp.CALL  # 0x85
 EXIT = Cls.JMP | JmpOp.EXIT  # 0x95
+MOV64_IMM = Cls.ALU64 | AluOp.MOV | Src.K  # 0xb7
 
 
 class InsnError(ValueError):
@@ -197,6 +198,11 @@ class Insn:
         values = {name: getattr(self, name) for name in ("code", "dst", "src", "off", "imm")}
         values.update(fields)
         return Insn(**values)
+
+
+def verdict_program(action: int) -> list[Insn]:
+    """``r0 = action; exit``: the smallest XDP program, for generators, sinks and placeholders."""
+    return [Insn(MOV64_IMM, 0, 0, 0, int(action)), Insn(EXIT)]
 
 
 def decode(data: bytes) -> list[Insn]:

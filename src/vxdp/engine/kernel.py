@@ -34,7 +34,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ..bpf.isa import EXIT, Insn
+from ..bpf.isa import Insn, XdpAction, verdict_program
 from ..bpf.kernel.btf import KernelBtf
 from ..bpf.kernel.maps import KernelMap
 from ..bpf.kernel.objects import prog_get_next_id
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 PROG_TYPE_XDP = 6
 KERNEL_NAME_SHOWN = 14  # BPF_OBJ_NAME_LEN - 2: the longest program name bpftool shows as it is
 CLEAR_WAIT = 2.0  # seconds a prog_array close waits for the kernel's deferred clear
-_SENTINEL = [Insn(0xB7, 0, 0, 0, 2), Insn(EXIT)]  # r0 = XDP_PASS; exit
+_SENTINEL = verdict_program(XdpAction.PASS)
 
 
 @dataclass

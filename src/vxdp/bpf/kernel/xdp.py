@@ -13,6 +13,7 @@ fd we pass is valid there and interface names resolve in that namespace.
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 
@@ -106,6 +107,17 @@ def attach_xdp(iface: str | int, prog_fd: int, mode: XdpMode = XdpMode.NATIVE, *
 def detach_xdp(iface: str | int, mode: XdpMode = XdpMode.NATIVE, *, netns: str | None = None) -> None:
     """Detach whatever program ``mode`` has on ``iface`` (no error if there is none)."""
     _set(iface, -1, int(mode), netns, "detach")
+
+
+@contextmanager
+def xdp_attached(iface: str | int, prog_fd: int, mode: XdpMode = XdpMode.NATIVE, *,
+                 netns: str | None = None) -> Iterator[None]:
+    """`attach_xdp` for the body of a ``with``, detached after it whatever happened."""
+    attach_xdp(iface, prog_fd, mode, netns=netns)
+    try:
+        yield
+    finally:
+        detach_xdp(iface, mode, netns=netns)
 
 
 def query_xdp_attrs(iface: str | int, *, netns: str | None = None) -> dict[str, int | str | None]:
